@@ -1,0 +1,2 @@
+//! rtc-bench (placeholder)
+fn main() {}

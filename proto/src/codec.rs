@@ -1,0 +1,350 @@
+//! Framing: each frame is a 4-byte big-endian length `N` followed by `N` bytes of one
+//! encoded [`Frame`].
+//!
+//! [`FrameCodec`] reads and writes whole frames. The decoder checks `N` against its limit
+//! before it reserves any memory, so a hostile length cannot make a peer allocate, and it
+//! returns an error (never panics) for bytes that are not a valid `Frame`. Decoded `bytes`
+//! fields are zero-copy slices of the read buffer.
+//!
+//! [`encode_deliver`] is the broker's fan-out path: the [`Message`] is encoded once into
+//! shared [`Bytes`], and each subscriber's `Deliver` frame is only a few header bytes
+//! (length, tags, `sub_id`) written in front of those shared bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::Message as _;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::v1::{Frame, Message};
+
+/// Size of the length prefix in bytes.
+pub const LEN_PREFIX: usize = 4;
+
+/// Field number of `Frame.deliver` and of `Deliver`'s fields in `rtc.proto`.
+const FRAME_DELIVER_FIELD: u32 = 7;
+const DELIVER_SUB_ID_FIELD: u32 = 1;
+const DELIVER_MESSAGE_FIELD: u32 = 2;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The length prefix (or an outgoing frame) is above the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The length that was announced or would be written.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The bytes are not a valid `Frame`.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The underlying transport failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// tokio-util codec for rtc frames. See the module docs for the format.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_frame_size: usize,
+}
+
+impl FrameCodec {
+    /// A codec that rejects frames whose length prefix exceeds `max_frame_size` bytes.
+    pub fn new(max_frame_size: usize) -> Self {
+        Self { max_frame_size }
+    }
+
+    /// The limit this codec enforces.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new(crate::DEFAULT_MAX_FRAME_SIZE)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if src.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_size {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_size,
+            });
+        }
+        let total = LEN_PREFIX + len;
+        if src.len() < total {
+            // Safe to reserve: `len` is within the limit.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        let body = src.split_to(len).freeze();
+        Ok(Some(Frame::decode(body)?))
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        encode_frame(&frame, self.max_frame_size, dst)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        encode_frame(frame, self.max_frame_size, dst)
+    }
+}
+
+/// Appends `frame` with its length prefix to `dst`, refusing frames above `max_frame_size`.
+pub fn encode_frame(frame: &Frame, max_frame_size: usize, dst: &mut BytesMut) -> Result<(), CodecError> {
+    let len = frame.encoded_len();
+    if len > max_frame_size {
+        return Err(CodecError::FrameTooLarge {
+            len,
+            max: max_frame_size,
+        });
+    }
+    dst.reserve(LEN_PREFIX + len);
+    dst.put_u32(len as u32);
+    frame
+        .encode(dst)
+        .expect("BytesMut grows on demand, so encoding cannot run out of space");
+    Ok(())
+}
+
+/// Encodes a [`Message`] once, for sharing among all the `Deliver` frames that carry it.
+pub fn encode_message(message: &Message) -> Bytes {
+    message.encode_to_vec().into()
+}
+
+/// The length prefix value of a `Deliver` frame carrying an encoded message of
+/// `message_len` bytes. Lets a sender check the frame limit before encoding.
+pub fn deliver_frame_len(sub_id: u64, message_len: usize) -> usize {
+    let deliver_len = deliver_body_len(sub_id, message_len);
+    key_len(FRAME_DELIVER_FIELD) + encoded_len_varint(deliver_len as u64) + deliver_len
+}
+
+fn deliver_body_len(sub_id: u64, message_len: usize) -> usize {
+    key_len(DELIVER_SUB_ID_FIELD)
+        + encoded_len_varint(sub_id)
+        + key_len(DELIVER_MESSAGE_FIELD)
+        + encoded_len_varint(message_len as u64)
+        + message_len
+}
+
+fn key_len(field: u32) -> usize {
+    encoded_len_varint(u64::from(field << 3))
+}
+
+/// Appends a complete `Frame{deliver: Deliver{sub_id, message}}` with its length prefix to
+/// `dst`, where `message` is the output of [`encode_message`]. The result decodes exactly
+/// like the frame prost would build; only the header bytes are written per call.
+pub fn encode_deliver(sub_id: u64, message: &Bytes, dst: &mut BytesMut) {
+    let deliver_len = deliver_body_len(sub_id, message.len());
+    let frame_len = deliver_frame_len(sub_id, message.len());
+    dst.reserve(LEN_PREFIX + frame_len);
+    dst.put_u32(frame_len as u32);
+    encode_key(FRAME_DELIVER_FIELD, WireType::LengthDelimited, dst);
+    encode_varint(deliver_len as u64, dst);
+    encode_key(DELIVER_SUB_ID_FIELD, WireType::Varint, dst);
+    encode_varint(sub_id, dst);
+    encode_key(DELIVER_MESSAGE_FIELD, WireType::LengthDelimited, dst);
+    encode_varint(message.len() as u64, dst);
+    dst.extend_from_slice(message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{self, frame::Op};
+    use std::collections::BTreeMap;
+
+    fn publish(payload: &[u8]) -> Frame {
+        Frame {
+            op: Some(Op::Publish(v1::Publish {
+                req_id: 7,
+                topic: "orders.eu.created".into(),
+                payload: Bytes::copy_from_slice(payload),
+                headers: BTreeMap::from([("k".to_string(), "v".to_string())]),
+                msg_id: "m-1".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn round_trip_several_frames_in_one_buffer() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        let frames = vec![
+            publish(b"hello"),
+            Frame {
+                op: Some(Op::Ping(v1::Ping { nonce: 42 })),
+            },
+            publish(&[0u8; 10_000]),
+        ];
+        for f in &frames {
+            codec.encode(f, &mut buf).unwrap();
+        }
+        for f in &frames {
+            assert_eq!(codec.decode(&mut buf).unwrap().as_ref(), Some(f));
+        }
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frame_arriving_one_byte_at_a_time() {
+        let mut codec = FrameCodec::default();
+        let frame = publish(b"drip");
+        let mut wire = BytesMut::new();
+        codec.encode(&frame, &mut wire).unwrap();
+        let mut buf = BytesMut::new();
+        let mut decoded = None;
+        for (i, b) in wire.iter().enumerate() {
+            buf.put_u8(*b);
+            match codec.decode(&mut buf).unwrap() {
+                Some(f) => {
+                    assert_eq!(i, wire.len() - 1, "decoded before the last byte");
+                    decoded = Some(f);
+                }
+                None => assert!(i < wire.len() - 1),
+            }
+        }
+        assert_eq!(decoded, Some(frame));
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_allocating() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::MAX);
+        let cap_before = buf.capacity();
+        match codec.decode(&mut buf) {
+            Err(CodecError::FrameTooLarge { len, max }) => {
+                assert_eq!(len, u32::MAX as usize);
+                assert_eq!(max, 1024);
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert_eq!(buf.capacity(), cap_before, "decoder reserved memory for a rejected frame");
+    }
+
+    #[test]
+    fn length_at_the_limit_is_accepted() {
+        let mut codec = FrameCodec::new(64);
+        let mut wire = BytesMut::new();
+        codec.encode(publish(b"x"), &mut wire).unwrap();
+        let len = wire.len() - LEN_PREFIX;
+        let mut exact = FrameCodec::new(len);
+        assert!(exact.decode(&mut wire.clone()).unwrap().is_some());
+        let mut below = FrameCodec::new(len - 1);
+        assert!(matches!(
+            below.decode(&mut wire),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn encoder_refuses_frames_above_the_limit() {
+        let mut codec = FrameCodec::new(100);
+        let mut buf = BytesMut::new();
+        let err = codec.encode(publish(&[1u8; 200]), &mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::FrameTooLarge { .. }));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut codec = FrameCodec::default();
+        // Field 1 with wire type 7 (invalid), then junk.
+        let junk = [0x0f, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02];
+        let mut buf = BytesMut::new();
+        buf.put_u32(junk.len() as u32);
+        buf.extend_from_slice(&junk);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::Decode(_))));
+
+        // A length-delimited field whose length runs past the frame.
+        let short = [0x1a, 0x7f, 0x01];
+        let mut buf = BytesMut::new();
+        buf.put_u32(short.len() as u32);
+        buf.extend_from_slice(&short);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::Decode(_))));
+    }
+
+    #[test]
+    fn pseudo_random_bytes_never_panic() {
+        // A small deterministic xorshift so the test is repeatable.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2_000 {
+            let len = (next() % 64) as usize;
+            let mut buf = BytesMut::new();
+            buf.put_u32(len as u32);
+            for _ in 0..len {
+                buf.put_u8(next() as u8);
+            }
+            let mut codec = FrameCodec::default();
+            let _ = codec.decode(&mut buf);
+        }
+    }
+
+    #[test]
+    fn unknown_operation_decodes_to_an_empty_frame() {
+        // Field 99, varint 1: a future operation this version does not know.
+        let body = [0x98, 0x06, 0x01];
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.extend_from_slice(&body);
+        let frame = FrameCodec::default().decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.op, None);
+    }
+
+    #[test]
+    fn shared_deliver_encoding_matches_prost() {
+        let message = v1::Message {
+            topic: "a.b".into(),
+            payload: Bytes::from_static(b"payload"),
+            headers: BTreeMap::from([("h".to_string(), "1".to_string())]),
+            seq: 12,
+            timestamp_ms: 1_700_000_000_000,
+            msg_id: "id".into(),
+            delivery_count: 1,
+        };
+        let shared = encode_message(&message);
+        for sub_id in [0u64, 1, 127, 128, 300, u64::MAX] {
+            let mut ours = BytesMut::new();
+            encode_deliver(sub_id, &shared, &mut ours);
+            let expected = Frame {
+                op: Some(Op::Deliver(v1::Deliver {
+                    sub_id,
+                    message: Some(message.clone()),
+                })),
+            };
+            assert_eq!(ours.len() - LEN_PREFIX, deliver_frame_len(sub_id, shared.len()));
+            let decoded = FrameCodec::default().decode(&mut ours).unwrap().unwrap();
+            assert_eq!(decoded, expected, "sub_id {sub_id}");
+            assert!(ours.is_empty());
+        }
+    }
+}

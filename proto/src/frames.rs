@@ -1,0 +1,57 @@
+//! Constructors for the frames both sides build often, so callers write
+//! `Frame::error(req_id, code, msg)` rather than nesting the generated structs by hand.
+
+use crate::v1::{self, frame::Op, ErrorCode, Frame};
+
+impl Frame {
+    /// Wraps one operation in a frame.
+    pub fn from_op(op: Op) -> Self {
+        Frame { op: Some(op) }
+    }
+
+    /// An `Error` frame answering request `req_id` (0 when it answers none).
+    pub fn error(req_id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::from_op(Op::Error(v1::Error {
+            req_id,
+            code: code as i32,
+            message: message.into(),
+            sub_id: 0,
+        }))
+    }
+
+    /// An `Error` frame about subscription `sub_id`, answering no request.
+    pub fn sub_error(sub_id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::from_op(Op::Error(v1::Error {
+            req_id: 0,
+            code: code as i32,
+            message: message.into(),
+            sub_id,
+        }))
+    }
+
+    /// The short name of the operation, for logs and error messages.
+    pub fn op_name(&self) -> &'static str {
+        match &self.op {
+            None => "unknown",
+            Some(Op::Hello(_)) => "Hello",
+            Some(Op::Welcome(_)) => "Welcome",
+            Some(Op::Publish(_)) => "Publish",
+            Some(Op::PubAck(_)) => "PubAck",
+            Some(Op::Subscribe(_)) => "Subscribe",
+            Some(Op::SubAck(_)) => "SubAck",
+            Some(Op::Deliver(_)) => "Deliver",
+            Some(Op::Unsubscribe(_)) => "Unsubscribe",
+            Some(Op::UnsubAck(_)) => "UnsubAck",
+            Some(Op::Ping(_)) => "Ping",
+            Some(Op::Pong(_)) => "Pong",
+            Some(Op::Error(_)) => "Error",
+        }
+    }
+}
+
+impl v1::Error {
+    /// The error code, or `Unspecified` for a number this version does not know.
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::try_from(self.code).unwrap_or(ErrorCode::Unspecified)
+    }
+}

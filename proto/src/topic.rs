@@ -1,0 +1,199 @@
+//! Topic names and subscription patterns.
+//!
+//! A topic is one or more tokens separated by `.`, e.g. `orders.eu.created`. A token is
+//! non-empty and contains no whitespace, no control characters and none of `.`, `*`, `>`.
+//! A whole name is at most [`MAX_TOPIC_LEN`] bytes and [`MAX_TOKENS`] tokens. Names that
+//! start with `$` are reserved for the broker (dead-letter topics and the like): clients
+//! may subscribe to them but not publish to them.
+//!
+//! A pattern is a topic whose tokens may also be the wildcards `*` (exactly one token) or
+//! `>` (one or more tokens; only as the last token). `orders.*.created` matches
+//! `orders.eu.created`; `orders.>` matches `orders.eu` and `orders.eu.created` but not
+//! `orders`.
+
+/// Longest topic name or pattern, in bytes.
+pub const MAX_TOPIC_LEN: usize = 255;
+/// Most tokens in a topic name or pattern.
+pub const MAX_TOKENS: usize = 32;
+
+/// Why a topic name or pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// The name is the empty string.
+    #[error("topic is empty")]
+    Empty,
+    /// Longer than [`MAX_TOPIC_LEN`] bytes.
+    #[error("topic is {0} bytes long; the limit is {MAX_TOPIC_LEN}")]
+    TooLong(usize),
+    /// More than [`MAX_TOKENS`] tokens.
+    #[error("topic has {0} tokens; the limit is {MAX_TOKENS}")]
+    TooManyTokens(usize),
+    /// Two dots in a row, or a dot at either end.
+    #[error("topic has an empty token (leading, trailing or doubled '.')")]
+    EmptyToken,
+    /// A token contains a character that is never allowed.
+    #[error("token {token:?} contains the forbidden character {ch:?}")]
+    BadChar {
+        /// The offending token.
+        token: String,
+        /// The offending character.
+        ch: char,
+    },
+    /// A wildcard in a topic name (names are concrete; only patterns have wildcards).
+    #[error("wildcard {0:?} is not allowed in a topic name (only in subscription patterns)")]
+    WildcardInName(String),
+    /// `*` or `>` mixed with other characters in one token, e.g. `a*`.
+    #[error("wildcard must be a whole token, got {0:?}")]
+    PartialWildcard(String),
+    /// `>` anywhere but the last token.
+    #[error("'>' is only allowed as the last token")]
+    GtNotLast,
+    /// Publishing to a `$`-prefixed name, reserved for the broker.
+    #[error("topics starting with '$' are reserved for the broker")]
+    Reserved,
+}
+
+fn check_shape(s: &str) -> Result<(), TopicError> {
+    if s.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if s.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong(s.len()));
+    }
+    let tokens = s.split('.').count();
+    if tokens > MAX_TOKENS {
+        return Err(TopicError::TooManyTokens(tokens));
+    }
+    Ok(())
+}
+
+fn check_token(token: &str) -> Result<(), TopicError> {
+    if token.is_empty() {
+        return Err(TopicError::EmptyToken);
+    }
+    if let Some(ch) = token.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TopicError::BadChar {
+            token: token.to_string(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a concrete topic name as a subscriber would see it (wildcards refused,
+/// `$`-prefixed names allowed).
+pub fn validate_topic(name: &str) -> Result<(), TopicError> {
+    check_shape(name)?;
+    for token in name.split('.') {
+        check_token(token)?;
+        if token.contains(['*', '>']) {
+            return Err(TopicError::WildcardInName(token.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a topic name a client wants to publish to: [`validate_topic`] plus the
+/// `$` reservation.
+pub fn validate_publish_topic(name: &str) -> Result<(), TopicError> {
+    validate_topic(name)?;
+    if name.starts_with('$') {
+        return Err(TopicError::Reserved);
+    }
+    Ok(())
+}
+
+/// Checks a subscription pattern.
+pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
+    check_shape(pattern)?;
+    let mut tokens = pattern.split('.').peekable();
+    while let Some(token) = tokens.next() {
+        check_token(token)?;
+        match token {
+            "*" => {}
+            ">" if tokens.peek().is_none() => {}
+            ">" => return Err(TopicError::GtNotLast),
+            t if t.contains(['*', '>']) => return Err(TopicError::PartialWildcard(t.to_string())),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a valid `pattern` matches a valid topic `name`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let mut names = name.split('.');
+    for p in pattern.split('.') {
+        match (p, names.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (p, Some(n)) if p == n => {}
+            _ => return false,
+        }
+    }
+    names.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_names() {
+        for n in ["a", "orders.eu.created", "a-b_c.1.Ω", "$dlq.orders.billing"] {
+            assert_eq!(validate_topic(n), Ok(()), "{n}");
+        }
+    }
+
+    #[test]
+    fn invalid_names() {
+        assert_eq!(validate_topic(""), Err(TopicError::Empty));
+        assert_eq!(validate_topic("a..b"), Err(TopicError::EmptyToken));
+        assert_eq!(validate_topic(".a"), Err(TopicError::EmptyToken));
+        assert_eq!(validate_topic("a."), Err(TopicError::EmptyToken));
+        assert!(matches!(validate_topic("a b"), Err(TopicError::BadChar { ch: ' ', .. })));
+        assert!(matches!(validate_topic("a\n"), Err(TopicError::BadChar { .. })));
+        assert!(matches!(validate_topic("a.*"), Err(TopicError::WildcardInName(_))));
+        assert!(matches!(validate_topic("a.>"), Err(TopicError::WildcardInName(_))));
+        assert!(matches!(validate_topic(&"x".repeat(256)), Err(TopicError::TooLong(256))));
+        assert!(matches!(validate_topic(&vec!["a"; 33].join(".")), Err(TopicError::TooManyTokens(33))));
+        assert_eq!(validate_publish_topic("$dlq.x"), Err(TopicError::Reserved));
+        assert_eq!(validate_publish_topic("x.$dlq"), Ok(()));
+    }
+
+    #[test]
+    fn patterns() {
+        for p in ["a", "*", ">", "a.*.c", "a.>", "*.*.>"] {
+            assert_eq!(validate_pattern(p), Ok(()), "{p}");
+        }
+        assert_eq!(validate_pattern("a.>.b"), Err(TopicError::GtNotLast));
+        assert!(matches!(validate_pattern("a*"), Err(TopicError::PartialWildcard(_))));
+        assert!(matches!(validate_pattern("a.b>"), Err(TopicError::PartialWildcard(_))));
+        assert_eq!(validate_pattern("a..b"), Err(TopicError::EmptyToken));
+        assert_eq!(validate_pattern(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn matching() {
+        let cases = [
+            ("a.b.c", "a.b.c", true),
+            ("a.b.c", "a.b", false),
+            ("a.b", "a.b.c", false),
+            ("a.*.c", "a.x.c", true),
+            ("a.*.c", "a.x.y.c", false),
+            ("a.*", "a", false),
+            ("a.>", "a.b", true),
+            ("a.>", "a.b.c.d", true),
+            ("a.>", "a", false),
+            (">", "anything.at.all", true),
+            ("*", "one", true),
+            ("*", "one.two", false),
+            ("*.b.>", "a.b.c", true),
+            ("*.b.>", "a.b", false),
+        ];
+        for (p, n, want) in cases {
+            assert_eq!(pattern_matches(p, n), want, "{p} vs {n}");
+        }
+    }
+}
