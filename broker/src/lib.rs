@@ -1,1 +1,39 @@
+//! The rtc broker as a library: start it inside your own tokio program, or run the
+//! `rtc-broker` binary, which is a thin layer over this crate.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rtc_broker::BrokerError> {
+//! let handle = rtc_broker::Broker::builder()
+//!     .tcp("127.0.0.1:0".parse().unwrap())
+//!     .data_dir("./rtc-data")
+//!     .start()
+//!     .await?;
+//! println!("clients connect to tcp://{}", handle.tcp_addr());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: settings, defaults, TOML file, validation.
+//! - [`server`]: listeners, accept loop, connection limit, shutdown; the public
+//!   [`Broker`] / [`BrokerBuilder`] / [`BrokerHandle`].
+//! - `session`: one per connection: handshake, read loop, dispatch of requests.
+//! - [`outbound`]: each connection's bounded outbound queue and its writer task; the
+//!   slow-consumer policy.
+//! - [`router`]: the subscription trie and live fan-out.
+//! - [`error`]: [`BrokerError`], why the broker could not start.
+//!
+//! Data path of a publish: `session` decodes `Publish` → validates the topic → `router`
+//! finds matching subscriptions and pushes the message, encoded once, into each one's
+//! `Outbox` → each connection's writer drains its queue into its socket.
 
+pub mod config;
+pub mod error;
+pub mod outbound;
+pub mod router;
+pub mod server;
+mod session;
+
+pub use config::Config;
+pub use error::BrokerError;
+pub use server::{Broker, BrokerBuilder, BrokerHandle};

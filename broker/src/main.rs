@@ -1,1 +1,97 @@
-fn main(){}
+//! `rtc-broker`: the broker daemon. Reads flags and the optional TOML config (flags win),
+//! starts the library's [`rtc_broker::Broker`], prints one `listening <transport> <addr>`
+//! line per listener on stdout, and shuts down gracefully on SIGINT or SIGTERM (stop
+//! accepting, flush in-flight writes, exit 0). Logs go to stderr.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rtc_broker::{Broker, BrokerHandle, Config};
+
+/// The rtc message broker.
+#[derive(Debug, Parser)]
+#[command(name = "rtc-broker", version, about)]
+struct Args {
+    /// TCP listen address [default: 127.0.0.1:7400]; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+    /// Data directory, created if missing [default: ./rtc-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file; flags given on the command line override it.
+    #[arg(long, value_name = "FILE", env = "RTC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log level or tracing filter, e.g. `info` or `rtc_broker=debug` [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtc-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_toml_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(tcp) = args.tcp {
+        config.tcp = tcp;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(log) = args.log {
+        config.log = log;
+    }
+    Ok(config)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|e| anyhow::anyhow!("invalid --log {:?}: {e}", config.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let handle = Broker::builder().config(config).start().await?;
+        announce(&handle)?;
+        wait_for_signal().await?;
+        tracing::info!("signal received; shutting down");
+        handle.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Prints the listener lines scripts and tests wait for.
+fn announce(handle: &BrokerHandle) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening tcp {}", handle.tcp_addr())?;
+    out.flush()
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

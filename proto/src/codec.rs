@@ -112,7 +112,11 @@ impl Encoder<&Frame> for FrameCodec {
 }
 
 /// Appends `frame` with its length prefix to `dst`, refusing frames above `max_frame_size`.
-pub fn encode_frame(frame: &Frame, max_frame_size: usize, dst: &mut BytesMut) -> Result<(), CodecError> {
+pub fn encode_frame(
+    frame: &Frame,
+    max_frame_size: usize,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
     let len = frame.encoded_len();
     if len > max_frame_size {
         return Err(CodecError::FrameTooLarge {
@@ -242,7 +246,11 @@ mod tests {
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
-        assert_eq!(buf.capacity(), cap_before, "decoder reserved memory for a rejected frame");
+        assert_eq!(
+            buf.capacity(),
+            cap_before,
+            "decoder reserved memory for a rejected frame"
+        );
     }
 
     #[test]
@@ -341,7 +349,10 @@ mod tests {
                     message: Some(message.clone()),
                 })),
             };
-            assert_eq!(ours.len() - LEN_PREFIX, deliver_frame_len(sub_id, shared.len()));
+            assert_eq!(
+                ours.len() - LEN_PREFIX,
+                deliver_frame_len(sub_id, shared.len())
+            );
             let decoded = FrameCodec::default().decode(&mut ours).unwrap().unwrap();
             assert_eq!(decoded, expected, "sub_id {sub_id}");
             assert!(ours.is_empty());

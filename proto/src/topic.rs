@@ -152,12 +152,30 @@ mod tests {
         assert_eq!(validate_topic("a..b"), Err(TopicError::EmptyToken));
         assert_eq!(validate_topic(".a"), Err(TopicError::EmptyToken));
         assert_eq!(validate_topic("a."), Err(TopicError::EmptyToken));
-        assert!(matches!(validate_topic("a b"), Err(TopicError::BadChar { ch: ' ', .. })));
-        assert!(matches!(validate_topic("a\n"), Err(TopicError::BadChar { .. })));
-        assert!(matches!(validate_topic("a.*"), Err(TopicError::WildcardInName(_))));
-        assert!(matches!(validate_topic("a.>"), Err(TopicError::WildcardInName(_))));
-        assert!(matches!(validate_topic(&"x".repeat(256)), Err(TopicError::TooLong(256))));
-        assert!(matches!(validate_topic(&vec!["a"; 33].join(".")), Err(TopicError::TooManyTokens(33))));
+        assert!(matches!(
+            validate_topic("a b"),
+            Err(TopicError::BadChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            validate_topic("a\n"),
+            Err(TopicError::BadChar { .. })
+        ));
+        assert!(matches!(
+            validate_topic("a.*"),
+            Err(TopicError::WildcardInName(_))
+        ));
+        assert!(matches!(
+            validate_topic("a.>"),
+            Err(TopicError::WildcardInName(_))
+        ));
+        assert!(matches!(
+            validate_topic(&"x".repeat(256)),
+            Err(TopicError::TooLong(256))
+        ));
+        assert!(matches!(
+            validate_topic(&vec!["a"; 33].join(".")),
+            Err(TopicError::TooManyTokens(33))
+        ));
         assert_eq!(validate_publish_topic("$dlq.x"), Err(TopicError::Reserved));
         assert_eq!(validate_publish_topic("x.$dlq"), Ok(()));
     }
@@ -168,8 +186,14 @@ mod tests {
             assert_eq!(validate_pattern(p), Ok(()), "{p}");
         }
         assert_eq!(validate_pattern("a.>.b"), Err(TopicError::GtNotLast));
-        assert!(matches!(validate_pattern("a*"), Err(TopicError::PartialWildcard(_))));
-        assert!(matches!(validate_pattern("a.b>"), Err(TopicError::PartialWildcard(_))));
+        assert!(matches!(
+            validate_pattern("a*"),
+            Err(TopicError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a.b>"),
+            Err(TopicError::PartialWildcard(_))
+        ));
         assert_eq!(validate_pattern("a..b"), Err(TopicError::EmptyToken));
         assert_eq!(validate_pattern(""), Err(TopicError::Empty));
     }

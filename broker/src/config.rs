@@ -1,0 +1,180 @@
+//! Broker settings: defaults, the optional TOML file, and validation.
+//!
+//! Precedence is flag > file > default: the binary loads [`Config::from_toml_file`] (or
+//! starts from [`Config::default`]) and then applies its command-line flags on top. An
+//! embedding program builds a `Config` directly or through [`crate::BrokerBuilder`].
+//! [`Config::validate`] runs before the broker starts, so a bad setting stops it with one
+//! clear line instead of surfacing later.
+//!
+//! Example file (every key optional):
+//! ```toml
+//! tcp = "127.0.0.1:7400"
+//! data_dir = "./rtc-data"
+//! log = "info"
+//! max_frame_size = 1048576
+//! heartbeat_interval = "15s"
+//! handshake_timeout = "10s"
+//! outbound_queue_bytes = 8388608
+//! outbound_queue_frames = 65536
+//! max_connections = 65536
+//! max_subscriptions_per_connection = 10000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::BrokerError;
+
+/// Everything the broker needs to start. See the module docs for the file format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP listen address. Port 0 picks a free port (see `BrokerHandle::tcp_addr`).
+    pub tcp: SocketAddr,
+    /// Directory for durable data; created if missing.
+    pub data_dir: PathBuf,
+    /// Log filter for the binary (`error`, `warn`, `info`, `debug`, `trace` or a
+    /// tracing-subscriber directive). The library itself does not install a subscriber.
+    pub log: String,
+    /// Largest frame accepted or sent, in bytes (the length prefix value).
+    pub max_frame_size: usize,
+    /// Clients must send something at least this often; the broker closes a connection
+    /// silent for three intervals.
+    #[serde(with = "duration_str")]
+    pub heartbeat_interval: Duration,
+    /// Time a new connection has to send `Hello`.
+    #[serde(with = "duration_str")]
+    pub handshake_timeout: Duration,
+    /// Per-connection outbound queue cap in bytes. Deliveries beyond it are dropped and
+    /// counted, and the client is told with `Error{SLOW_CONSUMER}`.
+    pub outbound_queue_bytes: usize,
+    /// Per-connection outbound queue cap in frames (same policy as the byte cap).
+    pub outbound_queue_frames: usize,
+    /// Connections served at once; further ones get `Error{LIMIT_EXCEEDED}` and a close.
+    pub max_connections: usize,
+    /// Active subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+}
+
+/// Default TCP address: loopback, port 7400.
+pub const DEFAULT_TCP: &str = "127.0.0.1:7400";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./rtc-data";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tcp: DEFAULT_TCP.parse().expect("constant address parses"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log: "info".to_string(),
+            max_frame_size: rtc_proto::DEFAULT_MAX_FRAME_SIZE,
+            heartbeat_interval: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            outbound_queue_bytes: 8 * 1024 * 1024,
+            outbound_queue_frames: 65_536,
+            max_connections: 65_536,
+            max_subscriptions_per_connection: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys left out keep their defaults, unknown keys are an error.
+    pub fn from_toml_file(path: &Path) -> Result<Config, BrokerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BrokerError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|message| BrokerError::ConfigParse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error is a one-line explanation.
+    pub fn from_toml_str(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().replace('\n', " ").trim().to_string())
+    }
+
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |msg: String| Err(BrokerError::InvalidConfig(msg));
+        if self.max_frame_size < 1024 || self.max_frame_size > 64 * 1024 * 1024 {
+            return bad(format!(
+                "max_frame_size must be between 1024 and 67108864 bytes, got {}",
+                self.max_frame_size
+            ));
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return bad("heartbeat_interval must be at least 100ms".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout must be above zero".into());
+        }
+        if self.outbound_queue_bytes < self.max_frame_size {
+            return bad(format!(
+                "outbound_queue_bytes ({}) must be at least max_frame_size ({})",
+                self.outbound_queue_bytes, self.max_frame_size
+            ));
+        }
+        if self.outbound_queue_frames == 0 || self.max_connections == 0 {
+            return bad("outbound_queue_frames and max_connections must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Durations in the file are human strings: `"15s"`, `"500ms"`, `"2m"`, `"1h 30m"`.
+mod duration_str {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_only_given_keys() {
+        let c =
+            Config::from_toml_str("tcp = \"127.0.0.1:0\"\nheartbeat_interval = \"2s\"").unwrap();
+        assert_eq!(c.tcp.port(), 0);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.max_frame_size, Config::default().max_frame_size);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_duration_are_errors() {
+        let e = Config::from_toml_str("tcpp = \"127.0.0.1:0\"").unwrap_err();
+        assert!(e.contains("tcpp"), "{e}");
+        let e = Config::from_toml_str("heartbeat_interval = \"soon\"").unwrap_err();
+        assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn validation_catches_nonsense() {
+        let c = Config {
+            max_frame_size: 10,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            outbound_queue_bytes: 1,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! The per-connection outbound queue ([`Outbox`]) and the writer task that drains it into
+//! the socket ([`write_loop`]).
+//!
+//! Everything a connection is sent goes through its `Outbox`: responses from its own
+//! session (PubAck, SubAck, Error, Pong, …) and deliveries pushed by other connections'
+//! publishes via the router. The writer takes the whole queue at once, encodes it into one
+//! buffer, writes it and flushes once per batch.
+//!
+//! # Slow-consumer policy
+//! The queue is bounded in bytes and in frames (`outbound_queue_bytes`,
+//! `outbound_queue_frames`). A delivery that does not fit is **dropped and counted**; it
+//! never waits, so a subscriber that cannot keep up never slows the publisher or anyone
+//! else. The next time the writer drains, it first sends the client
+//! `Error{code: SLOW_CONSUMER}` saying how many messages were dropped since the last such
+//! notice. Responses to the connection's own requests are never dropped: they may use up
+//! to twice the byte cap, and past that the session stops reading this client's requests
+//! until its writer catches up (TCP backpressure on a client that does not read).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use rtc_proto::codec::{encode_deliver, encode_frame};
+use rtc_proto::{ErrorCode, Frame};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// Bytes charged for a queued frame beyond its payload (headers, bookkeeping).
+const FRAME_OVERHEAD: usize = 32;
+/// The writer hands its buffer to the socket once it holds this much.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// A write buffer grown past this is released after the batch, so idle connections stay small.
+const KEEP_BUFFER: usize = 16 * 1024;
+/// Likewise for the batch queue's capacity, in frames.
+const KEEP_BATCH: usize = 256;
+
+/// One queued outbound item.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A frame built for this connection alone.
+    Frame(Frame),
+    /// A delivery of a message encoded once and shared by every subscriber.
+    Deliver {
+        /// The subscription it is for.
+        sub_id: u64,
+        /// `rtc_proto::codec::encode_message` output.
+        message: Bytes,
+    },
+}
+
+impl Outgoing {
+    fn charge(&self) -> usize {
+        FRAME_OVERHEAD
+            + match self {
+                Outgoing::Frame(_) => 0,
+                Outgoing::Deliver { message, .. } => message.len(),
+            }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// The outbound queue of one connection. Cheap to share (`Arc<Outbox>`); its lock is held
+/// only to push or to swap the queue out, never across I/O.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer when the queue goes from empty to non-empty or is closed.
+    ready: Notify,
+    /// Wakes responders waiting for room after the writer took a batch.
+    space: Notify,
+    /// Deliveries dropped since the client was last told.
+    dropped: AtomicU64,
+    /// Deliveries dropped over the connection's life.
+    dropped_total: AtomicU64,
+    max_bytes: usize,
+    max_frames: usize,
+}
+
+/// The connection is gone; nothing more can be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+impl Outbox {
+    /// A queue capped at `max_bytes` and `max_frames` for deliveries.
+    pub fn new(max_bytes: usize, max_frames: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            space: Notify::new(),
+            dropped: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
+            max_bytes,
+            max_frames,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // critical section is a push or a swap), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a delivery if it fits; otherwise drops it and counts it. Never waits.
+    /// Returns whether it was queued.
+    pub(crate) fn push_deliver(&self, sub_id: u64, message: Bytes) -> bool {
+        let item = Outgoing::Deliver { sub_id, message };
+        let charge = item.charge();
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        if st.queue.len() >= self.max_frames || st.bytes + charge > self.max_bytes {
+            drop(st);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let was_empty = st.queue.is_empty();
+        st.bytes += charge;
+        st.queue.push_back(item);
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Queues a response frame. It is never dropped; when the queue holds more than twice
+    /// the byte cap this waits until the writer has taken a batch.
+    pub(crate) async fn push_frame(&self, frame: Frame) -> Result<(), Closed> {
+        let item = Outgoing::Frame(frame);
+        let charge = item.charge();
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(Closed);
+                }
+                if st.bytes <= self.max_bytes * 2 {
+                    let was_empty = st.queue.is_empty();
+                    st.bytes += charge;
+                    st.queue.push_back(item);
+                    drop(st);
+                    if was_empty {
+                        self.ready.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+            space.await;
+        }
+    }
+
+    /// Marks the queue closed: nothing more is accepted, and the writer exits once it has
+    /// written what is already queued.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+        self.space.notify_waiters();
+    }
+
+    /// Whether [`Outbox::close`] was called or the writer stopped.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Deliveries dropped for this connection so far.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
+    }
+
+    /// Waits for work and swaps the queue into `batch` (which must be empty). Returns
+    /// `false` when the queue is closed and fully drained.
+    async fn take(&self, batch: &mut VecDeque<Outgoing>) -> bool {
+        loop {
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if !st.queue.is_empty() {
+                    std::mem::swap(&mut st.queue, batch);
+                    st.bytes = 0;
+                    drop(st);
+                    self.space.notify_waiters();
+                    return true;
+                }
+                if st.closed {
+                    return false;
+                }
+            }
+            ready.await;
+        }
+    }
+}
+
+/// Drains `outbox` into `writer` until the outbox is closed and empty or the socket fails,
+/// then shuts the writer down. `max_frame_size` is the limit announced to the client.
+pub(crate) async fn write_loop<W>(
+    outbox: std::sync::Arc<Outbox>,
+    mut writer: W,
+    max_frame_size: usize,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let mut batch = VecDeque::new();
+    let mut buf = BytesMut::new();
+    while outbox.take(&mut batch).await {
+        let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let notice = Frame::error(
+                0,
+                ErrorCode::SlowConsumer,
+                format!("{dropped} message(s) dropped: this connection's outbound queue was full"),
+            );
+            let _ = encode_frame(&notice, max_frame_size, &mut buf);
+        }
+        let mut failed = false;
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Deliver { sub_id, message } => encode_deliver(sub_id, &message, &mut buf),
+                Outgoing::Frame(frame) => {
+                    if let Err(e) = encode_frame(&frame, max_frame_size, &mut buf) {
+                        tracing::error!(error = %e, op = frame.op_name(), "dropping unencodable response");
+                    }
+                }
+            }
+            if buf.len() >= WRITE_CHUNK && !failed {
+                failed = writer.write_all(&buf).await.is_err();
+                buf.clear();
+            }
+        }
+        if !failed && !buf.is_empty() {
+            failed = writer.write_all(&buf).await.is_err();
+        }
+        if !failed {
+            failed = writer.flush().await.is_err();
+        }
+        buf.clear();
+        if buf.capacity() > KEEP_BUFFER {
+            buf = BytesMut::new();
+        }
+        if batch.capacity() > KEEP_BATCH {
+            batch = VecDeque::new();
+        }
+        if failed {
+            break;
+        }
+    }
+    outbox.close();
+    let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_beyond_the_caps_are_dropped_and_counted() {
+        let outbox = Outbox::new(1000, 3);
+        let msg = Bytes::from(vec![0u8; 100]);
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(!outbox.push_deliver(1, msg.clone()), "frame cap");
+        assert_eq!(outbox.dropped_total(), 1);
+
+        let outbox = Outbox::new(300, 100);
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(!outbox.push_deliver(1, msg), "byte cap");
+        assert_eq!(outbox.dropped_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn responses_are_queued_past_the_delivery_cap_and_closed_is_reported() {
+        let outbox = Outbox::new(200, 1);
+        assert!(outbox.push_deliver(1, Bytes::from(vec![0u8; 150])));
+        assert!(!outbox.push_deliver(1, Bytes::from_static(b"x")));
+        outbox
+            .push_frame(Frame::error(1, ErrorCode::Internal, "x"))
+            .await
+            .unwrap();
+        outbox.close();
+        assert_eq!(
+            outbox
+                .push_frame(Frame::error(2, ErrorCode::Internal, "x"))
+                .await,
+            Err(Closed)
+        );
+        assert!(!outbox.push_deliver(1, Bytes::from_static(b"x")));
+    }
+}

@@ -1,0 +1,284 @@
+//! The subscription index and live fan-out.
+//!
+//! Subscriptions live in a token trie: each level is one topic token, with separate slots
+//! for the `*` and `>` wildcards, so matching a topic costs one walk of its tokens however
+//! many subscriptions exist. A publish walks the trie under a shared read lock and pushes
+//! the message — encoded once by the caller, shared as `Bytes` — into each matching
+//! subscriber's [`Outbox`]; pushing never waits (a full outbox drops and counts), so the
+//! read lock is held only for the walk. Subscribe and unsubscribe take the write lock.
+//!
+//! A publisher's messages are pushed in the order its session handles them, and each
+//! outbox is FIFO, so every subscriber sees one publisher's messages in publish order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::outbound::Outbox;
+
+/// One subscription as the router sees it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The connection that owns it.
+    pub conn_id: u64,
+    /// The client's id for it, echoed in every `Deliver`.
+    pub sub_id: u64,
+    /// Where its deliveries go.
+    pub outbox: Arc<Outbox>,
+}
+
+impl Subscriber {
+    fn is(&self, conn_id: u64, sub_id: u64) -> bool {
+        self.conn_id == conn_id && self.sub_id == sub_id
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    /// Subscriptions whose pattern ends exactly at this node.
+    here: Vec<Subscriber>,
+    /// Subscriptions whose pattern ends with `>` at this level.
+    rest: Vec<Subscriber>,
+    /// Literal next tokens.
+    children: HashMap<Box<str>, Node>,
+    /// The `*` next token.
+    star: Option<Box<Node>>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.here.is_empty()
+            && self.rest.is_empty()
+            && self.children.is_empty()
+            && self.star.is_none()
+    }
+
+    fn insert(&mut self, tokens: &[&str], sub: Subscriber) {
+        match tokens.split_first() {
+            None => self.here.push(sub),
+            Some((&">", _)) => self.rest.push(sub),
+            Some((&"*", rest)) => self
+                .star
+                .get_or_insert_with(Default::default)
+                .insert(rest, sub),
+            Some((tok, rest)) => self
+                .children
+                .entry((*tok).into())
+                .or_default()
+                .insert(rest, sub),
+        }
+    }
+
+    /// Removes one subscription; returns whether it was found. Prunes emptied nodes.
+    fn remove(&mut self, tokens: &[&str], conn_id: u64, sub_id: u64) -> bool {
+        let take = |v: &mut Vec<Subscriber>| match v.iter().position(|s| s.is(conn_id, sub_id)) {
+            Some(i) => {
+                v.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+        match tokens.split_first() {
+            None => take(&mut self.here),
+            Some((&">", _)) => take(&mut self.rest),
+            Some((&"*", rest)) => {
+                let Some(star) = self.star.as_mut() else {
+                    return false;
+                };
+                let found = star.remove(rest, conn_id, sub_id);
+                if star.is_empty() {
+                    self.star = None;
+                }
+                found
+            }
+            Some((tok, rest)) => {
+                let Some(child) = self.children.get_mut(*tok) else {
+                    return false;
+                };
+                let found = child.remove(rest, conn_id, sub_id);
+                if child.is_empty() {
+                    self.children.remove(*tok);
+                }
+                found
+            }
+        }
+    }
+
+    fn for_each_match(&self, tokens: &[&str], f: &mut impl FnMut(&Subscriber)) {
+        let Some((tok, rest)) = tokens.split_first() else {
+            self.here.iter().for_each(&mut *f);
+            return;
+        };
+        // `>` needs at least one more token, which `tok` is.
+        self.rest.iter().for_each(&mut *f);
+        if let Some(child) = self.children.get(*tok) {
+            child.for_each_match(rest, f);
+        }
+        if let Some(star) = &self.star {
+            star.for_each_match(rest, f);
+        }
+    }
+}
+
+/// The broker-wide subscription index.
+#[derive(Debug, Default)]
+pub struct Router {
+    root: RwLock<Node>,
+}
+
+/// Most tokens a topic may have (`rtc_proto::topic::MAX_TOKENS`); lets matching split a
+/// topic into a stack array instead of a heap `Vec`.
+const MAX_TOKENS: usize = rtc_proto::topic::MAX_TOKENS;
+
+fn split_tokens<'a>(topic: &'a str, out: &mut [&'a str; MAX_TOKENS]) -> usize {
+    let mut n = 0;
+    for tok in topic.split('.').take(MAX_TOKENS) {
+        out[n] = tok;
+        n += 1;
+    }
+    n
+}
+
+impl Router {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a subscription for a validated `pattern`.
+    pub fn subscribe(&self, pattern: &str, sub: Subscriber) {
+        let tokens: Vec<&str> = pattern.split('.').collect();
+        self.root
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(&tokens, sub);
+    }
+
+    /// Removes the subscription `(conn_id, sub_id)` made with `pattern`; returns whether it
+    /// existed.
+    pub fn unsubscribe(&self, pattern: &str, conn_id: u64, sub_id: u64) -> bool {
+        let tokens: Vec<&str> = pattern.split('.').collect();
+        self.root
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&tokens, conn_id, sub_id)
+    }
+
+    /// Calls `f` for every subscription whose pattern matches the validated `topic`.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&Subscriber)) {
+        let mut buf = [""; MAX_TOKENS];
+        let n = split_tokens(topic, &mut buf);
+        self.root
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .for_each_match(&buf[..n], &mut f);
+    }
+
+    /// Fans a message out to every matching subscription. `encode` runs at most once, and
+    /// only if someone matches. Returns how many subscriptions it was queued for.
+    pub fn publish(&self, topic: &str, encode: impl FnOnce() -> Bytes) -> usize {
+        let mut encode = Some(encode);
+        let mut shared: Option<Bytes> = None;
+        let mut queued = 0;
+        self.for_each_match(topic, |sub| {
+            let bytes = shared.get_or_insert_with(|| (encode.take().expect("encode runs once"))());
+            if sub.outbox.push_deliver(sub.sub_id, bytes.clone()) {
+                queued += 1;
+            }
+        });
+        queued
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc_proto::topic::pattern_matches;
+
+    fn sub(conn_id: u64, sub_id: u64) -> Subscriber {
+        Subscriber {
+            conn_id,
+            sub_id,
+            outbox: Arc::new(Outbox::new(1 << 20, 1024)),
+        }
+    }
+
+    fn matches(router: &Router, topic: &str) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        router.for_each_match(topic, |s| v.push((s.conn_id, s.sub_id)));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn trie_agrees_with_the_reference_matcher() {
+        let patterns = [
+            "a", "a.b", "a.*", "a.>", "*.b", "*", ">", "a.*.c", "a.b.>", "*.*.*", "x.y",
+        ];
+        let topics = [
+            "a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.c.d", "x.y", "x.y.z",
+        ];
+        let router = Router::new();
+        for (i, p) in patterns.iter().enumerate() {
+            router.subscribe(p, sub(1, i as u64));
+        }
+        for t in topics {
+            let want: Vec<(u64, u64)> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| pattern_matches(p, t))
+                .map(|(i, _)| (1, i as u64))
+                .collect();
+            assert_eq!(matches(&router, t), want, "topic {t}");
+        }
+    }
+
+    #[test]
+    fn unsubscribe_removes_only_that_subscription_and_prunes() {
+        let router = Router::new();
+        router.subscribe("a.*.c", sub(1, 1));
+        router.subscribe("a.*.c", sub(2, 1));
+        router.subscribe("a.>", sub(1, 2));
+        assert!(router.unsubscribe("a.*.c", 1, 1));
+        assert!(
+            !router.unsubscribe("a.*.c", 1, 1),
+            "second removal finds nothing"
+        );
+        assert!(
+            !router.unsubscribe("a.x.c", 2, 1),
+            "wrong pattern finds nothing"
+        );
+        assert_eq!(matches(&router, "a.b.c"), vec![(1, 2), (2, 1)]);
+        assert!(router.unsubscribe("a.*.c", 2, 1));
+        assert!(router.unsubscribe("a.>", 1, 2));
+        assert!(
+            router.root.read().unwrap().is_empty(),
+            "trie pruned back to empty"
+        );
+    }
+
+    #[test]
+    fn publish_encodes_once_and_skips_encoding_without_subscribers() {
+        let router = Router::new();
+        let mut calls = 0;
+        assert_eq!(
+            router.publish("a", || {
+                calls += 1;
+                Bytes::new()
+            }),
+            0
+        );
+        assert_eq!(calls, 0);
+        router.subscribe("a", sub(1, 1));
+        router.subscribe(">", sub(2, 1));
+        assert_eq!(
+            router.publish("a", || {
+                calls += 1;
+                Bytes::from_static(b"m")
+            }),
+            2
+        );
+        assert_eq!(calls, 1);
+    }
+}

@@ -1,0 +1,244 @@
+//! Listeners, the accept loop, the connection limit and graceful shutdown, and the public
+//! embedding API ([`Broker`], [`BrokerBuilder`], [`BrokerHandle`]).
+//!
+//! [`BrokerBuilder::start`] validates the [`Config`], prepares the data directory, binds
+//! every listener (so the caller learns the real addresses, port 0 included) and spawns
+//! one accept loop per listener. Each accepted connection runs a
+//! [`crate::session`] on a shared [`TaskTracker`]. [`BrokerHandle::shutdown`] cancels one
+//! [`CancellationToken`]: accept loops stop, each session sends
+//! `Error{SHUTTING_DOWN}` and lets its writer flush, and `shutdown` returns once every
+//! task has finished (or after a grace period).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc_proto::codec::encode_frame;
+use rtc_proto::{ErrorCode, Frame};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::router::Router;
+
+/// How long `shutdown` waits for connections to finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) router: Router,
+    next_conn_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Entry point of the embeddable broker.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rtc_broker::BrokerError> {
+/// let broker = rtc_broker::Broker::builder()
+///     .tcp("127.0.0.1:0".parse().unwrap())
+///     .data_dir("/tmp/rtc-demo")
+///     .start()
+///     .await?;
+/// println!("listening on {}", broker.tcp_addr());
+/// broker.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Broker;
+
+impl Broker {
+    /// A builder starting from [`Config::default`].
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::new(Config::default())
+    }
+}
+
+/// Configures and starts a broker. Setters override single fields of the [`Config`].
+#[derive(Debug, Clone)]
+pub struct BrokerBuilder {
+    config: Config,
+}
+
+impl BrokerBuilder {
+    /// A builder starting from `config`.
+    pub fn new(config: Config) -> Self {
+        BrokerBuilder { config }
+    }
+
+    /// TCP listen address (port 0 for any free port).
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.config.tcp = addr;
+        self
+    }
+
+    /// Data directory (created if missing).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = dir.into();
+        self
+    }
+
+    /// Replaces every setting with `config`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes settings in place, e.g. `.configure(|c| c.heartbeat_interval = d)`.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Validates the settings, binds the listeners and starts serving. Must be called
+    /// inside a tokio runtime.
+    pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
+        let config = self.config;
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let listener = TcpListener::bind(config.tcp)
+            .await
+            .map_err(|source| BrokerError::Bind {
+                transport: "tcp",
+                addr: config.tcp,
+                source,
+            })?;
+        let tcp_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+            transport: "tcp",
+            addr: config.tcp,
+            source,
+        })?;
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let shared = Arc::new(Shared {
+            config,
+            router: Router::new(),
+            next_conn_id: AtomicU64::new(1),
+        });
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(accept_tcp(
+            listener,
+            shared.clone(),
+            limit,
+            cancel.clone(),
+            tracker.clone(),
+        ));
+        tracing::info!(%tcp_addr, "broker started");
+        Ok(BrokerHandle {
+            tcp_addr,
+            cancel,
+            tracker,
+        })
+    }
+}
+
+/// A running broker. Dropping it stops the broker without waiting; prefer
+/// [`BrokerHandle::shutdown`].
+#[derive(Debug)]
+pub struct BrokerHandle {
+    tcp_addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl BrokerHandle {
+    /// The address the TCP listener is bound to (the real port when 0 was asked for).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Stops accepting, tells every client `SHUTTING_DOWN`, lets each connection flush
+    /// what is queued, and returns when all have finished (at most ~10 s).
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish within {SHUTDOWN_GRACE:?}");
+        }
+        tracing::info!("broker stopped");
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: keep serving the connections we have.
+                tracing::error!(error = %e, "accept failed (out of file descriptors?); retrying shortly");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracker.spawn(refuse(stream, shared.config.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let session = crate::session::run(
+            shared.clone(),
+            reader,
+            writer,
+            peer.to_string(),
+            cancel.clone(),
+        );
+        tracker.spawn(async move {
+            session.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Tells a connection over the limit why it is closed.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let frame = Frame::error(
+        0,
+        ErrorCode::LimitExceeded,
+        format!("the broker serves at most {max} connections"),
+    );
+    let mut buf = bytes::BytesMut::new();
+    if encode_frame(&frame, usize::MAX, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+    }
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,336 @@
+//! One session per client connection: handshake, read loop and dispatch.
+//!
+//! The session is transport-agnostic: it is handed a reader and a writer. It spawns the
+//! connection's writer task ([`crate::outbound::write_loop`]) over the writer, then reads
+//! frames and handles each in turn — so one client's requests are handled in the order
+//! sent. Every answer goes through the connection's [`Outbox`]; publishes fan out through
+//! the [`crate::router::Router`] into other connections' outboxes.
+//!
+//! Lifecycle: `Hello` must arrive within `handshake_timeout`; after `Welcome` the client
+//! must send something every `heartbeat_interval` and is closed after three silent
+//! intervals. Protocol violations (undecodable frame, oversized length, no or repeated
+//! `Hello`) get an `Error` and a close; a bad request (invalid topic, unknown sub_id, …)
+//! gets an `Error` and the connection stays up. On broker shutdown the session stops
+//! reading, sends `Error{SHUTTING_DOWN}`, and its writer finishes what is queued.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use rtc_proto::codec::{deliver_frame_len, CodecError};
+use rtc_proto::topic::{validate_pattern, validate_publish_topic};
+use rtc_proto::v1::{self, frame::Op};
+use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbound::{write_loop, Closed, Outbox};
+use crate::router::Subscriber;
+use crate::server::Shared;
+
+/// Initial read buffer per connection; it grows on demand up to one frame.
+const READ_BUFFER: usize = 512;
+/// How long a closing connection's writer gets to flush what is queued.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one connection until it closes, the client misbehaves, or `cancel` fires.
+pub(crate) async fn run<R, W>(
+    shared: Arc<Shared>,
+    reader: R,
+    writer: W,
+    peer: String,
+    cancel: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let conn_id = shared.next_conn_id();
+    let outbox = Arc::new(Outbox::new(
+        config.outbound_queue_bytes,
+        config.outbound_queue_frames,
+    ));
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), writer, config.max_frame_size));
+    let frames =
+        FramedRead::with_capacity(reader, FrameCodec::new(config.max_frame_size), READ_BUFFER);
+    let mut session = Session {
+        conn_id,
+        shared: shared.clone(),
+        outbox: outbox.clone(),
+        subs: HashMap::new(),
+    };
+    tracing::debug!(conn_id, %peer, "connection opened");
+    let _ = session.serve(frames, &cancel).await;
+    session.remove_all_subscriptions();
+    outbox.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, writer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(conn_id, %peer, "writer did not drain in time; dropping connection");
+    }
+    tracing::debug!(conn_id, %peer, dropped = outbox.dropped_total(), "connection closed");
+}
+
+struct Session {
+    conn_id: u64,
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    /// Active subscriptions: sub_id → pattern.
+    subs: HashMap<u64, String>,
+}
+
+impl Session {
+    async fn send(&self, frame: Frame) -> Result<(), Closed> {
+        self.outbox.push_frame(frame).await
+    }
+
+    async fn serve<R: AsyncRead + Unpin>(
+        &mut self,
+        mut frames: FramedRead<R, FrameCodec>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Closed> {
+        let config = &self.shared.config;
+        // Handshake.
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return self.close_with(ErrorCode::ShuttingDown, "broker is shutting down").await,
+            r = tokio::time::timeout(config.handshake_timeout, frames.next()) => r,
+        };
+        let hello = match first {
+            Err(_) => {
+                let msg = format!("no Hello within {:?}", config.handshake_timeout);
+                return self.close_with(ErrorCode::HandshakeTimeout, msg).await;
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return self.codec_error(e).await,
+            Ok(Some(Ok(Frame {
+                op: Some(Op::Hello(h)),
+            }))) => h,
+            Ok(Some(Ok(other))) => {
+                let msg = format!("the first frame must be Hello, got {}", other.op_name());
+                return self.close_with(ErrorCode::HandshakeRequired, msg).await;
+            }
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            );
+            return self.close_with(ErrorCode::UnsupportedVersion, msg).await;
+        }
+        tracing::debug!(conn_id = self.conn_id, client = %hello.client_name, "handshake done");
+        self.send(Frame::from_op(Op::Welcome(v1::Welcome {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            max_frame_size: config.max_frame_size as u32,
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u32,
+            features: vec![],
+            connection_id: self.conn_id,
+        })))
+        .await?;
+
+        // Read loop. The idle deadline is only re-armed when it fires, not per frame.
+        let idle_limit = config.heartbeat_interval * 3;
+        let mut last_seen = Instant::now();
+        let idle = tokio::time::sleep(idle_limit);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    return self.close_with(ErrorCode::ShuttingDown, "broker is shutting down").await;
+                }
+                _ = &mut idle => {
+                    if last_seen.elapsed() >= idle_limit {
+                        let msg = format!("nothing received for {idle_limit:?} (3 heartbeat intervals)");
+                        return self.close_with(ErrorCode::HeartbeatTimeout, msg).await;
+                    }
+                    idle.as_mut().reset(last_seen + idle_limit);
+                }
+                next = frames.next() => match next {
+                    None => return Ok(()),
+                    Some(Err(e)) => return self.codec_error(e).await,
+                    Some(Ok(frame)) => {
+                        last_seen = Instant::now();
+                        if self.handle(frame).await?.is_break() {
+                            return Ok(());
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Sends a closing error; the caller then ends the session.
+    async fn close_with(&self, code: ErrorCode, msg: impl Into<String>) -> Result<(), Closed> {
+        let msg = msg.into();
+        tracing::debug!(conn_id = self.conn_id, ?code, %msg, "closing connection");
+        self.send(Frame::error(0, code, msg)).await
+    }
+
+    async fn codec_error(&self, e: CodecError) -> Result<(), Closed> {
+        let code = match &e {
+            CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            CodecError::Decode(_) => ErrorCode::BadFrame,
+            CodecError::Io(_) => return Ok(()),
+        };
+        self.close_with(code, e.to_string()).await
+    }
+
+    /// Handles one frame after the handshake. `Break` ends the session.
+    async fn handle(&mut self, frame: Frame) -> Result<ControlFlow<()>, Closed> {
+        let op_name = frame.op_name();
+        match frame.op {
+            Some(Op::Publish(p)) => self.publish(p).await?,
+            Some(Op::Subscribe(s)) => self.subscribe(s).await?,
+            Some(Op::Unsubscribe(u)) => self.unsubscribe(u).await?,
+            Some(Op::Ping(p)) => {
+                self.send(Frame::from_op(Op::Pong(v1::Pong { nonce: p.nonce })))
+                    .await?
+            }
+            Some(Op::Pong(_)) => {}
+            Some(Op::Hello(_)) => {
+                self.close_with(
+                    ErrorCode::HandshakeRequired,
+                    "Hello was already received on this connection",
+                )
+                .await?;
+                return Ok(ControlFlow::Break(()));
+            }
+            Some(Op::Error(e)) => {
+                tracing::debug!(conn_id = self.conn_id, code = e.code, msg = %e.message, "client reported an error");
+            }
+            Some(
+                Op::Welcome(_) | Op::PubAck(_) | Op::SubAck(_) | Op::UnsubAck(_) | Op::Deliver(_),
+            ) => {
+                let msg = format!("{op_name} is sent by the broker, not accepted from clients");
+                self.send(Frame::error(0, ErrorCode::Unsupported, msg))
+                    .await?;
+            }
+            None => {
+                self.send(Frame::error(0, ErrorCode::Unsupported, "unknown operation"))
+                    .await?
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    async fn publish(&mut self, p: v1::Publish) -> Result<(), Closed> {
+        let reply = |code: ErrorCode, msg: String| Frame::error(p.req_id, code, msg);
+        if let Err(e) = validate_publish_topic(&p.topic) {
+            return self
+                .send(reply(
+                    ErrorCode::InvalidTopic,
+                    format!("{:?}: {e}", p.topic),
+                ))
+                .await;
+        }
+        let message = v1::Message {
+            topic: p.topic,
+            payload: p.payload,
+            headers: p.headers,
+            seq: 0,
+            timestamp_ms: now_ms(),
+            msg_id: p.msg_id,
+            delivery_count: 1,
+        };
+        // The Deliver built from this publish must fit the frame limit we announced.
+        let len = deliver_frame_len(u64::MAX, prost::Message::encoded_len(&message));
+        let max = self.shared.config.max_frame_size;
+        if len > max {
+            let msg = format!("message would be a {len}-byte Deliver frame; the limit is {max}");
+            return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
+        }
+        self.shared.router.publish(&message.topic, || {
+            rtc_proto::codec::encode_message(&message)
+        });
+        if p.req_id != 0 {
+            self.send(Frame::from_op(Op::PubAck(v1::PubAck {
+                req_id: p.req_id,
+                seq: 0,
+                duplicate: false,
+            })))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, s: v1::Subscribe) -> Result<(), Closed> {
+        let err = |code: ErrorCode, msg: String| Frame::error(s.req_id, code, msg);
+        if s.sub_id == 0 {
+            return self
+                .send(err(
+                    ErrorCode::InvalidRequest,
+                    "sub_id must not be 0".into(),
+                ))
+                .await;
+        }
+        if let Err(e) = validate_pattern(&s.pattern) {
+            return self
+                .send(err(
+                    ErrorCode::InvalidPattern,
+                    format!("{:?}: {e}", s.pattern),
+                ))
+                .await;
+        }
+        if self.subs.contains_key(&s.sub_id) {
+            let msg = format!("sub_id {} is already active on this connection", s.sub_id);
+            return self.send(err(ErrorCode::DuplicateSubscription, msg)).await;
+        }
+        let limit = self.shared.config.max_subscriptions_per_connection;
+        if self.subs.len() >= limit {
+            let msg = format!("this connection already has {limit} subscriptions, the limit");
+            return self.send(err(ErrorCode::LimitExceeded, msg)).await;
+        }
+        self.shared.router.subscribe(
+            &s.pattern,
+            Subscriber {
+                conn_id: self.conn_id,
+                sub_id: s.sub_id,
+                outbox: self.outbox.clone(),
+            },
+        );
+        self.subs.insert(s.sub_id, s.pattern);
+        self.send(Frame::from_op(Op::SubAck(v1::SubAck {
+            req_id: s.req_id,
+            sub_id: s.sub_id,
+        })))
+        .await
+    }
+
+    async fn unsubscribe(&mut self, u: v1::Unsubscribe) -> Result<(), Closed> {
+        let Some(pattern) = self.subs.remove(&u.sub_id) else {
+            let msg = format!("sub_id {} is not an active subscription", u.sub_id);
+            return self
+                .send(Frame::error(u.req_id, ErrorCode::UnknownSubscription, msg))
+                .await;
+        };
+        self.shared
+            .router
+            .unsubscribe(&pattern, self.conn_id, u.sub_id);
+        self.send(Frame::from_op(Op::UnsubAck(v1::UnsubAck {
+            req_id: u.req_id,
+            sub_id: u.sub_id,
+        })))
+        .await
+    }
+
+    fn remove_all_subscriptions(&mut self) {
+        for (sub_id, pattern) in self.subs.drain() {
+            self.shared
+                .router
+                .unsubscribe(&pattern, self.conn_id, sub_id);
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the broker's message timestamp.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
