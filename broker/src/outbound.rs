@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use rtc_proto::codec::{encode_deliver, encode_frame};
-use rtc_proto::{ErrorCode, Frame};
+use rtc_proto::Frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -218,12 +218,7 @@ pub(crate) async fn write_loop<W>(
     while outbox.take(&mut batch).await {
         let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
-            let notice = Frame::error(
-                0,
-                ErrorCode::SlowConsumer,
-                format!("{dropped} message(s) dropped: this connection's outbound queue was full"),
-            );
-            let _ = encode_frame(&notice, max_frame_size, &mut buf);
+            let _ = encode_frame(&Frame::slow_consumer(dropped), max_frame_size, &mut buf);
         }
         let mut failed = false;
         for item in batch.drain(..) {
@@ -264,6 +259,7 @@ pub(crate) async fn write_loop<W>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc_proto::ErrorCode;
 
     #[test]
     fn deliveries_beyond_the_caps_are_dropped_and_counted() {

@@ -1,1 +1,50 @@
+//! Async Rust client for the rtc message broker.
+//!
+//! ```no_run
+//! use rtc_client::{Client, PublishMessage};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), rtc_client::Error> {
+//!     let client = Client::connect("tcp://127.0.0.1:7400").await?;
+//!
+//!     // Subscribe first: live subscriptions see messages published after they start.
+//!     let mut orders = client.subscribe("orders.*.created").await?;
+//!
+//!     // Publish and wait for the broker's acknowledgement.
+//!     client.publish("orders.eu.created", "order #1").await?;
+//!     client
+//!         .publish_message(PublishMessage::new("orders.us.created", "order #2").header("source", "web"))
+//!         .await?;
+//!
+//!     for _ in 0..2 {
+//!         let msg = orders.next().await.expect("connection open");
+//!         println!("{} {:?}", msg.topic, msg.payload);
+//!     }
+//!     client.close().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Errors
+//! Every call returns [`Error`]. When the broker refuses a request, the `Error` frame it
+//! sends is routed to that call as [`Error::Server`] with a stable
+//! [`rtc_proto::ErrorCode`]; the connection stays up.
+//!
+//! # Layout
+//! - `client`: [`Client`] and [`ConnectOptions`]: requests and their answers.
+//! - `subscription`: [`Subscription`], a `Stream` of [`Message`]s.
+//! - `message`: [`Message`], [`PublishMessage`], [`PubAck`].
+//! - `connection`: URL parsing, handshake, and the reader and writer tasks.
+//! - `error`: [`Error`].
 
+mod client;
+mod connection;
+mod error;
+mod message;
+mod subscription;
+
+pub use client::{Client, ConnectOptions};
+pub use error::Error;
+pub use message::{Message, PubAck, PublishMessage};
+pub use rtc_proto::ErrorCode;
+pub use subscription::Subscription;

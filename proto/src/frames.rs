@@ -16,16 +16,21 @@ impl Frame {
             code: code as i32,
             message: message.into(),
             sub_id: 0,
+            count: 0,
         }))
     }
 
-    /// An `Error` frame about subscription `sub_id`, answering no request.
-    pub fn sub_error(sub_id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+    /// The `Error{SLOW_CONSUMER}` notice telling a client that `count` deliveries were
+    /// dropped because its outbound queue was full.
+    pub fn slow_consumer(count: u64) -> Self {
         Self::from_op(Op::Error(v1::Error {
             req_id: 0,
-            code: code as i32,
-            message: message.into(),
-            sub_id,
+            code: ErrorCode::SlowConsumer as i32,
+            message: format!(
+                "{count} message(s) dropped: this connection's outbound queue was full"
+            ),
+            sub_id: 0,
+            count,
         }))
     }
 
@@ -53,5 +58,14 @@ impl v1::Error {
     /// The error code, or `Unspecified` for a number this version does not know.
     pub fn error_code(&self) -> ErrorCode {
         ErrorCode::try_from(self.code).unwrap_or(ErrorCode::Unspecified)
+    }
+}
+
+impl ErrorCode {
+    /// The code's short stable name as documented in docs/protocol.md, e.g.
+    /// `INVALID_TOPIC` for `ERROR_CODE_INVALID_TOPIC`.
+    pub fn name(self) -> &'static str {
+        let full = self.as_str_name();
+        full.strip_prefix("ERROR_CODE_").unwrap_or(full)
     }
 }

@@ -1,0 +1,303 @@
+//! [`Client`]: the public API over one connection — publish, subscribe, close.
+//!
+//! Every request gets a fresh `req_id`, is registered in the shared pending map, handed to
+//! the writer task, and completed by the reader task when the broker's answer (or `Error`)
+//! with that `req_id` arrives — so each broker error reaches the call that caused it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtc_proto::v1::{self, frame::Op};
+use rtc_proto::Frame;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::connection::{self, Outgoing, Shared};
+use crate::error::Error;
+use crate::message::{PubAck, PublishMessage};
+use crate::subscription::Subscription;
+
+/// Settings for [`Client::connect_with`]. `Default` gives the values listed per field.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Name sent in `Hello`, shown in broker logs. Default: `rtc-client`.
+    pub client_name: String,
+    /// Authentication token sent in `Hello`. Default: none.
+    pub token: String,
+    /// Time allowed to connect and complete the handshake. Default: 10 s.
+    pub connect_timeout: Duration,
+    /// Time a request (publish with ack, subscribe, …) waits for its answer. Default: 30 s.
+    pub request_timeout: Duration,
+    /// Messages buffered per subscription before the client stops reading from the
+    /// socket (and the broker starts dropping for this connection). Default: 4096.
+    pub subscription_capacity: usize,
+    /// Frames queued for the writer before `publish` waits. Default: 1024.
+    pub write_queue: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            client_name: "rtc-client".to_string(),
+            token: String::new(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            subscription_capacity: 4096,
+            write_queue: 1024,
+        }
+    }
+}
+
+/// A connection to an rtc broker. Cheap to clone; clones share the connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rtc_client::Error> {
+/// let client = rtc_client::Client::connect("tcp://127.0.0.1:7400").await?;
+/// let mut sub = client.subscribe("demo.>").await?;
+/// client.publish("demo.greeting", "hello").await?;
+/// if let Some(msg) = sub.next().await {
+///     println!("{}: {}", msg.topic, String::from_utf8_lossy(&msg.payload));
+/// }
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: mpsc::Sender<Outgoing>,
+    next_id: AtomicU64,
+    max_frame_size: usize,
+    request_timeout: Duration,
+    subscription_capacity: usize,
+    server_version: String,
+    connection_id: u64,
+    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+}
+
+impl Inner {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(
+            self.shared
+                .closed_reason()
+                .unwrap_or_else(|| "the client was closed".to_string()),
+        )
+    }
+
+    fn check_size(&self, frame: &Frame) -> Result<(), Error> {
+        let len = prost::Message::encoded_len(frame);
+        if len > self.max_frame_size {
+            return Err(Error::TooLarge {
+                len,
+                max: self.max_frame_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a frame for the writer without waiting for an answer.
+    async fn send(&self, frame: Frame) -> Result<(), Error> {
+        self.check_size(&frame)?;
+        self.tx
+            .send(Outgoing::Frame(frame))
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Sends a request built around a fresh req_id and waits for its answer.
+    pub(crate) async fn request(&self, build: impl FnOnce(u64) -> Frame) -> Result<Op, Error> {
+        let req_id = self.next_id();
+        let frame = build(req_id);
+        self.check_size(&frame)?;
+        let (tx, rx) = oneshot::channel();
+        self.shared.register(req_id, tx)?;
+        if self.tx.send(Outgoing::Frame(frame)).await.is_err() {
+            self.shared.unregister(req_id);
+            return Err(self.closed_error());
+        }
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => {
+                self.shared.unregister(req_id);
+                Err(Error::Timeout(self.request_timeout))
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Connects to `url` (`tcp://host:port`, or just `host:port`) with default options.
+    pub async fn connect(url: &str) -> Result<Client, Error> {
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connects with explicit [`ConnectOptions`].
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, Error> {
+        let addr = connection::parse_url(url)?;
+        let session = connection::handshake(
+            &addr,
+            &options.client_name,
+            &options.token,
+            options.connect_timeout,
+        )
+        .await?;
+        let welcome = session.welcome;
+        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+        let max_frame_size = welcome.max_frame_size as usize;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel(options.write_queue.max(1));
+        let writer = tokio::spawn(connection::write_loop(
+            shared.clone(),
+            rx,
+            session.writer,
+            heartbeat,
+            max_frame_size,
+        ));
+        let reader = tokio::spawn(connection::read_loop(
+            shared.clone(),
+            session.reader,
+            heartbeat,
+        ));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                shared,
+                tx,
+                next_id: AtomicU64::new(1),
+                max_frame_size,
+                request_timeout: options.request_timeout,
+                subscription_capacity: options.subscription_capacity.max(1),
+                server_version: welcome.server_version,
+                connection_id: welcome.connection_id,
+                tasks: Mutex::new(Some((writer, reader))),
+            }),
+        })
+    }
+
+    /// Publishes `payload` to `topic` and waits for the broker's acknowledgement. An
+    /// invalid topic or oversized payload comes back as [`Error::Server`].
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<PubAck, Error> {
+        self.publish_message(PublishMessage::new(topic, payload))
+            .await
+    }
+
+    /// Publishes a message with headers and/or message ID and waits for the
+    /// acknowledgement.
+    pub async fn publish_message(&self, message: PublishMessage) -> Result<PubAck, Error> {
+        match self
+            .inner
+            .request(|req_id| message.into_frame(req_id))
+            .await?
+        {
+            Op::PubAck(a) => Ok(PubAck {
+                seq: a.seq,
+                duplicate: a.duplicate,
+            }),
+            other => Err(unexpected("PubAck", other)),
+        }
+    }
+
+    /// Publishes without asking for an acknowledgement (fire-and-forget). Returns once the
+    /// frame is queued for the socket; a broker error for it is only logged.
+    pub async fn publish_nowait(&self, message: PublishMessage) -> Result<(), Error> {
+        self.inner.send(message.into_frame(0)).await
+    }
+
+    /// Subscribes to `pattern` (`*` matches one token, `>` the rest). The returned
+    /// [`Subscription`] is a `Stream` of messages; the subscription is active on the
+    /// broker when this returns.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        let sub_id = self.inner.next_id();
+        let (tx, rx) = mpsc::channel(self.inner.subscription_capacity);
+        self.inner.shared.add_sub(sub_id, tx)?;
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::Subscribe(v1::Subscribe {
+                    req_id,
+                    sub_id,
+                    pattern: pattern.to_string(),
+                }))
+            })
+            .await;
+        match reply {
+            Ok(Op::SubAck(_)) => Ok(Subscription::new(
+                self.inner.clone(),
+                sub_id,
+                pattern.to_string(),
+                rx,
+            )),
+            Ok(other) => {
+                self.inner.shared.remove_sub(sub_id);
+                Err(unexpected("SubAck", other))
+            }
+            Err(e) => {
+                self.inner.shared.remove_sub(sub_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Messages the broker reported dropping because this client read too slowly.
+    pub fn dropped_by_broker(&self) -> u64 {
+        self.inner.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// `Some(reason)` once the connection has closed.
+    pub fn closed_reason(&self) -> Option<String> {
+        self.inner.shared.closed_reason()
+    }
+
+    /// The broker's software version, from the handshake.
+    pub fn server_version(&self) -> &str {
+        &self.inner.server_version
+    }
+
+    /// The id the broker gave this connection (it appears in broker logs).
+    pub fn connection_id(&self) -> u64 {
+        self.inner.connection_id
+    }
+
+    /// Sends what is queued, closes the connection and waits (at most a few seconds)
+    /// for both connection tasks to finish. Subscriptions end. Other clones of this
+    /// client see the connection as closed.
+    pub async fn close(&self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some((writer, reader)) = tasks else {
+            return;
+        };
+        let _ = self.inner.tx.send(Outgoing::Close).await;
+        let grace = Duration::from_secs(5);
+        let _ = tokio::time::timeout(grace, writer).await;
+        // The broker answers our close by closing too; the reader then sees the end.
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(grace, reader).await.is_err() {
+            abort.abort();
+        }
+        self.inner
+            .shared
+            .close("closed by the application".to_string());
+    }
+}
+
+pub(crate) fn unexpected(wanted: &str, got: Op) -> Error {
+    Error::Closed(format!(
+        "protocol error: expected {wanted}, got {}",
+        Frame { op: Some(got) }.op_name()
+    ))
+}
