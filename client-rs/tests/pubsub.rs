@@ -1,0 +1,350 @@
+//! Live pub/sub through rtc-client against a real in-process broker on 127.0.0.1:0.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use rtc_broker::{Broker, BrokerHandle, Config};
+use rtc_client::{Client, Error, ErrorCode, Message, PublishMessage, Subscription};
+use rtc_proto::v1::{self, frame::Op};
+use rtc_proto::{Frame, FrameCodec};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::Decoder;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestBroker {
+    handle: BrokerHandle,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir.path())
+        .configure(tweak)
+        .start()
+        .await
+        .unwrap();
+    TestBroker {
+        url: format!("tcp://{}", handle.tcp_addr()),
+        handle,
+        _dir: dir,
+    }
+}
+
+async fn start() -> TestBroker {
+    start_with(|_| {}).await
+}
+
+async fn next(sub: &mut Subscription) -> Message {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("message within the wait")
+        .expect("subscription open")
+}
+
+/// Publishes `payload` to `topic` as an end marker and collects everything before it.
+async fn until_marker(sub: &mut Subscription, marker: &str) -> Vec<Message> {
+    let mut got = Vec::new();
+    loop {
+        let m = next(sub).await;
+        if m.payload == marker.as_bytes() {
+            return got;
+        }
+        got.push(m);
+    }
+}
+
+#[tokio::test]
+async fn round_trip_with_headers() {
+    let b = start().await;
+    let client = Client::connect(&b.url).await.unwrap();
+    let mut sub = client.subscribe("demo.>").await.unwrap();
+    let ack = client
+        .publish_message(
+            PublishMessage::new("demo.x", "hello")
+                .header("k", "v")
+                .msg_id("m1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.seq, 0, "live topics have no sequence yet");
+    let m = next(&mut sub).await;
+    assert_eq!(m.topic, "demo.x");
+    assert_eq!(m.payload, Bytes::from_static(b"hello"));
+    assert_eq!(
+        m.headers,
+        BTreeMap::from([("k".to_string(), "v".to_string())])
+    );
+    assert_eq!(m.msg_id, "m1");
+    assert!(
+        m.timestamp_ms > 1_600_000_000_000,
+        "broker timestamp set: {}",
+        m.timestamp_ms
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn wildcards_match_exactly_what_they_should() {
+    let b = start().await;
+    let client = Client::connect(&b.url).await.unwrap();
+    // (pattern, topics it must receive, in publish order)
+    let cases: [(&str, &[&str]); 5] = [
+        ("a.*.c", &["a.b.c", "a.x.c"]),
+        ("a.>", &["a.b", "a.b.c", "a.x.c", "a.b.c.d", "a.b.x.c"]),
+        ("*.b", &["a.b", "z.b"]),
+        ("a.b.c", &["a.b.c"]),
+        ("*", &["a", "z"]),
+    ];
+    let mut subs = Vec::new();
+    for (pattern, _) in &cases {
+        subs.push(client.subscribe(pattern).await.unwrap());
+    }
+    let publisher = Client::connect(&b.url).await.unwrap();
+    for topic in [
+        "a", "a.b", "a.b.c", "a.x.c", "a.b.c.d", "z", "z.b", "b.c", "a.b.x.c",
+    ] {
+        publisher.publish(topic, topic.to_string()).await.unwrap();
+    }
+    // One end marker per subscription, on a topic it matches; markers of other
+    // subscriptions that it also matches are skipped.
+    let markers = ["a.end.c", "a.end", "end.b", "a.b.c", "end"];
+    for (i, topic) in markers.iter().enumerate() {
+        publisher.publish(topic, format!("END-{i}")).await.unwrap();
+    }
+    for (i, ((pattern, want), sub)) in cases.iter().zip(subs.iter_mut()).enumerate() {
+        let got: Vec<String> = until_marker(sub, &format!("END-{i}"))
+            .await
+            .into_iter()
+            .filter(|m| !m.payload.starts_with(b"END-"))
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(got, *want, "pattern {pattern}");
+    }
+}
+
+#[tokio::test]
+async fn fifty_subscribers_each_get_every_message_once_in_order() {
+    let b = start().await;
+    let mut subscribers = Vec::new();
+    for _ in 0..50 {
+        let c = Client::connect(&b.url).await.unwrap();
+        let s = c.subscribe("fan.*").await.unwrap();
+        subscribers.push((c, s));
+    }
+    let publisher = Client::connect(&b.url).await.unwrap();
+    const N: usize = 200;
+    for i in 0..N {
+        publisher.publish("fan.out", i.to_string()).await.unwrap();
+    }
+    publisher.publish("fan.out", "END").await.unwrap();
+    for (_, sub) in subscribers.iter_mut() {
+        let got: Vec<String> = until_marker(sub, "END")
+            .await
+            .into_iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect();
+        let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[tokio::test]
+async fn unsubscribe_ends_delivery_and_other_subscriptions_continue() {
+    let b = start().await;
+    let client = Client::connect(&b.url).await.unwrap();
+    let first = client.subscribe("u.x").await.unwrap();
+    let mut second = client.subscribe("u.>").await.unwrap();
+    first.unsubscribe().await.unwrap();
+    client.publish("u.x", "after").await.unwrap();
+    assert_eq!(
+        next(&mut second).await.payload,
+        Bytes::from_static(b"after")
+    );
+    // Dropping a subscription unsubscribes too; the connection keeps working.
+    drop(second);
+    let mut third = client.subscribe("u.x").await.unwrap();
+    client.publish("u.x", "again").await.unwrap();
+    assert_eq!(next(&mut third).await.payload, Bytes::from_static(b"again"));
+}
+
+#[tokio::test]
+async fn broker_errors_reach_the_call_that_caused_them() {
+    let b = start().await;
+    let client = Client::connect(&b.url).await.unwrap();
+    let err = client.publish("bad..topic", "x").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidTopic), "{err}");
+    let err = client.subscribe("a.>.b").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidPattern), "{err}");
+    // Still usable.
+    let mut sub = client.subscribe("ok").await.unwrap();
+    client.publish("ok", "fine").await.unwrap();
+    assert_eq!(next(&mut sub).await.payload, Bytes::from_static(b"fine"));
+}
+
+#[tokio::test]
+async fn oversized_publish_is_refused_locally() {
+    let b = start_with(|c| c.max_frame_size = 4096).await;
+    let client = Client::connect(&b.url).await.unwrap();
+    let err = client.publish("big", vec![0u8; 5000]).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { max: 4096, .. }), "{err}");
+    client.publish("small", vec![0u8; 100]).await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_errors_are_clear() {
+    let err = Client::connect("tcp://127.0.0.1:1").await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    let err = Client::connect("quic-ish://x:1").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriptions_and_fails_requests_with_the_reason() {
+    let b = start().await;
+    let client = Client::connect(&b.url).await.unwrap();
+    let mut sub = client.subscribe("x").await.unwrap();
+    b.handle.shutdown().await;
+    assert!(tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .is_none());
+    let err = client.publish("x", "y").await.unwrap_err();
+    match err {
+        Error::Closed(reason) => assert!(reason.contains("SHUTTING_DOWN"), "{reason}"),
+        other => panic!("expected Closed, got {other}"),
+    }
+}
+
+/// A subscriber that never reads must not slow the publisher or a fast subscriber; the
+/// broker drops its messages, counts them exactly, and tells it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscriber_does_not_stall_publisher_or_fast_subscriber() {
+    let b = start_with(|c| {
+        c.max_frame_size = 64 * 1024;
+        c.outbound_queue_bytes = 256 * 1024;
+    })
+    .await;
+    let addr = b.url.trim_start_matches("tcp://").to_string();
+
+    // The stalled subscriber speaks the raw protocol so nothing reads on its behalf.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut codec = FrameCodec::default();
+    let mut out = BytesMut::new();
+    for frame in [
+        Frame::from_op(Op::Hello(v1::Hello {
+            protocol_version: 1,
+            ..Default::default()
+        })),
+        Frame::from_op(Op::Subscribe(v1::Subscribe {
+            req_id: 1,
+            sub_id: 1,
+            pattern: "load.>".into(),
+        })),
+    ] {
+        rtc_proto::codec::encode_frame(&frame, usize::MAX, &mut out).unwrap();
+    }
+    stalled.write_all(&out).await.unwrap();
+    // Read until the SubAck (Welcome, SubAck) so the subscription is known to be active,
+    // then stop reading this socket.
+    let mut inbuf = BytesMut::new();
+    let mut frames_seen = Vec::new();
+    while frames_seen.len() < 2 {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(
+            WAIT,
+            tokio::io::AsyncReadExt::read(&mut stalled, &mut chunk),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(n > 0, "broker closed the stalled connection early");
+        inbuf.put_slice(&chunk[..n]);
+        while let Some(f) = codec.decode(&mut inbuf).unwrap() {
+            frames_seen.push(f);
+        }
+    }
+    assert!(
+        matches!(frames_seen[1].op, Some(Op::SubAck(_))),
+        "{frames_seen:?}"
+    );
+
+    let fast_client = Client::connect(&b.url).await.unwrap();
+    let mut fast = fast_client.subscribe("load.>").await.unwrap();
+    let publisher = Client::connect(&b.url).await.unwrap();
+    const N: u64 = 4_000;
+    let payload = Bytes::from(vec![b'x'; 4096]);
+    let consume = tokio::spawn(async move {
+        for i in 0..N {
+            let m = next(&mut fast).await;
+            assert_eq!(
+                m.headers.get("i").map(String::as_str),
+                Some(i.to_string().as_str())
+            );
+        }
+    });
+    // 16 MiB in total: far beyond the stalled connection's 256 KiB queue plus socket
+    // buffers. Every publish must still be acknowledged promptly.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for i in 0..N {
+            publisher
+                .publish_message(
+                    PublishMessage::new("load.x", payload.clone()).header("i", i.to_string()),
+                )
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .expect("publisher was not slowed down by the stalled subscriber");
+    tokio::time::timeout(Duration::from_secs(60), consume)
+        .await
+        .expect("fast subscriber got everything")
+        .unwrap();
+
+    // Now read the stalled connection: deliveries plus reported drops account for every
+    // message exactly.
+    let mut delivered = 0u64;
+    let mut dropped = 0u64;
+    for f in frames_seen.drain(..) {
+        assert!(!matches!(f.op, Some(Op::Deliver(_))));
+    }
+    while delivered + dropped < N {
+        while let Some(f) = codec.decode(&mut inbuf).unwrap() {
+            match f.op {
+                Some(Op::Deliver(_)) => delivered += 1,
+                Some(Op::Error(e)) => {
+                    assert_eq!(e.error_code(), ErrorCode::SlowConsumer);
+                    assert!(e.count > 0);
+                    dropped += e.count;
+                }
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        if delivered + dropped >= N {
+            break;
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(
+            WAIT,
+            tokio::io::AsyncReadExt::read(&mut stalled, &mut chunk),
+        )
+        .await
+        .expect("stalled connection still being served")
+        .unwrap();
+        assert!(n > 0, "broker closed the stalled connection");
+        inbuf.put_slice(&chunk[..n]);
+    }
+    assert_eq!(delivered + dropped, N);
+    assert!(dropped > 0, "a stalled reader must have lost messages");
+    assert!(
+        delivered > 0,
+        "queued messages are still delivered once it reads"
+    );
+    println!("stalled subscriber: {delivered} delivered, {dropped} dropped and reported");
+}
