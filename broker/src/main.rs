@@ -70,9 +70,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Handlers go in before the listening line, so a supervisor that signals as soon
+        // as it sees the line gets a graceful shutdown, not the default kill.
+        let signals = Signals::install()?;
         let handle = Broker::builder().config(config).start().await?;
         announce(&handle)?;
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("signal received; shutting down");
         handle.shutdown().await;
         Ok(())
@@ -86,13 +89,25 @@ fn announce(handle: &BrokerHandle) -> std::io::Result<()> {
     out.flush()
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT handlers, installed once at start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
 use rtc_broker::{Broker, BrokerHandle, Config};
 use rtc_client::{Client, Error, ErrorCode, Message, PublishMessage, Subscription};
 use rtc_proto::v1::{self, frame::Op};

@@ -1,0 +1,116 @@
+//! The `rtc-broker` binary as a process: its listening line, flags and config file,
+//! clear start-up errors, and graceful exit on SIGTERM / SIGINT.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::RawConn;
+use rtc_proto::ErrorCode;
+use rtc_testkit::{temp_dir, BrokerProcess, SIGINT, SIGTERM};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rtc-broker");
+const EXIT_WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn prints_listening_line_serves_and_exits_0_on_sigterm() {
+    let dir = temp_dir();
+    let data = dir.path().join("nested/data");
+    let broker = BrokerProcess::start(Path::new(BIN), &data, &[]);
+    assert!(broker.addr.ip().is_loopback());
+    assert_ne!(broker.addr.port(), 0);
+    assert!(data.is_dir(), "data dir created");
+    common::assert_serving(broker.addr).await;
+
+    // A connected subscriber is told the broker is going away before the close.
+    let mut sub = RawConn::hello(broker.addr).await;
+    sub.subscribe_ok(1, "x").await;
+    broker.signal(SIGTERM);
+    sub.expect_error(ErrorCode::ShuttingDown).await;
+    sub.expect_closed().await;
+    let (status, stderr) = broker.wait(EXIT_WAIT);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn exits_0_on_sigint() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(Path::new(BIN), dir.path(), &[]);
+    broker.signal(SIGINT);
+    let (status, stderr) = broker.wait(EXIT_WAIT);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn config_file_is_read_and_flags_override_it() {
+    let dir = temp_dir();
+    let config = dir.path().join("rtc.toml");
+    std::fs::write(
+        &config,
+        "tcp = \"127.0.0.1:1\"\nheartbeat_interval = \"2s\"\n",
+    )
+    .unwrap();
+    // The file's port 1 is overridden by the --tcp flag the helper passes.
+    let broker = BrokerProcess::start(
+        Path::new(BIN),
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_ne!(broker.addr.port(), 1);
+    broker.signal(SIGTERM);
+    assert_eq!(broker.wait(EXIT_WAIT).0.code(), Some(0));
+}
+
+fn run_expecting_failure(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run rtc-broker");
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line of error, got: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn bad_config_stops_start_with_one_clear_line() {
+    let dir = temp_dir();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "heartbeat_interval = \"sometimes\"\n").unwrap();
+    let data = dir.path().join("d");
+    let err = run_expecting_failure(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("bad.toml") && err.contains("sometimes"),
+        "{err}"
+    );
+
+    let err = run_expecting_failure(&["--config", "/nonexistent/rtc.toml"]);
+    assert!(err.contains("/nonexistent/rtc.toml"), "{err}");
+}
+
+#[test]
+fn unusable_data_dir_and_busy_port_are_clear_errors() {
+    let dir = temp_dir();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a dir").unwrap();
+    let err =
+        run_expecting_failure(&["--tcp", "127.0.0.1:0", "--data-dir", file.to_str().unwrap()]);
+    assert!(err.contains("a-file"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("d");
+    let err = run_expecting_failure(&["--tcp", &addr, "--data-dir", data.to_str().unwrap()]);
+    assert!(err.contains(&addr), "{err}");
+}

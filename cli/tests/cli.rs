@@ -1,0 +1,162 @@
+//! `rtc-cli` driven as a process against the real `rtc-broker` binary.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use rtc_testkit::{temp_dir, wait_for_line, wait_timeout, workspace_bin, BrokerProcess};
+
+const CLI: &str = env!("CARGO_BIN_EXE_rtc-cli");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn broker(dir: &Path) -> BrokerProcess {
+    BrokerProcess::start(&workspace_bin("rtc-broker"), dir, &[])
+}
+
+fn cli(server: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(CLI);
+    c.env("RTC_SERVER", server).args(args);
+    c
+}
+
+/// Starts `rtc-cli sub ...` and returns once it reports the subscription is active.
+fn start_sub(server: &str, args: &[&str]) -> std::process::Child {
+    let mut child = cli(server, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rtc-cli sub");
+    let stderr = child.stderr.take().unwrap();
+    let (ok, _rest) = wait_for_line(stderr, "subscribed to", WAIT);
+    assert!(ok, "rtc-cli sub did not report its subscription");
+    child
+}
+
+fn finish(mut child: std::process::Child) -> Output {
+    let status = wait_timeout(&mut child, WAIT).expect("rtc-cli exits in time");
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run rtc-cli")
+}
+
+#[test]
+fn sub_in_one_process_prints_what_pub_sends_from_another() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let sub = start_sub(&b.url(), &["sub", "demo.>", "--count", "1"]);
+    let out = run(&mut cli(&b.url(), &["pub", "demo.x", "hello"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = finish(sub);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+}
+
+#[test]
+fn pub_count_and_stdin_lines() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let sub = start_sub(
+        &b.url(),
+        &["--server", &b.url(), "sub", "lines.*", "--count", "5"],
+    );
+    let out = run(&mut cli(
+        "tcp://127.0.0.1:1",
+        &["--server", &b.url(), "pub", "lines.a", "x", "--count", "2"],
+    ));
+    assert!(
+        out.status.success(),
+        "--server flag wins over RTC_SERVER: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut publisher = cli(&b.url(), &["pub", "lines.b", "--count", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Four lines in, but --count 3 publishes only three.
+    publisher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\nthree\nfour\n")
+        .unwrap();
+    assert!(wait_timeout(&mut publisher, WAIT).unwrap().success());
+    let out = finish(sub);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "x\nx\none\ntwo\nthree\n"
+    );
+}
+
+#[test]
+fn sub_json_shows_topic_headers_and_binary_payloads() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let sub = start_sub(&b.url(), &["sub", "j.>", "--count", "1", "--json"]);
+    let out = run(&mut cli(
+        &b.url(),
+        &[
+            "pub",
+            "j.k",
+            "{\"a\":1}",
+            "--header",
+            "trace=abc",
+            "-H",
+            "x=y",
+        ],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = finish(sub);
+    let line = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON object");
+    assert_eq!(v["topic"], "j.k");
+    assert_eq!(v["payload"], "{\"a\":1}");
+    assert_eq!(v["headers"]["trace"], "abc");
+    assert_eq!(v["headers"]["x"], "y");
+    assert!(v["timestamp_ms"].as_i64().unwrap() > 0);
+}
+
+#[test]
+fn unreachable_broker_is_one_line_and_nonzero() {
+    for args in [&["pub", "a", "b"][..], &["sub", "a", "--count", "1"][..]] {
+        let out = run(&mut cli("tcp://127.0.0.1:1", args));
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("127.0.0.1:1"), "{err}");
+    }
+}
+
+#[test]
+fn broker_refusal_is_reported_with_its_code() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let out = run(&mut cli(&b.url(), &["pub", "bad..topic", "x"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INVALID_TOPIC"), "{err}");
+    let out = run(&mut cli(
+        &b.url(),
+        &["pub", "t", "x", "--header", "novalue"],
+    ));
+    assert!(!out.status.success(), "malformed --header is rejected");
+}

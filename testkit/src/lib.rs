@@ -1,0 +1,177 @@
+//! Helpers for tests that drive rtc's real binaries as processes: start `rtc-broker` on
+//! `127.0.0.1:0` with a temp data dir, learn its address from the `listening tcp ADDR`
+//! line it prints, send it signals, and collect its exit status and stderr.
+//!
+//! It depends on no rtc crate, so any crate can use it as a dev-dependency.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Path of a workspace binary built next to the running test (`target/<profile>/NAME`).
+/// `cargo test --workspace` builds every binary before running any test.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo test --workspace` or `cargo build -p ...`)",
+        path.display()
+    );
+    path
+}
+
+/// A running `rtc-broker` process. Killed (SIGKILL) on drop if still running.
+pub struct BrokerProcess {
+    child: Child,
+    /// The TCP address it printed.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl BrokerProcess {
+    /// Starts `bin --tcp 127.0.0.1:0 --data-dir DATA_DIR [extra...]` and waits for its
+    /// `listening tcp` line.
+    pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(bin)
+            .args(["--tcp", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            panic!("rtc-broker printed no listening line within {START_TIMEOUT:?}")
+        });
+        let addr = line
+            .strip_prefix("listening tcp ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+        BrokerProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// `tcp://ADDR`.
+    pub fn url(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and still own; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.child.id());
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits (at most `limit`) for the process to exit; returns its status and stderr.
+    pub fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
+        let status = wait_timeout(&mut self.child, limit)
+            .unwrap_or_else(|| panic!("rtc-broker did not exit within {limit:?}"));
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `child` until it exits or `limit` passes.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads lines from `reader` on a thread until one contains `needle` (returns true) or
+/// `limit` passes (false). The reader keeps being drained afterwards so the child never
+/// blocks on a full pipe; the returned receiver yields the remaining lines.
+pub fn wait_for_line<R: Read + Send + 'static>(
+    reader: R,
+    needle: &str,
+    limit: Duration,
+) -> (bool, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return (true, rx),
+            Ok(_) => continue,
+            Err(_) => return (false, rx),
+        }
+    }
+}
+
+/// A fresh temp directory.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub use libc::{SIGINT, SIGKILL, SIGTERM};
