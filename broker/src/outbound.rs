@@ -112,7 +112,7 @@ impl Outbox {
     pub(crate) fn push_deliver(&self, sub_id: u64, message: Bytes) -> bool {
         let item = Outgoing::Deliver { sub_id, message };
         let charge = item.charge();
-        let mut st = self.lock();
+        let st = self.lock();
         if st.closed {
             return false;
         }
@@ -122,6 +122,12 @@ impl Outbox {
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        self.enqueue(st, item, charge);
+        true
+    }
+
+    /// Appends under the lock, then wakes the writer if it may be waiting.
+    fn enqueue(&self, mut st: std::sync::MutexGuard<'_, State>, item: Outgoing, charge: usize) {
         let was_empty = st.queue.is_empty();
         st.bytes += charge;
         st.queue.push_back(item);
@@ -129,7 +135,6 @@ impl Outbox {
         if was_empty {
             self.ready.notify_one();
         }
-        true
     }
 
     /// Queues a response frame. It is never dropped; when the queue holds more than twice
@@ -142,18 +147,12 @@ impl Outbox {
             tokio::pin!(space);
             space.as_mut().enable();
             {
-                let mut st = self.lock();
+                let st = self.lock();
                 if st.closed {
                     return Err(Closed);
                 }
                 if st.bytes <= self.max_bytes * 2 {
-                    let was_empty = st.queue.is_empty();
-                    st.bytes += charge;
-                    st.queue.push_back(item);
-                    drop(st);
-                    if was_empty {
-                        self.ready.notify_one();
-                    }
+                    self.enqueue(st, item, charge);
                     return Ok(());
                 }
             }

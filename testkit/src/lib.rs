@@ -59,18 +59,11 @@ impl BrokerProcess {
             let _ = stderr.read_to_string(&mut s);
             s
         });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
-            panic!("rtc-broker printed no listening line within {START_TIMEOUT:?}")
-        });
+        let line = line_channel(stdout)
+            .recv_timeout(START_TIMEOUT)
+            .unwrap_or_else(|_| {
+                panic!("rtc-broker printed no listening line within {START_TIMEOUT:?}")
+            });
         let addr = line
             .strip_prefix("listening tcp ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
@@ -149,15 +142,7 @@ pub fn wait_for_line<R: Read + Send + 'static>(
     needle: &str,
     limit: Duration,
 ) -> (bool, mpsc::Receiver<String>) {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = line_channel(reader);
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -167,6 +152,21 @@ pub fn wait_for_line<R: Read + Send + 'static>(
             Err(_) => return (false, rx),
         }
     }
+}
+
+/// Reads `reader` line by line on a thread, sending each line; ends at EOF or when the
+/// receiver is dropped.
+pub fn line_channel<R: Read + Send + 'static>(reader: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// A fresh temp directory.
