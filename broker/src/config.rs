@@ -18,6 +18,12 @@
 //! outbound_queue_frames = 65536
 //! max_connections = 65536
 //! max_subscriptions_per_connection = 10000
+//! fsync = "always"          # or "interval:50" (ms) or "never"
+//! max_topics = 100000
+//!
+//! [[topic]]                 # first matching rule wins; see `crate::topic::TopicRule`
+//! pattern = "game.>"
+//! storage = "ephemeral"
 //! ```
 
 use std::net::SocketAddr;
@@ -27,6 +33,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::BrokerError;
+use crate::topic::TopicRule;
 
 /// Everything the broker needs to start. See the module docs for the file format.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -57,6 +64,62 @@ pub struct Config {
     pub max_connections: usize,
     /// Active subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// When stored messages are forced to disk; see [`FsyncPolicy`].
+    pub fsync: FsyncPolicy,
+    /// Durable topics the broker will create; publishing to a new topic beyond this gets
+    /// `LIMIT_EXCEEDED`.
+    pub max_topics: usize,
+    /// Per-topic settings by pattern (`[[topic]]` in the file).
+    pub topic: Vec<TopicRule>,
+}
+
+/// When the broker forces stored messages to disk before acknowledging them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Flush before every acknowledgement (group commit shares one flush among all the
+    /// publishes waiting). Nothing acknowledged is lost on a crash or power loss.
+    Always,
+    /// Acknowledge once written to the storage engine; flush at most this many ms later.
+    /// A crash of the machine can lose the last interval's acknowledged messages.
+    IntervalMs(u64),
+    /// Never force; the storage engine writes in the background (about every second).
+    /// A crash can lose roughly the last second of acknowledged messages.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(FsyncPolicy::IntervalMs(ms)),
+                _ => Err(format!(
+                    "invalid fsync policy {s:?}: expected always, interval:MS (MS > 0) or never"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => write!(f, "always"),
+            FsyncPolicy::IntervalMs(ms) => write!(f, "interval:{ms}"),
+            FsyncPolicy::Never => write!(f, "never"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FsyncPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Default TCP address: loopback, port 7400.
@@ -77,6 +140,9 @@ impl Default for Config {
             outbound_queue_frames: 65_536,
             max_connections: 65_536,
             max_subscriptions_per_connection: 10_000,
+            fsync: FsyncPolicy::Always,
+            max_topics: 100_000,
+            topic: Vec::new(),
         }
     }
 }
@@ -123,6 +189,11 @@ impl Config {
         if self.outbound_queue_frames == 0 || self.max_connections == 0 {
             return bad("outbound_queue_frames and max_connections must be above zero".into());
         }
+        for rule in &self.topic {
+            if let Err(e) = rtc_proto::topic::validate_pattern(&rule.pattern) {
+                return bad(format!("[[topic]] pattern {:?}: {e}", rule.pattern));
+            }
+        }
         Ok(())
     }
 }
@@ -162,6 +233,27 @@ mod tests {
         assert!(e.contains("tcpp"), "{e}");
         let e = Config::from_toml_str("heartbeat_interval = \"soon\"").unwrap_err();
         assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn fsync_policies_and_topic_rules() {
+        let c = Config::from_toml_str(
+            "fsync = \"interval:50\"\n[[topic]]\npattern = \"game.>\"\nstorage = \"ephemeral\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.fsync, FsyncPolicy::IntervalMs(50));
+        assert_eq!(c.topic.len(), 1);
+        c.validate().unwrap();
+        for bad in [
+            "fsync = \"sometimes\"",
+            "fsync = \"interval:0\"",
+            "[[topic]]\npattern = \"a\"\nstorage = \"disk\"",
+        ] {
+            assert!(Config::from_toml_str(bad).is_err(), "{bad}");
+        }
+        let c = Config::from_toml_str("[[topic]]\npattern = \"a.>.b\"").unwrap();
+        assert!(c.validate().is_err());
+        assert_eq!("never".parse::<FsyncPolicy>().unwrap().to_string(), "never");
     }
 
     #[test]

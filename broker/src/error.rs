@@ -33,6 +33,10 @@ pub enum BrokerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The store could not be opened (locked, corrupt, incompatible, unreadable). The
+    /// message names the path.
+    #[error("{0}")]
+    Storage(String),
     /// A listener could not bind its address.
     #[error("cannot listen on {transport} {addr}: {source}")]
     Bind {

@@ -30,10 +30,13 @@
 pub mod config;
 pub mod error;
 pub mod outbound;
+pub mod replay;
 pub mod router;
 pub mod server;
 mod session;
+pub mod store;
+pub mod topic;
 
-pub use config::Config;
+pub use config::{Config, FsyncPolicy};
 pub use error::BrokerError;
 pub use server::{Broker, BrokerBuilder, BrokerHandle};

@@ -140,7 +140,32 @@ impl Outbox {
     /// Queues a response frame. It is never dropped; when the queue holds more than twice
     /// the byte cap this waits until the writer has taken a batch.
     pub(crate) async fn push_frame(&self, frame: Frame) -> Result<(), Closed> {
+        self.wait_room().await?;
+        self.push_frame_now(frame)
+    }
+
+    /// Queues a response frame without waiting, whatever the queue holds. For the storage
+    /// thread, which must not block; the session bounds how much it can add by calling
+    /// [`Outbox::wait_room`] before each publish it hands over.
+    pub(crate) fn push_frame_now(&self, frame: Frame) -> Result<(), Closed> {
         let item = Outgoing::Frame(frame);
+        let charge = item.charge();
+        let st = self.lock();
+        if st.closed {
+            return Err(Closed);
+        }
+        self.enqueue(st, item, charge);
+        Ok(())
+    }
+
+    /// Queues a delivery that must not be dropped (a replay from the log): waits while
+    /// the queue is at its delivery cap.
+    pub(crate) async fn push_deliver_wait(
+        &self,
+        sub_id: u64,
+        message: Bytes,
+    ) -> Result<(), Closed> {
+        let item = Outgoing::Deliver { sub_id, message };
         let charge = item.charge();
         loop {
             let space = self.space.notified();
@@ -151,8 +176,31 @@ impl Outbox {
                 if st.closed {
                     return Err(Closed);
                 }
-                if st.bytes <= self.max_bytes * 2 {
+                // An empty queue always takes one item, however large.
+                if st.queue.is_empty()
+                    || (st.queue.len() < self.max_frames && st.bytes + charge <= self.max_bytes)
+                {
                     self.enqueue(st, item, charge);
+                    return Ok(());
+                }
+            }
+            space.await;
+        }
+    }
+
+    /// Waits until the queue holds no more than twice its byte cap, the same condition
+    /// [`Outbox::push_frame`] waits for.
+    pub(crate) async fn wait_room(&self) -> Result<(), Closed> {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.closed {
+                    return Err(Closed);
+                }
+                if st.bytes <= self.max_bytes * 2 {
                     return Ok(());
                 }
             }

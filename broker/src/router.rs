@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::outbound::Outbox;
+use crate::replay::Gate;
 
 /// One subscription as the router sees it.
 #[derive(Debug, Clone)]
@@ -26,6 +27,21 @@ pub struct Subscriber {
     pub sub_id: u64,
     /// Where its deliveries go.
     pub outbox: Arc<Outbox>,
+    /// For a subscription replaying history: holds live messages until the replay has
+    /// caught up (see [`crate::replay`]). `None` for live-only subscriptions.
+    pub gate: Option<Arc<Gate>>,
+}
+
+impl Subscriber {
+    fn deliver(&self, topic: &str, seq: u64, message: &Bytes) -> bool {
+        match &self.gate {
+            None => self.outbox.push_deliver(self.sub_id, message.clone()),
+            Some(gate) => {
+                gate.offer(topic, seq, message);
+                true
+            }
+        }
+    }
 }
 
 impl Subscriber {
@@ -175,15 +191,16 @@ impl Router {
             .for_each_match(&buf[..n], &mut f);
     }
 
-    /// Fans a message out to every matching subscription. `encode` runs at most once, and
-    /// only if someone matches. Returns how many subscriptions it was queued for.
-    pub fn publish(&self, topic: &str, encode: impl FnOnce() -> Bytes) -> usize {
+    /// Fans a message out to every matching subscription. `seq` is its position in the
+    /// topic's log (0 for ephemeral topics). `encode` runs at most once, and only if
+    /// someone matches. Returns how many subscriptions took it.
+    pub fn publish(&self, topic: &str, seq: u64, encode: impl FnOnce() -> Bytes) -> usize {
         let mut encode = Some(encode);
         let mut shared: Option<Bytes> = None;
         let mut queued = 0;
         self.for_each_match(topic, |sub| {
             let bytes = shared.get_or_insert_with(|| (encode.take().expect("encode runs once"))());
-            if sub.outbox.push_deliver(sub.sub_id, bytes.clone()) {
+            if sub.deliver(topic, seq, bytes) {
                 queued += 1;
             }
         });
@@ -201,6 +218,7 @@ mod tests {
             conn_id,
             sub_id,
             outbox: Arc::new(Outbox::new(1 << 20, 1024)),
+            gate: None,
         }
     }
 
@@ -263,7 +281,7 @@ mod tests {
         let router = Router::new();
         let mut calls = 0;
         assert_eq!(
-            router.publish("a", || {
+            router.publish("a", 0, || {
                 calls += 1;
                 Bytes::new()
             }),
@@ -273,7 +291,7 @@ mod tests {
         router.subscribe("a", sub(1, 1));
         router.subscribe(">", sub(2, 1));
         assert_eq!(
-            router.publish("a", || {
+            router.publish("a", 0, || {
                 calls += 1;
                 Bytes::from_static(b"m")
             }),

@@ -23,20 +23,31 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, FsyncPolicy};
 use crate::error::BrokerError;
 use crate::router::Router;
+use crate::store::sled_store::{BackgroundFlush, SledStorage};
+use crate::store::writer::{self, LogHandle, Request};
+use crate::store::Storage;
+use crate::topic::TopicRegistry;
 
 /// How long `shutdown` waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often retention limits are applied.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// Subdirectory of the data dir holding the sled database.
+pub const STORE_DIR: &str = "store";
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) router: Router,
+    pub(crate) router: Arc<Router>,
+    pub(crate) topics: Arc<TopicRegistry>,
+    pub(crate) log: LogHandle,
     next_conn_id: AtomicU64,
 }
 
@@ -73,12 +84,23 @@ impl Broker {
 #[derive(Debug, Clone)]
 pub struct BrokerBuilder {
     config: Config,
+    storage: Option<Arc<dyn Storage>>,
 }
 
 impl BrokerBuilder {
     /// A builder starting from `config`.
     pub fn new(config: Config) -> Self {
-        BrokerBuilder { config }
+        BrokerBuilder {
+            config,
+            storage: None,
+        }
+    }
+
+    /// Uses `storage` instead of opening sled in the data directory. For other storage
+    /// engines and for tests that inject faults.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
     }
 
     /// TCP listen address (port 0 for any free port).
@@ -126,10 +148,35 @@ impl BrokerBuilder {
             addr: config.tcp,
             source,
         })?;
+        let storage: Arc<dyn Storage> = match self.storage {
+            Some(s) => s,
+            None => {
+                let dir = config.data_dir.join(STORE_DIR);
+                let background = match config.fsync {
+                    FsyncPolicy::Never => BackgroundFlush::EveryMs(1000),
+                    _ => BackgroundFlush::Off,
+                };
+                Arc::new(SledStorage::open(&dir, background).map_err(BrokerError::Storage)?)
+            }
+        };
+        let router = Arc::new(Router::new());
+        let topics = Arc::new(TopicRegistry::new(&config.topic));
+        let log = writer::start(
+            storage,
+            router.clone(),
+            topics.clone(),
+            config.fsync,
+            config.max_topics,
+        )
+        .map_err(|e| {
+            BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
+        })?;
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let shared = Arc::new(Shared {
             config,
-            router: Router::new(),
+            router,
+            topics,
+            log,
             next_conn_id: AtomicU64::new(1),
         });
         let cancel = CancellationToken::new();
@@ -141,12 +188,30 @@ impl BrokerBuilder {
             cancel.clone(),
             tracker.clone(),
         ));
-        tracing::info!(%tcp_addr, "broker started");
+        tracker.spawn(retention_timer(shared.clone(), cancel.clone()));
+        tracing::info!(%tcp_addr, fsync = %shared.config.fsync, "broker started");
         Ok(BrokerHandle {
             tcp_addr,
             cancel,
             tracker,
+            shared: Some(shared),
         })
+    }
+}
+
+/// Asks the storage thread to apply retention limits every second.
+async fn retention_timer(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(RETENTION_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if shared.log.send(Request::Enforce).is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -157,6 +222,7 @@ pub struct BrokerHandle {
     tcp_addr: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    shared: Option<Arc<Shared>>,
 }
 
 impl BrokerHandle {
@@ -166,8 +232,9 @@ impl BrokerHandle {
     }
 
     /// Stops accepting, tells every client `SHUTTING_DOWN`, lets each connection flush
-    /// what is queued, and returns when all have finished (at most ~10 s).
-    pub async fn shutdown(self) {
+    /// what is queued, then flushes and closes the store. Returns when all of that is
+    /// done (connections get at most ~10 s), so the data directory can be reopened.
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
         self.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
@@ -175,6 +242,15 @@ impl BrokerHandle {
             .is_err()
         {
             tracing::warn!("some connections did not finish within {SHUTDOWN_GRACE:?}");
+        }
+        if let Some(shared) = self.shared.take() {
+            let store = Arc::downgrade(&shared.log.storage);
+            let _ = tokio::task::spawn_blocking(move || shared.log.shutdown()).await;
+            // Replay reads still running on blocking threads hold the store briefly.
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+            while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         tracing::info!("broker stopped");
     }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::connection::{self, Outgoing, Shared};
 use crate::error::Error;
 use crate::message::{PubAck, PublishMessage};
+use crate::options::{IdGen, SubscribeOptions};
 use crate::subscription::Subscription;
 
 /// Settings for [`Client::connect_with`]. `Default` gives the values listed per field.
@@ -78,6 +79,7 @@ pub(crate) struct Inner {
     subscription_capacity: usize,
     server_version: String,
     connection_id: u64,
+    ids: IdGen,
     tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
 }
 
@@ -179,6 +181,7 @@ impl Client {
                 subscription_capacity: options.subscription_capacity.max(1),
                 server_version: welcome.server_version,
                 connection_id: welcome.connection_id,
+                ids: IdGen::new(),
                 tasks: Mutex::new(Some((writer, reader))),
             }),
         })
@@ -210,13 +213,34 @@ impl Client {
     /// Publishes without asking for an acknowledgement (fire-and-forget). Returns once the
     /// frame is queued for the socket; a broker error for it is only logged.
     pub async fn publish_nowait(&self, message: PublishMessage) -> Result<(), Error> {
+        let message = self.with_id(message);
         self.inner.send(message.into_frame(0)).await
     }
 
-    /// Subscribes to `pattern` (`*` matches one token, `>` the rest). The returned
-    /// [`Subscription`] is a `Stream` of messages; the subscription is active on the
-    /// broker when this returns.
+    fn with_id(&self, mut message: PublishMessage) -> PublishMessage {
+        if message.msg_id.is_empty() {
+            message.msg_id = self.inner.ids.next();
+        }
+        message
+    }
+
+    /// Subscribes to `pattern` (`*` matches one token, `>` the rest) for messages
+    /// published from now on. The returned [`Subscription`] is a `Stream` of messages;
+    /// the subscription is active on the broker when this returns.
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        self.subscribe_with(pattern, SubscribeOptions::default())
+            .await
+    }
+
+    /// Subscribes with options, e.g. to replay stored messages first:
+    /// `SubscribeOptions { start: StartAt::First }` delivers every stored message of the
+    /// durable topics the pattern matches, in order, then live ones, with no gap and no
+    /// duplicate between the two.
+    pub async fn subscribe_with(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Error> {
         let sub_id = self.inner.next_id();
         let (tx, rx) = mpsc::channel(self.inner.subscription_capacity);
         self.inner.shared.add_sub(sub_id, tx)?;
@@ -227,6 +251,7 @@ impl Client {
                     req_id,
                     sub_id,
                     pattern: pattern.to_string(),
+                    start: options.start.to_wire(),
                 }))
             })
             .await;

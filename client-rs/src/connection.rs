@@ -312,6 +312,8 @@ pub(crate) async fn read_loop(
             Some(Op::PubAck(a)) => shared.complete(a.req_id, Ok(Op::PubAck(a))),
             Some(Op::SubAck(a)) => shared.complete(a.req_id, Ok(Op::SubAck(a))),
             Some(Op::UnsubAck(a)) => shared.complete(a.req_id, Ok(Op::UnsubAck(a))),
+            Some(Op::TopicInfo(t)) => shared.complete(t.req_id, Ok(Op::TopicInfo(t))),
+            Some(Op::TopicList(l)) => shared.complete(l.req_id, Ok(Op::TopicList(l))),
             Some(Op::Error(e)) if e.req_id != 0 => {
                 shared.complete(e.req_id, Err(Error::from_frame(&e)))
             }

@@ -34,6 +34,8 @@
 //! - `client`: [`Client`] and [`ConnectOptions`]: requests and their answers.
 //! - `subscription`: [`Subscription`], a `Stream` of [`Message`]s.
 //! - `message`: [`Message`], [`PublishMessage`], [`PubAck`].
+//! - `options`: [`SubscribeOptions`] and [`StartAt`] (replay positions); message IDs.
+//! - `topics`: topic administration ([`TopicConfig`], [`TopicInfo`]).
 //! - `connection`: URL parsing, handshake, and the reader and writer tasks.
 //! - `error`: [`Error`].
 
@@ -41,10 +43,14 @@ mod client;
 mod connection;
 mod error;
 mod message;
+mod options;
 mod subscription;
+mod topics;
 
 pub use client::{Client, ConnectOptions};
 pub use error::Error;
 pub use message::{Message, PubAck, PublishMessage};
+pub use options::{StartAt, SubscribeOptions};
 pub use rtc_proto::ErrorCode;
 pub use subscription::Subscription;
+pub use topics::{TopicConfig, TopicInfo};

@@ -35,6 +35,17 @@ async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
     }
 }
 
+fn ephemeral_rule(pattern: &str) -> rtc_broker::topic::TopicRule {
+    rtc_broker::topic::TopicRule {
+        pattern: pattern.to_string(),
+        storage: rtc_broker::topic::StorageName::Ephemeral,
+        max_age: None,
+        max_msgs: None,
+        max_bytes: None,
+        dedup_window: None,
+    }
+}
+
 async fn start() -> TestBroker {
     start_with(|_| {}).await
 }
@@ -71,7 +82,11 @@ async fn round_trip_with_headers() {
         )
         .await
         .unwrap();
-    assert_eq!(ack.seq, 0, "live topics have no sequence yet");
+    assert_eq!(
+        (ack.seq, ack.duplicate),
+        (1, false),
+        "first message of a durable topic"
+    );
     let m = next(&mut sub).await;
     assert_eq!(m.topic, "demo.x");
     assert_eq!(m.payload, Bytes::from_static(b"hello"));
@@ -80,6 +95,7 @@ async fn round_trip_with_headers() {
         BTreeMap::from([("k".to_string(), "v".to_string())])
     );
     assert_eq!(m.msg_id, "m1");
+    assert_eq!((m.seq, m.delivery_count), (1, 1));
     assert!(
         m.timestamp_ms > 1_600_000_000_000,
         "broker timestamp set: {}",
@@ -227,6 +243,7 @@ async fn stalled_subscriber_does_not_stall_publisher_or_fast_subscriber() {
     let b = start_with(|c| {
         c.max_frame_size = 64 * 1024;
         c.outbound_queue_bytes = 256 * 1024;
+        c.topic = vec![ephemeral_rule("load.>")];
     })
     .await;
     let addr = b.url.trim_start_matches("tcp://").to_string();
@@ -244,6 +261,7 @@ async fn stalled_subscriber_does_not_stall_publisher_or_fast_subscriber() {
             req_id: 1,
             sub_id: 1,
             pattern: "load.>".into(),
+            start: None,
         })),
     ] {
         rtc_proto::codec::encode_frame(&frame, usize::MAX, &mut out).unwrap();

@@ -20,6 +20,17 @@ impl Frame {
         }))
     }
 
+    /// An `Error` frame about subscription `sub_id`, answering no request.
+    pub fn sub_error(sub_id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::from_op(Op::Error(v1::Error {
+            req_id: 0,
+            code: code as i32,
+            message: message.into(),
+            sub_id,
+            count: 0,
+        }))
+    }
+
     /// The `Error{SLOW_CONSUMER}` notice telling a client that `count` deliveries were
     /// dropped because its outbound queue was full.
     pub fn slow_consumer(count: u64) -> Self {
@@ -50,6 +61,11 @@ impl Frame {
             Some(Op::Ping(_)) => "Ping",
             Some(Op::Pong(_)) => "Pong",
             Some(Op::Error(_)) => "Error",
+            Some(Op::TopicCreate(_)) => "TopicCreate",
+            Some(Op::TopicInfoRequest(_)) => "TopicInfoRequest",
+            Some(Op::TopicListRequest(_)) => "TopicListRequest",
+            Some(Op::TopicInfo(_)) => "TopicInfo",
+            Some(Op::TopicList(_)) => "TopicList",
         }
     }
 }

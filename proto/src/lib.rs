@@ -7,12 +7,14 @@
 //!   `u32 big-endian length ++ Frame`, plus [`codec::encode_deliver`] which writes a
 //!   `Deliver` around a message encoded once and shared by all its subscribers.
 //! - [`topic`]: validation of topic names and patterns and wildcard matching.
+//! - [`position`]: the text form of replay start positions (`first`, `seq:N`, `time:-5m`).
 //! - [`frames`]: small constructors for the frames every peer builds.
 //!
 //! This crate does no networking and depends on no other rtc crate.
 
 pub mod codec;
 pub mod frames;
+pub mod position;
 pub mod topic;
 
 /// Types generated from `proto/rtc.proto` (package `rtc.v1`).

@@ -146,6 +146,7 @@ impl RawConn {
             req_id,
             sub_id,
             pattern: pattern.into(),
+            start: None,
         })))
         .await;
         req_id

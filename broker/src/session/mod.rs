@@ -1,4 +1,6 @@
-//! One session per client connection: handshake, read loop and dispatch.
+//! One session per client connection: handshake, read loop and dispatch. The requests
+//! themselves are handled in [`pubsub`] (publish, subscribe, unsubscribe) and [`admin`]
+//! (topic administration).
 //!
 //! The session is transport-agnostic: it is handed a reader and a writer. It spawns the
 //! connection's writer task ([`crate::outbound::write_loop`]) over the writer, then reads
@@ -19,8 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use rtc_proto::codec::{deliver_frame_len, CodecError};
-use rtc_proto::topic::{validate_pattern, validate_publish_topic};
+use rtc_proto::codec::CodecError;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,8 +30,10 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbound::{write_loop, Closed, Outbox};
-use crate::router::Subscriber;
 use crate::server::Shared;
+
+mod admin;
+mod pubsub;
 
 /// Initial read buffer per connection; it grows on demand up to one frame.
 const READ_BUFFER: usize = 512;
@@ -65,7 +68,7 @@ pub(crate) async fn run<R, W>(
     };
     tracing::debug!(conn_id, %peer, "connection opened");
     let _ = session.serve(frames, &cancel).await;
-    session.remove_all_subscriptions();
+    session.remove_all_subscriptions().await;
     outbox.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, writer_task)
         .await
@@ -80,8 +83,8 @@ struct Session {
     conn_id: u64,
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
-    /// Active subscriptions: sub_id → pattern.
-    subs: HashMap<u64, String>,
+    /// Active subscriptions by sub_id.
+    subs: HashMap<u64, pubsub::ActiveSub>,
 }
 
 impl Session {
@@ -204,126 +207,27 @@ impl Session {
                 tracing::debug!(conn_id = self.conn_id, code = e.code, msg = %e.message, "client reported an error");
             }
             Some(
-                Op::Welcome(_) | Op::PubAck(_) | Op::SubAck(_) | Op::UnsubAck(_) | Op::Deliver(_),
+                Op::Welcome(_)
+                | Op::PubAck(_)
+                | Op::SubAck(_)
+                | Op::UnsubAck(_)
+                | Op::Deliver(_)
+                | Op::TopicInfo(_)
+                | Op::TopicList(_),
             ) => {
                 let msg = format!("{op_name} is sent by the broker, not accepted from clients");
                 self.send(Frame::error(0, ErrorCode::Unsupported, msg))
                     .await?;
             }
+            Some(Op::TopicCreate(c)) => self.topic_create(c).await?,
+            Some(Op::TopicInfoRequest(r)) => self.topic_info(r).await?,
+            Some(Op::TopicListRequest(r)) => self.topic_list(r).await?,
             None => {
                 self.send(Frame::error(0, ErrorCode::Unsupported, "unknown operation"))
                     .await?
             }
         }
         Ok(ControlFlow::Continue(()))
-    }
-
-    async fn publish(&mut self, p: v1::Publish) -> Result<(), Closed> {
-        let reply = |code: ErrorCode, msg: String| Frame::error(p.req_id, code, msg);
-        if let Err(e) = validate_publish_topic(&p.topic) {
-            return self
-                .send(reply(
-                    ErrorCode::InvalidTopic,
-                    format!("{:?}: {e}", p.topic),
-                ))
-                .await;
-        }
-        let message = v1::Message {
-            topic: p.topic,
-            payload: p.payload,
-            headers: p.headers,
-            seq: 0,
-            timestamp_ms: now_ms(),
-            msg_id: p.msg_id,
-            delivery_count: 1,
-        };
-        // The Deliver built from this publish must fit the frame limit we announced.
-        let len = deliver_frame_len(u64::MAX, prost::Message::encoded_len(&message));
-        let max = self.shared.config.max_frame_size;
-        if len > max {
-            let msg = format!("message would be a {len}-byte Deliver frame; the limit is {max}");
-            return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
-        }
-        self.shared.router.publish(&message.topic, || {
-            rtc_proto::codec::encode_message(&message)
-        });
-        if p.req_id != 0 {
-            self.send(Frame::from_op(Op::PubAck(v1::PubAck {
-                req_id: p.req_id,
-                seq: 0,
-                duplicate: false,
-            })))
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn subscribe(&mut self, s: v1::Subscribe) -> Result<(), Closed> {
-        let err = |code: ErrorCode, msg: String| Frame::error(s.req_id, code, msg);
-        if s.sub_id == 0 {
-            return self
-                .send(err(
-                    ErrorCode::InvalidRequest,
-                    "sub_id must not be 0".into(),
-                ))
-                .await;
-        }
-        if let Err(e) = validate_pattern(&s.pattern) {
-            return self
-                .send(err(
-                    ErrorCode::InvalidPattern,
-                    format!("{:?}: {e}", s.pattern),
-                ))
-                .await;
-        }
-        if self.subs.contains_key(&s.sub_id) {
-            let msg = format!("sub_id {} is already active on this connection", s.sub_id);
-            return self.send(err(ErrorCode::DuplicateSubscription, msg)).await;
-        }
-        let limit = self.shared.config.max_subscriptions_per_connection;
-        if self.subs.len() >= limit {
-            let msg = format!("this connection already has {limit} subscriptions, the limit");
-            return self.send(err(ErrorCode::LimitExceeded, msg)).await;
-        }
-        self.shared.router.subscribe(
-            &s.pattern,
-            Subscriber {
-                conn_id: self.conn_id,
-                sub_id: s.sub_id,
-                outbox: self.outbox.clone(),
-            },
-        );
-        self.subs.insert(s.sub_id, s.pattern);
-        self.send(Frame::from_op(Op::SubAck(v1::SubAck {
-            req_id: s.req_id,
-            sub_id: s.sub_id,
-        })))
-        .await
-    }
-
-    async fn unsubscribe(&mut self, u: v1::Unsubscribe) -> Result<(), Closed> {
-        let Some(pattern) = self.subs.remove(&u.sub_id) else {
-            let msg = format!("sub_id {} is not an active subscription", u.sub_id);
-            return self
-                .send(Frame::error(u.req_id, ErrorCode::UnknownSubscription, msg))
-                .await;
-        };
-        self.shared
-            .router
-            .unsubscribe(&pattern, self.conn_id, u.sub_id);
-        self.send(Frame::from_op(Op::UnsubAck(v1::UnsubAck {
-            req_id: u.req_id,
-            sub_id: u.sub_id,
-        })))
-        .await
-    }
-
-    fn remove_all_subscriptions(&mut self) {
-        for (sub_id, pattern) in self.subs.drain() {
-            self.shared
-                .router
-                .unsubscribe(&pattern, self.conn_id, sub_id);
-        }
     }
 }
 

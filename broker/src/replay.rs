@@ -1,0 +1,282 @@
+//! Subscriptions that start in the past: replay from the log, then switch to live
+//! delivery with no gap and no duplicate.
+//!
+//! How the switch-over works. A replaying subscription is registered in the router at
+//! once, with a [`Gate`]. While the gate is *catching up*, live messages for it are held
+//! in the gate's buffer instead of being delivered. The replay task ([`run`]) then reads
+//! each matching durable topic's log from the start position to its end and delivers
+//! what it reads, remembering per topic the next seq it owes (its cursor). Then it drains
+//! the buffer, skipping any message whose seq is below the topic's cursor, and when the
+//! buffer is empty it opens the gate: from then on live messages go straight to the
+//! client, still skipping seqs below the cursors.
+//!
+//! Why nothing is missed: the storage thread fans a message out only after it is
+//! committed. A message not fanned out to the gate was fanned out before the
+//! subscription existed, so it was committed before the replay began reading and the
+//! replay reads it. Why nothing repeats: every delivery, replayed or live, is checked
+//! against the topic's cursor.
+//!
+//! If publishers outrun the replay and the buffer passes its cap, the gate drops the
+//! buffer and marks itself overflowed; the task then reads the log again from its
+//! cursors. Replayed deliveries wait for room in the connection's outbox — history is
+//! never dropped — while live deliveries after the switch follow the ordinary
+//! slow-consumer policy.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rtc_proto::v1::start_position::Position;
+use rtc_proto::{ErrorCode, Frame};
+
+use crate::outbound::{Closed, Outbox};
+use crate::session::now_ms;
+use crate::store::writer::{first_at_or_after, LogView, TopicView};
+use crate::store::{LogEntry, Storage, StoreError, TopicId};
+
+/// Live messages held per catching-up subscription before it falls back to re-reading
+/// the log.
+const BUFFER_MSGS: usize = 10_000;
+/// The same cap in bytes.
+const BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// Messages read from the log per blocking read.
+const READ_MSGS: usize = 512;
+/// Bytes read from the log per blocking read (at least one message).
+const READ_BYTES: usize = 512 * 1024;
+
+struct Held {
+    topic: String,
+    seq: u64,
+    message: Bytes,
+}
+
+#[derive(Default)]
+struct GateState {
+    live: bool,
+    buffer: VecDeque<Held>,
+    bytes: usize,
+    overflowed: bool,
+    /// Per topic, the lowest seq still to deliver (the replay's cursors).
+    floors: HashMap<String, u64>,
+}
+
+/// The delivery switch of one replaying subscription. See the module docs.
+pub struct Gate {
+    sub_id: u64,
+    outbox: Arc<Outbox>,
+    state: Mutex<GateState>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("sub_id", &self.sub_id)
+            .finish()
+    }
+}
+
+impl Gate {
+    /// A gate in the catching-up state.
+    pub fn new(sub_id: u64, outbox: Arc<Outbox>) -> Self {
+        Gate {
+            sub_id,
+            outbox,
+            state: Mutex::new(GateState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live message for this subscription (`seq` 0 for ephemeral topics). Never waits.
+    pub fn offer(&self, topic: &str, seq: u64, message: &Bytes) {
+        let mut st = self.lock();
+        if st.live {
+            if seq != 0 && st.floors.get(topic).is_some_and(|&floor| seq < floor) {
+                return;
+            }
+            drop(st);
+            self.outbox.push_deliver(self.sub_id, message.clone());
+            return;
+        }
+        if st.overflowed {
+            return;
+        }
+        if st.buffer.len() >= BUFFER_MSGS || st.bytes + message.len() > BUFFER_BYTES {
+            st.overflowed = true;
+            st.buffer.clear();
+            st.bytes = 0;
+            return;
+        }
+        st.bytes += message.len();
+        st.buffer.push_back(Held {
+            topic: topic.to_string(),
+            seq,
+            message: message.clone(),
+        });
+    }
+}
+
+/// What the replay task needs from the broker.
+pub struct ReplayContext {
+    /// Topics and stats.
+    pub view: Arc<LogView>,
+    /// The store, read from blocking tasks.
+    pub storage: Arc<dyn Storage>,
+}
+
+/// Replays `pattern` from `start` into the gate's subscription, then opens the gate.
+/// Ends early if the connection closes. A storage failure is reported to the client as
+/// `Error{STORAGE}` for this subscription, which then continues live.
+pub async fn run(gate: Arc<Gate>, ctx: ReplayContext, pattern: String, start: Position) {
+    match catch_up(&gate, &ctx, &pattern, start).await {
+        Ok(()) | Err(Failure::Closed) => {}
+        Err(Failure::Store(e)) => {
+            tracing::error!(sub_id = gate.sub_id, error = %e, "replay failed; continuing live");
+            open_gate(&gate, HashMap::new());
+            let msg =
+                format!("replay stopped by a storage error, continuing with live messages: {e}");
+            let _ =
+                gate.outbox
+                    .push_frame_now(Frame::sub_error(gate.sub_id, ErrorCode::Storage, msg));
+        }
+    }
+}
+
+enum Failure {
+    Closed,
+    Store(StoreError),
+}
+
+impl From<Closed> for Failure {
+    fn from(_: Closed) -> Self {
+        Failure::Closed
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+async fn catch_up(
+    gate: &Gate,
+    ctx: &ReplayContext,
+    pattern: &str,
+    start: Position,
+) -> Result<(), Failure> {
+    let mut cursors: HashMap<String, u64> = HashMap::new();
+    let mut first_pass = true;
+    loop {
+        for (name, topic) in ctx.view.durable_matching(pattern) {
+            let from = match cursors.get(&name) {
+                Some(&c) => c,
+                None if first_pass => start_seq(ctx, &topic, &start).await?,
+                // A topic that appeared after the subscription: all of it is new.
+                None => 1,
+            };
+            let next = replay_topic(gate, ctx, topic.id, from).await?;
+            cursors.insert(name, next);
+        }
+        first_pass = false;
+        // Drain what arrived live meanwhile, then open the gate.
+        loop {
+            let held = {
+                let mut st = gate.lock();
+                if st.overflowed {
+                    st.overflowed = false;
+                    None
+                } else if st.buffer.is_empty() {
+                    drop(st);
+                    open_gate(gate, cursors);
+                    return Ok(());
+                } else {
+                    st.bytes = 0;
+                    Some(std::mem::take(&mut st.buffer))
+                }
+            };
+            let Some(held) = held else { break };
+            for h in held {
+                if h.seq != 0 {
+                    let cursor = cursors.entry(h.topic).or_insert(0);
+                    if h.seq < *cursor {
+                        continue;
+                    }
+                    *cursor = h.seq + 1;
+                }
+                gate.outbox
+                    .push_deliver_wait(gate.sub_id, h.message)
+                    .await?;
+            }
+        }
+    }
+}
+
+fn open_gate(gate: &Gate, cursors: HashMap<String, u64>) {
+    let mut st = gate.lock();
+    st.floors = cursors;
+    st.live = true;
+    st.buffer.clear();
+    st.bytes = 0;
+}
+
+/// Delivers topic `id` from seq `from` to the end of its log; returns the next seq owed.
+async fn replay_topic(
+    gate: &Gate,
+    ctx: &ReplayContext,
+    id: TopicId,
+    from: u64,
+) -> Result<u64, Failure> {
+    let mut cursor = from;
+    loop {
+        let entries = read(ctx, id, cursor).await?;
+        if entries.is_empty() {
+            return Ok(cursor);
+        }
+        for e in entries {
+            cursor = e.seq + 1;
+            gate.outbox
+                .push_deliver_wait(gate.sub_id, e.message)
+                .await?;
+        }
+    }
+}
+
+async fn read(ctx: &ReplayContext, id: TopicId, from: u64) -> Result<Vec<LogEntry>, StoreError> {
+    let storage = ctx.storage.clone();
+    blocking(move || storage.read(id, from, READ_MSGS, READ_BYTES)).await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Engine(format!("read task failed: {e}"))))
+}
+
+/// The first seq to replay for `topic` from `start`.
+async fn start_seq(
+    ctx: &ReplayContext,
+    topic: &TopicView,
+    start: &Position,
+) -> Result<u64, StoreError> {
+    let s = topic.stats;
+    let after_last = s.last_seq + 1;
+    let at_time = |ts: i64| {
+        let storage = ctx.storage.clone();
+        let (id, lo, hi) = (topic.id, s.first_seq.max(1), s.last_seq);
+        blocking(move || first_at_or_after(&*storage, id, lo, hi, ts))
+    };
+    Ok(match *start {
+        Position::New(_) => after_last,
+        Position::First(_) => s.first_seq.max(1),
+        Position::Last(_) if s.messages > 0 => s.last_seq,
+        Position::Last(_) => after_last,
+        Position::Seq(n) => n,
+        Position::TimeMs(ts) => at_time(ts).await?,
+        Position::RelativeMs(delta) => at_time(now_ms().saturating_add(delta)).await?,
+    })
+}

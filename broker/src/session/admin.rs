@@ -1,0 +1,79 @@
+//! Topic administration requests: create (or re-configure) a topic, describe one, list
+//! them. Creation goes through the storage thread, which persists the settings; the
+//! descriptions come from the store's [`crate::store::writer::LogView`].
+
+use rtc_proto::topic::{validate_publish_topic, validate_topic};
+use rtc_proto::v1::{self, frame::Op, StorageClass};
+use rtc_proto::{ErrorCode, Frame};
+
+use super::Session;
+use crate::outbound::Closed;
+
+/// Room left in a `TopicList` frame for its envelope.
+const LIST_MARGIN: usize = 1024;
+
+impl Session {
+    pub(super) async fn topic_create(&mut self, c: v1::TopicCreate) -> Result<(), Closed> {
+        let err = |code: ErrorCode, msg: String| Frame::error(c.req_id, code, msg);
+        if let Err(e) = validate_publish_topic(&c.name) {
+            return self
+                .send(err(ErrorCode::InvalidTopic, format!("{:?}: {e}", c.name)))
+                .await;
+        }
+        let settings = c.settings.unwrap_or_default();
+        if StorageClass::try_from(settings.storage).is_err() {
+            let msg = format!("unknown storage class {}", settings.storage);
+            return self.send(err(ErrorCode::InvalidRequest, msg)).await;
+        }
+        match self.shared.log.create_topic(c.name.clone(), settings).await {
+            Ok(view) => {
+                let info = view.info(c.req_id, &c.name);
+                self.send(Frame::from_op(Op::TopicInfo(info))).await
+            }
+            Err((code, msg)) => self.send(err(code, msg)).await,
+        }
+    }
+
+    pub(super) async fn topic_info(&mut self, r: v1::TopicInfoRequest) -> Result<(), Closed> {
+        if let Err(e) = validate_topic(&r.name) {
+            let msg = format!("{:?}: {e}", r.name);
+            return self
+                .send(Frame::error(r.req_id, ErrorCode::InvalidTopic, msg))
+                .await;
+        }
+        match self.shared.log.view.get(&r.name) {
+            Some(view) => {
+                let info = view.info(r.req_id, &r.name);
+                self.send(Frame::from_op(Op::TopicInfo(info))).await
+            }
+            None => {
+                let msg = format!(
+                    "no topic {:?} (created by `topic create` or a first publish)",
+                    r.name
+                );
+                self.send(Frame::error(r.req_id, ErrorCode::NotFound, msg))
+                    .await
+            }
+        }
+    }
+
+    pub(super) async fn topic_list(&mut self, r: v1::TopicListRequest) -> Result<(), Closed> {
+        let budget = self.shared.config.max_frame_size - LIST_MARGIN;
+        let mut list = v1::TopicList {
+            req_id: r.req_id,
+            topics: Vec::new(),
+            truncated: false,
+        };
+        let mut size = 0;
+        for (name, view) in self.shared.log.view.list() {
+            let info = view.info(0, &name);
+            size += prost::Message::encoded_len(&info) + 4;
+            if size > budget {
+                list.truncated = true;
+                break;
+            }
+            list.topics.push(info);
+        }
+        self.send(Frame::from_op(Op::TopicList(list))).await
+    }
+}

@@ -1,0 +1,212 @@
+//! Publish, subscribe and unsubscribe for one session.
+//!
+//! A publish to an ephemeral topic is fanned out here, at once. A publish to a durable
+//! topic is handed to the storage thread, which answers the client and fans the message
+//! out once it is stored (see [`crate::store::writer`]); the session does not wait for
+//! it, so one connection can have many publishes in flight. A subscription with a start
+//! position other than `new` gets a [`Gate`] and a replay task (see [`crate::replay`]).
+
+use std::sync::Arc;
+
+use rtc_proto::codec::deliver_frame_len;
+use rtc_proto::topic::{validate_pattern, validate_publish_topic};
+use rtc_proto::v1::{self, frame::Op, start_position::Position};
+use rtc_proto::{ErrorCode, Frame};
+use tokio::task::JoinHandle;
+
+use super::{now_ms, Session};
+use crate::outbound::Closed;
+use crate::replay::{self, Gate, ReplayContext};
+use crate::router::Subscriber;
+use crate::store::writer::{Append, Request};
+use crate::topic::is_durable;
+
+/// Bytes the broker may add to a message when it stores it (the seq field at most).
+const STORED_OVERHEAD: usize = 11;
+
+/// One active subscription of a session.
+#[derive(Debug)]
+pub(crate) struct ActiveSub {
+    pattern: String,
+    /// The replay task, while a replaying subscription catches up.
+    replay: Option<JoinHandle<()>>,
+}
+
+impl Session {
+    pub(super) async fn publish(&mut self, p: v1::Publish) -> Result<(), Closed> {
+        let reply = |code: ErrorCode, msg: String| Frame::error(p.req_id, code, msg);
+        if let Err(e) = validate_publish_topic(&p.topic) {
+            return self
+                .send(reply(
+                    ErrorCode::InvalidTopic,
+                    format!("{:?}: {e}", p.topic),
+                ))
+                .await;
+        }
+        let settings = self.shared.topics.resolve(&p.topic);
+        let message = v1::Message {
+            topic: p.topic,
+            payload: p.payload,
+            headers: p.headers,
+            seq: 0,
+            timestamp_ms: now_ms(),
+            msg_id: p.msg_id,
+            delivery_count: 1,
+        };
+        // The Deliver built from this publish must fit the frame limit we announced.
+        let len = deliver_frame_len(
+            u64::MAX,
+            prost::Message::encoded_len(&message) + STORED_OVERHEAD,
+        );
+        let max = self.shared.config.max_frame_size;
+        if len > max {
+            let msg = format!("message would be a {len}-byte Deliver frame; the limit is {max}");
+            return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
+        }
+        if !is_durable(&settings) {
+            self.shared.router.publish(&message.topic, 0, || {
+                rtc_proto::codec::encode_message(&message)
+            });
+            if p.req_id != 0 {
+                let ack = v1::PubAck {
+                    req_id: p.req_id,
+                    seq: 0,
+                    duplicate: false,
+                };
+                self.send(Frame::from_op(Op::PubAck(ack))).await?;
+            }
+            return Ok(());
+        }
+        // The storage thread queues the answer without waiting; keep this client's
+        // unread answers bounded by not reading further while its queue is full.
+        self.outbox.wait_room().await?;
+        let permit = self.shared.log.permit().await;
+        let append = Append {
+            topic: message.topic,
+            payload: message.payload,
+            headers: message.headers,
+            msg_id: message.msg_id,
+            req_id: p.req_id,
+            outbox: self.outbox.clone(),
+            permit,
+        };
+        if self.shared.log.send(Request::Append(append)).is_err() {
+            let msg = "the storage thread has stopped; the message was not stored".to_string();
+            return self.send(reply(ErrorCode::Storage, msg)).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn subscribe(&mut self, s: v1::Subscribe) -> Result<(), Closed> {
+        let err = |code: ErrorCode, msg: String| Frame::error(s.req_id, code, msg);
+        if s.sub_id == 0 {
+            return self
+                .send(err(
+                    ErrorCode::InvalidRequest,
+                    "sub_id must not be 0".into(),
+                ))
+                .await;
+        }
+        if let Err(e) = validate_pattern(&s.pattern) {
+            return self
+                .send(err(
+                    ErrorCode::InvalidPattern,
+                    format!("{:?}: {e}", s.pattern),
+                ))
+                .await;
+        }
+        if self.subs.contains_key(&s.sub_id) {
+            let msg = format!("sub_id {} is already active on this connection", s.sub_id);
+            return self.send(err(ErrorCode::DuplicateSubscription, msg)).await;
+        }
+        let limit = self.shared.config.max_subscriptions_per_connection;
+        if self.subs.len() >= limit {
+            let msg = format!("this connection already has {limit} subscriptions, the limit");
+            return self.send(err(ErrorCode::LimitExceeded, msg)).await;
+        }
+        let start = match s.start.and_then(|p| p.position) {
+            None | Some(Position::New(_)) => None,
+            Some(Position::Seq(0)) => {
+                return self
+                    .send(err(
+                        ErrorCode::InvalidRequest,
+                        "start seq must be at least 1".into(),
+                    ))
+                    .await;
+            }
+            Some(Position::RelativeMs(d)) if d > 0 => {
+                let msg = "a relative start time must be in the past (negative)".to_string();
+                return self.send(err(ErrorCode::InvalidRequest, msg)).await;
+            }
+            Some(p) => Some(p),
+        };
+        let gate = start
+            .as_ref()
+            .map(|_| Arc::new(Gate::new(s.sub_id, self.outbox.clone())));
+        self.shared.router.subscribe(
+            &s.pattern,
+            Subscriber {
+                conn_id: self.conn_id,
+                sub_id: s.sub_id,
+                outbox: self.outbox.clone(),
+                gate: gate.clone(),
+            },
+        );
+        self.subs.insert(
+            s.sub_id,
+            ActiveSub {
+                pattern: s.pattern.clone(),
+                replay: None,
+            },
+        );
+        self.send(Frame::from_op(Op::SubAck(v1::SubAck {
+            req_id: s.req_id,
+            sub_id: s.sub_id,
+        })))
+        .await?;
+        if let (Some(gate), Some(start)) = (gate, start) {
+            let ctx = ReplayContext {
+                view: self.shared.log.view.clone(),
+                storage: self.shared.log.storage.clone(),
+            };
+            let task = tokio::spawn(replay::run(gate, ctx, s.pattern, start));
+            if let Some(sub) = self.subs.get_mut(&s.sub_id) {
+                sub.replay = Some(task);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn unsubscribe(&mut self, u: v1::Unsubscribe) -> Result<(), Closed> {
+        let Some(sub) = self.subs.remove(&u.sub_id) else {
+            let msg = format!("sub_id {} is not an active subscription", u.sub_id);
+            return self
+                .send(Frame::error(u.req_id, ErrorCode::UnknownSubscription, msg))
+                .await;
+        };
+        self.end_subscription(u.sub_id, sub).await;
+        self.send(Frame::from_op(Op::UnsubAck(v1::UnsubAck {
+            req_id: u.req_id,
+            sub_id: u.sub_id,
+        })))
+        .await
+    }
+
+    /// Removes a subscription from the router and stops its replay, so that nothing more
+    /// is queued for it once this returns.
+    async fn end_subscription(&self, sub_id: u64, sub: ActiveSub) {
+        self.shared
+            .router
+            .unsubscribe(&sub.pattern, self.conn_id, sub_id);
+        if let Some(task) = sub.replay {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    pub(super) async fn remove_all_subscriptions(&mut self) {
+        for (sub_id, sub) in std::mem::take(&mut self.subs) {
+            self.end_subscription(sub_id, sub).await;
+        }
+    }
+}

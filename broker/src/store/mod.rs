@@ -1,0 +1,197 @@
+//! Durable storage: the [`Storage`] trait, its sled implementation ([`sled_store`]) and the
+//! storage thread that is its only writer ([`writer`]).
+//!
+//! Data flow of a durable publish: the session sends an append request over a crossbeam
+//! channel to the storage thread; the thread takes every request waiting, assigns
+//! sequence numbers, checks message IDs against the dedup window, writes them all in one
+//! atomic batch and flushes once per the fsync policy (group commit); then it answers each
+//! publisher (`PubAck` or `Error`, straight into the connection's outbox) and fans each
+//! stored message out to live subscribers in sequence order. Replays read the storage
+//! directly from blocking tasks; they never go through the storage thread.
+//!
+//! # Key layout
+//! One sled tree holds everything, so that one batch — messages, topic stats, topic
+//! metadata — is applied atomically. Numbers are big-endian so that keys sort in numeric
+//! order and range scans run in sequence order.
+//!
+//! | key | value |
+//! |---|---|
+//! | `b"v"` | format version, `u32` ([`FORMAT_VERSION`]) |
+//! | `b"n"` | next topic id to assign, `u32` |
+//! | `b"t" ++ name` | topic metadata: `id: u32 ++ flags: u8 ++ rtc.v1.TopicSettings` (protobuf); flag bit 0: created explicitly (`topic create`) |
+//! | `b"s" ++ id: u32` | topic stats: `first_seq, last_seq, messages, bytes: u64` and `last_ts_ms: i64` ([`TopicStats::encode`]) |
+//! | `b"m" ++ id: u32 ++ seq: u64` | one message: `ts_ms: i64 ++ rtc.v1.Message` (protobuf, as delivered) |
+//!
+//! The message value holds the `Message` exactly as it goes on the wire, so a replay
+//! sends the stored bytes without re-encoding. `last_seq` in the stats survives the
+//! removal of every message by retention, so sequence numbers are never reused; on
+//! start the writer also checks the highest `m` key, and the larger wins.
+
+pub mod sled_store;
+pub mod writer;
+
+use bytes::Bytes;
+
+/// Version of the key layout above. A data dir written with another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Compact numeric id of a topic, used in keys instead of its name.
+pub type TopicId = u32;
+
+/// Counters kept for each durable topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicStats {
+    /// Oldest stored sequence number (0 when nothing is stored).
+    pub first_seq: u64,
+    /// Newest sequence number ever assigned (0 before the first message).
+    pub last_seq: u64,
+    /// Messages stored now.
+    pub messages: u64,
+    /// Bytes of the stored messages (their encoded size: payload, headers, topic, …).
+    pub bytes: u64,
+    /// Broker timestamp of the newest message; timestamps never go backwards in a topic.
+    pub last_ts_ms: i64,
+}
+
+impl TopicStats {
+    /// Size of the encoded form.
+    pub const ENCODED_LEN: usize = 40;
+
+    /// Fixed-size big-endian encoding.
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[0..8].copy_from_slice(&self.first_seq.to_be_bytes());
+        out[8..16].copy_from_slice(&self.last_seq.to_be_bytes());
+        out[16..24].copy_from_slice(&self.messages.to_be_bytes());
+        out[24..32].copy_from_slice(&self.bytes.to_be_bytes());
+        out[32..40].copy_from_slice(&self.last_ts_ms.to_be_bytes());
+        out
+    }
+
+    /// Inverse of [`TopicStats::encode`].
+    pub fn decode(b: &[u8]) -> Option<TopicStats> {
+        if b.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Some(TopicStats {
+            first_seq: u(0),
+            last_seq: u(8),
+            messages: u(16),
+            bytes: u(24),
+            last_ts_ms: u(32) as i64,
+        })
+    }
+}
+
+/// A topic as stored: its name, id (0 for ephemeral topics, which have no log), settings
+/// and stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTopic {
+    /// Topic name.
+    pub name: String,
+    /// Id used in keys; 0 when the topic has no log.
+    pub id: TopicId,
+    /// Its settings.
+    pub settings: rtc_proto::v1::TopicSettings,
+    /// Created with `topic create` (keeps its settings) rather than by a first publish
+    /// (follows the config's `[[topic]]` rules).
+    pub explicit: bool,
+    /// Its counters.
+    pub stats: TopicStats,
+}
+
+/// One change in an atomic write.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create or update a topic's metadata.
+    PutTopic {
+        /// Topic name.
+        name: String,
+        /// Its id (0 for ephemeral).
+        id: TopicId,
+        /// Its settings.
+        settings: rtc_proto::v1::TopicSettings,
+        /// See [`StoredTopic::explicit`].
+        explicit: bool,
+    },
+    /// Set the next topic id to hand out.
+    PutNextTopicId(TopicId),
+    /// Replace a topic's stats.
+    PutStats(TopicId, TopicStats),
+    /// Store one message.
+    Append {
+        /// Topic id.
+        id: TopicId,
+        /// Its sequence number.
+        seq: u64,
+        /// Broker timestamp.
+        ts_ms: i64,
+        /// The encoded `rtc.v1.Message`.
+        message: Bytes,
+    },
+    /// Remove the messages with `from <= seq < to` (retention).
+    RemoveRange {
+        /// Topic id.
+        id: TopicId,
+        /// First seq removed.
+        from: u64,
+        /// One past the last seq removed.
+        to: u64,
+    },
+}
+
+/// One stored message as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Broker timestamp.
+    pub ts_ms: i64,
+    /// The encoded `rtc.v1.Message`, ready to send.
+    pub message: Bytes,
+}
+
+/// A storage failure. The request that hit it was not carried out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error (disk full, permissions, …).
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// The data on disk is damaged or not what this version expects.
+    #[error("storage data is corrupt: {0}")]
+    Corrupt(String),
+    /// Another failure inside the storage engine.
+    #[error("storage failure: {0}")]
+    Engine(String),
+}
+
+/// What the broker needs from a storage engine. Implementations are internally
+/// synchronised: the storage thread writes, blocking tasks read concurrently.
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Every topic with stored metadata, with stats reconciled against the log.
+    fn load_topics(&self) -> Result<Vec<StoredTopic>, StoreError>;
+    /// The next topic id to assign (1 for a new store).
+    fn next_topic_id(&self) -> Result<TopicId, StoreError>;
+    /// Applies all `ops` atomically: after a crash either all or none are present.
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+    /// Makes everything written so far durable on disk.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Up to `max_msgs` messages (and about `max_bytes`, at least one) of topic `id` with
+    /// `seq >= from`, in order.
+    fn read(
+        &self,
+        id: TopicId,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, StoreError>;
+    /// The timestamp of message `seq`, if stored.
+    fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError>;
+    /// (msg_id, seq, ts_ms) of the messages of topic `id` with `seq >= from`, in order —
+    /// used to rebuild the dedup window on start.
+    fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError>;
+    /// `(seq, encoded size)` of the messages with `from <= seq < to`, for byte-based
+    /// retention.
+    fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError>;
+}

@@ -1,0 +1,880 @@
+//! The storage thread: the only writer of the store.
+//!
+//! Sessions hand it requests over a crossbeam channel ([`LogHandle`]). Each pass it takes
+//! every request waiting (up to [`MAX_BATCH`]), and for the appends among them:
+//! assigns the next sequence number of the topic and a broker timestamp (never earlier
+//! than the topic's previous one), checks the message ID against the topic's dedup
+//! window, and adds the message to one atomic write together with the updated topic
+//! stats. It then flushes once if the fsync policy says so (group commit), and only then
+//! answers each publisher — `PubAck{seq}`, `PubAck{seq, duplicate}` or
+//! `Error{STORAGE}` — by pushing straight into the publisher's outbox, and fans every
+//! stored message out to live subscribers in sequence order.
+//!
+//! If the write fails, nothing of the batch was applied: the in-memory state (sequence
+//! numbers, stats, dedup entries) is rolled back and every request in it gets
+//! `Error{STORAGE}`, so nothing is acknowledged that is not stored. If only the flush
+//! fails, the messages are in the store but not known to be on disk: the publishers get
+//! `Error{STORAGE}`, and a retry with the same message ID is answered as a duplicate once
+//! a later flush succeeds.
+//!
+//! The dedup index lives in memory (message ID → seq, per topic, for the window) and is
+//! rebuilt from the log on start, like NATS JetStream's; it costs roughly 100 bytes per
+//! message published with an ID within the window.
+//!
+//! Retention runs here too ([`Request::Enforce`], sent every second by a timer): it
+//! removes the oldest messages past a topic's `max_msgs`, `max_age` or `max_bytes` in
+//! chunks, and forgets dedup entries older than their window.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rtc_proto::v1::{self, frame::Op, TopicSettings};
+use rtc_proto::{ErrorCode, Frame};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::{Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp};
+use crate::config::FsyncPolicy;
+use crate::outbound::Outbox;
+use crate::router::Router;
+use crate::session::now_ms;
+use crate::topic::{is_durable, normalize, TopicRegistry};
+
+/// Most requests handled in one pass (one write, one flush).
+pub const MAX_BATCH: usize = 4096;
+/// Appends accepted but not yet answered, across all connections. Beyond it, publishers
+/// wait for a slot before their request is read further.
+pub const MAX_IN_FLIGHT: usize = 65_536;
+/// Most messages removed in one retention write.
+const RETENTION_CHUNK: u64 = 10_000;
+
+/// A publish to a durable topic, on its way to the storage thread.
+#[derive(Debug)]
+pub struct Append {
+    /// Topic name (validated).
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Message ID ("" for none).
+    pub msg_id: String,
+    /// The publisher's req_id; 0 means no PubAck (errors are still sent).
+    pub req_id: u64,
+    /// Where the answer goes.
+    pub outbox: Arc<Outbox>,
+    /// Held until the answer is queued; bounds the work in flight.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// A refusal: the error code and message sent to the client.
+pub type Refusal = (ErrorCode, String);
+
+/// Work for the storage thread.
+#[derive(Debug)]
+pub enum Request {
+    /// Store a message.
+    Append(Append),
+    /// Create a topic or change its settings.
+    CreateTopic {
+        /// Topic name (validated).
+        name: String,
+        /// Requested settings (normalized by the thread).
+        settings: TopicSettings,
+        /// Answer.
+        reply: oneshot::Sender<Result<TopicView, Refusal>>,
+    },
+    /// Apply retention limits and expire dedup entries.
+    Enforce,
+    /// Flush and stop.
+    Shutdown,
+}
+
+/// What sessions and replays may read about a topic without asking the storage thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicView {
+    /// Id in the store (0 for an ephemeral topic, which has no log).
+    pub id: TopicId,
+    /// Settings in force.
+    pub settings: TopicSettings,
+    /// Counters as of the last write.
+    pub stats: TopicStats,
+}
+
+impl TopicView {
+    /// The `TopicInfo` frame body for this topic.
+    pub fn info(&self, req_id: u64, name: &str) -> v1::TopicInfo {
+        v1::TopicInfo {
+            req_id,
+            name: name.to_string(),
+            settings: Some(self.settings),
+            first_seq: self.stats.first_seq,
+            last_seq: self.stats.last_seq,
+            messages: self.stats.messages,
+            bytes: self.stats.bytes,
+        }
+    }
+}
+
+/// The topics known to the store, updated by the storage thread after every write.
+#[derive(Debug, Default)]
+pub struct LogView {
+    topics: RwLock<HashMap<String, TopicView>>,
+}
+
+impl LogView {
+    /// One topic.
+    pub fn get(&self, name: &str) -> Option<TopicView> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every topic, sorted by name.
+    pub fn list(&self) -> Vec<(String, TopicView)> {
+        let mut v: Vec<_> = self
+            .read()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The durable topics (with a log) whose names match `pattern`.
+    pub fn durable_matching(&self, pattern: &str) -> Vec<(String, TopicView)> {
+        self.read()
+            .iter()
+            .filter(|(name, t)| t.id != 0 && rtc_proto::topic::pattern_matches(pattern, name))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TopicView>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, name: &str, view: TopicView) {
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), view);
+    }
+}
+
+/// The storage thread has stopped (broker shutting down, or the thread failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
+
+/// The sessions' side of the storage thread.
+#[derive(Debug)]
+pub struct LogHandle {
+    tx: Sender<Request>,
+    /// Topics and their stats.
+    pub view: Arc<LogView>,
+    /// For replays, which read directly.
+    pub storage: Arc<dyn Storage>,
+    permits: Arc<Semaphore>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LogHandle {
+    /// Waits for a slot for one more append in flight.
+    pub async fn permit(&self) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Queues a request; fails only if the storage thread has stopped.
+    pub fn send(&self, request: Request) -> Result<(), Stopped> {
+        self.tx.send(request).map_err(|_| Stopped)
+    }
+
+    /// Creates or updates a topic and returns its view.
+    pub async fn create_topic(
+        &self,
+        name: String,
+        settings: TopicSettings,
+    ) -> Result<TopicView, Refusal> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .send(Request::CreateTopic {
+                name,
+                settings,
+                reply,
+            })
+            .is_err()
+        {
+            return Err(stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Asks the thread to flush and stop, and waits until it has.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn stopped() -> Refusal {
+    (
+        ErrorCode::Storage,
+        "the storage thread has stopped".to_string(),
+    )
+}
+
+/// Dedup entries of one topic: message ID → (seq, ts), plus arrival order for expiry.
+#[derive(Debug, Default)]
+struct Dedup {
+    ids: HashMap<Arc<str>, (u64, i64)>,
+    order: VecDeque<(i64, u64, Arc<str>)>,
+}
+
+impl Dedup {
+    fn insert(&mut self, id: &str, seq: u64, ts: i64) {
+        let id: Arc<str> = id.into();
+        self.ids.insert(id.clone(), (seq, ts));
+        self.order.push_back((ts, seq, id));
+    }
+
+    /// The original seq if `id` was stored at or after `since`.
+    fn lookup(&self, id: &str, since: i64) -> Option<u64> {
+        match self.ids.get(id) {
+            Some(&(seq, ts)) if ts >= since => Some(seq),
+            _ => None,
+        }
+    }
+
+    /// Forgets entries stored before `before`.
+    fn expire(&mut self, before: i64) {
+        while let Some((ts, seq, _)) = self.order.front() {
+            if *ts >= before {
+                break;
+            }
+            let seq = *seq;
+            let (_, _, id) = self.order.pop_front().expect("front exists");
+            if self.ids.get(&id).is_some_and(|&(s, _)| s == seq) {
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    /// Undoes the newest insert of `id` (a failed write).
+    fn remove_newest(&mut self, id: &str) {
+        if let Some(pos) = self.order.iter().rposition(|(_, _, i)| &**i == id) {
+            self.order.remove(pos);
+        }
+        self.ids.remove(id);
+    }
+}
+
+#[derive(Debug)]
+struct TopicLog {
+    id: TopicId,
+    settings: TopicSettings,
+    explicit: bool,
+    stats: TopicStats,
+    dedup: Dedup,
+}
+
+impl TopicLog {
+    fn view(&self) -> TopicView {
+        TopicView {
+            id: self.id,
+            settings: self.settings,
+            stats: self.stats,
+        }
+    }
+}
+
+/// The result of one request in a batch, answered after the write.
+enum Outcome {
+    Stored { seq: u64, message: Bytes },
+    Duplicate { seq: u64 },
+    Refused(Refusal),
+}
+
+/// What a batch changed, to undo if its write fails.
+#[derive(Default)]
+struct Undo {
+    stats: HashMap<String, TopicStats>,
+    created: Vec<String>,
+    dedup: Vec<(String, String)>,
+    next_id: Option<TopicId>,
+    settings: HashMap<String, (TopicSettings, bool)>,
+}
+
+struct Writer {
+    storage: Arc<dyn Storage>,
+    router: Arc<Router>,
+    registry: Arc<TopicRegistry>,
+    view: Arc<LogView>,
+    topics: HashMap<String, TopicLog>,
+    next_id: TopicId,
+    fsync: FsyncPolicy,
+    max_topics: usize,
+    /// Written but not yet flushed.
+    dirty: bool,
+    last_flush: Instant,
+}
+
+/// Loads the store, rebuilds the dedup windows, and starts the storage thread.
+pub fn start(
+    storage: Arc<dyn Storage>,
+    router: Arc<Router>,
+    registry: Arc<TopicRegistry>,
+    fsync: FsyncPolicy,
+    max_topics: usize,
+) -> Result<LogHandle, StoreError> {
+    let view = Arc::new(LogView::default());
+    let mut writer = Writer {
+        next_id: storage.next_topic_id()?,
+        storage: storage.clone(),
+        router,
+        registry,
+        view: view.clone(),
+        topics: HashMap::new(),
+        fsync,
+        max_topics,
+        dirty: false,
+        last_flush: Instant::now(),
+    };
+    writer.recover(storage.load_topics()?)?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new()
+        .name("rtc-storage".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| StoreError::Engine(format!("cannot start the storage thread: {e}")))?;
+    Ok(LogHandle {
+        tx,
+        view,
+        storage,
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+impl Writer {
+    fn recover(&mut self, stored: Vec<StoredTopic>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut rewrites = Vec::new();
+        for t in stored {
+            let settings = if t.explicit {
+                self.registry.set_explicit(&t.name, t.settings);
+                t.settings
+            } else {
+                // Auto-created topics follow the config as it is now.
+                let current = self.registry.configured(&t.name);
+                if current != t.settings {
+                    rewrites.push(WriteOp::PutTopic {
+                        name: t.name.clone(),
+                        id: t.id,
+                        settings: current,
+                        explicit: false,
+                    });
+                }
+                current
+            };
+            let mut log = TopicLog {
+                id: t.id,
+                settings,
+                explicit: t.explicit,
+                stats: t.stats,
+                dedup: Dedup::default(),
+            };
+            if t.id != 0 && log.stats.messages > 0 {
+                let since = now - log.settings.dedup_window_ms as i64;
+                let from = first_at_or_after(
+                    &*self.storage,
+                    t.id,
+                    log.stats.first_seq,
+                    log.stats.last_seq,
+                    since,
+                )?;
+                for (id, seq, ts) in self.storage.message_ids(t.id, from)? {
+                    log.dedup.insert(&id, seq, ts);
+                }
+            }
+            self.view.set(&t.name, log.view());
+            self.topics.insert(t.name, log);
+        }
+        if !rewrites.is_empty() {
+            self.storage.write(rewrites)?;
+            self.storage.flush()?;
+        }
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Request>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = match self.flush_deadline() {
+                Some(deadline) => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(r) => r,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.flush_logged();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let shutdown = batch.iter().any(|r| matches!(r, Request::Shutdown));
+            let enforce = batch.iter().any(|r| matches!(r, Request::Enforce));
+            self.process(&mut batch);
+            if enforce {
+                self.enforce_retention();
+            }
+            if shutdown {
+                break;
+            }
+        }
+        self.flush_logged();
+        tracing::debug!("storage thread stopped");
+    }
+
+    /// When an `interval` policy owes a flush.
+    fn flush_deadline(&self) -> Option<Instant> {
+        match self.fsync {
+            FsyncPolicy::IntervalMs(ms) if self.dirty => {
+                Some(self.last_flush + Duration::from_millis(ms))
+            }
+            _ => None,
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.storage.flush()?;
+        self.dirty = false;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn flush_logged(&mut self) {
+        if self.dirty {
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "storage flush failed");
+            }
+        }
+    }
+
+    fn process(&mut self, batch: &mut Vec<Request>) {
+        let mut ops = Vec::new();
+        let mut undo = Undo::default();
+        let mut appends = Vec::new();
+        let mut creates = Vec::new();
+        let now = now_ms();
+        for request in batch.drain(..) {
+            match request {
+                Request::Append(a) => {
+                    let outcome = self.append(&a, now, &mut ops, &mut undo);
+                    appends.push((a, outcome));
+                }
+                Request::CreateTopic {
+                    name,
+                    settings,
+                    reply,
+                } => {
+                    let outcome = self.create(&name, settings, &mut ops, &mut undo);
+                    creates.push((name, reply, outcome));
+                }
+                Request::Enforce | Request::Shutdown => {}
+            }
+        }
+        for name in undo.stats.keys() {
+            let log = &self.topics[name];
+            ops.push(WriteOp::PutStats(log.id, log.stats));
+        }
+        let touched: Vec<String> = undo
+            .stats
+            .keys()
+            .chain(undo.settings.keys())
+            .chain(undo.created.iter())
+            .cloned()
+            .collect();
+
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            self.storage.write(ops).map(|_| self.dirty = true)
+        };
+        let result = match result {
+            Ok(()) if self.fsync == FsyncPolicy::Always && self.dirty => self.flush(),
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.rollback(undo);
+                Err(e)
+            }
+        };
+        for name in &touched {
+            if let Some(log) = self.topics.get(name) {
+                self.view.set(name, log.view());
+            }
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "storage write failed; answering the batch with STORAGE errors");
+        }
+
+        // Answer, then fan out in sequence order.
+        for (a, outcome) in &appends {
+            let frame =
+                match (&result, outcome) {
+                    (Err(e), Outcome::Stored { .. } | Outcome::Duplicate { .. }) => Some(
+                        Frame::error(a.req_id, ErrorCode::Storage, format!("not stored: {e}")),
+                    ),
+                    (_, Outcome::Refused((code, msg))) => {
+                        Some(Frame::error(a.req_id, *code, msg.clone()))
+                    }
+                    (Ok(()), Outcome::Stored { seq, .. }) => ack(a.req_id, *seq, false),
+                    (Ok(()), Outcome::Duplicate { seq }) => ack(a.req_id, *seq, true),
+                };
+            if let Some(frame) = frame {
+                // A closed outbox means the publisher is gone; nobody is left to tell.
+                let _ = a.outbox.push_frame_now(frame);
+            }
+        }
+        if result.is_ok() {
+            for (a, outcome) in &appends {
+                if let Outcome::Stored { seq, message } = outcome {
+                    self.router.publish(&a.topic, *seq, || message.clone());
+                }
+            }
+        }
+        drop(appends);
+        for (name, reply, outcome) in creates {
+            let answer = match (&result, outcome) {
+                (Err(e), Ok(())) => Err((ErrorCode::Storage, e.to_string())),
+                (_, Err(refusal)) => Err(refusal),
+                (Ok(()), Ok(())) => Ok(self.topics[&name].view()),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn append(&mut self, a: &Append, now: i64, ops: &mut Vec<WriteOp>, undo: &mut Undo) -> Outcome {
+        if !self.topics.contains_key(&a.topic) {
+            let settings = self.registry.resolve(&a.topic);
+            if let Err(refusal) = self.new_log(&a.topic, settings, false, ops, undo) {
+                return Outcome::Refused(refusal);
+            }
+        }
+        let log = self.topics.get_mut(&a.topic).expect("created above");
+        if log.id == 0 {
+            // Created as ephemeral while this publish was on its way: nothing to store.
+            return Outcome::Refused((
+                ErrorCode::Conflict,
+                format!("topic {:?} is ephemeral; publish again", a.topic),
+            ));
+        }
+        let ts = now.max(log.stats.last_ts_ms);
+        if !a.msg_id.is_empty() {
+            let since = ts - log.settings.dedup_window_ms as i64;
+            if let Some(seq) = log.dedup.lookup(&a.msg_id, since) {
+                return Outcome::Duplicate { seq };
+            }
+        }
+        undo.stats.entry(a.topic.clone()).or_insert(log.stats);
+        let seq = log.stats.last_seq + 1;
+        let message = rtc_proto::codec::encode_message(&v1::Message {
+            topic: a.topic.clone(),
+            payload: a.payload.clone(),
+            headers: a.headers.clone(),
+            seq,
+            timestamp_ms: ts,
+            msg_id: a.msg_id.clone(),
+            delivery_count: 1,
+        });
+        let s = &mut log.stats;
+        if s.messages == 0 {
+            s.first_seq = seq;
+        }
+        s.last_seq = seq;
+        s.messages += 1;
+        s.bytes += message.len() as u64;
+        s.last_ts_ms = ts;
+        if !a.msg_id.is_empty() {
+            log.dedup.insert(&a.msg_id, seq, ts);
+            undo.dedup.push((a.topic.clone(), a.msg_id.clone()));
+        }
+        ops.push(WriteOp::Append {
+            id: log.id,
+            seq,
+            ts_ms: ts,
+            message: message.clone(),
+        });
+        Outcome::Stored { seq, message }
+    }
+
+    /// Adds a topic (durable ones get an id and a log) to this batch.
+    fn new_log(
+        &mut self,
+        name: &str,
+        settings: TopicSettings,
+        explicit: bool,
+        ops: &mut Vec<WriteOp>,
+        undo: &mut Undo,
+    ) -> Result<(), Refusal> {
+        let durable = is_durable(&settings);
+        let mut id = 0;
+        if durable {
+            let logs = self.topics.values().filter(|t| t.id != 0).count();
+            if logs >= self.max_topics {
+                return Err((
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "the broker holds {} durable topics, its limit",
+                        self.max_topics
+                    ),
+                ));
+            }
+            undo.next_id.get_or_insert(self.next_id);
+            id = self.next_id;
+            self.next_id += 1;
+            ops.push(WriteOp::PutNextTopicId(self.next_id));
+        }
+        ops.push(WriteOp::PutTopic {
+            name: name.to_string(),
+            id,
+            settings,
+            explicit,
+        });
+        undo.created.push(name.to_string());
+        self.topics.insert(
+            name.to_string(),
+            TopicLog {
+                id,
+                settings,
+                explicit,
+                stats: TopicStats::default(),
+                dedup: Dedup::default(),
+            },
+        );
+        Ok(())
+    }
+
+    fn create(
+        &mut self,
+        name: &str,
+        settings: TopicSettings,
+        ops: &mut Vec<WriteOp>,
+        undo: &mut Undo,
+    ) -> Result<(), Refusal> {
+        let settings = normalize(settings);
+        let Some(log) = self.topics.get_mut(name) else {
+            self.new_log(name, settings, true, ops, undo)?;
+            self.registry.set_explicit(name, settings);
+            return Ok(());
+        };
+        if log.id != 0 && !is_durable(&settings) {
+            return Err((
+                ErrorCode::Conflict,
+                format!("topic {name:?} is durable and has a log; it cannot become ephemeral"),
+            ));
+        }
+        if log.id == 0 && is_durable(&settings) {
+            // An ephemeral topic becoming durable gets a log from now on.
+            let prior = self.topics.remove(name).expect("present");
+            undo.settings
+                .insert(name.to_string(), (prior.settings, prior.explicit));
+            self.new_log(name, settings, true, ops, undo)?;
+            undo.created.retain(|n| n != name);
+        } else {
+            undo.settings
+                .entry(name.to_string())
+                .or_insert((log.settings, log.explicit));
+            log.settings = settings;
+            log.explicit = true;
+            ops.push(WriteOp::PutTopic {
+                name: name.to_string(),
+                id: log.id,
+                settings,
+                explicit: true,
+            });
+        }
+        self.registry.set_explicit(name, settings);
+        Ok(())
+    }
+
+    fn rollback(&mut self, undo: Undo) {
+        for (name, stats) in undo.stats {
+            if let Some(log) = self.topics.get_mut(&name) {
+                log.stats = stats;
+            }
+        }
+        for (topic, id) in undo.dedup.iter().rev() {
+            if let Some(log) = self.topics.get_mut(topic) {
+                log.dedup.remove_newest(id);
+            }
+        }
+        for name in undo.created {
+            self.topics.remove(&name);
+        }
+        for (name, (settings, explicit)) in undo.settings {
+            match self.topics.get_mut(&name) {
+                Some(log) => {
+                    log.settings = settings;
+                    log.explicit = explicit;
+                }
+                None => {
+                    self.topics.insert(
+                        name,
+                        TopicLog {
+                            id: 0,
+                            settings,
+                            explicit,
+                            stats: TopicStats::default(),
+                            dedup: Dedup::default(),
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(id) = undo.next_id {
+            self.next_id = id;
+        }
+    }
+
+    fn enforce_retention(&mut self) {
+        let now = now_ms();
+        let names: Vec<String> = self.topics.keys().cloned().collect();
+        for name in names {
+            let log = self.topics.get_mut(&name).expect("listed");
+            log.dedup.expire(now - log.settings.dedup_window_ms as i64);
+            if log.id == 0 || log.stats.messages == 0 {
+                continue;
+            }
+            match self.retention_cut(&name, now) {
+                Ok(Some(to)) => {
+                    if let Err(e) = self.remove_before(&name, to) {
+                        tracing::error!(topic = %name, error = %e, "retention failed");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(topic = %name, error = %e, "retention failed"),
+            }
+        }
+    }
+
+    /// The first seq to keep, if retention wants to remove anything.
+    fn retention_cut(&self, name: &str, now: i64) -> Result<Option<u64>, StoreError> {
+        let log = &self.topics[name];
+        let (s, set) = (&log.stats, &log.settings);
+        let mut keep_from = s.first_seq;
+        if set.max_msgs > 0 && s.messages > set.max_msgs {
+            keep_from = keep_from.max(s.last_seq + 1 - set.max_msgs);
+        }
+        if set.max_age_ms > 0 {
+            let cutoff = now - set.max_age_ms as i64;
+            let first_young =
+                first_at_or_after(&*self.storage, log.id, keep_from, s.last_seq, cutoff)?;
+            keep_from = keep_from.max(first_young);
+        }
+        if set.max_bytes > 0 && s.bytes > set.max_bytes {
+            let mut excess = s.bytes - set.max_bytes;
+            let mut from = keep_from;
+            while excess > 0 && from <= s.last_seq {
+                let sizes = self.storage.sizes(
+                    log.id,
+                    from,
+                    (from + RETENTION_CHUNK).min(s.last_seq + 1),
+                )?;
+                if sizes.is_empty() {
+                    break;
+                }
+                for (seq, size) in sizes {
+                    if excess == 0 {
+                        break;
+                    }
+                    excess = excess.saturating_sub(size);
+                    from = seq + 1;
+                }
+            }
+            keep_from = keep_from.max(from);
+        }
+        Ok((keep_from > s.first_seq).then_some(keep_from))
+    }
+
+    /// Removes every message before `to`, a chunk per write.
+    fn remove_before(&mut self, name: &str, to: u64) -> Result<(), StoreError> {
+        loop {
+            let log = &self.topics[name];
+            let from = log.stats.first_seq;
+            if from >= to || log.stats.messages == 0 {
+                return Ok(());
+            }
+            let end = to.min(from + RETENTION_CHUNK);
+            let removed: Vec<(u64, u64)> = self.storage.sizes(log.id, from, end)?;
+            let mut stats = log.stats;
+            stats.messages -= removed.len() as u64;
+            stats.bytes -= removed.iter().map(|(_, b)| b).sum::<u64>();
+            stats.first_seq = if stats.messages == 0 { 0 } else { end };
+            self.storage.write(vec![
+                WriteOp::RemoveRange {
+                    id: log.id,
+                    from,
+                    to: end,
+                },
+                WriteOp::PutStats(log.id, stats),
+            ])?;
+            self.dirty = true;
+            let log = self.topics.get_mut(name).expect("exists");
+            log.stats = stats;
+            self.view.set(name, log.view());
+            if stats.messages == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn ack(req_id: u64, seq: u64, duplicate: bool) -> Option<Frame> {
+    (req_id != 0).then(|| {
+        Frame::from_op(Op::PubAck(v1::PubAck {
+            req_id,
+            seq,
+            duplicate,
+        }))
+    })
+}
+
+/// The first seq in `lo..=hi` of topic `id` whose timestamp is `>= ts` (timestamps never
+/// decrease within a topic), or `hi + 1` if none. A binary search over the log.
+pub fn first_at_or_after(
+    storage: &dyn Storage,
+    id: TopicId,
+    lo: u64,
+    hi: u64,
+    ts: i64,
+) -> Result<u64, StoreError> {
+    let (mut lo, mut hi) = (lo, hi + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        // A message removed meanwhile is older than anything kept.
+        let older = storage.timestamp(id, mid)?.is_none_or(|t| t < ts);
+        if older {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}

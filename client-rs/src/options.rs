@@ -1,0 +1,148 @@
+//! Options for subscriptions ([`SubscribeOptions`], [`StartAt`]) and the generator of
+//! message IDs the client fills in when the caller gives none ([`IdGen`]).
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rtc_proto::v1::{start_position::Position, StartPosition};
+
+/// Where a subscription starts in the logs of the durable topics its pattern matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// Only messages published from now on (the default).
+    #[default]
+    New,
+    /// From the oldest stored message.
+    First,
+    /// From the newest stored message, then live.
+    Last,
+    /// From this sequence number (≥ 1).
+    Seq(u64),
+    /// From the first message stored at or after this time.
+    Time(SystemTime),
+    /// From the first message stored at most this long ago, by the broker's clock.
+    Ago(Duration),
+}
+
+impl std::str::FromStr for StartAt {
+    type Err = String;
+
+    /// The text forms of `rtc-cli sub --from`: `new`, `first`, `last`, `seq:N`,
+    /// `time:RFC3339`, `time:-5m`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = rtc_proto::position::parse_start(s).map_err(|e| e.to_string())?;
+        Ok(match parsed.position {
+            None | Some(Position::New(_)) => StartAt::New,
+            Some(Position::First(_)) => StartAt::First,
+            Some(Position::Last(_)) => StartAt::Last,
+            Some(Position::Seq(n)) => StartAt::Seq(n),
+            Some(Position::TimeMs(ms)) => {
+                StartAt::Time(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+            }
+            Some(Position::RelativeMs(ms)) => {
+                StartAt::Ago(Duration::from_millis(ms.unsigned_abs()))
+            }
+        })
+    }
+}
+
+impl StartAt {
+    pub(crate) fn to_wire(self) -> Option<StartPosition> {
+        let position = match self {
+            StartAt::New => return None,
+            StartAt::First => Position::First(true),
+            StartAt::Last => Position::Last(true),
+            StartAt::Seq(n) => Position::Seq(n),
+            StartAt::Time(t) => Position::TimeMs(
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+            ),
+            StartAt::Ago(d) => Position::RelativeMs(-(d.as_millis().min(i64::MAX as u128) as i64)),
+        };
+        Some(StartPosition {
+            position: Some(position),
+        })
+    }
+}
+
+/// Settings for [`crate::Client::subscribe_with`].
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Where to start; [`StartAt::New`] by default.
+    pub start: StartAt,
+}
+
+/// Makes message IDs unique across clients and processes: 128 random bits chosen when
+/// the client is created, then a counter (`3f2a…9c-17`).
+#[derive(Debug)]
+pub(crate) struct IdGen {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl IdGen {
+    pub(crate) fn new() -> Self {
+        // std's RandomState is seeded from the OS's random source per instance.
+        let random = || {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        IdGen {
+            prefix: format!("{:016x}{:016x}", random() ^ h.finish(), random()),
+            counter: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_across_generators() {
+        let a = IdGen::new();
+        let b = IdGen::new();
+        let ids: std::collections::HashSet<String> =
+            (0..1000).flat_map(|_| [a.next(), b.next()]).collect();
+        assert_eq!(ids.len(), 2000);
+        assert_ne!(a.prefix, b.prefix);
+    }
+
+    #[test]
+    fn start_positions_parse_and_convert() {
+        assert_eq!("first".parse::<StartAt>().unwrap(), StartAt::First);
+        assert_eq!("seq:5".parse::<StartAt>().unwrap(), StartAt::Seq(5));
+        assert_eq!(
+            "time:-5m".parse::<StartAt>().unwrap(),
+            StartAt::Ago(Duration::from_secs(300))
+        );
+        assert!("seq:0".parse::<StartAt>().is_err());
+        assert_eq!(StartAt::New.to_wire(), None);
+        assert_eq!(
+            StartAt::Ago(Duration::from_secs(1))
+                .to_wire()
+                .unwrap()
+                .position,
+            Some(Position::RelativeMs(-1000))
+        );
+    }
+}

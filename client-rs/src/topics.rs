@@ -1,0 +1,146 @@
+//! Topic administration from the client: create or re-configure a topic, describe one,
+//! list them all.
+
+use std::time::Duration;
+
+use rtc_proto::v1::{self, frame::Op, StorageClass};
+use rtc_proto::Frame;
+
+use crate::client::{unexpected, Client};
+use crate::error::Error;
+
+/// Settings for [`Client::create_topic`]. `Default` is a durable topic with no retention
+/// limit and the broker's default dedup window (2 minutes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// Live fan-out only, nothing stored.
+    pub ephemeral: bool,
+    /// Remove messages older than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many messages.
+    pub max_msgs: Option<u64>,
+    /// Keep at most this many bytes of messages.
+    pub max_bytes: Option<u64>,
+    /// Dedup window for message IDs.
+    pub dedup_window: Option<Duration>,
+}
+
+/// A topic's settings and what its log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub name: String,
+    /// Its settings (as the broker normalized them).
+    pub config: TopicConfig,
+    /// Oldest stored sequence number (0 when empty).
+    pub first_seq: u64,
+    /// Newest sequence number assigned (0 before the first message).
+    pub last_seq: u64,
+    /// Messages stored.
+    pub messages: u64,
+    /// Bytes stored (encoded messages).
+    pub bytes: u64,
+}
+
+fn ms(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| d.as_millis() as u64)
+}
+
+fn opt_ms(v: u64) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_millis(v))
+}
+
+fn opt(v: u64) -> Option<u64> {
+    (v > 0).then_some(v)
+}
+
+impl TopicConfig {
+    fn to_wire(&self) -> v1::TopicSettings {
+        v1::TopicSettings {
+            storage: if self.ephemeral {
+                StorageClass::Ephemeral
+            } else {
+                StorageClass::Durable
+            } as i32,
+            max_age_ms: ms(self.max_age),
+            max_msgs: self.max_msgs.unwrap_or(0),
+            max_bytes: self.max_bytes.unwrap_or(0),
+            dedup_window_ms: ms(self.dedup_window),
+        }
+    }
+
+    fn from_wire(s: v1::TopicSettings) -> Self {
+        TopicConfig {
+            ephemeral: s.storage == StorageClass::Ephemeral as i32,
+            max_age: opt_ms(s.max_age_ms),
+            max_msgs: opt(s.max_msgs),
+            max_bytes: opt(s.max_bytes),
+            dedup_window: opt_ms(s.dedup_window_ms),
+        }
+    }
+}
+
+impl From<v1::TopicInfo> for TopicInfo {
+    fn from(t: v1::TopicInfo) -> Self {
+        TopicInfo {
+            name: t.name,
+            config: TopicConfig::from_wire(t.settings.unwrap_or_default()),
+            first_seq: t.first_seq,
+            last_seq: t.last_seq,
+            messages: t.messages,
+            bytes: t.bytes,
+        }
+    }
+}
+
+impl Client {
+    /// Creates a topic, or changes the retention and dedup settings of an existing one.
+    /// A durable topic cannot become ephemeral (`CONFLICT`).
+    pub async fn create_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicInfo, Error> {
+        let settings = config.to_wire();
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::TopicCreate(v1::TopicCreate {
+                    req_id,
+                    name: name.to_string(),
+                    settings: Some(settings),
+                }))
+            })
+            .await?;
+        match reply {
+            Op::TopicInfo(t) => Ok(t.into()),
+            other => Err(unexpected("TopicInfo", other)),
+        }
+    }
+
+    /// Describes one topic; `NOT_FOUND` if the broker has never seen it.
+    pub async fn topic_info(&self, name: &str) -> Result<TopicInfo, Error> {
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::TopicInfoRequest(v1::TopicInfoRequest {
+                    req_id,
+                    name: name.to_string(),
+                }))
+            })
+            .await?;
+        match reply {
+            Op::TopicInfo(t) => Ok(t.into()),
+            other => Err(unexpected("TopicInfo", other)),
+        }
+    }
+
+    /// Every topic the broker knows, sorted by name, and whether the list was cut short
+    /// to fit in one frame.
+    pub async fn list_topics(&self) -> Result<(Vec<TopicInfo>, bool), Error> {
+        let reply = self
+            .inner
+            .request(|req_id| Frame::from_op(Op::TopicListRequest(v1::TopicListRequest { req_id })))
+            .await?;
+        match reply {
+            Op::TopicList(l) => Ok((l.topics.into_iter().map(Into::into).collect(), l.truncated)),
+            other => Err(unexpected("TopicList", other)),
+        }
+    }
+}
