@@ -20,6 +20,7 @@
 //! max_subscriptions_per_connection = 10000
 //! fsync = "always"          # or "interval:50" (ms) or "never"
 //! max_topics = 100000
+//! replay_buffer = 10000
 //!
 //! [[topic]]                 # first matching rule wins; see `crate::topic::TopicRule`
 //! pattern = "game.>"
@@ -69,6 +70,9 @@ pub struct Config {
     /// Durable topics the broker will create; publishing to a new topic beyond this gets
     /// `LIMIT_EXCEEDED`.
     pub max_topics: usize,
+    /// Live messages held for a subscription while it replays history; past this it
+    /// drops them and re-reads the log instead (see `crate::replay`).
+    pub replay_buffer: usize,
     /// Per-topic settings by pattern (`[[topic]]` in the file).
     pub topic: Vec<TopicRule>,
 }
@@ -142,6 +146,7 @@ impl Default for Config {
             max_subscriptions_per_connection: 10_000,
             fsync: FsyncPolicy::Always,
             max_topics: 100_000,
+            replay_buffer: 10_000,
             topic: Vec::new(),
         }
     }
@@ -186,8 +191,11 @@ impl Config {
                 self.outbound_queue_bytes, self.max_frame_size
             ));
         }
-        if self.outbound_queue_frames == 0 || self.max_connections == 0 {
-            return bad("outbound_queue_frames and max_connections must be above zero".into());
+        if self.outbound_queue_frames == 0 || self.max_connections == 0 || self.replay_buffer == 0 {
+            return bad(
+                "outbound_queue_frames, max_connections and replay_buffer must be above zero"
+                    .into(),
+            );
         }
         for rule in &self.topic {
             if let Err(e) = rtc_proto::topic::validate_pattern(&rule.pattern) {

@@ -34,10 +34,8 @@ use crate::session::now_ms;
 use crate::store::writer::{first_at_or_after, LogView, TopicView};
 use crate::store::{LogEntry, Storage, StoreError, TopicId};
 
-/// Live messages held per catching-up subscription before it falls back to re-reading
-/// the log.
-const BUFFER_MSGS: usize = 10_000;
-/// The same cap in bytes.
+/// Bytes of live messages held per catching-up subscription before it falls back to
+/// re-reading the log (the message cap is `Config::replay_buffer`).
 const BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// Messages read from the log per blocking read.
 const READ_MSGS: usize = 512;
@@ -64,6 +62,7 @@ struct GateState {
 pub struct Gate {
     sub_id: u64,
     outbox: Arc<Outbox>,
+    max_held: usize,
     state: Mutex<GateState>,
 }
 
@@ -76,11 +75,12 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    /// A gate in the catching-up state.
-    pub fn new(sub_id: u64, outbox: Arc<Outbox>) -> Self {
+    /// A gate in the catching-up state that holds at most `max_held` live messages.
+    pub fn new(sub_id: u64, outbox: Arc<Outbox>, max_held: usize) -> Self {
         Gate {
             sub_id,
             outbox,
+            max_held,
             state: Mutex::new(GateState::default()),
         }
     }
@@ -103,7 +103,7 @@ impl Gate {
         if st.overflowed {
             return;
         }
-        if st.buffer.len() >= BUFFER_MSGS || st.bytes + message.len() > BUFFER_BYTES {
+        if st.buffer.len() >= self.max_held || st.bytes + message.len() > BUFFER_BYTES {
             st.overflowed = true;
             st.buffer.clear();
             st.bytes = 0;

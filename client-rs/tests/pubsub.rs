@@ -1,73 +1,17 @@
 //! Live pub/sub through rtc-client against a real in-process broker on 127.0.0.1:0.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rtc_broker::{Broker, BrokerHandle, Config};
-use rtc_client::{Client, Error, ErrorCode, Message, PublishMessage, Subscription};
+use common::{ephemeral_rule, next, start, start_with, until_marker, WAIT};
+use rtc_client::{Client, Error, ErrorCode, PublishMessage};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{Frame, FrameCodec};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-struct TestBroker {
-    handle: BrokerHandle,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
-    let dir = tempfile::tempdir().unwrap();
-    let handle = Broker::builder()
-        .tcp("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir.path())
-        .configure(tweak)
-        .start()
-        .await
-        .unwrap();
-    TestBroker {
-        url: format!("tcp://{}", handle.tcp_addr()),
-        handle,
-        _dir: dir,
-    }
-}
-
-fn ephemeral_rule(pattern: &str) -> rtc_broker::topic::TopicRule {
-    rtc_broker::topic::TopicRule {
-        pattern: pattern.to_string(),
-        storage: rtc_broker::topic::StorageName::Ephemeral,
-        max_age: None,
-        max_msgs: None,
-        max_bytes: None,
-        dedup_window: None,
-    }
-}
-
-async fn start() -> TestBroker {
-    start_with(|_| {}).await
-}
-
-async fn next(sub: &mut Subscription) -> Message {
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("message within the wait")
-        .expect("subscription open")
-}
-
-/// Publishes `payload` to `topic` as an end marker and collects everything before it.
-async fn until_marker(sub: &mut Subscription, marker: &str) -> Vec<Message> {
-    let mut got = Vec::new();
-    loop {
-        let m = next(sub).await;
-        if m.payload == marker.as_bytes() {
-            return got;
-        }
-        got.push(m);
-    }
-}
 
 #[tokio::test]
 async fn round_trip_with_headers() {

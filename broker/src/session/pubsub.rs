@@ -140,9 +140,10 @@ impl Session {
             }
             Some(p) => Some(p),
         };
+        let held = self.shared.config.replay_buffer;
         let gate = start
             .as_ref()
-            .map(|_| Arc::new(Gate::new(s.sub_id, self.outbox.clone())));
+            .map(|_| Arc::new(Gate::new(s.sub_id, self.outbox.clone(), held)));
         self.shared.router.subscribe(
             &s.pattern,
             Subscriber {

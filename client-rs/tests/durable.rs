@@ -1,0 +1,554 @@
+//! Durable topics end to end: sequence numbers, replay from every start position, the
+//! switch-over from replay to live under concurrent publishing, deduplication (inside
+//! and outside the window, across a restart), ephemeral topics writing nothing, storage
+//! failures never acknowledged, topic administration and retention.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ephemeral_rule, next, seqs, start, start_in, start_with, take, WAIT};
+use rtc_broker::store::sled_store::{BackgroundFlush, SledStorage};
+use rtc_broker::store::{LogEntry, Storage, StoreError, StoredTopic, TopicId, WriteOp};
+use rtc_broker::{Broker, FsyncPolicy};
+use rtc_client::{Client, ErrorCode, PublishMessage, StartAt, SubscribeOptions, TopicConfig};
+
+async fn publish_n(client: &Client, topic: &str, range: std::ops::Range<u64>) -> Vec<u64> {
+    let mut out = Vec::new();
+    for i in range {
+        out.push(client.publish(topic, format!("m{i}")).await.unwrap().seq);
+    }
+    out
+}
+
+async fn sub_from(client: &Client, pattern: &str, start: StartAt) -> rtc_client::Subscription {
+    client
+        .subscribe_with(pattern, SubscribeOptions { start })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sequence_numbers_start_at_one_without_gaps_per_topic() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    assert_eq!(publish_n(&c, "s.a", 0..5).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        publish_n(&c, "s.b", 0..2).await,
+        vec![1, 2],
+        "each topic has its own sequence"
+    );
+    let info = c.topic_info("s.a").await.unwrap();
+    assert_eq!((info.first_seq, info.last_seq, info.messages), (1, 5, 5));
+    assert!(info.bytes > 0);
+}
+
+#[tokio::test]
+async fn replay_from_each_start_position_then_live() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    publish_n(&c, "r.a", 1..11).await; // seqs 1..=10
+
+    let mut all = sub_from(&c, "r.a", StartAt::First).await;
+    let history = take(&mut all, 10).await;
+    assert_eq!(seqs(&history), (1..=10).collect::<Vec<_>>());
+    assert_eq!(history[3].payload, "m4".as_bytes());
+    assert!(history
+        .windows(2)
+        .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+
+    let mut last = sub_from(&c, "r.a", StartAt::Last).await;
+    let mut from4 = sub_from(&c, "r.a", StartAt::Seq(4)).await;
+    let mut future = sub_from(&c, "r.a", StartAt::Seq(12)).await;
+    let mut new = sub_from(&c, "r.a", StartAt::New).await;
+    let mut hour = sub_from(&c, "r.a", StartAt::Ago(Duration::from_secs(3600))).await;
+    let t6 = history[5].timestamp_ms;
+    let at_t6 = std::time::UNIX_EPOCH + Duration::from_millis(t6 as u64);
+    let mut timed = sub_from(&c, "r.a", StartAt::Time(at_t6)).await;
+    let expect_timed: Vec<u64> = history
+        .iter()
+        .filter(|m| m.timestamp_ms >= t6)
+        .map(|m| m.seq)
+        .collect();
+
+    assert_eq!(seqs(&take(&mut last, 1).await), vec![10]);
+    assert_eq!(
+        seqs(&take(&mut from4, 7).await),
+        (4..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&take(&mut hour, 10).await),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&take(&mut timed, expect_timed.len()).await),
+        expect_timed
+    );
+
+    // Live messages follow each replay directly.
+    publish_n(&c, "r.a", 11..13).await; // seqs 11, 12
+    for sub in [
+        &mut all, &mut last, &mut from4, &mut hour, &mut timed, &mut new,
+    ] {
+        assert_eq!(seqs(&take(sub, 2).await), vec![11, 12]);
+    }
+    // seq:12 skipped 11, which is below its start.
+    assert_eq!(seqs(&take(&mut future, 1).await), vec![12]);
+}
+
+#[tokio::test]
+async fn replay_covers_every_durable_topic_the_pattern_matches() {
+    let b = start_with(|c| c.topic = vec![ephemeral_rule("w.live")]).await;
+    let c = Client::connect(&b.url).await.unwrap();
+    publish_n(&c, "w.a", 0..3).await;
+    publish_n(&c, "w.b", 0..2).await;
+    publish_n(&c, "w.live", 0..2).await; // ephemeral: nothing to replay
+    let mut sub = sub_from(&c, "w.*", StartAt::First).await;
+    let mut got: Vec<(String, u64)> = take(&mut sub, 5)
+        .await
+        .into_iter()
+        .map(|m| (m.topic, m.seq))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("w.a".into(), 1),
+            ("w.a".into(), 2),
+            ("w.a".into(), 3),
+            ("w.b".into(), 1),
+            ("w.b".into(), 2)
+        ]
+    );
+    c.publish("w.live", "now").await.unwrap();
+    let m = next(&mut sub).await;
+    assert_eq!((m.topic.as_str(), m.seq), ("w.live", 0));
+}
+
+/// Subscribers that start replaying while a publisher keeps publishing see every
+/// message exactly once, in order — including when the live buffer overflows and the
+/// replay has to go back to the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_over_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
+    for buffer in [10_000, 8] {
+        let b = start_with(|c| {
+            c.fsync = FsyncPolicy::Never;
+            c.replay_buffer = buffer;
+        })
+        .await;
+        let publisher = Client::connect(&b.url).await.unwrap();
+        const BEFORE: u64 = 1_000;
+        const TOTAL: u64 = 4_000;
+        publish_n(&publisher, "sw.x", 0..BEFORE).await;
+        let url = b.url.clone();
+        let publishing = tokio::spawn(async move {
+            // Keep 32 publishes in flight so the log grows while replays run.
+            let mut next = BEFORE;
+            let mut in_flight = futures_util::stream::FuturesUnordered::new();
+            while next < TOTAL || !in_flight.is_empty() {
+                while next < TOTAL && in_flight.len() < 32 {
+                    let c = publisher.clone();
+                    in_flight.push(async move { c.publish("sw.x", "p").await.unwrap() });
+                    next += 1;
+                }
+                futures_util::StreamExt::next(&mut in_flight).await;
+            }
+            drop(url);
+        });
+        // Start subscribers at staggered points while publishing goes on.
+        let mut subs = Vec::new();
+        for _ in 0..4 {
+            let c = Client::connect(&b.url).await.unwrap();
+            subs.push((sub_from(&c, "sw.x", StartAt::First).await, c));
+            tokio::task::yield_now().await;
+        }
+        publishing.await.unwrap();
+        for (sub, _) in subs.iter_mut() {
+            let got = tokio::time::timeout(Duration::from_secs(60), take(sub, TOTAL as usize))
+                .await
+                .expect("all messages delivered");
+            assert_eq!(
+                seqs(&got),
+                (1..=TOTAL).collect::<Vec<_>>(),
+                "replay buffer {buffer}"
+            );
+        }
+        // And nothing after the last one.
+        let probe = Client::connect(&b.url).await.unwrap();
+        assert_eq!(probe.publish("sw.x", "end").await.unwrap().seq, TOTAL + 1);
+        for (sub, _) in subs.iter_mut() {
+            assert_eq!(next(sub).await.seq, TOTAL + 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn duplicate_message_id_is_stored_once_inside_the_window() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    let mut sub = c.subscribe("d.x").await.unwrap();
+    let first = c
+        .publish_message(PublishMessage::new("d.x", "a").msg_id("id-1"))
+        .await
+        .unwrap();
+    let again = c
+        .publish_message(PublishMessage::new("d.x", "a").msg_id("id-1"))
+        .await
+        .unwrap();
+    let other = c
+        .publish_message(PublishMessage::new("d.x", "b").msg_id("id-2"))
+        .await
+        .unwrap();
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!((other.seq, other.duplicate), (2, false));
+    // Subscribers saw each stored message once.
+    let got = take(&mut sub, 2).await;
+    assert_eq!(seqs(&got), vec![1, 2]);
+    assert_eq!(got[0].msg_id, "id-1");
+    assert_eq!(c.topic_info("d.x").await.unwrap().messages, 2);
+    // Without an explicit ID the client makes a unique one per publish.
+    let x = c.publish("d.x", "same").await.unwrap();
+    let y = c.publish("d.x", "same").await.unwrap();
+    assert_eq!((x.seq, y.seq, y.duplicate), (3, 4, false));
+}
+
+#[tokio::test]
+async fn duplicate_outside_the_window_is_stored_again() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    let cfg = TopicConfig {
+        dedup_window: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    c.create_topic("dw.x", &cfg).await.unwrap();
+    let msg = || PublishMessage::new("dw.x", "a").msg_id("same");
+    assert_eq!(c.publish_message(msg()).await.unwrap().seq, 1);
+    assert!(c.publish_message(msg()).await.unwrap().duplicate);
+    // The window is a span of time: wait it out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = c.publish_message(msg()).await.unwrap();
+    assert_eq!((later.seq, later.duplicate), (2, false));
+}
+
+#[tokio::test]
+async fn dedup_window_and_sequence_survive_a_restart() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    for i in 1..=3 {
+        let id = format!("r-{i}");
+        c.publish_message(PublishMessage::new("rs.x", "v").msg_id(id))
+            .await
+            .unwrap();
+    }
+    c.create_topic(
+        "rs.kept",
+        &TopicConfig {
+            max_msgs: Some(7),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.close().await;
+    let dir = b.stop().await;
+
+    let b = start_in(dir, |_| {}).await;
+    let c = Client::connect(&b.url).await.unwrap();
+    let again = c
+        .publish_message(PublishMessage::new("rs.x", "v").msg_id("r-2"))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (2, true));
+    let fresh = c
+        .publish_message(PublishMessage::new("rs.x", "v").msg_id("r-4"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.seq, fresh.duplicate),
+        (4, false),
+        "sequence continues after restart"
+    );
+    let kept = c.topic_info("rs.kept").await.unwrap();
+    assert_eq!(
+        kept.config.max_msgs,
+        Some(7),
+        "explicit topic settings survive"
+    );
+}
+
+/// Counts appends and fails writes on demand, around the real sled store.
+#[derive(Debug)]
+struct Faulty {
+    inner: SledStorage,
+    fail: AtomicBool,
+    appends: AtomicUsize,
+}
+
+impl Storage for Faulty {
+    fn load_topics(&self) -> Result<Vec<StoredTopic>, StoreError> {
+        self.inner.load_topics()
+    }
+    fn next_topic_id(&self) -> Result<TopicId, StoreError> {
+        self.inner.next_topic_id()
+    }
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("No space left on device (injected)".into()));
+        }
+        let n = ops
+            .iter()
+            .filter(|o| matches!(o, WriteOp::Append { .. }))
+            .count();
+        self.appends.fetch_add(n, Ordering::SeqCst);
+        self.inner.write(ops)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+    fn read(
+        &self,
+        id: TopicId,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.read(id, from, max_msgs, max_bytes)
+    }
+    fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
+        self.inner.timestamp(id, seq)
+    }
+    fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        self.inner.message_ids(id, from)
+    }
+    fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.inner.sizes(id, from, to)
+    }
+}
+
+async fn start_faulty() -> (rtc_broker::BrokerHandle, Arc<Faulty>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Faulty {
+        inner: SledStorage::open(&dir.path().join("store"), BackgroundFlush::Off).unwrap(),
+        fail: AtomicBool::new(false),
+        appends: AtomicUsize::new(0),
+    });
+    let handle = Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir.path())
+        .configure(|c| c.topic = vec![ephemeral_rule("eph.>")])
+        .storage(storage.clone())
+        .start()
+        .await
+        .unwrap();
+    (handle, storage, dir)
+}
+
+#[tokio::test]
+async fn storage_failure_is_an_error_never_an_ack_and_a_retry_is_stored_once() {
+    let (handle, storage, _dir) = start_faulty().await;
+    let c = Client::connect(&format!("tcp://{}", handle.tcp_addr()))
+        .await
+        .unwrap();
+    let mut sub = c.subscribe("f.>").await.unwrap();
+    assert_eq!(c.publish("f.x", "ok").await.unwrap().seq, 1);
+
+    storage.fail.store(true, Ordering::SeqCst);
+    let msg = PublishMessage::new("f.x", "during outage").msg_id("retry-me");
+    let err = c.publish_message(msg.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    let err = c.publish("f.new", "a new topic").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Storage));
+
+    storage.fail.store(false, Ordering::SeqCst);
+    let ack = c.publish_message(msg.clone()).await.unwrap();
+    assert_eq!(
+        (ack.seq, ack.duplicate),
+        (2, false),
+        "no gap: the failed attempt used no seq"
+    );
+    let ack = c.publish_message(msg).await.unwrap();
+    assert_eq!((ack.seq, ack.duplicate), (2, true));
+    // Subscribers never saw the failed publishes.
+    let got = take(&mut sub, 2).await;
+    assert_eq!(
+        got.iter()
+            .map(|m| (m.topic.as_str(), m.seq))
+            .collect::<Vec<_>>(),
+        vec![("f.x", 1), ("f.x", 2)]
+    );
+    assert_eq!(c.publish("f.new", "works now").await.unwrap().seq, 1);
+}
+
+#[tokio::test]
+async fn ephemeral_topics_write_nothing() {
+    let (handle, storage, _dir) = start_faulty().await;
+    let c = Client::connect(&format!("tcp://{}", handle.tcp_addr()))
+        .await
+        .unwrap();
+    let mut sub = c.subscribe("eph.>").await.unwrap();
+    for i in 0..200 {
+        let ack = c.publish("eph.pos", vec![i as u8; 1024]).await.unwrap();
+        assert_eq!(ack.seq, 0);
+    }
+    assert_eq!(take(&mut sub, 200).await.len(), 200);
+    assert_eq!(
+        storage.appends.load(Ordering::SeqCst),
+        0,
+        "nothing appended"
+    );
+    let err = c.topic_info("eph.pos").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    c.publish("dur.x", "stored").await.unwrap();
+    assert_eq!(
+        storage.appends.load(Ordering::SeqCst),
+        1,
+        "the counter does count durable appends"
+    );
+}
+
+#[tokio::test]
+async fn topic_create_info_list_and_conflicts() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    let cfg = TopicConfig {
+        max_age: Some(Duration::from_secs(3600)),
+        max_msgs: Some(100),
+        max_bytes: Some(1 << 20),
+        dedup_window: Some(Duration::from_secs(60)),
+        ephemeral: false,
+    };
+    let info = c.create_topic("adm.a", &cfg).await.unwrap();
+    assert_eq!(info.config, cfg);
+    assert_eq!((info.first_seq, info.last_seq, info.messages), (0, 0, 0));
+    let eph = c
+        .create_topic(
+            "adm.e",
+            &TopicConfig {
+                ephemeral: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(eph.config.ephemeral);
+    assert_eq!(
+        c.publish("adm.e", "x").await.unwrap().seq,
+        0,
+        "created ephemeral topics store nothing"
+    );
+    c.publish("adm.a", "x").await.unwrap();
+    let (list, truncated) = c.list_topics().await.unwrap();
+    assert!(!truncated);
+    let names: Vec<&str> = list.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["adm.a", "adm.e"]);
+    assert_eq!(list[0].messages, 1);
+
+    let err = c
+        .create_topic(
+            "adm.a",
+            &TopicConfig {
+                ephemeral: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
+    let err = c
+        .create_topic("bad..name", &TopicConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidTopic));
+    let err = c.topic_info("adm.none").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+}
+
+/// Polls `topic_info` until `done` holds (bounded), returning the last info.
+async fn await_info(
+    c: &Client,
+    name: &str,
+    done: impl Fn(&rtc_client::TopicInfo) -> bool,
+) -> rtc_client::TopicInfo {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = c.topic_info(name).await.unwrap();
+        if done(&info) || tokio::time::Instant::now() > deadline {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn retention_limits_are_enforced_in_the_background() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    c.create_topic(
+        "ret.count",
+        &TopicConfig {
+            max_msgs: Some(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.create_topic(
+        "ret.bytes",
+        &TopicConfig {
+            max_bytes: Some(2000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.create_topic(
+        "ret.age",
+        &TopicConfig {
+            max_age: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    publish_n(&c, "ret.count", 0..12).await;
+    for _ in 0..10 {
+        c.publish("ret.bytes", vec![0u8; 500]).await.unwrap();
+    }
+    publish_n(&c, "ret.age", 0..3).await;
+
+    let count = await_info(&c, "ret.count", |i| i.messages == 5).await;
+    assert_eq!(
+        (count.first_seq, count.last_seq, count.messages),
+        (8, 12, 5)
+    );
+    let bytes = await_info(&c, "ret.bytes", |i| i.bytes <= 2000).await;
+    assert!(bytes.bytes <= 2000 && bytes.messages >= 3, "{bytes:?}");
+    assert_eq!(bytes.last_seq, 10);
+    let age = await_info(&c, "ret.age", |i| i.messages == 0).await;
+    assert_eq!((age.messages, age.first_seq, age.last_seq), (0, 0, 3));
+
+    // Replay starts at the oldest kept message, and numbering carries on.
+    let mut sub = sub_from(&c, "ret.count", StartAt::First).await;
+    assert_eq!(seqs(&take(&mut sub, 5).await), (8..=12).collect::<Vec<_>>());
+    assert_eq!(c.publish("ret.age", "again").await.unwrap().seq, 4);
+}
+
+#[tokio::test]
+async fn bad_start_positions_are_refused() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    let err = c
+        .subscribe_with(
+            "x",
+            SubscribeOptions {
+                start: StartAt::Seq(0),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest));
+}
