@@ -1,12 +1,14 @@
 //! `rtc-cli`: publish, subscribe and inspect an rtc broker from a terminal.
 //!
 //! `main` parses the command line and dispatches to one module per command family:
-//! [`publish`] (`pub`) and [`subscribe`] (`sub`); [`output`] formats received messages.
+//! [`publish`] (`pub`), [`subscribe`] (`sub`) and [`topic`] (`topic create|ls|info`);
+//! [`output`] formats received messages.
 //! Errors end the process with one line on stderr and exit code 1.
 
 mod output;
 mod publish;
 mod subscribe;
+mod topic;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,8 @@ enum Command {
     Pub(publish::PubArgs),
     /// Subscribe to a pattern and print each message as it arrives.
     Sub(subscribe::SubArgs),
+    /// Create, list and inspect topics.
+    Topic(topic::TopicArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Pub(args) => publish::run(&cli.server, args).await,
             Command::Sub(args) => subscribe::run(&cli.server, args).await,
+            Command::Topic(args) => topic::run(&cli.server, args).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! How `rtc-cli sub --json` prints a message: one JSON object per line with `topic`,
 //! `payload` (when the payload is valid UTF-8) or `payload_base64` (when it is not),
-//! `headers`, `seq`, `timestamp_ms`, `msg_id` and `delivery_count`.
+//! `headers`, `seq`, `timestamp` (RFC 3339), `timestamp_ms`, `msg_id` and
+//! `delivery_count`.
 
 use base64::Engine;
 use rtc_client::Message;
@@ -19,6 +20,12 @@ pub fn json(m: &Message) -> Value {
     };
     obj.insert("headers".into(), json!(m.headers));
     obj.insert("seq".into(), json!(m.seq));
+    let time =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.timestamp_ms.max(0) as u64);
+    obj.insert(
+        "timestamp".into(),
+        json!(humantime::format_rfc3339_millis(time).to_string()),
+    );
     obj.insert("timestamp_ms".into(), json!(m.timestamp_ms));
     obj.insert("msg_id".into(), json!(m.msg_id));
     obj.insert("delivery_count".into(), json!(m.delivery_count));
@@ -50,6 +57,7 @@ mod tests {
         assert!(v.get("payload_base64").is_none());
         assert_eq!(v["headers"]["k"], "v");
         assert_eq!(v["seq"], 3);
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.005Z");
         let v = json(&msg(&[0xff, 0x00]));
         assert_eq!(v["payload_base64"], "/wA=");
         assert!(v.get("payload").is_none());

@@ -3,7 +3,8 @@
 //! Subscribes, says so on stderr (`subscribed to PATTERN`, so scripts can wait for it),
 //! then prints each message on stdout as it arrives: the raw payload and a newline, or
 //! with `--json` one JSON object per line. With `--count N` it exits 0 after N messages.
-//! If the connection is lost it exits 1 with the reason.
+//! If the connection is lost it exits 1 with the reason. `--from POSITION` replays stored
+//! messages first (`first`, `last`, `seq:N`, `time:RFC3339`, `time:-5m`).
 
 use clap::Args;
 use std::io::Write;
@@ -21,12 +22,16 @@ pub struct SubArgs {
     /// Print one JSON object per message (topic, payload, headers, seq, timestamp, id).
     #[arg(long)]
     json: bool,
+    /// Start position in durable topics: new, first, last, seq:N, time:RFC3339, time:-5m.
+    #[arg(long, value_name = "POSITION", default_value = "new")]
+    from: rtc_client::StartAt,
 }
 
 /// Runs `rtc-cli sub`.
 pub async fn run(server: &str, args: SubArgs) -> anyhow::Result<()> {
     let client = crate::connect(server).await?;
-    let mut sub = client.subscribe(&args.pattern).await?;
+    let options = rtc_client::SubscribeOptions { start: args.from };
+    let mut sub = client.subscribe_with(&args.pattern, options).await?;
     eprintln!("subscribed to {}", args.pattern);
     let mut received = 0u64;
     while args.count.is_none_or(|n| received < n) {

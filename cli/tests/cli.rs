@@ -160,3 +160,126 @@ fn broker_refusal_is_reported_with_its_code() {
     ));
     assert!(!out.status.success(), "malformed --header is rejected");
 }
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn pub_ack_prints_seq_and_duplicates() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let url = b.url();
+    assert_eq!(
+        stdout_of(&run(&mut cli(&url, &["pub", "d.x", "one", "--ack"]))),
+        "seq=1\n"
+    );
+    assert_eq!(
+        stdout_of(&run(&mut cli(
+            &url,
+            &["pub", "d.x", "two", "--ack", "--id", "k"]
+        ))),
+        "seq=2\n"
+    );
+    assert_eq!(
+        stdout_of(&run(&mut cli(
+            &url,
+            &["pub", "d.x", "two", "--ack", "--id", "k"]
+        ))),
+        "seq=2 duplicate\n"
+    );
+    // Several messages with --id get distinct IDs k2-1, k2-2.
+    assert_eq!(
+        stdout_of(&run(&mut cli(
+            &url,
+            &["pub", "d.x", "m", "--count", "2", "--ack", "--id", "k2"]
+        ))),
+        "seq=3\nseq=4\n"
+    );
+    assert_eq!(
+        stdout_of(&run(&mut cli(&url, &["pub", "d.x", "without ack"]))),
+        ""
+    );
+}
+
+#[test]
+fn sub_from_replays_history_with_seq_and_ids_in_json() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let url = b.url();
+    for (i, word) in ["alpha", "beta", "gamma"].iter().enumerate() {
+        let id = format!("id-{i}");
+        stdout_of(&run(&mut cli(&url, &["pub", "h.x", word, "--id", &id])));
+    }
+    let out = stdout_of(&run(&mut cli(
+        &url,
+        &["sub", "h.x", "--from", "first", "--count", "3"],
+    )));
+    assert_eq!(out, "alpha\nbeta\ngamma\n");
+    let out = stdout_of(&run(&mut cli(
+        &url,
+        &["sub", "h.x", "--from", "seq:2", "--count", "2", "--json"],
+    )));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["seq"], 2);
+    assert_eq!(lines[0]["msg_id"], "id-1");
+    assert_eq!(lines[1]["payload"], "gamma");
+    assert!(lines[1]["timestamp"].as_str().unwrap().ends_with('Z'));
+    let bad = run(&mut cli(&url, &["sub", "h.x", "--from", "yesterday"]));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("yesterday"));
+}
+
+#[test]
+fn topic_create_ls_and_info() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let url = b.url();
+    let out = stdout_of(&run(&mut cli(
+        &url,
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--max-age",
+            "7d",
+            "--max-msgs",
+            "1000",
+            "--dedup-window",
+            "5m",
+        ],
+    )));
+    assert!(out.contains("storage:      durable"), "{out}");
+    assert!(out.contains("max msgs:     1000"), "{out}");
+    assert!(out.contains("max age:      7days"), "{out}");
+    stdout_of(&run(&mut cli(
+        &url,
+        &["topic", "create", "game.pos", "--ephemeral"],
+    )));
+    stdout_of(&run(&mut cli(&url, &["pub", "orders", "o1"])));
+    stdout_of(&run(&mut cli(&url, &["pub", "orders", "o2"])));
+    let ls = stdout_of(&run(&mut cli(&url, &["topic", "ls"])));
+    let rows: Vec<Vec<&str>> = ls
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..5], ["game.pos", "ephemeral", "0", "0", "0"]);
+    assert_eq!(rows[1][..5], ["orders", "durable", "1", "2", "2"]);
+    let info = stdout_of(&run(&mut cli(&url, &["topic", "info", "orders"])));
+    assert!(
+        info.contains("last seq:     2") && info.contains("messages:     2"),
+        "{info}"
+    );
+    let missing = run(&mut cli(&url, &["topic", "info", "nope"]));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
+}
