@@ -43,7 +43,11 @@ struct Outcome {
 
 /// Runs the matrix and prints a markdown table.
 pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
-    let windows = if args.window.is_empty() { vec![1, 256] } else { args.window.clone() };
+    let windows = if args.window.is_empty() {
+        vec![1, 256]
+    } else {
+        args.window.clone()
+    };
     let policies = match (&args.server, args.fsync.is_empty()) {
         (Some(_), _) => vec![None],
         (None, true) => vec![
@@ -57,7 +61,9 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for policy in &policies {
         for &window in &windows {
-            let count = args.count.unwrap_or(if window == 1 { 2_000 } else { 20_000 });
+            let count = args
+                .count
+                .unwrap_or(if window == 1 { 2_000 } else { 20_000 });
             let target = Target::new(args.server.as_deref(), |c| {
                 if let Some(p) = policy {
                     c.fsync = *p;
@@ -106,7 +112,12 @@ async fn one_run(url: &str, window: usize, count: u64, payload: usize) -> anyhow
 
     let started = Instant::now();
     let mut sub = client
-        .subscribe_with(&topic, SubscribeOptions { start: StartAt::First })
+        .subscribe_with(
+            &topic,
+            SubscribeOptions {
+                start: StartAt::First,
+            },
+        )
         .await?;
     for expected in 1..=count {
         let m = tokio::time::timeout(Duration::from_secs(30), sub.next())
@@ -114,7 +125,11 @@ async fn one_run(url: &str, window: usize, count: u64, payload: usize) -> anyhow
             .context("replay stalled")?
             .context("connection closed during replay")?;
         if m.seq != expected || m.payload.len() != payload {
-            bail!("replay returned seq {} ({} bytes) where {expected} was due", m.seq, m.payload.len());
+            bail!(
+                "replay returned seq {} ({} bytes) where {expected} was due",
+                m.seq,
+                m.payload.len()
+            );
         }
     }
     let replay_time = started.elapsed();

@@ -12,7 +12,10 @@ pub struct Target {
 
 impl Target {
     /// `server` if given, else a fresh in-process broker configured by `tweak`.
-    pub async fn new(server: Option<&str>, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Target> {
+    pub async fn new(
+        server: Option<&str>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Target> {
         if let Some(url) = server {
             return Ok(Target {
                 url: url.to_string(),

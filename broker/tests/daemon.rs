@@ -114,3 +114,69 @@ fn unusable_data_dir_and_busy_port_are_clear_errors() {
     let err = run_expecting_failure(&["--tcp", &addr, "--data-dir", data.to_str().unwrap()]);
     assert!(err.contains(&addr), "{err}");
 }
+
+/// Deterministic junk bytes (xorshift), to overwrite a store file with.
+fn junk(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn locked_damaged_or_foreign_data_dir_stops_the_broker_with_one_line_naming_it() {
+    let dir = temp_dir();
+    let data = dir.path().join("d");
+    let data_arg = data.to_str().unwrap();
+    let broker = BrokerProcess::start(Path::new(BIN), &data, &[]);
+    let mut c = RawConn::hello(broker.addr).await;
+    for _ in 0..50 {
+        c.publish_acked("keep.me", b"important").await;
+    }
+
+    // Locked: a second broker on the same directory.
+    let err = run_expecting_failure(&["--tcp", "127.0.0.1:0", "--data-dir", data_arg]);
+    assert!(err.contains(data_arg) && err.contains("locked"), "{err}");
+    broker.signal(SIGTERM);
+    assert_eq!(broker.wait(EXIT_WAIT).0.code(), Some(0));
+
+    // Damaged: sled's main file overwritten.
+    let db = data.join("store").join("db");
+    let original = std::fs::read(&db).unwrap();
+    std::fs::write(&db, junk(original.len().max(4096))).unwrap();
+    let err = run_expecting_failure(&["--tcp", "127.0.0.1:0", "--data-dir", data_arg]);
+    assert!(err.contains(data_arg) && err.contains("corrupt"), "{err}");
+    std::fs::write(&db, original).unwrap();
+
+    // From another format version.
+    let marker = data.join("store").join("rtc-format");
+    std::fs::write(&marker, "99\n").unwrap();
+    let err = run_expecting_failure(&["--tcp", "127.0.0.1:0", "--data-dir", data_arg]);
+    assert!(
+        err.contains(data_arg) && err.contains("version 99"),
+        "{err}"
+    );
+    std::fs::write(&marker, "1\n").unwrap();
+
+    // Restored, it starts and still has the messages.
+    let broker = BrokerProcess::start(Path::new(BIN), &data, &[]);
+    let mut c = RawConn::hello(broker.addr).await;
+    c.send(rtc_proto::Frame::from_op(rtc_proto::Op::TopicInfoRequest(
+        rtc_proto::v1::TopicInfoRequest {
+            req_id: 1,
+            name: "keep.me".into(),
+        },
+    )))
+    .await;
+    match c.recv().await {
+        Some(rtc_proto::Frame {
+            op: Some(rtc_proto::Op::TopicInfo(t)),
+        }) => assert_eq!(t.messages, 50),
+        other => panic!("expected TopicInfo, got {other:?}"),
+    }
+}

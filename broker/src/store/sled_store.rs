@@ -80,45 +80,61 @@ pub enum BackgroundFlush {
 
 impl SledStorage {
     /// Opens (or creates) the store in `dir`. Errors name `dir` and say what is wrong.
+    ///
+    /// Besides sled's files, `dir` holds [`MARKER_FILE`], written once the store has been
+    /// created. sled recovers from a damaged log by dropping what it cannot read, which
+    /// for a badly damaged file can be everything; a marker without a store behind it is
+    /// therefore reported as corruption instead of starting on an empty store.
     pub fn open(dir: &Path, background: BackgroundFlush) -> Result<SledStorage, String> {
         let every = match background {
             BackgroundFlush::Off => None,
             BackgroundFlush::EveryMs(ms) => Some(ms),
         };
+        let marker = dir.join(MARKER_FILE);
+        let marked = read_marker(&marker)?;
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(every)
             .open()
             .map_err(|e| describe_open_error(dir, e))?;
-        match db
-            .get(VERSION_KEY)
-            .map_err(|e| describe_open_error(dir, e))?
-        {
+        let fail = |e| describe_open_error(dir, e);
+        match db.get(VERSION_KEY).map_err(fail)? {
             None => {
-                let empty = db
-                    .first()
-                    .map_err(|e| describe_open_error(dir, e))?
-                    .is_none();
-                if !empty {
+                if let Some(version) = marked {
                     return Err(format!(
-                        "{} holds data without an rtc format version; it was not written by rtc-broker",
+                        "data directory {} is corrupt: {} says it holds rtc data (format {version}) but the store is empty",
+                        dir.display(),
+                        marker.display()
+                    ));
+                }
+                if db.first().map_err(fail)?.is_some() {
+                    return Err(format!(
+                        "data directory {} holds data without an rtc format version; it was not written by rtc-broker",
                         dir.display()
                     ));
                 }
                 db.insert(VERSION_KEY, &FORMAT_VERSION.to_be_bytes())
                     .and_then(|_| db.flush())
-                    .map_err(|e| describe_open_error(dir, e))?;
+                    .map_err(fail)?;
             }
             Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => {}
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(|b| u32::from_be_bytes(b).to_string())
                     .unwrap_or_else(|_| format!("{:?}", v.as_ref()));
-                return Err(format!(
-                    "{} uses data format version {found}; this rtc-broker reads version {FORMAT_VERSION}",
-                    dir.display()
-                ));
+                return Err(incompatible(dir, &found));
             }
+        }
+        match marked {
+            Some(v) if v != FORMAT_VERSION.to_string() => return Err(incompatible(dir, &v)),
+            Some(_) => {}
+            None => std::fs::write(&marker, format!("{FORMAT_VERSION}\n")).map_err(|e| {
+                format!(
+                    "data directory {}: cannot write {}: {e}",
+                    dir.display(),
+                    marker.display()
+                )
+            })?,
         }
         Ok(SledStorage {
             db,
@@ -141,13 +157,33 @@ impl SledStorage {
     }
 }
 
+/// File beside sled's, holding the rtc format version of the store (see [`SledStorage::open`]).
+pub const MARKER_FILE: &str = "rtc-format";
+
+fn read_marker(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn incompatible(dir: &Path, found: &str) -> String {
+    format!(
+        "data directory {} uses data format version {found}; this rtc-broker reads version {FORMAT_VERSION}",
+        dir.display()
+    )
+}
+
 fn describe_open_error(dir: &Path, e: sled::Error) -> String {
     let what = match &e {
         sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
             "is locked by another process (is another rtc-broker using it?)".to_string()
         }
         sled::Error::Io(io) => format!("cannot be opened: {io}"),
-        sled::Error::Corruption { .. } => format!("is corrupt: {e}"),
+        sled::Error::Corruption { at, .. } => {
+            format!("is corrupt (sled found damaged data at {at:?})")
+        }
         sled::Error::Unsupported(msg) => format!("is incompatible with this version: {msg}"),
         other => format!("cannot be opened: {other}"),
     };
@@ -402,6 +438,33 @@ mod tests {
         let err = SledStorage::open(dir.path(), BackgroundFlush::Off).unwrap_err();
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
         assert!(err.contains("locked"), "{err}");
+    }
+
+    #[test]
+    fn a_store_emptied_by_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            s.write(vec![append(1, 1, 1, b"precious")]).unwrap();
+            s.flush().unwrap();
+        }
+        assert!(dir.path().join(MARKER_FILE).exists());
+        // Replace sled's files with an empty store: what a badly damaged log recovers to.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap() != MARKER_FILE {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).unwrap();
+                } else {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+        }
+        let err = SledStorage::open(dir.path(), BackgroundFlush::Off).unwrap_err();
+        assert!(
+            err.contains("corrupt") && err.contains(MARKER_FILE),
+            "{err}"
+        );
     }
 
     #[test]
