@@ -116,6 +116,7 @@ async fn one_run(url: &str, window: usize, count: u64, payload: usize) -> anyhow
             &topic,
             SubscribeOptions {
                 start: StartAt::First,
+                ..Default::default()
             },
         )
         .await?;

@@ -21,6 +21,10 @@
 //! - [`outbound`]: each connection's bounded outbound queue and its writer task; the
 //!   slow-consumer policy.
 //! - [`router`]: the subscription trie and live fan-out.
+//! - [`replay`]: subscriptions that start in the past; the switch-over to live.
+//! - [`consumer`]: durable consumers: acks, redelivery, dead letters, shared work.
+//! - [`store`]: the sled store and the storage thread (group commit).
+//! - [`topic`]: topic settings, `[[topic]]` rules.
 //! - [`error`]: [`BrokerError`], why the broker could not start.
 //!
 //! Data path of a publish: `session` decodes `Publish` → validates the topic → `router`
@@ -28,6 +32,7 @@
 //! `Outbox` → each connection's writer drains its queue into its socket.
 
 pub mod config;
+pub mod consumer;
 pub mod error;
 pub mod outbound;
 pub mod replay;

@@ -137,6 +137,19 @@ impl Outbox {
         }
     }
 
+    /// Queues a delivery if it fits, without counting a drop when it does not: for
+    /// senders that keep the message and retry (durable consumers).
+    pub(crate) fn try_push_deliver(&self, sub_id: u64, message: Bytes) -> bool {
+        let item = Outgoing::Deliver { sub_id, message };
+        let charge = item.charge();
+        let st = self.lock();
+        if st.closed || st.queue.len() >= self.max_frames || st.bytes + charge > self.max_bytes {
+            return false;
+        }
+        self.enqueue(st, item, charge);
+        true
+    }
+
     /// Queues a response frame. It is never dropped; when the queue holds more than twice
     /// the byte cap this waits until the writer has taken a batch.
     pub(crate) async fn push_frame(&self, frame: Frame) -> Result<(), Closed> {

@@ -258,7 +258,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The first seq to replay for `topic` from `start`.
-async fn start_seq(
+pub(crate) async fn start_seq(
     ctx: &ReplayContext,
     topic: &TopicView,
     start: &Position,

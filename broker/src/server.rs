@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, FsyncPolicy};
+use crate::consumer::Consumers;
 use crate::error::BrokerError;
 use crate::router::Router;
 use crate::store::sled_store::{BackgroundFlush, SledStorage};
@@ -47,7 +48,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) router: Arc<Router>,
     pub(crate) topics: Arc<TopicRegistry>,
-    pub(crate) log: LogHandle,
+    pub(crate) log: Arc<LogHandle>,
+    pub(crate) consumers: Consumers,
     next_conn_id: AtomicU64,
 }
 
@@ -161,26 +163,38 @@ impl BrokerBuilder {
         };
         let router = Arc::new(Router::new());
         let topics = Arc::new(TopicRegistry::new(&config.topic));
-        let log = writer::start(
-            storage,
-            router.clone(),
-            topics.clone(),
-            config.fsync,
-            config.max_topics,
-        )
-        .map_err(|e| {
+        let log = Arc::new(
+            writer::start(
+                storage,
+                router.clone(),
+                topics.clone(),
+                config.fsync,
+                config.max_topics,
+            )
+            .map_err(|e| {
+                BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
+            })?,
+        );
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let stored_consumers = log.storage.load_consumers().map_err(|e| {
             BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
         })?;
-        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let consumers = Consumers::new(
+            log.clone(),
+            tracker.clone(),
+            cancel.clone(),
+            stored_consumers,
+        );
         let shared = Arc::new(Shared {
             config,
             router,
             topics,
             log,
+            consumers,
             next_conn_id: AtomicU64::new(1),
         });
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
         tracker.spawn(accept_tcp(
             listener,
             shared.clone(),

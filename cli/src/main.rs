@@ -1,10 +1,12 @@
 //! `rtc-cli`: publish, subscribe and inspect an rtc broker from a terminal.
 //!
 //! `main` parses the command line and dispatches to one module per command family:
-//! [`publish`] (`pub`), [`subscribe`] (`sub`) and [`topic`] (`topic create|ls|info`);
+//! [`publish`] (`pub`), [`subscribe`] (`sub`), [`topic`] (`topic create|ls|info`) and
+//! [`consumer`] (`consumer ls|info`);
 //! [`output`] formats received messages.
 //! Errors end the process with one line on stderr and exit code 1.
 
+mod consumer;
 mod output;
 mod publish;
 mod subscribe;
@@ -38,6 +40,8 @@ enum Command {
     Sub(subscribe::SubArgs),
     /// Create, list and inspect topics.
     Topic(topic::TopicArgs),
+    /// List and inspect a topic's durable consumers.
+    Consumer(consumer::ConsumerArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
             Command::Pub(args) => publish::run(&cli.server, args).await,
             Command::Sub(args) => subscribe::run(&cli.server, args).await,
             Command::Topic(args) => topic::run(&cli.server, args).await,
+            Command::Consumer(args) => consumer::run(&cli.server, args).await,
         }
     });
     match result {

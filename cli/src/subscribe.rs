@@ -5,6 +5,13 @@
 //! with `--json` one JSON object per line. With `--count N` it exits 0 after N messages.
 //! If the connection is lost it exits 1 with the reason. `--from POSITION` replays stored
 //! messages first (`first`, `last`, `seq:N`, `time:RFC3339`, `time:-5m`).
+//!
+//! `--durable NAME` joins the broker-side durable consumer NAME on TOPIC (created on first
+//! use, from `--from`, default `first`). With `--ack` each message is acknowledged after
+//! it is printed, and the broker's confirmation is awaited, so when the command exits the
+//! messages it printed will not be delivered to NAME again; with `--count N` it asks for
+//! no more than N messages in flight. Without `--ack`, delivery itself settles each
+//! message.
 
 use clap::Args;
 use std::io::Write;
@@ -22,15 +29,35 @@ pub struct SubArgs {
     /// Print one JSON object per message (topic, payload, headers, seq, timestamp, id).
     #[arg(long)]
     json: bool,
-    /// Start position in durable topics: new, first, last, seq:N, time:RFC3339, time:-5m.
-    #[arg(long, value_name = "POSITION", default_value = "new")]
-    from: rtc_client::StartAt,
+    /// Start position in durable topics: new, first, last, seq:N, time:RFC3339, time:-5m
+    /// [default: new; with --durable, first for a new consumer].
+    #[arg(long, value_name = "POSITION")]
+    from: Option<rtc_client::StartAt>,
+    /// Join the durable consumer NAME (PATTERN must then be one topic).
+    #[arg(long, value_name = "NAME")]
+    durable: Option<String>,
+    /// Acknowledge each message after printing it (needs --durable).
+    #[arg(long, requires = "durable")]
+    ack: bool,
 }
 
 /// Runs `rtc-cli sub`.
 pub async fn run(server: &str, args: SubArgs) -> anyhow::Result<()> {
     let client = crate::connect(server).await?;
-    let options = rtc_client::SubscribeOptions { start: args.from };
+    let consumer = args.durable.as_ref().map(|name| {
+        let mut c = rtc_client::ConsumerOptions::new(name.clone());
+        c.explicit_ack = args.ack;
+        if let Some(n) = args.count {
+            c.max_in_flight = Some(n.clamp(1, u64::from(u32::MAX)) as u32);
+        }
+        c
+    });
+    let start = match (args.from, &consumer) {
+        (Some(p), _) => p,
+        (None, Some(_)) => rtc_client::StartAt::First,
+        (None, None) => rtc_client::StartAt::New,
+    };
+    let options = rtc_client::SubscribeOptions { start, consumer };
     let mut sub = client.subscribe_with(&args.pattern, options).await?;
     eprintln!("subscribed to {}", args.pattern);
     let mut received = 0u64;
@@ -53,6 +80,10 @@ pub async fn run(server: &str, args: SubArgs) -> anyhow::Result<()> {
             out.write_all(b"\n")?;
         }
         out.flush()?;
+        drop(out);
+        if args.ack {
+            sub.ack(&message).await?;
+        }
         received += 1;
     }
     client.close().await;

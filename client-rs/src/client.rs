@@ -233,7 +233,7 @@ impl Client {
     }
 
     /// Subscribes with options, e.g. to replay stored messages first:
-    /// `SubscribeOptions { start: StartAt::First }` delivers every stored message of the
+    /// `SubscribeOptions { start: StartAt::First, ..Default::default() }` delivers every stored message of the
     /// durable topics the pattern matches, in order, then live ones, with no gap and no
     /// duplicate between the two.
     pub async fn subscribe_with(
@@ -242,6 +242,7 @@ impl Client {
         options: SubscribeOptions,
     ) -> Result<Subscription, Error> {
         let sub_id = self.inner.next_id();
+        let consumer = options.consumer.as_ref();
         let (tx, rx) = mpsc::channel(self.inner.subscription_capacity);
         self.inner.shared.add_sub(sub_id, tx)?;
         let reply = self
@@ -252,6 +253,17 @@ impl Client {
                     sub_id,
                     pattern: pattern.to_string(),
                     start: options.start.to_wire(),
+                    consumer: consumer.map_or_else(String::new, |c| c.name.clone()),
+                    ack_mode: match consumer {
+                        Some(c) if !c.explicit_ack => v1::AckMode::None,
+                        Some(_) => v1::AckMode::Explicit,
+                        None => v1::AckMode::Unspecified,
+                    } as i32,
+                    ack_wait_ms: consumer
+                        .and_then(|c| c.ack_wait)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    max_in_flight: consumer.and_then(|c| c.max_in_flight).unwrap_or(0),
+                    max_deliver: consumer.and_then(|c| c.max_deliver).unwrap_or(0),
                 }))
             })
             .await;

@@ -314,6 +314,9 @@ pub(crate) async fn read_loop(
             Some(Op::UnsubAck(a)) => shared.complete(a.req_id, Ok(Op::UnsubAck(a))),
             Some(Op::TopicInfo(t)) => shared.complete(t.req_id, Ok(Op::TopicInfo(t))),
             Some(Op::TopicList(l)) => shared.complete(l.req_id, Ok(Op::TopicList(l))),
+            Some(Op::Confirm(c)) => shared.complete(c.req_id, Ok(Op::Confirm(c))),
+            Some(Op::ConsumerInfo(c)) => shared.complete(c.req_id, Ok(Op::ConsumerInfo(c))),
+            Some(Op::ConsumerList(l)) => shared.complete(l.req_id, Ok(Op::ConsumerList(l))),
             Some(Op::Error(e)) if e.req_id != 0 => {
                 shared.complete(e.req_id, Err(Error::from_frame(&e)))
             }

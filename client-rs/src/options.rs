@@ -70,8 +70,71 @@ impl StartAt {
 /// Settings for [`crate::Client::subscribe_with`].
 #[derive(Debug, Clone, Default)]
 pub struct SubscribeOptions {
-    /// Where to start; [`StartAt::New`] by default.
+    /// Where to start; [`StartAt::New`] by default. For a durable consumer this applies
+    /// only when the consumer is created (default then: [`StartAt::First`]); an existing
+    /// one continues from its first unacknowledged message.
     pub start: StartAt,
+    /// Join a durable consumer instead of subscribing on your own.
+    pub consumer: Option<ConsumerOptions>,
+}
+
+/// A durable consumer to join: the broker keeps its position and unacknowledged
+/// messages, and every connection joining the same name shares its messages.
+///
+/// ```
+/// let opts = rtc_client::ConsumerOptions::new("billing").ack_wait(std::time::Duration::from_secs(5));
+/// assert!(opts.explicit_ack);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    /// Consumer name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Each message must be acknowledged ([`crate::Subscription::ack`]); otherwise a
+    /// delivery settles it. Default: true.
+    pub explicit_ack: bool,
+    /// Redeliver unacknowledged messages after this long (broker default 30 s).
+    pub ack_wait: Option<Duration>,
+    /// Most unacknowledged messages delivered at once (broker default 1000).
+    pub max_in_flight: Option<u32>,
+    /// Deliveries before a message goes to `$dlq.<topic>.<name>` (broker default 10).
+    pub max_deliver: Option<u32>,
+}
+
+impl ConsumerOptions {
+    /// Explicit acks and the broker's defaults.
+    pub fn new(name: impl Into<String>) -> Self {
+        ConsumerOptions {
+            name: name.into(),
+            explicit_ack: true,
+            ack_wait: None,
+            max_in_flight: None,
+            max_deliver: None,
+        }
+    }
+
+    /// Sets the redelivery delay.
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.ack_wait = Some(d);
+        self
+    }
+
+    /// Sets the in-flight cap.
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
+
+    /// Sets the delivery attempts before dead-lettering.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = Some(n);
+        self
+    }
+
+    /// A delivery settles the message; no acks.
+    pub fn no_ack(mut self) -> Self {
+        self.explicit_ack = false;
+        self
+    }
 }
 
 /// Makes message IDs unique across clients and processes: 128 random bits chosen when

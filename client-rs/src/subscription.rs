@@ -58,6 +58,84 @@ impl Subscription {
         self.sub_id
     }
 
+    /// Acknowledges a message of a durable consumer subscription (explicit acks) and
+    /// waits for the broker to confirm: it will not be redelivered.
+    pub async fn ack(&self, message: &Message) -> Result<(), Error> {
+        self.settle(
+            |req_id, sub_id, seqs| {
+                Op::Ack(v1::Ack {
+                    req_id,
+                    sub_id,
+                    seqs,
+                })
+            },
+            message,
+        )
+        .await
+    }
+
+    /// Acknowledges without waiting for the broker's confirmation.
+    pub async fn ack_nowait(&self, message: &Message) -> Result<(), Error> {
+        let frame = Frame::from_op(Op::Ack(v1::Ack {
+            req_id: 0,
+            sub_id: self.sub_id,
+            seqs: vec![message.seq],
+        }));
+        self.inner
+            .tx
+            .send(Outgoing::Frame(frame))
+            .await
+            .map_err(|_| Error::Closed("the client was closed".into()))
+    }
+
+    /// Gives a message back: the broker redelivers it (to any member) after `delay`.
+    pub async fn nack(&self, message: &Message, delay: std::time::Duration) -> Result<(), Error> {
+        let delay_ms = delay.as_millis() as u64;
+        self.settle(
+            |req_id, sub_id, seqs| {
+                Op::Nack(v1::Nack {
+                    req_id,
+                    sub_id,
+                    seqs,
+                    delay_ms,
+                })
+            },
+            message,
+        )
+        .await
+    }
+
+    /// Tells the broker the message is still being worked on: its ack_wait restarts.
+    pub async fn in_progress(&self, message: &Message) -> Result<(), Error> {
+        self.settle(
+            |req_id, sub_id, seqs| {
+                Op::InProgress(v1::InProgress {
+                    req_id,
+                    sub_id,
+                    seqs,
+                })
+            },
+            message,
+        )
+        .await
+    }
+
+    async fn settle(
+        &self,
+        op: impl FnOnce(u64, u64, Vec<u64>) -> Op,
+        message: &Message,
+    ) -> Result<(), Error> {
+        let sub_id = self.sub_id;
+        match self
+            .inner
+            .request(|req_id| Frame::from_op(op(req_id, sub_id, vec![message.seq])))
+            .await?
+        {
+            Op::Confirm(_) => Ok(()),
+            other => Err(unexpected("Confirm", other)),
+        }
+    }
+
     /// Ends the subscription and waits for the broker to confirm. Messages still
     /// buffered in the client are discarded.
     pub async fn unsubscribe(mut self) -> Result<(), Error> {

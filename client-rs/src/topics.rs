@@ -93,7 +93,81 @@ impl From<v1::TopicInfo> for TopicInfo {
     }
 }
 
+/// A durable consumer's position and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// Its topic.
+    pub topic: String,
+    /// Its name.
+    pub name: String,
+    /// Every seq at or below it is settled (acknowledged or dead-lettered).
+    pub ack_floor: u64,
+    /// Next seq to deliver for the first time.
+    pub next_seq: u64,
+    /// Delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Redeliveries made.
+    pub redelivered: u64,
+    /// Messages moved to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Connections sharing it now.
+    pub members: u32,
+    /// Where its dead letters go.
+    pub dead_letter_topic: String,
+}
+
+impl From<v1::ConsumerInfo> for ConsumerInfo {
+    fn from(c: v1::ConsumerInfo) -> Self {
+        ConsumerInfo {
+            topic: c.topic,
+            name: c.name,
+            ack_floor: c.ack_floor,
+            next_seq: c.next_seq,
+            pending: c.pending,
+            redelivered: c.redelivered,
+            dead_lettered: c.dead_lettered,
+            members: c.members,
+            dead_letter_topic: c.dead_letter_topic,
+        }
+    }
+}
+
 impl Client {
+    /// Describes durable consumer `name` on `topic`; `NOT_FOUND` if there is none.
+    pub async fn consumer_info(&self, topic: &str, name: &str) -> Result<ConsumerInfo, Error> {
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::ConsumerInfoRequest(v1::ConsumerInfoRequest {
+                    req_id,
+                    topic: topic.to_string(),
+                    name: name.to_string(),
+                }))
+            })
+            .await?;
+        match reply {
+            Op::ConsumerInfo(c) => Ok(c.into()),
+            other => Err(unexpected("ConsumerInfo", other)),
+        }
+    }
+
+    /// Every durable consumer of `topic`, sorted by name.
+    pub async fn list_consumers(&self, topic: &str) -> Result<Vec<ConsumerInfo>, Error> {
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::ConsumerListRequest(v1::ConsumerListRequest {
+                    req_id,
+                    topic: topic.to_string(),
+                }))
+            })
+            .await?;
+        match reply {
+            Op::ConsumerList(l) => Ok(l.consumers.into_iter().map(Into::into).collect()),
+            other => Err(unexpected("ConsumerList", other)),
+        }
+    }
+
     /// Creates a topic, or changes the retention and dedup settings of an existing one.
     /// A durable topic cannot become ephemeral (`CONFLICT`).
     pub async fn create_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicInfo, Error> {

@@ -76,6 +76,7 @@ async fn acknowledged_publishes_survive_sigkill() {
                 "crash.t",
                 SubscribeOptions {
                     start: StartAt::First,
+                    ..Default::default()
                 },
             )
             .await

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::{ephemeral_rule, next, seqs, start, start_in, start_with, take, WAIT};
 use rtc_broker::store::sled_store::{BackgroundFlush, SledStorage};
-use rtc_broker::store::{LogEntry, Storage, StoreError, StoredTopic, TopicId, WriteOp};
+use rtc_broker::store::{
+    ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, WriteOp,
+};
 use rtc_broker::{Broker, FsyncPolicy};
 use rtc_client::{Client, ErrorCode, PublishMessage, StartAt, SubscribeOptions, TopicConfig};
 
@@ -25,7 +27,13 @@ async fn publish_n(client: &Client, topic: &str, range: std::ops::Range<u64>) ->
 
 async fn sub_from(client: &Client, pattern: &str, start: StartAt) -> rtc_client::Subscription {
     client
-        .subscribe_with(pattern, SubscribeOptions { start })
+        .subscribe_with(
+            pattern,
+            SubscribeOptions {
+                start,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
 }
@@ -326,6 +334,9 @@ impl Storage for Faulty {
     fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         self.inner.sizes(id, from, to)
     }
+    fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError> {
+        self.inner.load_consumers()
+    }
 }
 
 async fn start_faulty() -> (rtc_broker::BrokerHandle, Arc<Faulty>, tempfile::TempDir) {
@@ -546,6 +557,7 @@ async fn bad_start_positions_are_refused() {
             "x",
             SubscribeOptions {
                 start: StartAt::Seq(0),
+                ..Default::default()
             },
         )
         .await

@@ -206,6 +206,7 @@ async fn stalled_subscriber_does_not_stall_publisher_or_fast_subscriber() {
             sub_id: 1,
             pattern: "load.>".into(),
             start: None,
+            ..Default::default()
         })),
     ] {
         rtc_proto::codec::encode_frame(&frame, usize::MAX, &mut out).unwrap();

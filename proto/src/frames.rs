@@ -66,6 +66,14 @@ impl Frame {
             Some(Op::TopicListRequest(_)) => "TopicListRequest",
             Some(Op::TopicInfo(_)) => "TopicInfo",
             Some(Op::TopicList(_)) => "TopicList",
+            Some(Op::Ack(_)) => "Ack",
+            Some(Op::Nack(_)) => "Nack",
+            Some(Op::InProgress(_)) => "InProgress",
+            Some(Op::Confirm(_)) => "Confirm",
+            Some(Op::ConsumerInfoRequest(_)) => "ConsumerInfoRequest",
+            Some(Op::ConsumerListRequest(_)) => "ConsumerListRequest",
+            Some(Op::ConsumerInfo(_)) => "ConsumerInfo",
+            Some(Op::ConsumerList(_)) => "ConsumerList",
         }
     }
 }

@@ -120,6 +120,33 @@ pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Longest durable consumer name.
+pub const MAX_CONSUMER_NAME: usize = 64;
+
+/// Checks a durable consumer name: 1 to 64 ASCII letters, digits, `-` or `_`.
+pub fn validate_consumer_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_CONSUMER_NAME {
+        return Err(format!(
+            "consumer name must be 1 to {MAX_CONSUMER_NAME} characters, got {}",
+            name.len()
+        ));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        Some(c) => Err(format!(
+            "consumer name {name:?} contains {c:?}; use letters, digits, '-' and '_'"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The dead-letter topic of consumer `consumer` on `topic`: `$dlq.<topic>.<consumer>`.
+pub fn dead_letter_topic(topic: &str, consumer: &str) -> String {
+    format!("$dlq.{topic}.{consumer}")
+}
+
 /// Whether a valid `pattern` matches a valid topic `name`.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     let mut names = name.split('.');
@@ -196,6 +223,18 @@ mod tests {
         ));
         assert_eq!(validate_pattern("a..b"), Err(TopicError::EmptyToken));
         assert_eq!(validate_pattern(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn consumer_names_and_dead_letter_topics() {
+        assert!(validate_consumer_name("billing-v2_x").is_ok());
+        for bad in ["", "a.b", "a b", "ü", &"x".repeat(65)] {
+            assert!(validate_consumer_name(bad).is_err(), "{bad:?}");
+        }
+        let dlq = dead_letter_topic("orders.eu", "billing");
+        assert_eq!(dlq, "$dlq.orders.eu.billing");
+        assert_eq!(validate_topic(&dlq), Ok(()));
+        assert_eq!(validate_publish_topic(&dlq), Err(TopicError::Reserved));
     }
 
     #[test]

@@ -77,3 +77,28 @@ impl Session {
         self.send(Frame::from_op(Op::TopicList(list))).await
     }
 }
+
+impl Session {
+    pub(super) async fn consumer_info(&mut self, r: v1::ConsumerInfoRequest) -> Result<(), Closed> {
+        match self.shared.consumers.info(&r.topic, &r.name).await {
+            Some(mut info) => {
+                info.req_id = r.req_id;
+                self.send(Frame::from_op(Op::ConsumerInfo(info))).await
+            }
+            None => {
+                let msg = format!("no consumer {:?} on topic {:?}", r.name, r.topic);
+                self.send(Frame::error(r.req_id, ErrorCode::NotFound, msg))
+                    .await
+            }
+        }
+    }
+
+    pub(super) async fn consumer_list(&mut self, r: v1::ConsumerListRequest) -> Result<(), Closed> {
+        let consumers = self.shared.consumers.list(&r.topic).await;
+        let list = v1::ConsumerList {
+            req_id: r.req_id,
+            consumers,
+        };
+        self.send(Frame::from_op(Op::ConsumerList(list))).await
+    }
+}

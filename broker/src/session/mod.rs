@@ -1,6 +1,7 @@
 //! One session per client connection: handshake, read loop and dispatch. The requests
-//! themselves are handled in [`pubsub`] (publish, subscribe, unsubscribe) and [`admin`]
-//! (topic administration).
+//! themselves are handled in [`pubsub`] (publish, subscribe, unsubscribe), [`consume`]
+//! (durable consumer subscriptions, acks) and [`admin`] (topic and consumer
+//! administration).
 //!
 //! The session is transport-agnostic: it is handed a reader and a writer. It spawns the
 //! connection's writer task ([`crate::outbound::write_loop`]) over the writer, then reads
@@ -33,7 +34,10 @@ use crate::outbound::{write_loop, Closed, Outbox};
 use crate::server::Shared;
 
 mod admin;
+mod consume;
 mod pubsub;
+
+use consume::Settle;
 
 /// Initial read buffer per connection; it grows on demand up to one frame.
 const READ_BUFFER: usize = 512;
@@ -213,7 +217,10 @@ impl Session {
                 | Op::UnsubAck(_)
                 | Op::Deliver(_)
                 | Op::TopicInfo(_)
-                | Op::TopicList(_),
+                | Op::TopicList(_)
+                | Op::Confirm(_)
+                | Op::ConsumerInfo(_)
+                | Op::ConsumerList(_),
             ) => {
                 let msg = format!("{op_name} is sent by the broker, not accepted from clients");
                 self.send(Frame::error(0, ErrorCode::Unsupported, msg))
@@ -222,6 +229,18 @@ impl Session {
             Some(Op::TopicCreate(c)) => self.topic_create(c).await?,
             Some(Op::TopicInfoRequest(r)) => self.topic_info(r).await?,
             Some(Op::TopicListRequest(r)) => self.topic_list(r).await?,
+            Some(Op::Ack(a)) => self.settle(a.req_id, a.sub_id, Settle::Ack, a.seqs).await?,
+            Some(Op::Nack(n)) => {
+                let delay = std::time::Duration::from_millis(n.delay_ms);
+                self.settle(n.req_id, n.sub_id, Settle::Nack(delay), n.seqs)
+                    .await?
+            }
+            Some(Op::InProgress(p)) => {
+                self.settle(p.req_id, p.sub_id, Settle::InProgress, p.seqs)
+                    .await?
+            }
+            Some(Op::ConsumerInfoRequest(r)) => self.consumer_info(r).await?,
+            Some(Op::ConsumerListRequest(r)) => self.consumer_list(r).await?,
             None => {
                 self.send(Frame::error(0, ErrorCode::Unsupported, "unknown operation"))
                     .await?

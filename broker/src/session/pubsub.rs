@@ -15,10 +15,11 @@ use rtc_proto::{ErrorCode, Frame};
 use tokio::task::JoinHandle;
 
 use super::{now_ms, Session};
+use crate::consumer::MemberRef;
 use crate::outbound::Closed;
 use crate::replay::{self, Gate, ReplayContext};
 use crate::router::Subscriber;
-use crate::store::writer::{Append, Request};
+use crate::store::writer::{Append, Request, Responder};
 use crate::topic::is_durable;
 
 /// Bytes the broker may add to a message when it stores it (the seq field at most).
@@ -27,9 +28,11 @@ const STORED_OVERHEAD: usize = 11;
 /// One active subscription of a session.
 #[derive(Debug)]
 pub(crate) struct ActiveSub {
-    pattern: String,
+    pub(super) pattern: String,
     /// The replay task, while a replaying subscription catches up.
-    replay: Option<JoinHandle<()>>,
+    pub(super) replay: Option<JoinHandle<()>>,
+    /// For a durable consumer subscription: its membership.
+    pub(super) member: Option<MemberRef>,
 }
 
 impl Session {
@@ -86,9 +89,11 @@ impl Session {
             payload: message.payload,
             headers: message.headers,
             msg_id: message.msg_id,
-            req_id: p.req_id,
-            outbox: self.outbox.clone(),
-            permit,
+            responder: Responder::Client {
+                req_id: p.req_id,
+                outbox: self.outbox.clone(),
+                permit,
+            },
         };
         if self.shared.log.send(Request::Append(append)).is_err() {
             let msg = "the storage thread has stopped; the message was not stored".to_string();
@@ -140,6 +145,9 @@ impl Session {
             }
             Some(p) => Some(p),
         };
+        if !s.consumer.is_empty() {
+            return self.subscribe_consumer(s, start).await;
+        }
         let held = self.shared.config.replay_buffer;
         let gate = start
             .as_ref()
@@ -158,6 +166,7 @@ impl Session {
             ActiveSub {
                 pattern: s.pattern.clone(),
                 replay: None,
+                member: None,
             },
         );
         self.send(Frame::from_op(Op::SubAck(v1::SubAck {
@@ -202,6 +211,9 @@ impl Session {
         if let Some(task) = sub.replay {
             task.abort();
             let _ = task.await;
+        }
+        if let Some(member) = sub.member {
+            member.leave().await;
         }
     }
 

@@ -21,6 +21,7 @@
 //! | `b"t" ++ name` | topic metadata: `id: u32 ++ flags: u8 ++ rtc.v1.TopicSettings` (protobuf); flag bit 0: created explicitly (`topic create`) |
 //! | `b"s" ++ id: u32` | topic stats: `first_seq, last_seq, messages, bytes: u64` and `last_ts_ms: i64` ([`TopicStats::encode`]) |
 //! | `b"m" ++ id: u32 ++ seq: u64` | one message: `ts_ms: i64 ++ rtc.v1.Message` (protobuf, as delivered) |
+//! | `b"c" ++ id: u32 ++ name` | a durable consumer's state ([`ConsumerRecord::encode`]) |
 //!
 //! The message value holds the `Message` exactly as it goes on the wire, so a replay
 //! sends the stored bytes without re-encoding. `last_seq` in the stats survives the
@@ -101,6 +102,70 @@ pub struct StoredTopic {
     pub stats: TopicStats,
 }
 
+/// The persisted state of a durable consumer: its position and what it has delivered
+/// but not yet had acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    /// Every seq at or below it is settled.
+    pub ack_floor: u64,
+    /// Next seq to deliver for the first time.
+    pub next_seq: u64,
+    /// Redeliveries made so far.
+    pub redelivered: u64,
+    /// Messages moved to the dead-letter topic so far.
+    pub dead_lettered: u64,
+    /// `(seq, delivery_count)` of the delivered, unacknowledged messages, in seq order.
+    pub pending: Vec<(u64, u32)>,
+}
+
+impl ConsumerRecord {
+    /// `ack_floor, next_seq, redelivered, dead_lettered: u64`, `n: u32`, then n times
+    /// `seq: u64, delivery_count: u32`; all big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(36 + self.pending.len() * 12);
+        for x in [
+            self.ack_floor,
+            self.next_seq,
+            self.redelivered,
+            self.dead_lettered,
+        ] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v.extend_from_slice(&(self.pending.len() as u32).to_be_bytes());
+        for (seq, count) in &self.pending {
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(&count.to_be_bytes());
+        }
+        v
+    }
+
+    /// Inverse of [`ConsumerRecord::encode`]; `None` if malformed.
+    pub fn decode(b: &[u8]) -> Option<ConsumerRecord> {
+        let u64_at = |i: usize| {
+            b.get(i..i + 8)
+                .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
+        };
+        let u32_at = |i: usize| {
+            b.get(i..i + 4)
+                .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
+        };
+        let n = u32_at(32)? as usize;
+        if b.len() != 36 + n * 12 {
+            return None;
+        }
+        let pending = (0..n)
+            .map(|i| Some((u64_at(36 + i * 12)?, u32_at(44 + i * 12)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(ConsumerRecord {
+            ack_floor: u64_at(0)?,
+            next_seq: u64_at(8)?,
+            redelivered: u64_at(16)?,
+            dead_lettered: u64_at(24)?,
+            pending,
+        })
+    }
+}
+
 /// One change in an atomic write.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -129,6 +194,15 @@ pub enum WriteOp {
         ts_ms: i64,
         /// The encoded `rtc.v1.Message`.
         message: Bytes,
+    },
+    /// Replace a durable consumer's state.
+    PutConsumer {
+        /// Topic id.
+        id: TopicId,
+        /// Consumer name.
+        name: String,
+        /// Its state.
+        record: ConsumerRecord,
     },
     /// Remove the messages with `from <= seq < to` (retention).
     RemoveRange {
@@ -191,7 +265,28 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// (msg_id, seq, ts_ms) of the messages of topic `id` with `seq >= from`, in order —
     /// used to rebuild the dedup window on start.
     fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError>;
+    /// Every durable consumer's state: `(topic id, name, record)`.
+    fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError>;
     /// `(seq, encoded size)` of the messages with `from <= seq < to`, for byte-based
     /// retention.
     fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_record_round_trip() {
+        let r = ConsumerRecord {
+            ack_floor: 5,
+            next_seq: 9,
+            redelivered: 2,
+            dead_lettered: 1,
+            pending: vec![(6, 1), (8, 3)],
+        };
+        assert_eq!(ConsumerRecord::decode(&r.encode()), Some(r.clone()));
+        assert_eq!(ConsumerRecord::decode(&r.encode()[..40]), None);
+        assert_eq!(ConsumerRecord::decode(&[]), None);
+    }
 }

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use super::{
-    LogEntry, Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp, FORMAT_VERSION,
+    ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp,
+    FORMAT_VERSION,
 };
 
 const VERSION_KEY: &[u8] = b"v";
@@ -16,6 +17,15 @@ const NEXT_ID_KEY: &[u8] = b"n";
 const TOPIC_PREFIX: u8 = b't';
 const STATS_PREFIX: u8 = b's';
 const MSG_PREFIX: u8 = b'm';
+const CONSUMER_PREFIX: u8 = b'c';
+
+fn consumer_key(id: TopicId, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + name.len());
+    k.push(CONSUMER_PREFIX);
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 fn topic_key(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
@@ -274,6 +284,9 @@ impl Storage for SledStorage {
                     v.extend_from_slice(&message);
                     batch.insert(&msg_key(id, seq), v);
                 }
+                WriteOp::PutConsumer { id, name, record } => {
+                    batch.insert(consumer_key(id, &name), record.encode());
+                }
                 WriteOp::RemoveRange { id, from, to } => {
                     for seq in from..to {
                         batch.remove(&msg_key(id, seq));
@@ -330,6 +343,19 @@ impl Storage for SledStorage {
             if !m.msg_id.is_empty() {
                 out.push((m.msg_id, seq_of(&k)?, ts_ms));
             }
+        }
+        Ok(out)
+    }
+
+    fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([CONSUMER_PREFIX]) {
+            let (k, v) = item.map_err(engine)?;
+            let bad = || StoreError::Corrupt(format!("malformed consumer entry {k:?}"));
+            let id =
+                TopicId::from_be_bytes(k.get(1..5).ok_or_else(bad)?.try_into().expect("4 bytes"));
+            let name = std::str::from_utf8(&k[5..]).map_err(|_| bad())?.to_string();
+            out.push((id, name, ConsumerRecord::decode(&v).ok_or_else(bad)?));
         }
         Ok(out)
     }

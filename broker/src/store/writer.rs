@@ -61,12 +61,24 @@ pub struct Append {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Message ID ("" for none).
     pub msg_id: String,
-    /// The publisher's req_id; 0 means no PubAck (errors are still sent).
-    pub req_id: u64,
-    /// Where the answer goes.
-    pub outbox: Arc<Outbox>,
-    /// Held until the answer is queued; bounds the work in flight.
-    pub permit: OwnedSemaphorePermit,
+    /// Who is told the outcome.
+    pub responder: Responder,
+}
+
+/// Who is told how an append went.
+#[derive(Debug)]
+pub enum Responder {
+    /// A client: `PubAck` or `Error` pushed into its outbox.
+    Client {
+        /// The publisher's req_id; 0 means no PubAck (errors are still sent).
+        req_id: u64,
+        /// Where the answer goes.
+        outbox: Arc<Outbox>,
+        /// Held until the answer is queued; bounds the work in flight.
+        permit: OwnedSemaphorePermit,
+    },
+    /// A task inside the broker (e.g. a consumer writing a dead letter): the stored seq.
+    Internal(oneshot::Sender<Result<u64, Refusal>>),
 }
 
 /// A refusal: the error code and message sent to the client.
@@ -85,6 +97,26 @@ pub enum Request {
         settings: TopicSettings,
         /// Answer.
         reply: oneshot::Sender<Result<TopicView, Refusal>>,
+    },
+    /// Make sure a topic exists, with its configured settings (an existing one is left
+    /// as it is).
+    EnsureTopic {
+        /// Topic name (validated).
+        name: String,
+        /// Answer.
+        reply: oneshot::Sender<Result<TopicView, Refusal>>,
+    },
+    /// Store a durable consumer's state. Several saves of one consumer in a batch are
+    /// written once (the last).
+    SaveConsumer {
+        /// Topic id.
+        id: TopicId,
+        /// Consumer name.
+        name: String,
+        /// Its state.
+        record: super::ConsumerRecord,
+        /// Told once the state is stored (and flushed per the fsync policy).
+        stored: Option<oneshot::Sender<()>>,
     },
     /// Apply retention limits and expire dedup entries.
     Enforce,
@@ -122,6 +154,8 @@ impl TopicView {
 #[derive(Debug, Default)]
 pub struct LogView {
     topics: RwLock<HashMap<String, TopicView>>,
+    /// Last seq of topics someone watches (durable consumers), sent after each write.
+    watchers: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
 }
 
 impl LogView {
@@ -154,11 +188,31 @@ impl LogView {
         self.topics.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A receiver of topic `name`'s last seq, updated after every write to it.
+    pub fn watch(&self, name: &str) -> tokio::sync::watch::Receiver<u64> {
+        let last = self.get(name).map_or(0, |t| t.stats.last_seq);
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(last).0)
+            .subscribe()
+    }
+
     fn set(&self, name: &str, view: TopicView) {
+        let last = view.stats.last_seq;
         self.topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), view);
+        if let Some(tx) = self
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            tx.send_if_modified(|v| std::mem::replace(v, last) != last);
+        }
     }
 }
 
@@ -199,15 +253,45 @@ impl LogHandle {
         name: String,
         settings: TopicSettings,
     ) -> Result<TopicView, Refusal> {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .send(Request::CreateTopic {
-                name,
-                settings,
-                reply,
+        self.ask(|reply| Request::CreateTopic {
+            name,
+            settings,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates a topic with its configured settings unless it exists; returns its view.
+    pub async fn ensure_topic(&self, name: String) -> Result<TopicView, Refusal> {
+        self.ask(|reply| Request::EnsureTopic { name, reply }).await
+    }
+
+    /// Stores a message on a durable topic on behalf of the broker itself (dead letters);
+    /// returns its seq.
+    pub async fn append_internal(
+        &self,
+        topic: String,
+        payload: Bytes,
+        headers: std::collections::BTreeMap<String, String>,
+    ) -> Result<u64, Refusal> {
+        self.ask(|reply| {
+            Request::Append(Append {
+                topic,
+                payload,
+                headers,
+                msg_id: String::new(),
+                responder: Responder::Internal(reply),
             })
-            .is_err()
-        {
+        })
+        .await
+    }
+
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Request,
+    ) -> Result<T, Refusal> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(request(reply)).is_err() {
             return Err(stopped());
         }
         rx.await.unwrap_or_else(|_| Err(stopped()))
@@ -482,6 +566,8 @@ impl Writer {
         let mut undo = Undo::default();
         let mut appends = Vec::new();
         let mut creates = Vec::new();
+        let mut consumers = HashMap::new();
+        let mut saved = Vec::new();
         let now = now_ms();
         for request in batch.drain(..) {
             match request {
@@ -497,12 +583,33 @@ impl Writer {
                     let outcome = self.create(&name, settings, &mut ops, &mut undo);
                     creates.push((name, reply, outcome));
                 }
+                Request::EnsureTopic { name, reply } => {
+                    let outcome = if self.topics.contains_key(&name) {
+                        Ok(())
+                    } else {
+                        let settings = self.registry.resolve(&name);
+                        self.new_log(&name, settings, false, &mut ops, &mut undo)
+                    };
+                    creates.push((name, reply, outcome));
+                }
+                Request::SaveConsumer {
+                    id,
+                    name,
+                    record,
+                    stored,
+                } => {
+                    consumers.insert((id, name), record);
+                    saved.extend(stored);
+                }
                 Request::Enforce | Request::Shutdown => {}
             }
         }
         for name in undo.stats.keys() {
             let log = &self.topics[name];
             ops.push(WriteOp::PutStats(log.id, log.stats));
+        }
+        for ((id, name), record) in consumers {
+            ops.push(WriteOp::PutConsumer { id, name, record });
         }
         let touched: Vec<String> = undo
             .stats
@@ -534,32 +641,28 @@ impl Writer {
             tracing::error!(error = %e, "storage write failed; answering the batch with STORAGE errors");
         }
 
-        // Answer, then fan out in sequence order.
-        for (a, outcome) in &appends {
-            let frame =
-                match (&result, outcome) {
-                    (Err(e), Outcome::Stored { .. } | Outcome::Duplicate { .. }) => Some(
-                        Frame::error(a.req_id, ErrorCode::Storage, format!("not stored: {e}")),
-                    ),
-                    (_, Outcome::Refused((code, msg))) => {
-                        Some(Frame::error(a.req_id, *code, msg.clone()))
-                    }
-                    (Ok(()), Outcome::Stored { seq, .. }) => ack(a.req_id, *seq, false),
-                    (Ok(()), Outcome::Duplicate { seq }) => ack(a.req_id, *seq, true),
-                };
-            if let Some(frame) = frame {
-                // A closed outbox means the publisher is gone; nobody is left to tell.
-                let _ = a.outbox.push_frame_now(frame);
-            }
-        }
         if result.is_ok() {
-            for (a, outcome) in &appends {
-                if let Outcome::Stored { seq, message } = outcome {
-                    self.router.publish(&a.topic, *seq, || message.clone());
-                }
+            for done in saved {
+                let _ = done.send(());
             }
         }
-        drop(appends);
+        // Answer, then fan out in sequence order.
+        let mut stored = Vec::new();
+        for (a, outcome) in appends {
+            let outcome = match (&result, outcome) {
+                (Err(e), Outcome::Stored { .. } | Outcome::Duplicate { .. }) => {
+                    Outcome::Refused((ErrorCode::Storage, format!("not stored: {e}")))
+                }
+                (_, other) => other,
+            };
+            if let Outcome::Stored { seq, message } = &outcome {
+                stored.push((a.topic.clone(), *seq, message.clone()));
+            }
+            answer(a.responder, outcome);
+        }
+        for (topic, seq, message) in stored {
+            self.router.publish(&topic, seq, || message);
+        }
         for (name, reply, outcome) in creates {
             let answer = match (&result, outcome) {
                 (Err(e), Ok(())) => Err((ErrorCode::Storage, e.to_string())),
@@ -842,6 +945,34 @@ impl Writer {
             if stats.messages == 0 {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Tells an append's responder how it went.
+fn answer(responder: Responder, outcome: Outcome) {
+    match responder {
+        Responder::Internal(reply) => {
+            let _ = reply.send(match outcome {
+                Outcome::Stored { seq, .. } | Outcome::Duplicate { seq } => Ok(seq),
+                Outcome::Refused(refusal) => Err(refusal),
+            });
+        }
+        Responder::Client {
+            req_id,
+            outbox,
+            permit,
+        } => {
+            let frame = match outcome {
+                Outcome::Refused((code, msg)) => Some(Frame::error(req_id, code, msg)),
+                Outcome::Stored { seq, .. } => ack(req_id, seq, false),
+                Outcome::Duplicate { seq } => ack(req_id, seq, true),
+            };
+            if let Some(frame) = frame {
+                // A closed outbox means the publisher is gone; nobody is left to tell.
+                let _ = outbox.push_frame_now(frame);
+            }
+            drop(permit);
         }
     }
 }

@@ -147,6 +147,7 @@ impl RawConn {
             sub_id,
             pattern: pattern.into(),
             start: None,
+            ..Default::default()
         })))
         .await;
         req_id

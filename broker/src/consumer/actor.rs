@@ -1,0 +1,623 @@
+//! One durable consumer's state machine and task.
+//!
+//! State: `next` (the next seq to deliver for the first time), `pending` (delivered and
+//! not yet settled, with delivery counts, the member holding each and its timer), `ready`
+//! (pending seqs waiting to be redelivered), and `floor` (every seq at or below it is
+//! settled; it only moves forward). Each turn of the loop first *pumps* — gives ready
+//! redeliveries, then new messages read from the log, to members with room — then waits
+//! for a command, a timer or new messages in the topic.
+//!
+//! Timers (one `DelayQueue` for all pending messages): an ack deadline (`ack_wait` after
+//! delivery; `InProgress` restarts it) makes the message ready again; a nack delay makes
+//! it ready when it ends. A message whose delivery count has reached `max_deliver` when
+//! it would be made ready again is written to the dead-letter topic instead (with
+//! headers saying why) and settled once that write is stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use rtc_proto::topic::dead_letter_topic;
+use rtc_proto::v1::{self, start_position::Position};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::{delay_queue, DelayQueue};
+
+use super::{Command, JoinSpec, DEFAULT_MAX_DELIVER};
+use crate::outbound::Outbox;
+use crate::replay::{start_seq, ReplayContext};
+use crate::store::writer::{LogHandle, Request};
+use crate::store::{ConsumerRecord, LogEntry, StoreError, TopicId};
+
+/// Messages read from the log per pump.
+const READ_BATCH: usize = 256;
+/// How long a member whose outbox was full is skipped.
+const FULL_BACKOFF: Duration = Duration::from_millis(20);
+/// Retry delay after a failed dead-letter write.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// The member did not ack in time.
+    Deadline,
+    /// A nack delay ended.
+    Ready,
+    /// Try the dead-letter write again.
+    DeadLetter,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// Deliveries made so far.
+    count: u32,
+    /// The member holding it, if delivered and not yet given back.
+    member: Option<u64>,
+    timer: Option<delay_queue::Key>,
+}
+
+#[derive(Debug)]
+struct Member {
+    sub_id: u64,
+    outbox: Arc<Outbox>,
+    explicit_ack: bool,
+    ack_wait: Duration,
+    max_in_flight: usize,
+    in_flight: usize,
+    /// Skipped until then (its outbox was full).
+    blocked_until: Option<Instant>,
+}
+
+impl Member {
+    fn has_room(&self, now: Instant) -> bool {
+        self.in_flight < self.max_in_flight && self.blocked_until.is_none_or(|t| t <= now)
+    }
+}
+
+pub(super) struct Actor {
+    topic: String,
+    name: String,
+    id: TopicId,
+    log: Arc<LogHandle>,
+    /// Position known (a stored consumer, or one that has had its first member).
+    started: bool,
+    floor: u64,
+    next: u64,
+    redelivered: u64,
+    dead_lettered: u64,
+    max_deliver: u32,
+    pending: BTreeMap<u64, Pending>,
+    ready: BTreeSet<u64>,
+    members: BTreeMap<u64, Member>,
+    next_member: u64,
+    /// Round-robin position among members.
+    turn: u64,
+    timers: DelayQueue<(u64, Timer)>,
+    last_seq: watch::Receiver<u64>,
+    dirty: bool,
+}
+
+impl Actor {
+    pub(super) fn new(
+        topic: &str,
+        name: &str,
+        id: TopicId,
+        record: Option<ConsumerRecord>,
+        log: Arc<LogHandle>,
+    ) -> Self {
+        let last_seq = log.view.watch(topic);
+        let mut actor = Actor {
+            topic: topic.to_string(),
+            name: name.to_string(),
+            id,
+            log,
+            started: record.is_some(),
+            floor: 0,
+            next: 1,
+            redelivered: 0,
+            dead_lettered: 0,
+            max_deliver: DEFAULT_MAX_DELIVER,
+            pending: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            members: BTreeMap::new(),
+            next_member: 1,
+            turn: 0,
+            timers: DelayQueue::new(),
+            last_seq,
+            dirty: false,
+        };
+        if let Some(r) = record {
+            actor.floor = r.ack_floor;
+            actor.next = r.next_seq.max(1);
+            actor.redelivered = r.redelivered;
+            actor.dead_lettered = r.dead_lettered;
+            for (seq, count) in r.pending {
+                actor.pending.insert(
+                    seq,
+                    Pending {
+                        count,
+                        member: None,
+                        timer: None,
+                    },
+                );
+                actor.ready.insert(seq);
+            }
+        }
+        actor
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        loop {
+            if let Err(e) = self.pump().await {
+                tracing::error!(topic = %self.topic, consumer = %self.name, error = %e, "consumer read failed");
+            }
+            self.save();
+            let unblock = self.members.values().filter_map(|m| m.blocked_until).min();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => {
+                    let (seq, timer) = expired.into_inner();
+                    self.expired(seq, timer).await;
+                }
+                changed = self.last_seq.changed() => {
+                    if changed.is_err() {
+                        // The storage side is gone: the broker is stopping.
+                        break;
+                    }
+                }
+                _ = sleep_until(unblock), if unblock.is_some() => {}
+            }
+        }
+        self.save();
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join(spec, reply) => {
+                let result = self.join(*spec).await;
+                let _ = reply.send(result);
+            }
+            Command::Leave(member) => self.leave(member),
+            Command::Ack(seqs, confirm) => {
+                for seq in seqs {
+                    self.settle(seq);
+                }
+                self.advance_floor();
+                if let Some(done) = confirm {
+                    self.save_and_wait().await;
+                    let _ = done.send(());
+                }
+            }
+            Command::Nack(seqs, delay, done) => {
+                for seq in seqs {
+                    if self.take_back(seq) {
+                        self.give_back(seq, delay).await;
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::InProgress(member, seqs, done) => {
+                for seq in seqs {
+                    self.extend(member, seq);
+                }
+                let _ = done.send(());
+            }
+            Command::Info(reply) => {
+                let _ = reply.send(self.info());
+            }
+        }
+    }
+
+    async fn join(&mut self, spec: JoinSpec) -> Result<u64, (rtc_proto::ErrorCode, String)> {
+        if !self.started {
+            let view = self
+                .log
+                .view
+                .get(&self.topic)
+                .unwrap_or(crate::store::writer::TopicView {
+                    id: self.id,
+                    settings: Default::default(),
+                    stats: Default::default(),
+                });
+            let ctx = ReplayContext {
+                view: self.log.view.clone(),
+                storage: self.log.storage.clone(),
+            };
+            let start = spec.start.unwrap_or(Position::First(true));
+            let next = start_seq(&ctx, &view, &start)
+                .await
+                .map_err(|e| (rtc_proto::ErrorCode::Storage, e.to_string()))?;
+            self.next = next.max(1);
+            self.floor = self.next - 1;
+            self.started = true;
+            self.dirty = true;
+        }
+        self.max_deliver = spec.max_deliver.max(1);
+        let id = self.next_member;
+        self.next_member += 1;
+        // The SubAck goes out before any delivery for this subscription.
+        let _ = spec.outbox.push_frame_now(spec.first_frame);
+        self.members.insert(
+            id,
+            Member {
+                sub_id: spec.sub_id,
+                outbox: spec.outbox,
+                explicit_ack: spec.explicit_ack,
+                ack_wait: spec.ack_wait,
+                max_in_flight: spec.max_in_flight.max(1),
+                in_flight: 0,
+                blocked_until: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// A member is gone: what it held goes back to the others at once.
+    fn leave(&mut self, member: u64) {
+        self.members.remove(&member);
+        let held: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.member == Some(member))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in held {
+            if let Some(p) = self.pending.get_mut(&seq) {
+                p.member = None;
+                if let Some(k) = p.timer.take() {
+                    self.timers.remove(&k);
+                }
+                self.ready.insert(seq);
+            }
+        }
+    }
+
+    /// Settles `seq` (acknowledged, or dead-lettered).
+    fn settle(&mut self, seq: u64) {
+        let Some(p) = self.pending.remove(&seq) else {
+            return;
+        };
+        if let Some(k) = p.timer {
+            self.timers.remove(&k);
+        }
+        if let Some(m) = p.member.and_then(|m| self.members.get_mut(&m)) {
+            m.in_flight = m.in_flight.saturating_sub(1);
+        }
+        self.ready.remove(&seq);
+        self.dirty = true;
+    }
+
+    fn advance_floor(&mut self) {
+        let settled_up_to = match self.pending.first_key_value() {
+            Some((&seq, _)) => seq - 1,
+            None => self.next - 1,
+        };
+        if settled_up_to > self.floor {
+            self.floor = settled_up_to;
+            self.dirty = true;
+        }
+    }
+
+    /// Takes `seq` back from whoever holds it (nack). Returns whether it was held.
+    fn take_back(&mut self, seq: u64) -> bool {
+        let Some(p) = self.pending.get_mut(&seq) else {
+            return false;
+        };
+        let Some(holder) = p.member.take() else {
+            return false;
+        };
+        if let Some(k) = p.timer.take() {
+            self.timers.remove(&k);
+        }
+        if let Some(m) = self.members.get_mut(&holder) {
+            m.in_flight = m.in_flight.saturating_sub(1);
+        }
+        true
+    }
+
+    /// A message taken back: ready again (after `delay`), or dead-lettered if it has had
+    /// its deliveries.
+    async fn give_back(&mut self, seq: u64, delay: Duration) {
+        let Some(p) = self.pending.get_mut(&seq) else {
+            return;
+        };
+        if p.count >= self.max_deliver {
+            self.dead_letter(seq).await;
+        } else if delay.is_zero() {
+            self.ready.insert(seq);
+        } else {
+            p.timer = Some(self.timers.insert((seq, Timer::Ready), delay));
+        }
+    }
+
+    fn extend(&mut self, member: u64, seq: u64) {
+        let Some(p) = self.pending.get_mut(&seq) else {
+            return;
+        };
+        if p.member != Some(member) {
+            return;
+        }
+        let ack_wait = self.members.get(&member).map(|m| m.ack_wait);
+        if let (Some(k), Some(wait)) = (&p.timer, ack_wait) {
+            self.timers.reset(k, wait);
+        }
+    }
+
+    async fn expired(&mut self, seq: u64, timer: Timer) {
+        if let Some(p) = self.pending.get_mut(&seq) {
+            p.timer = None;
+        }
+        match timer {
+            Timer::Deadline => {
+                let holder = self.pending.get_mut(&seq).and_then(|p| p.member.take());
+                if let Some(m) = holder.and_then(|h| self.members.get_mut(&h)) {
+                    m.in_flight = m.in_flight.saturating_sub(1);
+                }
+                self.give_back(seq, Duration::ZERO).await;
+            }
+            Timer::Ready => {
+                if self.pending.contains_key(&seq) {
+                    self.ready.insert(seq);
+                }
+            }
+            Timer::DeadLetter => self.dead_letter(seq).await,
+        }
+    }
+
+    /// Writes message `seq` to the dead-letter topic and settles it once stored.
+    async fn dead_letter(&mut self, seq: u64) {
+        self.ready.remove(&seq);
+        let entry = match self.read_one(seq).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                // Removed by retention meanwhile: nothing left to dead-letter.
+                self.settle(seq);
+                self.advance_floor();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(consumer = %self.name, seq, error = %e, "cannot read a message to dead-letter");
+                self.retry_dead_letter(seq);
+                return;
+            }
+        };
+        let Ok(original) = v1::Message::decode(entry.message.clone()) else {
+            tracing::error!(consumer = %self.name, seq, "stored message undecodable; settling it");
+            self.settle(seq);
+            self.advance_floor();
+            return;
+        };
+        let count = self.pending.get(&seq).map_or(0, |p| p.count);
+        let mut headers = original.headers;
+        headers.insert("rtc-dlq-reason".into(), "max_deliver".into());
+        headers.insert("rtc-dlq-topic".into(), self.topic.clone());
+        headers.insert("rtc-dlq-consumer".into(), self.name.clone());
+        headers.insert("rtc-dlq-seq".into(), seq.to_string());
+        headers.insert("rtc-dlq-deliveries".into(), count.to_string());
+        headers.insert("rtc-dlq-msg-id".into(), original.msg_id);
+        let dlq = dead_letter_topic(&self.topic, &self.name);
+        match self
+            .log
+            .append_internal(dlq, original.payload, headers)
+            .await
+        {
+            Ok(_) => {
+                self.dead_lettered += 1;
+                self.settle(seq);
+                self.advance_floor();
+            }
+            Err((_, msg)) => {
+                tracing::error!(consumer = %self.name, seq, error = %msg, "dead-letter write failed; will retry");
+                self.retry_dead_letter(seq);
+            }
+        }
+    }
+
+    fn retry_dead_letter(&mut self, seq: u64) {
+        if let Some(p) = self.pending.get_mut(&seq) {
+            p.timer = Some(
+                self.timers
+                    .insert((seq, Timer::DeadLetter), DEAD_LETTER_RETRY),
+            );
+        }
+    }
+
+    /// The member whose turn it is among those with room.
+    fn pick_member(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        let ids: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.has_room(now))
+            .map(|(id, _)| *id)
+            .collect();
+        let id = *ids
+            .iter()
+            .find(|&&id| id > self.turn)
+            .or_else(|| ids.first())?;
+        self.turn = id;
+        Some(id)
+    }
+
+    fn room(&self) -> usize {
+        let now = Instant::now();
+        self.members
+            .values()
+            .filter(|m| m.has_room(now))
+            .map(|m| m.max_in_flight - m.in_flight)
+            .sum()
+    }
+
+    /// Gives members what they have room for: redeliveries first, then new messages.
+    async fn pump(&mut self) -> Result<(), StoreError> {
+        if !self.started {
+            return Ok(());
+        }
+        loop {
+            let now = Instant::now();
+            if !self.members.values().any(|m| m.has_room(now)) {
+                return Ok(());
+            }
+            if let Some(seq) = self.ready.pop_first() {
+                match self.read_one(seq).await? {
+                    Some(e) => self.deliver(e),
+                    None => {
+                        self.settle(seq);
+                        self.advance_floor();
+                    }
+                }
+                continue;
+            }
+            let last = *self.last_seq.borrow_and_update();
+            if self.next > last {
+                return Ok(());
+            }
+            let want = self.room().min(READ_BATCH);
+            let entries = self.read(self.next, want).await?;
+            if entries.is_empty() {
+                // Everything from `next` on was removed by retention.
+                self.next = last + 1;
+                self.advance_floor();
+                self.dirty = true;
+                return Ok(());
+            }
+            for e in entries {
+                self.next = e.seq + 1;
+                self.pending.insert(
+                    e.seq,
+                    Pending {
+                        count: 0,
+                        member: None,
+                        timer: None,
+                    },
+                );
+                self.deliver(e);
+            }
+            self.advance_floor();
+            self.dirty = true;
+        }
+    }
+
+    /// Delivers a pending message to the next member with room, or leaves it ready.
+    fn deliver(&mut self, e: LogEntry) {
+        let Some(id) = self.pick_member() else {
+            self.ready.insert(e.seq);
+            return;
+        };
+        let Some(p) = self.pending.get_mut(&e.seq) else {
+            return;
+        };
+        let count = p.count + 1;
+        let message = if count == 1 {
+            e.message
+        } else {
+            with_delivery_count(&e.message, count)
+        };
+        let m = self.members.get_mut(&id).expect("picked member exists");
+        if !m.outbox.try_push_deliver(m.sub_id, message) {
+            m.blocked_until = Some(Instant::now() + FULL_BACKOFF);
+            self.ready.insert(e.seq);
+            return;
+        }
+        p.count = count;
+        if count > 1 {
+            self.redelivered += 1;
+        }
+        self.dirty = true;
+        if !m.explicit_ack {
+            self.settle(e.seq);
+            return;
+        }
+        m.in_flight += 1;
+        p.member = Some(id);
+        p.timer = Some(self.timers.insert((e.seq, Timer::Deadline), m.ack_wait));
+    }
+
+    async fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let storage = self.log.storage.clone();
+        let id = self.id;
+        tokio::task::spawn_blocking(move || storage.read(id, from, max.max(1), 4 * 1024 * 1024))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Engine(format!("read task failed: {e}"))))
+    }
+
+    async fn read_one(&self, seq: u64) -> Result<Option<LogEntry>, StoreError> {
+        Ok(self.read(seq, 1).await?.into_iter().find(|e| e.seq == seq))
+    }
+
+    fn info(&self) -> v1::ConsumerInfo {
+        v1::ConsumerInfo {
+            req_id: 0,
+            topic: self.topic.clone(),
+            name: self.name.clone(),
+            ack_floor: self.floor,
+            next_seq: self.next,
+            pending: self.pending.len() as u64,
+            redelivered: self.redelivered,
+            dead_lettered: self.dead_lettered,
+            members: self.members.len() as u32,
+            dead_letter_topic: dead_letter_topic(&self.topic, &self.name),
+        }
+    }
+
+    /// Queues the state for the storage thread if it changed.
+    fn save(&mut self) {
+        self.save_with(None);
+    }
+
+    /// Saves the state and waits until it is stored.
+    async fn save_and_wait(&mut self) {
+        self.dirty = true;
+        let (done, stored) = tokio::sync::oneshot::channel();
+        self.save_with(Some(done));
+        let _ = stored.await;
+    }
+
+    fn save_with(&mut self, stored: Option<tokio::sync::oneshot::Sender<()>>) {
+        if !self.dirty || !self.started {
+            return;
+        }
+        self.dirty = false;
+        let record = ConsumerRecord {
+            ack_floor: self.floor,
+            next_seq: self.next,
+            redelivered: self.redelivered,
+            dead_lettered: self.dead_lettered,
+            pending: self
+                .pending
+                .iter()
+                .map(|(seq, p)| (*seq, p.count))
+                .collect(),
+        };
+        let _ = self.log.send(Request::SaveConsumer {
+            id: self.id,
+            name: self.name.clone(),
+            record,
+            stored,
+        });
+    }
+}
+
+/// The stored message re-encoded with another delivery count (redeliveries only).
+fn with_delivery_count(message: &Bytes, count: u32) -> Bytes {
+    match v1::Message::decode(message.clone()) {
+        Ok(mut m) => {
+            m.delivery_count = count;
+            rtc_proto::codec::encode_message(&m)
+        }
+        Err(_) => message.clone(),
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,248 @@
+//! Durable consumers: named cursors on a durable topic, kept by the broker, with
+//! acknowledgements, redelivery and dead letters.
+//!
+//! Each consumer (topic + name) is one task, its actor ([`actor`]), which owns all of its
+//! state; everything else talks to it through a channel ([`MemberRef`]). Connections
+//! that subscribe with the same consumer name are its *members*: the actor hands each
+//! message to one member at a time (round robin among members with room), so they share
+//! the work. It reads the topic's log itself, from its cursor, only as far as its
+//! members have room (`max_in_flight`), so a slow consumer never makes the broker buffer
+//! a backlog. Its state — ack floor, next seq, the delivered-but-unacknowledged seqs with
+//! their delivery counts — is saved through the storage thread after every change and
+//! reloaded on start. [`Consumers`] is the registry of actors.
+
+mod actor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtc_proto::v1::{self, start_position::Position};
+use rtc_proto::{ErrorCode, Frame};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::outbound::Outbox;
+use crate::store::writer::{LogHandle, Refusal};
+use crate::store::{ConsumerRecord, TopicId};
+
+/// Redelivery delay when a subscription does not set `ack_wait`.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// In-flight cap when a subscription does not set `max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1000;
+/// Delivery attempts before dead-lettering when a subscription does not set `max_deliver`.
+pub const DEFAULT_MAX_DELIVER: u32 = 10;
+/// Commands queued per consumer before senders wait.
+const COMMAND_QUEUE: usize = 1024;
+
+/// A connection joining a consumer.
+#[derive(Debug)]
+pub struct JoinSpec {
+    /// The member's connection.
+    pub conn_id: u64,
+    /// Its subscription id (carried in every Deliver).
+    pub sub_id: u64,
+    /// Its outbound queue.
+    pub outbox: Arc<Outbox>,
+    /// Pushed into the outbox before any delivery (the SubAck).
+    pub first_frame: Frame,
+    /// Acks required (`false`: a delivery settles the message).
+    pub explicit_ack: bool,
+    /// Redelivery delay for its unacknowledged messages.
+    pub ack_wait: Duration,
+    /// Most unacknowledged deliveries to it at once.
+    pub max_in_flight: usize,
+    /// Delivery attempts before a message is dead-lettered.
+    pub max_deliver: u32,
+    /// Where a consumer that does not exist yet starts (default: first).
+    pub start: Option<Position>,
+}
+
+/// What an actor is asked to do.
+#[derive(Debug)]
+enum Command {
+    Join(Box<JoinSpec>, oneshot::Sender<Result<u64, Refusal>>),
+    Leave(u64),
+    /// With a sender: answer once the new state is stored.
+    Ack(Vec<u64>, Option<oneshot::Sender<()>>),
+    Nack(Vec<u64>, Duration, oneshot::Sender<()>),
+    InProgress(u64, Vec<u64>, oneshot::Sender<()>),
+    Info(oneshot::Sender<v1::ConsumerInfo>),
+}
+
+/// One member's handle on its consumer: what its session uses to ack and to leave.
+#[derive(Debug, Clone)]
+pub struct MemberRef {
+    tx: mpsc::Sender<Command>,
+    member: u64,
+}
+
+impl MemberRef {
+    /// Settles `seqs` (from whichever member holds them: a late ack still counts).
+    /// With `confirm`, returns once the consumer's new state is stored; otherwise once
+    /// the request is queued.
+    pub async fn ack(&self, seqs: Vec<u64>, confirm: bool) {
+        if confirm {
+            self.ask(|done| Command::Ack(seqs, Some(done))).await
+        } else {
+            let _ = self.tx.send(Command::Ack(seqs, None)).await;
+        }
+    }
+
+    /// Gives `seqs` back for redelivery after `delay`.
+    pub async fn nack(&self, seqs: Vec<u64>, delay: Duration) {
+        self.ask(|done| Command::Nack(seqs, delay, done)).await
+    }
+
+    /// Restarts the ack_wait of `seqs`.
+    pub async fn in_progress(&self, seqs: Vec<u64>) {
+        self.ask(|done| Command::InProgress(self.member, seqs, done))
+            .await
+    }
+
+    /// Leaves the consumer; its unacknowledged messages go to the other members.
+    pub async fn leave(&self) {
+        let _ = self.tx.send(Command::Leave(self.member)).await;
+    }
+
+    async fn ask(&self, cmd: impl FnOnce(oneshot::Sender<()>) -> Command) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(cmd(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The registry of durable consumers, keyed by (topic, name).
+#[derive(Debug)]
+pub struct Consumers {
+    actors: Mutex<HashMap<(String, String), mpsc::Sender<Command>>>,
+    log: Arc<LogHandle>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Consumers {
+    /// A registry whose actors run on `tracker` until `cancel`, with the consumers found
+    /// in the store already started (without members).
+    pub fn new(
+        log: Arc<LogHandle>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        stored: Vec<(TopicId, String, ConsumerRecord)>,
+    ) -> Self {
+        let consumers = Consumers {
+            actors: Mutex::new(HashMap::new()),
+            log,
+            tracker,
+            cancel,
+        };
+        let names: HashMap<TopicId, String> = consumers
+            .log
+            .view
+            .list()
+            .into_iter()
+            .filter(|(_, t)| t.id != 0)
+            .map(|(name, t)| (t.id, name))
+            .collect();
+        for (id, name, record) in stored {
+            match names.get(&id) {
+                Some(topic) => {
+                    consumers.spawn(topic, &name, id, Some(record));
+                }
+                None => {
+                    tracing::warn!(topic_id = id, consumer = %name, "consumer of an unknown topic ignored")
+                }
+            }
+        }
+        consumers
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), mpsc::Sender<Command>>> {
+        self.actors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn(
+        &self,
+        topic: &str,
+        name: &str,
+        id: TopicId,
+        record: Option<ConsumerRecord>,
+    ) -> mpsc::Sender<Command> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let actor = actor::Actor::new(topic, name, id, record, self.log.clone());
+        self.tracker.spawn(actor.run(rx, self.cancel.clone()));
+        self.lock()
+            .insert((topic.to_string(), name.to_string()), tx.clone());
+        tx
+    }
+
+    /// Adds a member to consumer `name` on `topic`, creating the consumer (and the topic)
+    /// if needed.
+    pub async fn join(
+        &self,
+        topic: &str,
+        name: &str,
+        spec: JoinSpec,
+    ) -> Result<MemberRef, Refusal> {
+        let view = self.log.ensure_topic(topic.to_string()).await?;
+        if view.id == 0 {
+            return Err((
+                ErrorCode::Conflict,
+                format!("topic {topic:?} is ephemeral; durable consumers need a durable topic"),
+            ));
+        }
+        let key = (topic.to_string(), name.to_string());
+        let existing = self.lock().get(&key).cloned();
+        let tx = match existing {
+            Some(tx) if !tx.is_closed() => tx,
+            _ => self.spawn(topic, name, view.id, None),
+        };
+        let (reply, rx) = oneshot::channel();
+        let stopped = || {
+            (
+                ErrorCode::ShuttingDown,
+                "the consumer has stopped".to_string(),
+            )
+        };
+        tx.send(Command::Join(Box::new(spec), reply))
+            .await
+            .map_err(|_| stopped())?;
+        let member = rx.await.map_err(|_| stopped())??;
+        Ok(MemberRef { tx, member })
+    }
+
+    /// Describes consumer `name` on `topic`, if it exists.
+    pub async fn info(&self, topic: &str, name: &str) -> Option<v1::ConsumerInfo> {
+        let tx = self
+            .lock()
+            .get(&(topic.to_string(), name.to_string()))
+            .cloned()?;
+        ask_info(tx).await
+    }
+
+    /// Describes every consumer of `topic`, sorted by name.
+    pub async fn list(&self, topic: &str) -> Vec<v1::ConsumerInfo> {
+        let mut txs: Vec<(String, mpsc::Sender<Command>)> = self
+            .lock()
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .map(|((_, n), tx)| (n.clone(), tx.clone()))
+            .collect();
+        txs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        for (_, tx) in txs {
+            if let Some(info) = ask_info(tx).await {
+                out.push(info);
+            }
+        }
+        out
+    }
+}
+
+async fn ask_info(tx: mpsc::Sender<Command>) -> Option<v1::ConsumerInfo> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Command::Info(reply)).await.ok()?;
+    rx.await.ok()
+}
