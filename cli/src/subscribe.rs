@@ -10,7 +10,9 @@
 //! use, from `--from`, default `first`). With `--ack` each message is acknowledged after
 //! it is printed, and the broker's confirmation is awaited, so when the command exits the
 //! messages it printed will not be delivered to NAME again; with `--count N` it asks for
-//! no more than N messages in flight. Without `--ack`, delivery itself settles each
+//! no more than N messages in flight. Messages the broker delivered but the command did
+//! not print (the window refills as it acks) go back to the consumer when it exits and
+//! are redelivered to the next member. Without `--ack`, delivery itself settles each
 //! message.
 
 use clap::Args;

@@ -138,3 +138,40 @@ async fn acknowledged_publishes_survive_sigkill() {
         broker.kill();
     }
 }
+
+/// A durable consumer's confirmed acks survive SIGKILL; unacknowledged messages come
+/// back after the restart with their delivery count raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_state_survives_sigkill() {
+    let bin = workspace_bin("rtc-broker");
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&bin, &data, &[]);
+    let client = Client::connect(&broker.url()).await.unwrap();
+    for i in 1..=10 {
+        client.publish("cs.t", format!("{i}")).await.unwrap();
+    }
+    let opts = SubscribeOptions {
+        consumer: Some(rtc_client::ConsumerOptions::new("c")),
+        ..Default::default()
+    };
+    let mut sub = client.subscribe_with("cs.t", opts.clone()).await.unwrap();
+    let got = take(&mut sub, 10).await;
+    for m in &got[..6] {
+        sub.ack(m).await.unwrap();
+    }
+    broker.kill();
+
+    let broker = BrokerProcess::start(&bin, &data, &[]);
+    let client = Client::connect(&broker.url()).await.unwrap();
+    let info = client.consumer_info("cs.t", "c").await.unwrap();
+    assert_eq!((info.ack_floor, info.pending, info.next_seq), (6, 4, 11));
+    let mut sub = client.subscribe_with("cs.t", opts).await.unwrap();
+    let again: Vec<(u64, u32)> = take(&mut sub, 4)
+        .await
+        .iter()
+        .map(|m| (m.seq, m.delivery_count))
+        .collect();
+    assert_eq!(again, vec![(7, 2), (8, 2), (9, 2), (10, 2)]);
+    broker.kill();
+}
