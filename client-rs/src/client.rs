@@ -1,8 +1,11 @@
-//! [`Client`]: the public API over one connection — publish, subscribe, close.
+//! [`Client`]: the public API — publish, subscribe, close — over a connection the
+//! supervisor keeps alive.
 //!
 //! Every request gets a fresh `req_id`, is registered in the shared pending map, handed to
-//! the writer task, and completed by the reader task when the broker's answer (or `Error`)
-//! with that `req_id` arrives — so each broker error reaches the call that caused it.
+//! the connection's writer, and completed by the reader task when the broker's answer (or
+//! `Error`) with that `req_id` arrives — so each broker error reaches the call that caused
+//! it. A publish that wants an acknowledgement is also kept in the outbox until it gets
+//! one, and resent after a reconnect.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,14 +14,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::Frame;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::connection::{self, Outgoing, Shared};
+use crate::connection::{self, Outgoing};
 use crate::error::Error;
 use crate::message::{PubAck, PublishMessage};
 use crate::options::{IdGen, SubscribeOptions};
+use crate::outbox::Outbox;
+use crate::state::{ConnectionState, Shared, SubEntry};
 use crate::subscription::Subscription;
+use crate::supervisor::{self, Dial, ReconnectPolicy};
 
 /// Settings for [`Client::connect_with`]. `Default` gives the values listed per field.
 #[derive(Debug, Clone)]
@@ -36,6 +42,17 @@ pub struct ConnectOptions {
     pub subscription_capacity: usize,
     /// Frames queued for the writer before `publish` waits. Default: 1024.
     pub write_queue: usize,
+    /// Reconnect after a lost connection; `None` closes the client instead. Default:
+    /// [`ReconnectPolicy::default`]. (The first connection is not retried: `connect`
+    /// reports its failure.)
+    pub reconnect: Option<ReconnectPolicy>,
+    /// Acknowledged publishes that may wait for their acknowledgement at once; beyond it
+    /// a publish fails with [`Error::OutboxFull`]. Default: 65 536.
+    pub outbox_capacity: usize,
+    /// Keep the outbox in this file too, so that publishes a crashed or restarted
+    /// process had not had acknowledged are resent by the next client opened on the
+    /// same file. Default: none (memory only). One client per file.
+    pub outbox_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ConnectOptions {
@@ -47,6 +64,9 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(30),
             subscription_capacity: 4096,
             write_queue: 1024,
+            reconnect: Some(ReconnectPolicy::default()),
+            outbox_capacity: 65_536,
+            outbox_file: None,
         }
     }
 }
@@ -80,7 +100,7 @@ pub(crate) struct Inner {
     server_version: String,
     connection_id: u64,
     ids: IdGen,
-    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -119,10 +139,34 @@ impl Inner {
     /// Sends a request built around a fresh req_id and waits for its answer.
     pub(crate) async fn request(&self, build: impl FnOnce(u64) -> Frame) -> Result<Op, Error> {
         let req_id = self.next_id();
-        let frame = build(req_id);
+        self.send_request(req_id, build(req_id), None).await
+    }
+
+    /// Publishes and waits for the acknowledgement; the publish stays in the outbox
+    /// (and is resent after a reconnect) until it has one, even if this call times out.
+    async fn publish(&self, message: PublishMessage) -> Result<Op, Error> {
+        let req_id = self.next_id();
+        let publish = message.into_publish(req_id);
+        let frame = Frame::from_op(Op::Publish(publish.clone()));
+        self.send_request(req_id, frame, Some(publish)).await
+    }
+
+    async fn send_request(
+        &self,
+        req_id: u64,
+        frame: Frame,
+        publish: Option<v1::Publish>,
+    ) -> Result<Op, Error> {
         self.check_size(&frame)?;
         let (tx, rx) = oneshot::channel();
         self.shared.register(req_id, tx)?;
+        if let Some(p) = publish {
+            let added = crate::state::lock(&self.shared.outbox).add(req_id, p);
+            if let Err(e) = added {
+                self.shared.unregister(req_id);
+                return Err(e);
+            }
+        }
         if self.tx.send(Outgoing::Frame(frame)).await.is_err() {
             self.shared.unregister(req_id);
             return Err(self.closed_error());
@@ -147,6 +191,10 @@ impl Client {
     /// Connects with explicit [`ConnectOptions`].
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, Error> {
         let addr = connection::parse_url(url)?;
+        let (mut outbox, left) = match &options.outbox_file {
+            Some(path) => Outbox::open(path, options.outbox_capacity)?,
+            None => (Outbox::new(options.outbox_capacity), Vec::new()),
+        };
         let session = connection::handshake(
             &addr,
             &options.client_name,
@@ -154,35 +202,44 @@ impl Client {
             options.connect_timeout,
         )
         .await?;
-        let welcome = session.welcome;
-        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
-        let max_frame_size = welcome.max_frame_size as usize;
-        let shared = Arc::new(Shared::default());
+        let welcome = session.welcome.clone();
+        // Publishes a previous run left unacknowledged get this client's req_ids; the
+        // first connection resends them (nobody waits for their answers).
+        let next_id = AtomicU64::new(1);
+        for p in left {
+            outbox.restore(next_id.fetch_add(1, Ordering::Relaxed), p);
+        }
+        let shared = Arc::new(Shared::new(outbox));
+        shared.state.send_replace(ConnectionState::Connected);
         let (tx, rx) = mpsc::channel(options.write_queue.max(1));
-        let writer = tokio::spawn(connection::write_loop(
+        let dial = Dial {
+            addr,
+            client_name: options.client_name,
+            token: options.token,
+            connect_timeout: options.connect_timeout,
+            reconnect: options.reconnect,
+        };
+        // Computed now, before the application can queue anything: what the first
+        // connection must resend is exactly what a previous run left.
+        let restore = shared.restore_frames();
+        let supervisor = tokio::spawn(supervisor::supervise(
             shared.clone(),
             rx,
-            session.writer,
-            heartbeat,
-            max_frame_size,
-        ));
-        let reader = tokio::spawn(connection::read_loop(
-            shared.clone(),
-            session.reader,
-            heartbeat,
+            (session, restore),
+            dial,
         ));
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
                 tx,
-                next_id: AtomicU64::new(1),
-                max_frame_size,
+                next_id,
+                max_frame_size: welcome.max_frame_size as usize,
                 request_timeout: options.request_timeout,
                 subscription_capacity: options.subscription_capacity.max(1),
                 server_version: welcome.server_version,
                 connection_id: welcome.connection_id,
                 ids: IdGen::new(),
-                tasks: Mutex::new(Some((writer, reader))),
+                supervisor: Mutex::new(Some(supervisor)),
             }),
         })
     }
@@ -197,11 +254,8 @@ impl Client {
     /// Publishes a message with headers and/or message ID and waits for the
     /// acknowledgement.
     pub async fn publish_message(&self, message: PublishMessage) -> Result<PubAck, Error> {
-        match self
-            .inner
-            .request(|req_id| message.into_frame(req_id))
-            .await?
-        {
+        let message = self.with_id(message);
+        match self.inner.publish(message).await? {
             Op::PubAck(a) => Ok(PubAck {
                 seq: a.seq,
                 duplicate: a.duplicate,
@@ -244,36 +298,40 @@ impl Client {
         let sub_id = self.inner.next_id();
         let consumer = options.consumer.as_ref();
         let (tx, rx) = mpsc::channel(self.inner.subscription_capacity);
-        self.inner.shared.add_sub(sub_id, tx)?;
+        let request = v1::Subscribe {
+            req_id: 0,
+            sub_id,
+            pattern: pattern.to_string(),
+            start: options.start.to_wire(),
+            consumer: consumer.map_or_else(String::new, |c| c.name.clone()),
+            ack_mode: match consumer {
+                Some(c) if !c.explicit_ack => v1::AckMode::None,
+                Some(_) => v1::AckMode::Explicit,
+                None => v1::AckMode::Unspecified,
+            } as i32,
+            ack_wait_ms: consumer
+                .and_then(|c| c.ack_wait)
+                .map_or(0, |d| d.as_millis() as u64),
+            max_in_flight: consumer.and_then(|c| c.max_in_flight).unwrap_or(0),
+            max_deliver: consumer.and_then(|c| c.max_deliver).unwrap_or(0),
+        };
+        self.inner
+            .shared
+            .add_sub(sub_id, SubEntry::new(tx, request.clone()))?;
         let reply = self
             .inner
-            .request(|req_id| {
-                Frame::from_op(Op::Subscribe(v1::Subscribe {
-                    req_id,
-                    sub_id,
-                    pattern: pattern.to_string(),
-                    start: options.start.to_wire(),
-                    consumer: consumer.map_or_else(String::new, |c| c.name.clone()),
-                    ack_mode: match consumer {
-                        Some(c) if !c.explicit_ack => v1::AckMode::None,
-                        Some(_) => v1::AckMode::Explicit,
-                        None => v1::AckMode::Unspecified,
-                    } as i32,
-                    ack_wait_ms: consumer
-                        .and_then(|c| c.ack_wait)
-                        .map_or(0, |d| d.as_millis() as u64),
-                    max_in_flight: consumer.and_then(|c| c.max_in_flight).unwrap_or(0),
-                    max_deliver: consumer.and_then(|c| c.max_deliver).unwrap_or(0),
-                }))
-            })
+            .request(|req_id| Frame::from_op(Op::Subscribe(v1::Subscribe { req_id, ..request })))
             .await;
         match reply {
-            Ok(Op::SubAck(_)) => Ok(Subscription::new(
-                self.inner.clone(),
-                sub_id,
-                pattern.to_string(),
-                rx,
-            )),
+            Ok(Op::SubAck(_)) => {
+                self.inner.shared.activate_sub(sub_id);
+                Ok(Subscription::new(
+                    self.inner.clone(),
+                    sub_id,
+                    pattern.to_string(),
+                    rx,
+                ))
+            }
             Ok(other) => {
                 self.inner.shared.remove_sub(sub_id);
                 Err(unexpected("SubAck", other))
@@ -305,25 +363,34 @@ impl Client {
         self.inner.connection_id
     }
 
+    /// The connection's state now; `changed().await` on the receiver waits for the next
+    /// change (connecting, connected, reconnecting, closed).
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.shared.state.subscribe()
+    }
+
+    /// Acknowledged publishes still waiting for their acknowledgement (in the outbox).
+    pub fn outbox_len(&self) -> usize {
+        crate::state::lock(&self.inner.shared.outbox).len()
+    }
+
     /// Sends what is queued, closes the connection and waits (at most a few seconds)
-    /// for both connection tasks to finish. Subscriptions end. Other clones of this
-    /// client see the connection as closed.
+    /// for it to finish. Subscriptions end; waiting requests fail. Publishes still in a
+    /// journal file (`ConnectOptions::outbox_file`) stay there for the next client. Other
+    /// clones of this client see it closed.
     pub async fn close(&self) {
-        let tasks = self
+        let supervisor = self
             .inner
-            .tasks
+            .supervisor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let Some((writer, reader)) = tasks else {
-            return;
-        };
-        let _ = self.inner.tx.send(Outgoing::Close).await;
+        let Some(supervisor) = supervisor else { return };
+        self.inner.shared.closing.cancel();
         let grace = Duration::from_secs(5);
-        let _ = tokio::time::timeout(grace, writer).await;
-        // The broker answers our close by closing too; the reader then sees the end.
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(grace, reader).await.is_err() {
+        let _ = tokio::time::timeout(grace, self.inner.tx.send(Outgoing::Close)).await;
+        let abort = supervisor.abort_handle();
+        if tokio::time::timeout(grace, supervisor).await.is_err() {
             abort.abort();
         }
         self.inner

@@ -1,18 +1,18 @@
-//! One live connection to the broker: URL parsing, the handshake, and the two tasks that
-//! own the socket.
+//! One live connection to the broker: URL parsing, the handshake, and the writer loop and
+//! reader task that own the socket. The supervisor ([`crate::supervisor`]) runs one of
+//! these per connection and reconnects when one ends.
 //!
-//! The **writer task** receives frames from a bounded channel, encodes every frame that is
-//! waiting into one buffer, writes it and flushes once; it also sends a `Ping` every
-//! heartbeat interval the broker announced. The **reader task** decodes frames and routes
-//! them: `PubAck`/`SubAck`/`UnsubAck`/`Error` with a `req_id` complete the waiting request
-//! in [`Shared::pending`]; `Deliver` goes to the subscription's channel in
-//! [`Shared::subs`]; a `SLOW_CONSUMER` notice is counted. When either task ends, the
-//! connection is marked closed with a reason: every waiting request fails with
-//! [`Error::Closed`] and every subscription stream ends.
+//! The **writer** (in [`run`]) first sends what restores the client's state on this
+//! connection (subscriptions, unacknowledged publishes), then receives frames from the
+//! client's channel, encodes every frame that is waiting into one buffer and writes it
+//! once; it also sends a `Ping` every heartbeat interval the broker announced. The
+//! **reader task** decodes frames and routes them through [`Shared`]: answers with a
+//! `req_id` complete the waiting request; `Deliver` goes to the subscription's channel
+//! (repeats after a resume are dropped); a `SLOW_CONSUMER` notice is counted. When either
+//! side ends, [`run`] returns why.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -23,11 +23,12 @@ use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use crate::error::Error;
 use crate::message::Message;
+use crate::state::Shared;
 
 /// The writer hands its buffer to the socket once it holds this much.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -38,94 +39,6 @@ pub(crate) enum Outgoing {
     Frame(Frame),
     /// Flush what is queued, close the write side, stop.
     Close,
-}
-
-/// Where a broker answer is routed.
-pub(crate) type Reply = Result<Op, Error>;
-
-/// State the client API and the two tasks share.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    /// Requests waiting for their answer, by req_id.
-    pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    /// Active subscriptions' message channels, by sub_id.
-    pub(crate) subs: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
-    /// Why the connection closed, once it has.
-    closed: Mutex<Option<String>>,
-    /// The last connection-level error the broker sent (e.g. HEARTBEAT_TIMEOUT), used as
-    /// the close reason when the broker then hangs up.
-    last_error: Mutex<Option<String>>,
-    /// Messages the broker reported dropping for this connection (SLOW_CONSUMER).
-    pub(crate) dropped: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    /// `Some(reason)` once the connection is closed.
-    pub(crate) fn closed_reason(&self) -> Option<String> {
-        lock(&self.closed).clone()
-    }
-
-    /// Marks the connection closed (first reason wins), fails every waiting request and
-    /// ends every subscription stream.
-    pub(crate) fn close(&self, reason: String) {
-        {
-            let mut closed = lock(&self.closed);
-            if closed.is_some() {
-                return;
-            }
-            let reason = match lock(&self.last_error).take() {
-                Some(broker) => format!("{reason} ({broker})"),
-                None => reason,
-            };
-            tracing::debug!(%reason, "connection closed");
-            *closed = Some(reason);
-        }
-        let reason = self.closed_reason().unwrap_or_default();
-        for (_, tx) in lock(&self.pending).drain() {
-            let _ = tx.send(Err(Error::Closed(reason.clone())));
-        }
-        lock(&self.subs).clear();
-    }
-
-    /// Registers a waiting request; fails at once if the connection is already closed.
-    pub(crate) fn register(&self, req_id: u64, tx: oneshot::Sender<Reply>) -> Result<(), Error> {
-        lock(&self.pending).insert(req_id, tx);
-        // `close` sets the reason before draining `pending`, so checking after inserting
-        // means a request is either drained by `close` or sees the reason here.
-        if let Some(reason) = self.closed_reason() {
-            lock(&self.pending).remove(&req_id);
-            return Err(Error::Closed(reason));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn unregister(&self, req_id: u64) {
-        lock(&self.pending).remove(&req_id);
-    }
-
-    /// Registers a subscription's channel; fails if the connection is already closed.
-    pub(crate) fn add_sub(&self, sub_id: u64, tx: mpsc::Sender<Message>) -> Result<(), Error> {
-        lock(&self.subs).insert(sub_id, tx);
-        if let Some(reason) = self.closed_reason() {
-            lock(&self.subs).remove(&sub_id);
-            return Err(Error::Closed(reason));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn remove_sub(&self, sub_id: u64) {
-        lock(&self.subs).remove(&sub_id);
-    }
-
-    fn complete(&self, req_id: u64, reply: Reply) {
-        if let Some(tx) = lock(&self.pending).remove(&req_id) {
-            let _ = tx.send(reply);
-        }
-    }
 }
 
 /// Splits `tcp://host:port` (or plain `host:port`) into the address to dial.
@@ -225,39 +138,71 @@ pub(crate) async fn handshake(
     }
 }
 
-/// Drains `rx` into the socket, batching, and pings every `heartbeat`.
-pub(crate) async fn write_loop(
-    shared: std::sync::Arc<Shared>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    mut writer: OwnedWriteHalf,
-    heartbeat: Duration,
-    max_frame_size: usize,
-) {
+/// How a connection ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The application closed the client (or dropped every handle).
+    Closed,
+    /// The link failed; the string says why.
+    Lost(String),
+}
+
+/// Runs one connection: writes `restore` first, then drains `rx` into the socket
+/// (batching, one write per batch) with a `Ping` every heartbeat, while a reader task
+/// routes what arrives. Returns when either side ends.
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    session: Session,
+    restore: Vec<Frame>,
+) -> Ended {
+    let heartbeat =
+        Duration::from_millis(u64::from(session.welcome.heartbeat_interval_ms.max(100)));
+    let max_frame_size = session.welcome.max_frame_size as usize;
+    let mut reader = tokio::spawn(read_loop(shared.clone(), session.reader, heartbeat));
+    let mut writer = session.writer;
+    let mut buf = BytesMut::new();
+    for frame in &restore {
+        encode(frame, max_frame_size, &mut buf);
+    }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = BytesMut::new();
     let mut nonce = 0u64;
-    let reason = loop {
+    loop {
+        if !buf.is_empty() {
+            if let Err(e) = writer.write_all(&buf).await {
+                reader.abort();
+                return Ended::Lost(shared.reason(format!("write failed: {e}")));
+            }
+            buf.clear();
+        }
         let first = tokio::select! {
             biased;
+            reason = &mut reader => {
+                return Ended::Lost(reason.unwrap_or_else(|e| format!("reader stopped: {e}")));
+            }
             cmd = rx.recv() => cmd,
             _ = ping.tick() => {
                 nonce += 1;
                 Some(Outgoing::Frame(Frame::from_op(Op::Ping(v1::Ping { nonce }))))
             }
         };
-        let mut closing = false;
         let mut next = first;
         loop {
             match next {
-                Some(Outgoing::Frame(frame)) => {
-                    if let Err(e) = encode_frame(&frame, max_frame_size, &mut buf) {
-                        tracing::error!(error = %e, "dropping an unencodable frame");
-                    }
-                }
+                Some(Outgoing::Frame(frame)) => encode(&frame, max_frame_size, &mut buf),
                 Some(Outgoing::Close) | None => {
-                    closing = true;
-                    break;
+                    let _ = writer.write_all(&buf).await;
+                    let _ = writer.shutdown().await;
+                    // The broker answers our close by closing too; the reader then ends.
+                    let abort = reader.abort_handle();
+                    if tokio::time::timeout(Duration::from_secs(5), reader)
+                        .await
+                        .is_err()
+                    {
+                        abort.abort();
+                    }
+                    return Ended::Closed;
                 }
             }
             if buf.len() >= WRITE_CHUNK {
@@ -269,26 +214,21 @@ pub(crate) async fn write_loop(
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
         }
-        if !buf.is_empty() {
-            if let Err(e) = writer.write_all(&buf).await {
-                break format!("write failed: {e}");
-            }
-            buf.clear();
-        }
-        if closing {
-            let _ = writer.shutdown().await;
-            return;
-        }
-    };
-    shared.close(reason);
+    }
 }
 
-/// Reads frames and routes them until the connection ends.
-pub(crate) async fn read_loop(
-    shared: std::sync::Arc<Shared>,
+fn encode(frame: &Frame, max_frame_size: usize, buf: &mut BytesMut) {
+    if let Err(e) = encode_frame(frame, max_frame_size, buf) {
+        tracing::error!(error = %e, "dropping an unencodable frame");
+    }
+}
+
+/// Reads frames and routes them until the connection ends; returns why it ended.
+async fn read_loop(
+    shared: Arc<Shared>,
     mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
     heartbeat: Duration,
-) {
+) -> String {
     let silence = heartbeat * 3;
     let reason = loop {
         let frame = match tokio::time::timeout(silence, reader.next()).await {
@@ -300,11 +240,11 @@ pub(crate) async fn read_loop(
         match frame.op {
             Some(Op::Deliver(d)) => {
                 let Some(message) = d.message else { continue };
-                let tx = lock(&shared.subs).get(&d.sub_id).cloned();
-                if let Some(tx) = tx {
+                let message = Message::from(message);
+                if let Some(tx) = shared.route(d.sub_id, &message) {
                     // Waits when the application is not reading this subscription: the
                     // backpressure reaches the broker, which then drops and reports.
-                    if tx.send(Message::from(message)).await.is_err() {
+                    if tx.send(message).await.is_err() {
                         shared.remove_sub(d.sub_id);
                     }
                 }
@@ -328,7 +268,7 @@ pub(crate) async fn read_loop(
             }
         }
     };
-    shared.close(reason);
+    shared.reason(reason)
 }
 
 fn on_connection_error(shared: &Shared, e: &v1::Error) {
@@ -342,7 +282,7 @@ fn on_connection_error(shared: &Shared, e: &v1::Error) {
         return;
     }
     tracing::warn!(code = code.name(), message = %e.message, sub_id = e.sub_id, "broker error");
-    *lock(&shared.last_error) = Some(format!("{}: {}", code.name(), e.message));
+    shared.set_last_error(format!("{}: {}", code.name(), e.message));
 }
 
 #[cfg(test)]

@@ -39,6 +39,13 @@ pub enum Error {
     /// The broker did not answer within the request timeout.
     #[error("no answer from the broker within {0:?}")]
     Timeout(std::time::Duration),
+    /// The outbox holds its maximum of unacknowledged publishes; wait for some
+    /// acknowledgements (or raise `ConnectOptions::outbox_capacity`).
+    #[error("the outbox is full ({0} publishes waiting for acknowledgement)")]
+    OutboxFull(usize),
+    /// The outbox journal file could not be read or written.
+    #[error("outbox journal {0}")]
+    Outbox(String),
     /// The request is larger than the broker's announced frame limit.
     #[error("request of {len} bytes exceeds the broker's frame limit of {max} bytes")]
     TooLarge {

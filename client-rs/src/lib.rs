@@ -36,7 +36,12 @@
 //! - `message`: [`Message`], [`PublishMessage`], [`PubAck`].
 //! - `options`: [`SubscribeOptions`] and [`StartAt`] (replay positions); message IDs.
 //! - `topics`: topic administration ([`TopicConfig`], [`TopicInfo`]).
-//! - `connection`: URL parsing, handshake, and the reader and writer tasks.
+//! - `supervisor`: keeps the client connected: reconnect with backoff and jitter
+//!   ([`ReconnectPolicy`]), then restore subscriptions and resend the outbox.
+//! - `connection`: URL parsing, handshake, one connection's writer and reader.
+//! - `state`: what the API and the connection tasks share: waiting requests,
+//!   subscriptions and how to resume them, [`ConnectionState`].
+//! - `outbox`: unacknowledged publishes (bounded, optionally kept in a file).
 //! - `error`: [`Error`].
 
 mod client;
@@ -44,7 +49,10 @@ mod connection;
 mod error;
 mod message;
 mod options;
+mod outbox;
+mod state;
 mod subscription;
+mod supervisor;
 mod topics;
 
 pub use client::{Client, ConnectOptions};
@@ -52,5 +60,7 @@ pub use error::Error;
 pub use message::{Message, PubAck, PublishMessage};
 pub use options::{ConsumerOptions, StartAt, SubscribeOptions};
 pub use rtc_proto::ErrorCode;
+pub use state::ConnectionState;
 pub use subscription::Subscription;
+pub use supervisor::ReconnectPolicy;
 pub use topics::{ConsumerInfo, TopicConfig, TopicInfo};

@@ -82,14 +82,18 @@ impl PublishMessage {
         self
     }
 
-    pub(crate) fn into_frame(self, req_id: u64) -> rtc_proto::Frame {
-        rtc_proto::Frame::from_op(rtc_proto::Op::Publish(v1::Publish {
+    pub(crate) fn into_publish(self, req_id: u64) -> v1::Publish {
+        v1::Publish {
             req_id,
             topic: self.topic,
             payload: self.payload,
             headers: self.headers,
             msg_id: self.msg_id,
-        }))
+        }
+    }
+
+    pub(crate) fn into_frame(self, req_id: u64) -> rtc_proto::Frame {
+        rtc_proto::Frame::from_op(rtc_proto::Op::Publish(self.into_publish(req_id)))
     }
 }
 

@@ -49,7 +49,13 @@ async fn acknowledged_publishes_survive_sigkill() {
     let acked: Acked = Arc::default();
     for round in 0..3usize {
         let broker = BrokerProcess::start(&bin, &data, &[]);
-        let client = Client::connect(&broker.url()).await.unwrap();
+        // This client must stop at the kill (no reconnect), so that what it counts as
+        // acknowledged is exactly what the broker acknowledged before dying.
+        let once = rtc_client::ConnectOptions {
+            reconnect: None,
+            ..Default::default()
+        };
+        let client = Client::connect_with(&broker.url(), once).await.unwrap();
         let before = acked.lock().unwrap().len();
         let publisher = tokio::spawn(publish_forever(client.clone(), 16, round, acked.clone()));
         // Kill once this round has had 300 publishes acknowledged, with more in flight.

@@ -166,7 +166,11 @@ async fn connect_errors_are_clear() {
 #[tokio::test]
 async fn shutdown_ends_subscriptions_and_fails_requests_with_the_reason() {
     let b = start().await;
-    let client = Client::connect(&b.url).await.unwrap();
+    let once = rtc_client::ConnectOptions {
+        reconnect: None,
+        ..Default::default()
+    };
+    let client = Client::connect_with(&b.url, once).await.unwrap();
     let mut sub = client.subscribe("x").await.unwrap();
     b.handle.shutdown().await;
     assert!(tokio::time::timeout(WAIT, sub.next())

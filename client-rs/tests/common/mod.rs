@@ -2,6 +2,8 @@
 //! and helpers to read subscriptions with a bounded wait.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use rtc_broker::topic::{StorageName, TopicRule};

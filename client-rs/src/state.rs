@@ -1,0 +1,265 @@
+//! State shared by the client API, the supervisor and the connection tasks, across
+//! reconnects: requests waiting for answers, the outbox, subscriptions (with what is
+//! needed to restore them on a new connection), and the connection state.
+//!
+//! When a connection is lost, requests other than acknowledged publishes fail with
+//! [`Error::Closed`] (their effect is unknown; for consumer acks, the broker redelivers),
+//! while publishes stay in the outbox to be resent. When the client closes for good,
+//! everything fails and every subscription stream ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use rtc_proto::v1::{self, frame::Op, start_position::Position, StartPosition};
+use rtc_proto::Frame;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::message::Message;
+use crate::outbox::Outbox;
+
+/// Where a broker answer is routed.
+pub(crate) type Reply = Result<Op, Error>;
+
+/// The client's connection, as the application can watch it
+/// ([`crate::Client::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Making the first connection.
+    Connecting,
+    /// Connected and serving.
+    Connected,
+    /// The link dropped; trying again (attempt number, from 1).
+    Reconnecting(u32),
+    /// Closed for good (by the application, or reconnecting gave up).
+    Closed,
+}
+
+/// A subscription as the client keeps it, to route deliveries and to restore it.
+#[derive(Debug)]
+pub(crate) struct SubEntry {
+    pub(crate) tx: mpsc::Sender<Message>,
+    /// The Subscribe frame as first sent (req_id and start are replaced on restore).
+    pub(crate) request: v1::Subscribe,
+    /// Confirmed by the broker (restored after a reconnect only then).
+    pub(crate) active: bool,
+    /// Highest seq delivered per topic, to drop repeats after a resume.
+    seen: HashMap<String, u64>,
+    /// Broker timestamp of the last delivery, where a resume starts.
+    last_ts: Option<i64>,
+    /// When the broker confirmed it, for a resume with nothing received yet.
+    since: Instant,
+}
+
+impl SubEntry {
+    pub(crate) fn new(tx: mpsc::Sender<Message>, request: v1::Subscribe) -> Self {
+        SubEntry {
+            tx,
+            request,
+            active: false,
+            seen: HashMap::new(),
+            last_ts: None,
+            since: Instant::now(),
+        }
+    }
+
+    fn is_consumer(&self) -> bool {
+        !self.request.consumer.is_empty()
+    }
+
+    /// The Subscribe that restores this subscription on a new connection. A durable
+    /// consumer simply rejoins (the broker kept its position); a plain subscription
+    /// resumes from the broker time of its last delivery (or of its start), and repeats
+    /// are dropped by seq — so on durable topics nothing is missed and nothing repeats.
+    fn restore(&self) -> v1::Subscribe {
+        let mut s = self.request.clone();
+        s.req_id = 0;
+        if !self.is_consumer() {
+            let position = match self.last_ts {
+                Some(ts) => Position::TimeMs(ts),
+                None => Position::RelativeMs(-(self.since.elapsed().as_millis() as i64) - 1000),
+            };
+            s.start = Some(StartPosition {
+                position: Some(position),
+            });
+        }
+        s
+    }
+
+    /// Whether `m` is new for this subscription (not a repeat from a resume).
+    fn accept(&mut self, m: &Message) -> bool {
+        if m.seq == 0 || self.is_consumer() {
+            return true;
+        }
+        match self.seen.get_mut(&m.topic) {
+            Some(last) if *last >= m.seq => return false,
+            Some(last) => *last = m.seq,
+            None => {
+                self.seen.insert(m.topic.clone(), m.seq);
+            }
+        }
+        self.last_ts = Some(m.timestamp_ms);
+        true
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pub(crate) outbox: Mutex<Outbox>,
+    subs: Mutex<HashMap<u64, SubEntry>>,
+    closed: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
+    /// Messages the broker reported dropping for this client (SLOW_CONSUMER).
+    pub(crate) dropped: AtomicU64,
+    pub(crate) state: watch::Sender<ConnectionState>,
+    /// Cancelled by `Client::close`, so a supervisor waiting to reconnect stops.
+    pub(crate) closing: CancellationToken,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(outbox: Outbox) -> Self {
+        Shared {
+            pending: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(outbox),
+            subs: Mutex::new(HashMap::new()),
+            closed: Mutex::new(None),
+            last_error: Mutex::new(None),
+            dropped: AtomicU64::new(0),
+            state: watch::channel(ConnectionState::Connecting).0,
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// `Some(reason)` once the client is closed for good.
+    pub(crate) fn closed_reason(&self) -> Option<String> {
+        lock(&self.closed).clone()
+    }
+
+    /// Records the broker's last connection-level error, used in the next close reason.
+    pub(crate) fn set_last_error(&self, msg: String) {
+        *lock(&self.last_error) = Some(msg);
+    }
+
+    /// Why a connection ended, with the broker's last word if it gave one.
+    pub(crate) fn reason(&self, reason: String) -> String {
+        match lock(&self.last_error).take() {
+            Some(broker) => format!("{reason} ({broker})"),
+            None => reason,
+        }
+    }
+
+    /// Closes for good: every waiting request fails, every subscription ends.
+    pub(crate) fn close(&self, reason: String) {
+        {
+            let mut closed = lock(&self.closed);
+            if closed.is_some() {
+                return;
+            }
+            tracing::debug!(%reason, "client closed");
+            *closed = Some(reason.clone());
+        }
+        for (_, tx) in lock(&self.pending).drain() {
+            let _ = tx.send(Err(Error::Closed(reason.clone())));
+        }
+        lock(&self.subs).clear();
+        self.state.send_replace(ConnectionState::Closed);
+    }
+
+    /// A connection was lost: requests whose outcome is now unknown fail; publishes in
+    /// the outbox wait for their resend.
+    pub(crate) fn connection_lost(&self, reason: &str) {
+        let outbox = lock(&self.outbox);
+        let mut pending = lock(&self.pending);
+        let lost: Vec<u64> = pending
+            .keys()
+            .copied()
+            .filter(|id| !outbox.contains(*id))
+            .collect();
+        for id in lost {
+            if let Some(tx) = pending.remove(&id) {
+                let _ = tx.send(Err(Error::Closed(format!("connection lost: {reason}"))));
+            }
+        }
+    }
+
+    /// Registers a waiting request; fails at once if the client is closed.
+    pub(crate) fn register(&self, req_id: u64, tx: oneshot::Sender<Reply>) -> Result<(), Error> {
+        lock(&self.pending).insert(req_id, tx);
+        // `close` sets the reason before draining `pending`, so checking after inserting
+        // means a request is either drained by `close` or sees the reason here.
+        if let Some(reason) = self.closed_reason() {
+            lock(&self.pending).remove(&req_id);
+            return Err(Error::Closed(reason));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unregister(&self, req_id: u64) {
+        lock(&self.pending).remove(&req_id);
+    }
+
+    /// Completes request `req_id` (and forgets it in the outbox if it was a publish).
+    pub(crate) fn complete(&self, req_id: u64, reply: Reply) {
+        lock(&self.outbox).remove(req_id);
+        if let Some(tx) = lock(&self.pending).remove(&req_id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Registers a subscription's channel; fails if the client is closed.
+    pub(crate) fn add_sub(&self, sub_id: u64, entry: SubEntry) -> Result<(), Error> {
+        lock(&self.subs).insert(sub_id, entry);
+        if let Some(reason) = self.closed_reason() {
+            lock(&self.subs).remove(&sub_id);
+            return Err(Error::Closed(reason));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn activate_sub(&self, sub_id: u64) {
+        if let Some(s) = lock(&self.subs).get_mut(&sub_id) {
+            s.active = true;
+            s.since = Instant::now();
+        }
+    }
+
+    pub(crate) fn remove_sub(&self, sub_id: u64) {
+        lock(&self.subs).remove(&sub_id);
+    }
+
+    /// The channel a delivery goes to, unless it is a repeat after a resume.
+    pub(crate) fn route(&self, sub_id: u64, m: &Message) -> Option<mpsc::Sender<Message>> {
+        let mut subs = lock(&self.subs);
+        let entry = subs.get_mut(&sub_id)?;
+        entry.accept(m).then(|| entry.tx.clone())
+    }
+
+    /// What a new connection must send first: the active subscriptions, then the
+    /// unacknowledged publishes, in order.
+    pub(crate) fn restore_frames(&self) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = lock(&self.subs)
+            .values()
+            .filter(|s| s.active)
+            .map(|s| Frame::from_op(Op::Subscribe(s.restore())))
+            .collect();
+        frames.extend(
+            lock(&self.outbox)
+                .pending()
+                .into_iter()
+                .map(|(req_id, mut p)| {
+                    p.req_id = req_id;
+                    Frame::from_op(Op::Publish(p))
+                }),
+        );
+        frames
+    }
+}
