@@ -297,3 +297,31 @@ async fn consumer_requests_are_validated() {
     let listed = c.list_consumers("a").await.unwrap();
     assert!(listed.is_empty());
 }
+
+#[tokio::test]
+async fn in_progress_restarts_the_ack_wait() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    publish_n(&c, "ip", 1).await;
+    let mut sub = join(
+        &c,
+        "ip",
+        ConsumerOptions::new("w").ack_wait(Duration::from_millis(400)),
+    )
+    .await;
+    let m = next(&mut sub).await;
+    // 3 x 250 ms of work is well past one ack_wait; each InProgress restarts it.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        sub.in_progress(&m).await.unwrap();
+    }
+    let info = c.consumer_info("ip", "w").await.unwrap();
+    assert_eq!(
+        (info.redelivered, info.pending),
+        (0, 1),
+        "not redelivered while in progress"
+    );
+    sub.ack(&m).await.unwrap();
+    let info = c.consumer_info("ip", "w").await.unwrap();
+    assert_eq!((info.redelivered, info.pending, info.ack_floor), (0, 0, 1));
+}
