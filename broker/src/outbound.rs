@@ -26,8 +26,8 @@ use rtc_proto::Frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-/// Bytes charged for a queued frame beyond its payload (headers, bookkeeping).
-const FRAME_OVERHEAD: usize = 32;
+/// Bytes charged for a queued item beyond its payload: what it occupies in the queue.
+const FRAME_OVERHEAD: usize = std::mem::size_of::<Outgoing>();
 /// The writer hands its buffer to the socket once it holds this much.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// A write buffer grown past this is released after the batch, so idle connections stay small.
@@ -50,10 +50,12 @@ pub(crate) enum Outgoing {
 }
 
 impl Outgoing {
+    /// The memory this item holds while queued (payloads of responses are small and
+    /// counted by their encoded size).
     fn charge(&self) -> usize {
         FRAME_OVERHEAD
             + match self {
-                Outgoing::Frame(_) => 0,
+                Outgoing::Frame(f) => prost::Message::encoded_len(f),
                 Outgoing::Deliver { message, .. } => message.len(),
             }
     }
@@ -201,8 +203,8 @@ impl Outbox {
         }
     }
 
-    /// Waits until the queue holds no more than twice its byte cap, the same condition
-    /// [`Outbox::push_frame`] waits for.
+    /// Waits until the queue holds no more than twice its byte and frame caps, the same
+    /// condition [`Outbox::push_frame`] waits for.
     pub(crate) async fn wait_room(&self) -> Result<(), Closed> {
         loop {
             let space = self.space.notified();
@@ -213,7 +215,7 @@ impl Outbox {
                 if st.closed {
                     return Err(Closed);
                 }
-                if st.bytes <= self.max_bytes * 2 {
+                if st.bytes <= self.max_bytes * 2 && st.queue.len() <= self.max_frames * 2 {
                     return Ok(());
                 }
             }
@@ -323,24 +325,30 @@ mod tests {
 
     #[test]
     fn deliveries_beyond_the_caps_are_dropped_and_counted() {
-        let outbox = Outbox::new(1000, 3);
         let msg = Bytes::from(vec![0u8; 100]);
+        let one = FRAME_OVERHEAD + 100;
+        let outbox = Outbox::new(10 * one, 3);
         assert!(outbox.push_deliver(1, msg.clone()));
         assert!(outbox.push_deliver(1, msg.clone()));
         assert!(outbox.push_deliver(1, msg.clone()));
         assert!(!outbox.push_deliver(1, msg.clone()), "frame cap");
         assert_eq!(outbox.dropped_total(), 1);
 
-        let outbox = Outbox::new(300, 100);
+        let outbox = Outbox::new(2 * one, 100);
         assert!(outbox.push_deliver(1, msg.clone()));
         assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(!outbox.push_deliver(1, msg), "byte cap");
+        assert!(!outbox.push_deliver(1, msg.clone()), "byte cap");
         assert_eq!(outbox.dropped_total(), 1);
+        assert!(
+            !outbox.try_push_deliver(1, msg),
+            "try_push also respects the caps"
+        );
+        assert_eq!(outbox.dropped_total(), 1, "but does not count a drop");
     }
 
     #[tokio::test]
     async fn responses_are_queued_past_the_delivery_cap_and_closed_is_reported() {
-        let outbox = Outbox::new(200, 1);
+        let outbox = Outbox::new(FRAME_OVERHEAD + 200, 1);
         assert!(outbox.push_deliver(1, Bytes::from(vec![0u8; 150])));
         assert!(!outbox.push_deliver(1, Bytes::from_static(b"x")));
         outbox

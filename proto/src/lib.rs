@@ -7,6 +7,7 @@
 //!   `u32 big-endian length ++ Frame`, plus [`codec::encode_deliver`] which writes a
 //!   `Deliver` around a message encoded once and shared by all its subscribers.
 //! - [`topic`]: validation of topic names and patterns and wildcard matching.
+//! - [`headers`]: the rules for message headers.
 //! - [`position`]: the text form of replay start positions (`first`, `seq:N`, `time:-5m`).
 //! - [`frames`]: small constructors for the frames every peer builds.
 //!
@@ -14,6 +15,7 @@
 
 pub mod codec;
 pub mod frames;
+pub mod headers;
 pub mod position;
 pub mod topic;
 

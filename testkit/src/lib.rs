@@ -43,8 +43,32 @@ impl BrokerProcess {
     /// Starts `bin --tcp 127.0.0.1:0 --data-dir DATA_DIR [extra...]` and waits for its
     /// `listening tcp` line.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> BrokerProcess {
+        Self::start_on(bin, data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`BrokerProcess::start`] on a given address (to restart a broker where its
+    /// clients will reconnect). Retries for a few seconds while the port is still taken.
+    pub fn start_on(bin: &Path, data_dir: &Path, tcp: &str, extra: &[&str]) -> BrokerProcess {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match Self::try_start(bin, data_dir, tcp, extra) {
+                Ok(b) => return b,
+                Err(stderr) if Instant::now() < deadline && stderr.contains("in use") => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(stderr) => panic!("rtc-broker did not start: {stderr}"),
+            }
+        }
+    }
+
+    fn try_start(
+        bin: &Path,
+        data_dir: &Path,
+        tcp: &str,
+        extra: &[&str],
+    ) -> Result<BrokerProcess, String> {
         let mut child = Command::new(bin)
-            .args(["--tcp", "127.0.0.1:0", "--data-dir"])
+            .args(["--tcp", tcp, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdin(Stdio::null())
@@ -59,22 +83,42 @@ impl BrokerProcess {
             let _ = stderr.read_to_string(&mut s);
             s
         });
-        let line = line_channel(stdout)
-            .recv_timeout(START_TIMEOUT)
-            .unwrap_or_else(|_| {
-                panic!("rtc-broker printed no listening line within {START_TIMEOUT:?}")
-            });
+        // A broker that fails to start exits, closing stdout: the channel then ends.
+        let Ok(line) = line_channel(stdout).recv_timeout(START_TIMEOUT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(stderr.join().unwrap_or_default());
+        };
         let addr = line
             .strip_prefix("listening tcp ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-        BrokerProcess {
+        Ok(BrokerProcess {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
             stderr: Some(stderr),
-        }
+        })
+    }
+
+    /// Resident memory of the process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// File descriptors the process has open (from /proc).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc fd")
+            .count()
     }
 
     /// `tcp://ADDR`.
@@ -95,9 +139,18 @@ impl BrokerProcess {
     }
 
     /// SIGKILLs the process and reaps it.
-    pub fn kill(mut self) {
+    pub fn kill(self) {
+        self.kill_collecting_stderr();
+    }
+
+    /// SIGKILLs the process, reaps it, and returns what it wrote to stderr.
+    pub fn kill_collecting_stderr(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Waits (at most `limit`) for the process to exit; returns its status and stderr.

@@ -190,8 +190,10 @@ impl Actor {
                 }
                 self.advance_floor();
                 if let Some(done) = confirm {
-                    self.save_and_wait().await;
-                    let _ = done.send(());
+                    // The storage thread answers once this state is stored; the actor
+                    // goes on meanwhile, so confirmed acks share storage batches.
+                    self.dirty = true;
+                    self.save_with(Some(done));
                 }
             }
             Command::Nack(seqs, delay, done) => {
@@ -569,14 +571,6 @@ impl Actor {
     /// Queues the state for the storage thread if it changed.
     fn save(&mut self) {
         self.save_with(None);
-    }
-
-    /// Saves the state and waits until it is stored.
-    async fn save_and_wait(&mut self) {
-        self.dirty = true;
-        let (done, stored) = tokio::sync::oneshot::channel();
-        self.save_with(Some(done));
-        let _ = stored.await;
     }
 
     fn save_with(&mut self, stored: Option<tokio::sync::oneshot::Sender<()>>) {

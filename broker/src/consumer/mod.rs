@@ -80,23 +80,23 @@ pub struct MemberRef {
 
 impl MemberRef {
     /// Settles `seqs` (from whichever member holds them: a late ack still counts).
-    /// With `confirm`, returns once the consumer's new state is stored; otherwise once
-    /// the request is queued.
-    pub async fn ack(&self, seqs: Vec<u64>, confirm: bool) {
+    /// With `confirm`, returns once the consumer's new state is stored — `false` if it
+    /// could not be; otherwise once the request is queued.
+    pub async fn ack(&self, seqs: Vec<u64>, confirm: bool) -> bool {
         if confirm {
             self.ask(|done| Command::Ack(seqs, Some(done))).await
         } else {
-            let _ = self.tx.send(Command::Ack(seqs, None)).await;
+            self.tx.send(Command::Ack(seqs, None)).await.is_ok()
         }
     }
 
     /// Gives `seqs` back for redelivery after `delay`.
-    pub async fn nack(&self, seqs: Vec<u64>, delay: Duration) {
+    pub async fn nack(&self, seqs: Vec<u64>, delay: Duration) -> bool {
         self.ask(|done| Command::Nack(seqs, delay, done)).await
     }
 
     /// Restarts the ack_wait of `seqs`.
-    pub async fn in_progress(&self, seqs: Vec<u64>) {
+    pub async fn in_progress(&self, seqs: Vec<u64>) -> bool {
         self.ask(|done| Command::InProgress(self.member, seqs, done))
             .await
     }
@@ -106,11 +106,10 @@ impl MemberRef {
         let _ = self.tx.send(Command::Leave(self.member)).await;
     }
 
-    async fn ask(&self, cmd: impl FnOnce(oneshot::Sender<()>) -> Command) {
+    /// Sends a command and waits for it to be done; `false` if it could not be.
+    async fn ask(&self, cmd: impl FnOnce(oneshot::Sender<()>) -> Command) -> bool {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(cmd(done)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.tx.send(cmd(done)).await.is_ok() && rx.await.is_ok()
     }
 }
 

@@ -126,10 +126,18 @@ impl Session {
                 .send(Frame::error(req_id, ErrorCode::InvalidRequest, msg))
                 .await;
         }
-        match kind {
+        let done = match kind {
             Settle::Ack => member.ack(seqs, req_id != 0).await,
             Settle::Nack(delay) => member.nack(seqs, delay).await,
             Settle::InProgress => member.in_progress(seqs).await,
+        };
+        if !done {
+            let msg =
+                "the consumer's state could not be stored; the request may not have taken effect"
+                    .to_string();
+            return self
+                .send(Frame::error(req_id, ErrorCode::Storage, msg))
+                .await;
         }
         if req_id != 0 {
             self.send(Frame::from_op(Op::Confirm(v1::Confirm { req_id })))

@@ -46,6 +46,9 @@ impl Session {
                 ))
                 .await;
         }
+        if let Err(msg) = rtc_proto::headers::validate_headers(&p.headers) {
+            return self.send(reply(ErrorCode::InvalidRequest, msg)).await;
+        }
         let settings = self.shared.topics.resolve(&p.topic);
         let message = v1::Message {
             topic: p.topic,

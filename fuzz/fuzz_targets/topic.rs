@@ -1,0 +1,7 @@
+//! Fuzz target `topic`: see `checks::topic` for the property checked.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::topic(data));
