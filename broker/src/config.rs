@@ -21,6 +21,15 @@
 //! fsync = "always"          # or "interval:50" (ms) or "never"
 //! max_topics = 100000
 //! replay_buffer = 10000
+//! max_payload = 1000000
+//! publish_rate = 1000000    # per connection, per second; 0 = no limit
+//! publish_burst = 100000
+//!
+//! [[user]]                  # with none, the broker is open; see `crate::auth`
+//! name = "billing"
+//! token_hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! publish = ["orders.>"]
+//! subscribe = ["orders.>"]
 //!
 //! [[topic]]                 # first matching rule wins; see `crate::topic::TopicRule`
 //! pattern = "game.>"
@@ -33,6 +42,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::UserConfig;
 use crate::error::BrokerError;
 use crate::topic::TopicRule;
 
@@ -73,8 +83,19 @@ pub struct Config {
     /// Live messages held for a subscription while it replays history; past this it
     /// drops them and re-reads the log instead (see `crate::replay`).
     pub replay_buffer: usize,
+    /// Largest payload a publish may carry, in bytes (a message must also fit in
+    /// `max_frame_size` once delivered).
+    pub max_payload: usize,
+    /// Publishes per second one connection may make; beyond it (after `publish_burst`)
+    /// the broker reads its publishes more slowly and tells it `RATE_LIMITED`. Nothing
+    /// is dropped. 0 turns the limit off.
+    pub publish_rate: u32,
+    /// Publishes a connection may make at once above its rate (the token bucket's size).
+    pub publish_burst: u32,
     /// Per-topic settings by pattern (`[[topic]]` in the file).
     pub topic: Vec<TopicRule>,
+    /// Users; with none, the broker is open (`[[user]]` in the file, see `crate::auth`).
+    pub user: Vec<UserConfig>,
 }
 
 /// When the broker forces stored messages to disk before acknowledging them.
@@ -147,7 +168,11 @@ impl Default for Config {
             fsync: FsyncPolicy::Always,
             max_topics: 100_000,
             replay_buffer: 10_000,
+            max_payload: 1_000_000,
+            publish_rate: 1_000_000,
+            publish_burst: 100_000,
             topic: Vec::new(),
+            user: Vec::new(),
         }
     }
 }
@@ -196,6 +221,15 @@ impl Config {
                 "outbound_queue_frames, max_connections and replay_buffer must be above zero"
                     .into(),
             );
+        }
+        if self.max_payload == 0 {
+            return bad("max_payload must be above zero".into());
+        }
+        if self.publish_rate > 0 && self.publish_burst == 0 {
+            return bad("publish_burst must be above zero when publish_rate is set".into());
+        }
+        for user in &self.user {
+            user.validate().map_err(BrokerError::InvalidConfig)?;
         }
         for rule in &self.topic {
             if let Err(e) = rtc_proto::topic::validate_pattern(&rule.pattern) {

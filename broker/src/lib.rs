@@ -15,6 +15,7 @@
 //!
 //! # Layout
 //! - [`config`]: settings, defaults, TOML file, validation.
+//! - [`auth`]: users, token hashes, per-topic permissions.
 //! - [`server`]: listeners, accept loop, connection limit, shutdown; the public
 //!   [`Broker`] / [`BrokerBuilder`] / [`BrokerHandle`].
 //! - `session`: one per connection: handshake, read loop, dispatch of requests.
@@ -31,6 +32,7 @@
 //! finds matching subscriptions and pushes the message, encoded once, into each one's
 //! `Outbox` → each connection's writer drains its queue into its socket.
 
+pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod error;

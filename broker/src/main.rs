@@ -15,6 +15,8 @@ use rtc_broker::{Broker, BrokerHandle, Config};
 #[derive(Debug, Parser)]
 #[command(name = "rtc-broker", version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TCP listen address [default: 127.0.0.1:7400]; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     tcp: Option<SocketAddr>,
@@ -29,8 +31,22 @@ struct Args {
     log: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the hash of TOKEN for a `[[user]]` entry's `token_hash` (the config never
+    /// holds the token itself).
+    HashToken {
+        /// The token a client will send.
+        token: String,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::HashToken { token }) = &args.command {
+        println!("{}", rtc_broker::auth::hash_token(token));
+        return ExitCode::SUCCESS;
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

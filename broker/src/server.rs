@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::{Config, FsyncPolicy};
 use crate::consumer::Consumers;
 use crate::error::BrokerError;
@@ -50,6 +51,7 @@ pub(crate) struct Shared {
     pub(crate) topics: Arc<TopicRegistry>,
     pub(crate) log: Arc<LogHandle>,
     pub(crate) consumers: Consumers,
+    pub(crate) auth: Auth,
     next_conn_id: AtomicU64,
 }
 
@@ -187,7 +189,9 @@ impl BrokerBuilder {
             cancel.clone(),
             stored_consumers,
         );
+        let auth = Auth::new(&config.user);
         let shared = Arc::new(Shared {
+            auth,
             config,
             router,
             topics,

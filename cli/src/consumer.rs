@@ -30,7 +30,7 @@ enum ConsumerCommand {
 }
 
 /// Runs `rtc-cli consumer ...`.
-pub async fn run(server: &str, args: ConsumerArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::Server, args: ConsumerArgs) -> anyhow::Result<()> {
     let client = crate::connect(server).await?;
     let mut out = std::io::stdout().lock();
     match args.command {

@@ -28,6 +28,9 @@ struct Cli {
         default_value = "tcp://127.0.0.1:7400"
     )]
     server: String,
+    /// Authentication token, for a broker that requires one.
+    #[arg(long, global = true, env = "RTC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,12 +60,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server = Server {
+        url: cli.server,
+        token: cli.token.unwrap_or_default(),
+    };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Pub(args) => publish::run(&cli.server, args).await,
-            Command::Sub(args) => subscribe::run(&cli.server, args).await,
-            Command::Topic(args) => topic::run(&cli.server, args).await,
-            Command::Consumer(args) => consumer::run(&cli.server, args).await,
+            Command::Pub(args) => publish::run(&server, args).await,
+            Command::Sub(args) => subscribe::run(&server, args).await,
+            Command::Topic(args) => topic::run(&server, args).await,
+            Command::Consumer(args) => consumer::run(&server, args).await,
         }
     });
     match result {
@@ -74,11 +81,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where and as whom to connect (global flags).
+pub struct Server {
+    url: String,
+    token: String,
+}
+
 /// Connects to the broker, naming this tool in the handshake.
-async fn connect(server: &str) -> anyhow::Result<rtc_client::Client> {
+async fn connect(server: &Server) -> anyhow::Result<rtc_client::Client> {
     let options = rtc_client::ConnectOptions {
         client_name: format!("rtc-cli/{}", env!("CARGO_PKG_VERSION")),
+        token: server.token.clone(),
         ..Default::default()
     };
-    Ok(rtc_client::Client::connect_with(server, options).await?)
+    Ok(rtc_client::Client::connect_with(&server.url, options).await?)
 }

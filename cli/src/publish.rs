@@ -88,7 +88,7 @@ impl PubArgs {
 }
 
 /// Runs `rtc-cli pub`.
-pub async fn run(server: &str, args: PubArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::Server, args: PubArgs) -> anyhow::Result<()> {
     let client = crate::connect(server).await?;
     let result = publish_all(&client, &args).await;
     client.close().await;

@@ -44,7 +44,7 @@ pub struct SubArgs {
 }
 
 /// Runs `rtc-cli sub`.
-pub async fn run(server: &str, args: SubArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::Server, args: SubArgs) -> anyhow::Result<()> {
     let client = crate::connect(server).await?;
     let consumer = args.durable.as_ref().map(|name| {
         let mut c = rtc_client::ConsumerOptions::new(name.clone());

@@ -49,7 +49,7 @@ struct CreateArgs {
 }
 
 /// Runs `rtc-cli topic ...`.
-pub async fn run(server: &str, args: TopicArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::Server, args: TopicArgs) -> anyhow::Result<()> {
     let client = crate::connect(server).await?;
     let mut out = std::io::stdout().lock();
     match args.command {

@@ -315,3 +315,45 @@ fn durable_sub_with_ack_resumes_where_it_left_off_and_consumer_commands_show_it(
     let no_durable = run(&mut cli(&url, &["sub", "jobs", "--ack"]));
     assert!(!no_durable.status.success(), "--ack needs --durable");
 }
+
+#[test]
+fn token_from_flag_or_env_against_a_broker_with_users() {
+    let dir = temp_dir();
+    let hash = Command::new(workspace_bin("rtc-broker"))
+        .args(["hash-token", "let-me-in"])
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(hash.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("sha256:"), "{hash}");
+    let config = dir.path().join("rtc.toml");
+    std::fs::write(
+        &config,
+        format!("[[user]]\nname = \"ops\"\ntoken_hash = \"{hash}\"\npublish = [\"ops.>\"]\nsubscribe = [\"ops.>\"]\n"),
+    )
+    .unwrap();
+    let b = BrokerProcess::start(
+        &workspace_bin("rtc-broker"),
+        &dir.path().join("d"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let url = b.url();
+    let denied = run(&mut cli(&url, &["pub", "ops.x", "hi"]));
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("UNAUTHORIZED") && err.lines().count() == 1,
+        "{err}"
+    );
+    stdout_of(&run(&mut cli(
+        &url,
+        &["--token", "let-me-in", "pub", "ops.x", "hi"],
+    )));
+    stdout_of(&run(
+        cli(&url, &["pub", "ops.y", "hi"]).env("RTC_TOKEN", "let-me-in")
+    ));
+    let outside = run(&mut cli(
+        &url,
+        &["--token", "let-me-in", "pub", "other", "hi"],
+    ));
+    assert!(String::from_utf8_lossy(&outside.stderr).contains("PERMISSION_DENIED"));
+}

@@ -120,6 +120,23 @@ pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Whether every topic the valid pattern `requested` can match is also matched by the
+/// valid pattern `allowed` — the permission check for subscriptions. `orders.>` covers
+/// `orders.*` and `orders.eu.x`; `orders.*` covers `orders.eu` but not `orders.>`.
+pub fn pattern_covers(allowed: &str, requested: &str) -> bool {
+    let mut req = requested.split('.');
+    for a in allowed.split('.') {
+        match (a, req.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(r)) if r != ">" => {}
+            (a, Some(r)) if a == r => {}
+            _ => return false,
+        }
+    }
+    req.next().is_none()
+}
+
 /// Longest durable consumer name.
 pub const MAX_CONSUMER_NAME: usize = 64;
 
@@ -223,6 +240,41 @@ mod tests {
         ));
         assert_eq!(validate_pattern("a..b"), Err(TopicError::EmptyToken));
         assert_eq!(validate_pattern(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn coverage() {
+        let cases = [
+            ("orders.>", "orders.*", true),
+            ("orders.>", "orders.eu.x", true),
+            ("orders.>", "orders.>", true),
+            ("orders.>", "orders", false),
+            ("orders.*", "orders.eu", true),
+            ("orders.*", "orders.*", true),
+            ("orders.*", "orders.>", false),
+            ("orders.*", "orders.eu.x", false),
+            (">", ">", true),
+            (">", "*.*", true),
+            ("*", ">", false),
+            ("a.b", "a.b", true),
+            ("a.b", "a.*", false),
+        ];
+        for (allowed, requested, want) in cases {
+            assert_eq!(
+                pattern_covers(allowed, requested),
+                want,
+                "{allowed} covers {requested}?"
+            );
+        }
+        // A concrete topic is covered exactly when the pattern matches it.
+        for (p, t) in [
+            ("a.*", "a.b"),
+            ("a.>", "a.b.c"),
+            ("a.*", "a.b.c"),
+            ("x", "y"),
+        ] {
+            assert_eq!(pattern_covers(p, t), pattern_matches(p, t), "{p} vs {t}");
+        }
     }
 
     #[test]

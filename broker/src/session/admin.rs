@@ -20,6 +20,14 @@ impl Session {
                 .send(err(ErrorCode::InvalidTopic, format!("{:?}: {e}", c.name)))
                 .await;
         }
+        if !self.identity.can_publish(&c.name) {
+            let msg = format!(
+                "user {:?} may not create {:?} (needs publish permission)",
+                self.identity.name(),
+                c.name
+            );
+            return self.send(err(ErrorCode::PermissionDenied, msg)).await;
+        }
         let settings = c.settings.unwrap_or_default();
         if StorageClass::try_from(settings.storage).is_err() {
             let msg = format!("unknown storage class {}", settings.storage);

@@ -30,12 +30,14 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Identity;
 use crate::outbound::{write_loop, Closed, Outbox};
 use crate::server::Shared;
 
 mod admin;
 mod consume;
 mod pubsub;
+mod throttle;
 
 use consume::Settle;
 
@@ -68,6 +70,8 @@ pub(crate) async fn run<R, W>(
         conn_id,
         shared: shared.clone(),
         outbox: outbox.clone(),
+        identity: Identity::Open,
+        throttle: throttle::Throttle::new(config.publish_rate, config.publish_burst),
         subs: HashMap::new(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
@@ -87,6 +91,10 @@ struct Session {
     conn_id: u64,
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
+    /// Who the connection acts as (set by the handshake).
+    identity: Identity,
+    /// The publish rate limit, if any.
+    throttle: Option<throttle::Throttle>,
     /// Active subscriptions by sub_id.
     subs: HashMap<u64, pubsub::ActiveSub>,
 }
@@ -129,7 +137,15 @@ impl Session {
             );
             return self.close_with(ErrorCode::UnsupportedVersion, msg).await;
         }
-        tracing::debug!(conn_id = self.conn_id, client = %hello.client_name, "handshake done");
+        match self.shared.auth.authenticate(&hello.auth_token) {
+            Some(identity) => self.identity = identity,
+            None => {
+                tracing::info!(conn_id = self.conn_id, client = %hello.client_name, "refused: invalid or missing token");
+                let msg = "this broker requires a valid token in Hello.auth_token";
+                return self.close_with(ErrorCode::Unauthorized, msg).await;
+            }
+        }
+        tracing::debug!(conn_id = self.conn_id, client = %hello.client_name, user = self.identity.name(), "handshake done");
         self.send(Frame::from_op(Op::Welcome(v1::Welcome {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: PROTOCOL_VERSION,

@@ -46,6 +46,33 @@ impl Session {
                 ))
                 .await;
         }
+        if !self.identity.can_publish(&p.topic) {
+            let msg = format!(
+                "user {:?} may not publish to {:?}",
+                self.identity.name(),
+                p.topic
+            );
+            return self.send(reply(ErrorCode::PermissionDenied, msg)).await;
+        }
+        let max_payload = self.shared.config.max_payload;
+        if p.payload.len() > max_payload {
+            let msg = format!(
+                "payload of {} bytes; the limit is {max_payload}",
+                p.payload.len()
+            );
+            return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
+        }
+        if let Some((wait, tell)) = self.throttle.as_mut().and_then(|t| t.take()) {
+            if tell {
+                let rate = self.shared.config.publish_rate;
+                let msg = format!(
+                    "publishing faster than {rate}/s; this connection is being slowed down"
+                );
+                self.send(Frame::error(0, ErrorCode::RateLimited, msg))
+                    .await?;
+            }
+            tokio::time::sleep(wait).await;
+        }
         if let Err(msg) = rtc_proto::headers::validate_headers(&p.headers) {
             return self.send(reply(ErrorCode::InvalidRequest, msg)).await;
         }
@@ -122,6 +149,14 @@ impl Session {
                     format!("{:?}: {e}", s.pattern),
                 ))
                 .await;
+        }
+        if !self.identity.can_subscribe(&s.pattern) {
+            let msg = format!(
+                "user {:?} may not subscribe to {:?}",
+                self.identity.name(),
+                s.pattern
+            );
+            return self.send(err(ErrorCode::PermissionDenied, msg)).await;
         }
         if self.subs.contains_key(&s.sub_id) {
             let msg = format!("sub_id {} is already active on this connection", s.sub_id);
