@@ -96,6 +96,10 @@ pub struct Config {
     pub topic: Vec<TopicRule>,
     /// Users; with none, the broker is open (`[[user]]` in the file, see `crate::auth`).
     pub user: Vec<UserConfig>,
+    /// PEM certificate chain; with `tls_key`, the TCP listener speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// When the broker forces stored messages to disk before acknowledging them.
@@ -173,6 +177,8 @@ impl Default for Config {
             publish_burst: 100_000,
             topic: Vec::new(),
             user: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -221,6 +227,9 @@ impl Config {
                 "outbound_queue_frames, max_connections and replay_buffer must be above zero"
                     .into(),
             );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key must be given together".into());
         }
         if self.max_payload == 0 {
             return bad("max_payload must be above zero".into());

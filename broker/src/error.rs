@@ -37,6 +37,9 @@ pub enum BrokerError {
     /// message names the path.
     #[error("{0}")]
     Storage(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A listener could not bind its address.
     #[error("cannot listen on {transport} {addr}: {source}")]
     Bind {

@@ -16,6 +16,7 @@
 //! # Layout
 //! - [`config`]: settings, defaults, TOML file, validation.
 //! - [`auth`]: users, token hashes, per-topic permissions.
+//! - [`tls`]: the TLS acceptor for the TCP listener.
 //! - [`server`]: listeners, accept loop, connection limit, shutdown; the public
 //!   [`Broker`] / [`BrokerBuilder`] / [`BrokerHandle`].
 //! - `session`: one per connection: handshake, read loop, dispatch of requests.
@@ -42,6 +43,7 @@ pub mod router;
 pub mod server;
 mod session;
 pub mod store;
+pub mod tls;
 pub mod topic;
 
 pub use config::{Config, FsyncPolicy};

@@ -1,6 +1,6 @@
 //! `rtc-broker`: the broker daemon. Reads flags and the optional TOML config (flags win),
 //! starts the library's [`rtc_broker::Broker`], prints one `listening <transport> <addr>`
-//! line per listener on stdout, and shuts down gracefully on SIGINT or SIGTERM (stop
+//! line per listener on stdout (`tcp`, or `tls` when a certificate is configured), and shuts down gracefully on SIGINT or SIGTERM (stop
 //! accepting, flush in-flight writes, exit 0). Logs go to stderr.
 
 use std::io::Write;
@@ -29,6 +29,12 @@ struct Args {
     /// Log level or tracing filter, e.g. `info` or `rtc_broker=debug` [default: info].
     #[arg(long, value_name = "LEVEL")]
     log: Option<String>,
+    /// PEM certificate chain: with --tls-key, the TCP listener speaks TLS (tls:// URLs).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -70,6 +76,10 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     if let Some(log) = args.log {
         config.log = log;
     }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+        config.tls_key = args.tls_key;
+    }
     Ok(config)
 }
 
@@ -101,7 +111,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// Prints the listener lines scripts and tests wait for.
 fn announce(handle: &BrokerHandle) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening tcp {}", handle.tcp_addr())?;
+    writeln!(
+        out,
+        "listening {} {}",
+        handle.tcp_scheme(),
+        handle.tcp_addr()
+    )?;
     out.flush()
 }
 

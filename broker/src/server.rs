@@ -20,6 +20,7 @@ use rtc_proto::{ErrorCode, Frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -199,8 +200,14 @@ impl BrokerBuilder {
             consumers,
             next_conn_id: AtomicU64::new(1),
         });
+        let tls = match (&shared.config.tls_cert, &shared.config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "tls" } else { "tcp" };
         tracker.spawn(accept_tcp(
             listener,
+            tls,
             shared.clone(),
             limit,
             cancel.clone(),
@@ -210,6 +217,7 @@ impl BrokerBuilder {
         tracing::info!(%tcp_addr, fsync = %shared.config.fsync, "broker started");
         Ok(BrokerHandle {
             tcp_addr,
+            scheme,
             cancel,
             tracker,
             shared: Some(shared),
@@ -238,6 +246,7 @@ async fn retention_timer(shared: Arc<Shared>, cancel: CancellationToken) {
 #[derive(Debug)]
 pub struct BrokerHandle {
     tcp_addr: SocketAddr,
+    scheme: &'static str,
     cancel: CancellationToken,
     tracker: TaskTracker,
     shared: Option<Arc<Shared>>,
@@ -247,6 +256,16 @@ impl BrokerHandle {
     /// The address the TCP listener is bound to (the real port when 0 was asked for).
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// `tls` when the TCP listener speaks TLS, else `tcp`.
+    pub fn tcp_scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// The URL clients use: `tcp://ADDR` or `tls://ADDR`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.tcp_addr)
     }
 
     /// Stops accepting, tells every client `SHUTTING_DOWN`, lets each connection flush
@@ -282,6 +301,7 @@ impl Drop for BrokerHandle {
 
 async fn accept_tcp(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -308,18 +328,32 @@ async fn accept_tcp(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        let session = crate::session::run(
-            shared.clone(),
-            reader,
-            writer,
-            peer.to_string(),
-            cancel.clone(),
-        );
-        tracker.spawn(async move {
-            session.await;
-            drop(permit);
-        });
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        let peer = peer.to_string();
+        match tls.clone() {
+            None => {
+                let (reader, writer) = stream.into_split();
+                tracker.spawn(async move {
+                    crate::session::run(shared, reader, writer, peer, cancel).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                tracker.spawn(async move {
+                    // The TLS handshake gets the same time limit as rtc's own.
+                    let limit = shared.config.handshake_timeout;
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let (reader, writer) = tokio::io::split(tls);
+                            crate::session::run(shared, reader, writer, peer, cancel).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
 }
 

@@ -31,6 +31,13 @@ struct Cli {
     /// Authentication token, for a broker that requires one.
     #[arg(long, global = true, env = "RTC_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For tls:// servers: PEM file with the certificate(s) to trust (e.g. the broker's).
+    #[arg(long, global = true, value_name = "FILE", env = "RTC_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// For tls:// servers: accept any certificate. Development only: anyone on the path
+    /// can read and change the traffic.
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,9 +67,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.insecure {
+        eprintln!("rtc-cli: WARNING: --insecure: the broker's TLS certificate is NOT verified; use only for development");
+    }
     let server = Server {
         url: cli.server,
         token: cli.token.unwrap_or_default(),
+        ca: cli.ca,
+        insecure: cli.insecure,
     };
     let result = runtime.block_on(async {
         match cli.command {
@@ -85,6 +97,8 @@ fn main() -> ExitCode {
 pub struct Server {
     url: String,
     token: String,
+    ca: Option<std::path::PathBuf>,
+    insecure: bool,
 }
 
 /// Connects to the broker, naming this tool in the handshake.
@@ -92,6 +106,8 @@ async fn connect(server: &Server) -> anyhow::Result<rtc_client::Client> {
     let options = rtc_client::ConnectOptions {
         client_name: format!("rtc-cli/{}", env!("CARGO_PKG_VERSION")),
         token: server.token.clone(),
+        ca_file: server.ca.clone(),
+        insecure: server.insecure,
         ..Default::default()
     };
     Ok(rtc_client::Client::connect_with(&server.url, options).await?)

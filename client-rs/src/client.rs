@@ -49,6 +49,12 @@ pub struct ConnectOptions {
     /// Acknowledged publishes that may wait for their acknowledgement at once; beyond it
     /// a publish fails with [`Error::OutboxFull`]. Default: 65 536.
     pub outbox_capacity: usize,
+    /// For `tls://` URLs: a PEM file with the certificate(s) to trust — the broker's own
+    /// (self-signed) certificate or the CA that signed it. Default: none.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For `tls://` URLs: accept any server certificate. For development only: it makes
+    /// the connection open to interception. Default: false.
+    pub insecure: bool,
     /// Keep the outbox in this file too, so that publishes a crashed or restarted
     /// process had not had acknowledged are resent by the next client opened on the
     /// same file. Default: none (memory only). One client per file.
@@ -66,6 +72,8 @@ impl Default for ConnectOptions {
             write_queue: 1024,
             reconnect: Some(ReconnectPolicy::default()),
             outbox_capacity: 65_536,
+            ca_file: None,
+            insecure: false,
             outbox_file: None,
         }
     }
@@ -190,13 +198,21 @@ impl Client {
 
     /// Connects with explicit [`ConnectOptions`].
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, Error> {
-        let addr = connection::parse_url(url)?;
+        let endpoint = connection::parse_url(url)?;
+        let tls = match endpoint.tls {
+            true => Some(crate::tls::client_config(
+                options.ca_file.as_deref(),
+                options.insecure,
+            )?),
+            false => None,
+        };
         let (mut outbox, left) = match &options.outbox_file {
             Some(path) => Outbox::open(path, options.outbox_capacity)?,
             None => (Outbox::new(options.outbox_capacity), Vec::new()),
         };
         let session = connection::handshake(
-            &addr,
+            &endpoint,
+            tls.as_ref(),
             &options.client_name,
             &options.token,
             options.connect_timeout,
@@ -213,7 +229,8 @@ impl Client {
         shared.state.send_replace(ConnectionState::Connected);
         let (tx, rx) = mpsc::channel(options.write_queue.max(1));
         let dial = Dial {
-            addr,
+            endpoint,
+            tls,
             client_name: options.client_name,
             token: options.token,
             connect_timeout: options.connect_timeout,

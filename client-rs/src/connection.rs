@@ -20,8 +20,7 @@ use futures_util::StreamExt;
 use rtc_proto::codec::encode_frame;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
@@ -41,20 +40,32 @@ pub(crate) enum Outgoing {
     Close,
 }
 
-/// Splits `tcp://host:port` (or plain `host:port`) into the address to dial.
-pub(crate) fn parse_url(url: &str) -> Result<String, Error> {
+/// Where to connect, from a URL.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// `host:port` to dial.
+    pub(crate) addr: String,
+    /// The host part, for TLS server-name verification.
+    pub(crate) host: String,
+    /// `tls://`.
+    pub(crate) tls: bool,
+}
+
+/// Splits `tcp://host:port`, `tls://host:port` (or plain `host:port`, meaning TCP).
+pub(crate) fn parse_url(url: &str) -> Result<Endpoint, Error> {
     let bad = |reason: &str| Error::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let addr = match url.split_once("://") {
-        Some(("tcp", rest)) => rest,
+    let (tls, addr) = match url.split_once("://") {
+        Some(("tcp", rest)) => (false, rest),
+        Some(("tls", rest)) => (true, rest),
         Some((scheme, _)) => {
             return Err(bad(&format!(
-                "unsupported scheme {scheme:?} (supported: tcp)"
+                "unsupported scheme {scheme:?} (supported: tcp, tls)"
             )))
         }
-        None => url,
+        None => (false, url),
     };
     let addr = addr.trim_end_matches('/');
     let (host, port) = addr
@@ -65,23 +76,34 @@ pub(crate) fn parse_url(url: &str) -> Result<String, Error> {
     }
     port.parse::<u16>()
         .map_err(|_| bad("port must be a number from 0 to 65535"))?;
-    Ok(addr.to_string())
+    Ok(Endpoint {
+        addr: addr.to_string(),
+        host: host.to_string(),
+        tls,
+    })
 }
+
+/// The read half of a connection, whatever the transport.
+pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection, whatever the transport.
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// What the handshake learned from the broker's `Welcome`.
 pub(crate) struct Session {
     pub(crate) welcome: v1::Welcome,
-    pub(crate) reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    pub(crate) writer: OwnedWriteHalf,
+    pub(crate) reader: FramedRead<BoxRead, FrameCodec>,
+    pub(crate) writer: BoxWrite,
 }
 
 /// Dials, sends `Hello` and waits for `Welcome`.
 pub(crate) async fn handshake(
-    addr: &str,
+    endpoint: &Endpoint,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     client_name: &str,
     token: &str,
     timeout: Duration,
 ) -> Result<Session, Error> {
+    let addr = endpoint.addr.as_str();
     let connect_err = |reason: String| Error::Connect {
         addr: addr.to_string(),
         reason,
@@ -91,7 +113,23 @@ pub(crate) async fn handshake(
         .map_err(|_| connect_err(format!("timed out after {timeout:?}")))?
         .map_err(|e| connect_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let (read_half, mut writer) = stream.into_split();
+    let (read_half, mut writer): (BoxRead, BoxWrite) = match (endpoint.tls, tls) {
+        (false, _) => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        (true, None) => return Err(Error::Tls("no TLS configuration for a tls:// URL".into())),
+        (true, Some(config)) => {
+            let name = crate::tls::server_name(&endpoint.host)?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
+                .await
+                .map_err(|_| connect_err(format!("TLS handshake timed out after {timeout:?}")))?
+                .map_err(|e| connect_err(format!("TLS handshake failed: {e}")))?;
+            let (r, w) = tokio::io::split(tls);
+            (Box::new(r), Box::new(w))
+        }
+    };
     let hello = Frame::from_op(Op::Hello(v1::Hello {
         protocol_version: PROTOCOL_VERSION,
         client_name: client_name.to_string(),
@@ -226,7 +264,7 @@ fn encode(frame: &Frame, max_frame_size: usize, buf: &mut BytesMut) {
 /// Reads frames and routes them until the connection ends; returns why it ended.
 async fn read_loop(
     shared: Arc<Shared>,
-    mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    mut reader: FramedRead<BoxRead, FrameCodec>,
     heartbeat: Duration,
 ) -> String {
     let silence = heartbeat * 3;
@@ -291,9 +329,15 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("tcp://127.0.0.1:7400").unwrap(), "127.0.0.1:7400");
-        assert_eq!(parse_url("localhost:1").unwrap(), "localhost:1");
-        assert_eq!(parse_url("tcp://[::1]:7400/").unwrap(), "[::1]:7400");
+        assert_eq!(
+            parse_url("tcp://127.0.0.1:7400").unwrap().addr,
+            "127.0.0.1:7400"
+        );
+        assert_eq!(parse_url("localhost:1").unwrap().addr, "localhost:1");
+        assert_eq!(parse_url("tcp://[::1]:7400/").unwrap().addr, "[::1]:7400");
+        let tls = parse_url("tls://broker.example:7400").unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.host, "broker.example");
         assert!(parse_url("http://x:1").is_err());
         assert!(parse_url("tcp://nohost").is_err());
         assert!(parse_url("tcp://:80").is_err());

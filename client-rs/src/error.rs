@@ -22,6 +22,9 @@ pub enum Error {
         /// The underlying error.
         reason: String,
     },
+    /// TLS could not be set up (no CA to trust, unreadable certificate, bad host name).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The broker refused the handshake or answered something unexpected.
     #[error("handshake failed: {0}")]
     Handshake(String),

@@ -53,6 +53,7 @@ mod outbox;
 mod state;
 mod subscription;
 mod supervisor;
+mod tls;
 mod topics;
 
 pub use client::{Client, ConnectOptions};

@@ -64,7 +64,8 @@ impl ReconnectPolicy {
 /// Where and how to (re)connect.
 #[derive(Debug, Clone)]
 pub(crate) struct Dial {
-    pub(crate) addr: String,
+    pub(crate) endpoint: crate::connection::Endpoint,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) client_name: String,
     pub(crate) token: String,
     pub(crate) connect_timeout: Duration,
@@ -144,7 +145,8 @@ async fn reconnect(
             _ = tokio::time::sleep(policy.delay(attempt)) => {}
         }
         match connection::handshake(
-            &dial.addr,
+            &dial.endpoint,
+            dial.tls.as_ref(),
             &dial.client_name,
             &dial.token,
             dial.connect_timeout,

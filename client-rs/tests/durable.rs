@@ -5,11 +5,23 @@
 
 mod common;
 
+transport_tests!(
+    sequence_numbers_start_at_one_without_gaps_per_topic,
+    replay_from_each_start_position_then_live,
+    replay_covers_every_durable_topic_the_pattern_matches,
+    switch_over_under_concurrent_publishing_has_no_gap_and_no_duplicate,
+    duplicate_message_id_is_stored_once_inside_the_window,
+    duplicate_outside_the_window_is_stored_again,
+    topic_create_info_list_and_conflicts,
+    retention_limits_are_enforced_in_the_background,
+    bad_start_positions_are_refused,
+);
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ephemeral_rule, next, seqs, start, start_in, start_with, take, WAIT};
+use common::{ephemeral_rule, next, seqs, start, start_in, start_over, take, Transport, WAIT};
 use rtc_broker::store::sled_store::{BackgroundFlush, SledStorage};
 use rtc_broker::store::{
     ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, WriteOp,
@@ -38,10 +50,9 @@ async fn sub_from(client: &Client, pattern: &str, start: StartAt) -> rtc_client:
         .unwrap()
 }
 
-#[tokio::test]
-async fn sequence_numbers_start_at_one_without_gaps_per_topic() {
-    let b = start().await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn sequence_numbers_start_at_one_without_gaps_per_topic(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let c = b.connect().await;
     assert_eq!(publish_n(&c, "s.a", 0..5).await, vec![1, 2, 3, 4, 5]);
     assert_eq!(
         publish_n(&c, "s.b", 0..2).await,
@@ -53,10 +64,9 @@ async fn sequence_numbers_start_at_one_without_gaps_per_topic() {
     assert!(info.bytes > 0);
 }
 
-#[tokio::test]
-async fn replay_from_each_start_position_then_live() {
-    let b = start().await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn replay_from_each_start_position_then_live(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let c = b.connect().await;
     publish_n(&c, "r.a", 1..11).await; // seqs 1..=10
 
     let mut all = sub_from(&c, "r.a", StartAt::First).await;
@@ -106,10 +116,9 @@ async fn replay_from_each_start_position_then_live() {
     assert_eq!(seqs(&take(&mut future, 1).await), vec![12]);
 }
 
-#[tokio::test]
-async fn replay_covers_every_durable_topic_the_pattern_matches() {
-    let b = start_with(|c| c.topic = vec![ephemeral_rule("w.live")]).await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn replay_covers_every_durable_topic_the_pattern_matches(t: Transport) {
+    let b = start_over(t, |c| c.topic = vec![ephemeral_rule("w.live")]).await;
+    let c = b.connect().await;
     publish_n(&c, "w.a", 0..3).await;
     publish_n(&c, "w.b", 0..2).await;
     publish_n(&c, "w.live", 0..2).await; // ephemeral: nothing to replay
@@ -138,15 +147,14 @@ async fn replay_covers_every_durable_topic_the_pattern_matches() {
 /// Subscribers that start replaying while a publisher keeps publishing see every
 /// message exactly once, in order — including when the live buffer overflows and the
 /// replay has to go back to the log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switch_over_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
+async fn switch_over_under_concurrent_publishing_has_no_gap_and_no_duplicate(t: Transport) {
     for buffer in [10_000, 8] {
-        let b = start_with(|c| {
+        let b = start_over(t, |c| {
             c.fsync = FsyncPolicy::Never;
             c.replay_buffer = buffer;
         })
         .await;
-        let publisher = Client::connect(&b.url).await.unwrap();
+        let publisher = b.connect().await;
         const BEFORE: u64 = 1_000;
         const TOTAL: u64 = 4_000;
         publish_n(&publisher, "sw.x", 0..BEFORE).await;
@@ -168,7 +176,7 @@ async fn switch_over_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
         // Start subscribers at staggered points while publishing goes on.
         let mut subs = Vec::new();
         for _ in 0..4 {
-            let c = Client::connect(&b.url).await.unwrap();
+            let c = b.connect().await;
             subs.push((sub_from(&c, "sw.x", StartAt::First).await, c));
             tokio::task::yield_now().await;
         }
@@ -184,7 +192,7 @@ async fn switch_over_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
             );
         }
         // And nothing after the last one.
-        let probe = Client::connect(&b.url).await.unwrap();
+        let probe = b.connect().await;
         assert_eq!(probe.publish("sw.x", "end").await.unwrap().seq, TOTAL + 1);
         for (sub, _) in subs.iter_mut() {
             assert_eq!(next(sub).await.seq, TOTAL + 1);
@@ -192,10 +200,9 @@ async fn switch_over_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
     }
 }
 
-#[tokio::test]
-async fn duplicate_message_id_is_stored_once_inside_the_window() {
-    let b = start().await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn duplicate_message_id_is_stored_once_inside_the_window(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let c = b.connect().await;
     let mut sub = c.subscribe("d.x").await.unwrap();
     let first = c
         .publish_message(PublishMessage::new("d.x", "a").msg_id("id-1"))
@@ -223,10 +230,9 @@ async fn duplicate_message_id_is_stored_once_inside_the_window() {
     assert_eq!((x.seq, y.seq, y.duplicate), (3, 4, false));
 }
 
-#[tokio::test]
-async fn duplicate_outside_the_window_is_stored_again() {
-    let b = start().await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn duplicate_outside_the_window_is_stored_again(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let c = b.connect().await;
     let cfg = TopicConfig {
         dedup_window: Some(Duration::from_millis(200)),
         ..Default::default()
@@ -421,10 +427,9 @@ async fn ephemeral_topics_write_nothing() {
     );
 }
 
-#[tokio::test]
-async fn topic_create_info_list_and_conflicts() {
-    let b = start().await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn topic_create_info_list_and_conflicts(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let c = b.connect().await;
     let cfg = TopicConfig {
         max_age: Some(Duration::from_secs(3600)),
         max_msgs: Some(100),
@@ -494,10 +499,9 @@ async fn await_info(
     }
 }
 
-#[tokio::test]
-async fn retention_limits_are_enforced_in_the_background() {
-    let b = start().await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn retention_limits_are_enforced_in_the_background(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let c = b.connect().await;
     c.create_topic(
         "ret.count",
         &TopicConfig {
@@ -548,10 +552,9 @@ async fn retention_limits_are_enforced_in_the_background() {
     assert_eq!(c.publish("ret.age", "again").await.unwrap().seq, 4);
 }
 
-#[tokio::test]
-async fn bad_start_positions_are_refused() {
-    let b = start().await;
-    let c = Client::connect(&b.url).await.unwrap();
+async fn bad_start_positions_are_refused(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let c = b.connect().await;
     let err = c
         .subscribe_with(
             "x",

@@ -2,21 +2,30 @@
 
 mod common;
 
+transport_tests!(
+    round_trip_with_headers,
+    wildcards_match_exactly_what_they_should,
+    fifty_subscribers_each_get_every_message_once_in_order,
+    unsubscribe_ends_delivery_and_other_subscriptions_continue,
+    broker_errors_reach_the_call_that_caused_them,
+    oversized_publish_is_refused_locally,
+    shutdown_ends_subscriptions_and_fails_requests_with_the_reason,
+);
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{ephemeral_rule, next, start, start_with, until_marker, WAIT};
+use common::{ephemeral_rule, next, start_over, start_with, until_marker, Transport, WAIT};
 use rtc_client::{Client, Error, ErrorCode, PublishMessage};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{Frame, FrameCodec};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
 
-#[tokio::test]
-async fn round_trip_with_headers() {
-    let b = start().await;
-    let client = Client::connect(&b.url).await.unwrap();
+async fn round_trip_with_headers(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let client = b.connect().await;
     let mut sub = client.subscribe("demo.>").await.unwrap();
     let ack = client
         .publish_message(
@@ -48,10 +57,9 @@ async fn round_trip_with_headers() {
     client.close().await;
 }
 
-#[tokio::test]
-async fn wildcards_match_exactly_what_they_should() {
-    let b = start().await;
-    let client = Client::connect(&b.url).await.unwrap();
+async fn wildcards_match_exactly_what_they_should(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let client = b.connect().await;
     // (pattern, topics it must receive, in publish order)
     let cases: [(&str, &[&str]); 5] = [
         ("a.*.c", &["a.b.c", "a.x.c"]),
@@ -64,7 +72,7 @@ async fn wildcards_match_exactly_what_they_should() {
     for (pattern, _) in &cases {
         subs.push(client.subscribe(pattern).await.unwrap());
     }
-    let publisher = Client::connect(&b.url).await.unwrap();
+    let publisher = b.connect().await;
     for topic in [
         "a", "a.b", "a.b.c", "a.x.c", "a.b.c.d", "z", "z.b", "b.c", "a.b.x.c",
     ] {
@@ -87,16 +95,15 @@ async fn wildcards_match_exactly_what_they_should() {
     }
 }
 
-#[tokio::test]
-async fn fifty_subscribers_each_get_every_message_once_in_order() {
-    let b = start().await;
+async fn fifty_subscribers_each_get_every_message_once_in_order(t: Transport) {
+    let b = start_over(t, |_| {}).await;
     let mut subscribers = Vec::new();
     for _ in 0..50 {
-        let c = Client::connect(&b.url).await.unwrap();
+        let c = b.connect().await;
         let s = c.subscribe("fan.*").await.unwrap();
         subscribers.push((c, s));
     }
-    let publisher = Client::connect(&b.url).await.unwrap();
+    let publisher = b.connect().await;
     const N: usize = 200;
     for i in 0..N {
         publisher.publish("fan.out", i.to_string()).await.unwrap();
@@ -113,10 +120,9 @@ async fn fifty_subscribers_each_get_every_message_once_in_order() {
     }
 }
 
-#[tokio::test]
-async fn unsubscribe_ends_delivery_and_other_subscriptions_continue() {
-    let b = start().await;
-    let client = Client::connect(&b.url).await.unwrap();
+async fn unsubscribe_ends_delivery_and_other_subscriptions_continue(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let client = b.connect().await;
     let first = client.subscribe("u.x").await.unwrap();
     let mut second = client.subscribe("u.>").await.unwrap();
     first.unsubscribe().await.unwrap();
@@ -132,10 +138,9 @@ async fn unsubscribe_ends_delivery_and_other_subscriptions_continue() {
     assert_eq!(next(&mut third).await.payload, Bytes::from_static(b"again"));
 }
 
-#[tokio::test]
-async fn broker_errors_reach_the_call_that_caused_them() {
-    let b = start().await;
-    let client = Client::connect(&b.url).await.unwrap();
+async fn broker_errors_reach_the_call_that_caused_them(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let client = b.connect().await;
     let err = client.publish("bad..topic", "x").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InvalidTopic), "{err}");
     let err = client.subscribe("a.>.b").await.unwrap_err();
@@ -146,10 +151,9 @@ async fn broker_errors_reach_the_call_that_caused_them() {
     assert_eq!(next(&mut sub).await.payload, Bytes::from_static(b"fine"));
 }
 
-#[tokio::test]
-async fn oversized_publish_is_refused_locally() {
-    let b = start_with(|c| c.max_frame_size = 4096).await;
-    let client = Client::connect(&b.url).await.unwrap();
+async fn oversized_publish_is_refused_locally(t: Transport) {
+    let b = start_over(t, |c| c.max_frame_size = 4096).await;
+    let client = b.connect().await;
     let err = client.publish("big", vec![0u8; 5000]).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { max: 4096, .. }), "{err}");
     client.publish("small", vec![0u8; 100]).await.unwrap();
@@ -163,12 +167,11 @@ async fn connect_errors_are_clear() {
     assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn shutdown_ends_subscriptions_and_fails_requests_with_the_reason() {
-    let b = start().await;
+async fn shutdown_ends_subscriptions_and_fails_requests_with_the_reason(t: Transport) {
+    let b = start_over(t, |_| {}).await;
     let once = rtc_client::ConnectOptions {
         reconnect: None,
-        ..Default::default()
+        ..b.options()
     };
     let client = Client::connect_with(&b.url, once).await.unwrap();
     let mut sub = client.subscribe("x").await.unwrap();
@@ -240,9 +243,9 @@ async fn stalled_subscriber_does_not_stall_publisher_or_fast_subscriber() {
         "{frames_seen:?}"
     );
 
-    let fast_client = Client::connect(&b.url).await.unwrap();
+    let fast_client = b.connect().await;
     let mut fast = fast_client.subscribe("load.>").await.unwrap();
-    let publisher = Client::connect(&b.url).await.unwrap();
+    let publisher = b.connect().await;
     const N: u64 = 4_000;
     let payload = Bytes::from(vec![b'x'; 4096]);
     let consume = tokio::spawn(async move {

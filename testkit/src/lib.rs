@@ -91,6 +91,7 @@ impl BrokerProcess {
         };
         let addr = line
             .strip_prefix("listening tcp ")
+            .or_else(|| line.strip_prefix("listening tls "))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));

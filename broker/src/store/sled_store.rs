@@ -102,11 +102,19 @@ impl SledStorage {
         };
         let marker = dir.join(MARKER_FILE);
         let marked = read_marker(&marker)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(every)
-            .open()
-            .map_err(|e| describe_open_error(dir, e))?;
+        // sled releases its file lock from a background thread after the database is
+        // dropped, so a store closed a moment ago (a restart in the same process) can
+        // still look locked: wait for that briefly before calling it locked.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(dir).flush_every_ms(every).open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(describe_open_error(dir, e)),
+            }
+        };
         let fail = |e| describe_open_error(dir, e);
         match db.get(VERSION_KEY).map_err(fail)? {
             None => {
@@ -185,9 +193,16 @@ fn incompatible(dir: &Path, found: &str) -> String {
     )
 }
 
+/// How long opening waits for a lock left by a store that is closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn describe_open_error(dir: &Path, e: sled::Error) -> String {
     let what = match &e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+        e if is_lock_error(e) => {
             "is locked by another process (is another rtc-broker using it?)".to_string()
         }
         sled::Error::Io(io) => format!("cannot be opened: {io}"),

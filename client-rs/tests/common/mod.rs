@@ -17,6 +17,81 @@ pub struct TestBroker {
     pub handle: BrokerHandle,
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// The broker's certificate, when it speaks TLS.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// The transports a suite runs over (see [`transport_tests!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+}
+
+/// Starts a broker speaking `transport`; for TLS with a fresh self-signed certificate
+/// for 127.0.0.1 / localhost, which [`TestBroker::connect`] trusts.
+pub async fn start_over(transport: Transport, tweak: impl FnOnce(&mut Config)) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = (transport == Transport::Tls).then(|| {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    });
+    let tls = ca.clone();
+    let mut b = start_in(dir, move |c| {
+        if let Some((cert, key)) = tls {
+            c.tls_cert = Some(cert);
+            c.tls_key = Some(key);
+        }
+        tweak(c)
+    })
+    .await;
+    b.ca = ca.map(|(cert, _)| cert);
+    b
+}
+
+impl TestBroker {
+    /// Options that reach this broker (its certificate trusted, for TLS).
+    pub fn options(&self) -> rtc_client::ConnectOptions {
+        rtc_client::ConnectOptions {
+            ca_file: self.ca.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A client connected to this broker.
+    pub async fn connect(&self) -> rtc_client::Client {
+        rtc_client::Client::connect_with(&self.url, self.options())
+            .await
+            .unwrap()
+    }
+}
+
+/// Runs each named `async fn name(t: Transport)` of the calling test file once per
+/// transport, as tests `tcp::name` and `tls::name`.
+#[macro_export]
+macro_rules! transport_tests {
+    ($($name:ident),* $(,)?) => {
+        mod tcp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Transport::Tcp).await
+                }
+            )*
+        }
+        mod tls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Transport::Tls).await
+                }
+            )*
+        }
+    };
 }
 
 pub async fn start() -> TestBroker {
@@ -37,9 +112,10 @@ pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -
         .await
         .unwrap();
     TestBroker {
-        url: format!("tcp://{}", handle.tcp_addr()),
+        url: handle.url(),
         handle,
         dir,
+        ca: None,
     }
 }
 
