@@ -96,6 +96,8 @@ pub struct Config {
     pub topic: Vec<TopicRule>,
     /// Users; with none, the broker is open (`[[user]]` in the file, see `crate::auth`).
     pub user: Vec<UserConfig>,
+    /// QUIC listen address (UDP); none unless given.
+    pub quic: Option<SocketAddr>,
     /// PEM certificate chain; with `tls_key`, the TCP listener speaks TLS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -177,6 +179,7 @@ impl Default for Config {
             publish_burst: 100_000,
             topic: Vec::new(),
             user: Vec::new(),
+            quic: None,
             tls_cert: None,
             tls_key: None,
         }

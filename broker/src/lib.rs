@@ -17,6 +17,7 @@
 //! - [`config`]: settings, defaults, TOML file, validation.
 //! - [`auth`]: users, token hashes, per-topic permissions.
 //! - [`tls`]: the TLS acceptor for the TCP listener.
+//! - [`quic`]: the QUIC listener (one bidirectional stream per connection).
 //! - [`server`]: listeners, accept loop, connection limit, shutdown; the public
 //!   [`Broker`] / [`BrokerBuilder`] / [`BrokerHandle`].
 //! - `session`: one per connection: handshake, read loop, dispatch of requests.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod outbound;
+pub mod quic;
 pub mod replay;
 pub mod router;
 pub mod server;

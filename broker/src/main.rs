@@ -29,6 +29,9 @@ struct Args {
     /// Log level or tracing filter, e.g. `info` or `rtc_broker=debug` [default: info].
     #[arg(long, value_name = "LEVEL")]
     log: Option<String>,
+    /// QUIC listen address (UDP), e.g. 127.0.0.1:7400 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    quic: Option<SocketAddr>,
     /// PEM certificate chain: with --tls-key, the TCP listener speaks TLS (tls:// URLs).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -76,6 +79,9 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     if let Some(log) = args.log {
         config.log = log;
     }
+    if args.quic.is_some() {
+        config.quic = args.quic;
+    }
     if args.tls_cert.is_some() {
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
@@ -117,6 +123,10 @@ fn announce(handle: &BrokerHandle) -> std::io::Result<()> {
         handle.tcp_scheme(),
         handle.tcp_addr()
     )?;
+    if let (Some(addr), Some(fp)) = (handle.quic_addr(), handle.quic_fingerprint()) {
+        writeln!(out, "listening quic {addr}")?;
+        writeln!(out, "quic certificate sha256 {fp}")?;
+    }
     out.flush()
 }
 

@@ -205,6 +205,33 @@ impl BrokerBuilder {
             _ => None,
         };
         let scheme = if tls.is_some() { "tls" } else { "tcp" };
+        let quic = match shared.config.quic {
+            None => None,
+            Some(addr) => {
+                let c = &shared.config;
+                let tls_files = c.tls_cert.as_deref().zip(c.tls_key.as_deref());
+                let identity = crate::quic::identity(tls_files, &c.data_dir)?;
+                let fingerprint = crate::quic::fingerprint(&identity.0[0]);
+                let endpoint = crate::quic::endpoint(
+                    addr,
+                    identity,
+                    c.heartbeat_interval * 3 + Duration::from_secs(5),
+                )?;
+                let bound = endpoint.local_addr().map_err(|source| BrokerError::Bind {
+                    transport: "quic",
+                    addr,
+                    source,
+                })?;
+                tracker.spawn(crate::quic::accept(
+                    endpoint,
+                    shared.clone(),
+                    limit.clone(),
+                    cancel.clone(),
+                    tracker.clone(),
+                ));
+                Some((bound, fingerprint))
+            }
+        };
         tracker.spawn(accept_tcp(
             listener,
             tls,
@@ -218,6 +245,7 @@ impl BrokerBuilder {
         Ok(BrokerHandle {
             tcp_addr,
             scheme,
+            quic,
             cancel,
             tracker,
             shared: Some(shared),
@@ -247,6 +275,8 @@ async fn retention_timer(shared: Arc<Shared>, cancel: CancellationToken) {
 pub struct BrokerHandle {
     tcp_addr: SocketAddr,
     scheme: &'static str,
+    /// The QUIC address and its certificate's SHA-256 fingerprint.
+    quic: Option<(SocketAddr, String)>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     shared: Option<Arc<Shared>>,
@@ -261,6 +291,16 @@ impl BrokerHandle {
     /// `tls` when the TCP listener speaks TLS, else `tcp`.
     pub fn tcp_scheme(&self) -> &'static str {
         self.scheme
+    }
+
+    /// The QUIC listener's address, when QUIC is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The SHA-256 fingerprint of the QUIC certificate, when QUIC is on.
+    pub fn quic_fingerprint(&self) -> Option<&str> {
+        self.quic.as_ref().map(|(_, f)| f.as_str())
     }
 
     /// The URL clients use: `tcp://ADDR` or `tls://ADDR`.

@@ -49,10 +49,10 @@ pub struct ConnectOptions {
     /// Acknowledged publishes that may wait for their acknowledgement at once; beyond it
     /// a publish fails with [`Error::OutboxFull`]. Default: 65 536.
     pub outbox_capacity: usize,
-    /// For `tls://` URLs: a PEM file with the certificate(s) to trust — the broker's own
+    /// For `tls://` and `quic://` URLs: a PEM file with the certificate(s) to trust — the broker's own
     /// (self-signed) certificate or the CA that signed it. Default: none.
     pub ca_file: Option<std::path::PathBuf>,
-    /// For `tls://` URLs: accept any server certificate. For development only: it makes
+    /// For `tls://` and `quic://` URLs: accept any server certificate. For development only: it makes
     /// the connection open to interception. Default: false.
     pub insecure: bool,
     /// Keep the outbox in this file too, so that publishes a crashed or restarted
@@ -199,12 +199,13 @@ impl Client {
     /// Connects with explicit [`ConnectOptions`].
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, Error> {
         let endpoint = connection::parse_url(url)?;
-        let tls = match endpoint.tls {
-            true => Some(crate::tls::client_config(
+        let tls = match endpoint.scheme {
+            connection::Scheme::Tcp => None,
+            scheme => Some(crate::tls::client_config(
                 options.ca_file.as_deref(),
                 options.insecure,
+                scheme == connection::Scheme::Quic,
             )?),
-            false => None,
         };
         let (mut outbox, left) = match &options.outbox_file {
             Some(path) => Outbox::open(path, options.outbox_capacity)?,

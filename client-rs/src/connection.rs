@@ -40,6 +40,17 @@ pub(crate) enum Outgoing {
     Close,
 }
 
+/// The transport a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    /// `tcp://` (or no scheme).
+    Tcp,
+    /// `tls://`: TLS over TCP.
+    Tls,
+    /// `quic://`: one bidirectional QUIC stream.
+    Quic,
+}
+
 /// Where to connect, from a URL.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
@@ -47,8 +58,8 @@ pub(crate) struct Endpoint {
     pub(crate) addr: String,
     /// The host part, for TLS server-name verification.
     pub(crate) host: String,
-    /// `tls://`.
-    pub(crate) tls: bool,
+    /// The transport.
+    pub(crate) scheme: Scheme,
 }
 
 /// Splits `tcp://host:port`, `tls://host:port` (or plain `host:port`, meaning TCP).
@@ -57,15 +68,16 @@ pub(crate) fn parse_url(url: &str) -> Result<Endpoint, Error> {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let (tls, addr) = match url.split_once("://") {
-        Some(("tcp", rest)) => (false, rest),
-        Some(("tls", rest)) => (true, rest),
+    let (scheme, addr) = match url.split_once("://") {
+        Some(("tcp", rest)) => (Scheme::Tcp, rest),
+        Some(("tls", rest)) => (Scheme::Tls, rest),
+        Some(("quic", rest)) => (Scheme::Quic, rest),
         Some((scheme, _)) => {
             return Err(bad(&format!(
-                "unsupported scheme {scheme:?} (supported: tcp, tls)"
+                "unsupported scheme {scheme:?} (supported: tcp, tls, quic)"
             )))
         }
-        None => (false, url),
+        None => (Scheme::Tcp, url),
     };
     let addr = addr.trim_end_matches('/');
     let (host, port) = addr
@@ -79,7 +91,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Endpoint, Error> {
     Ok(Endpoint {
         addr: addr.to_string(),
         host: host.to_string(),
-        tls,
+        scheme,
     })
 }
 
@@ -95,6 +107,83 @@ pub(crate) struct Session {
     pub(crate) writer: BoxWrite,
 }
 
+async fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("timed out after {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens a QUIC connection and its one bidirectional stream.
+async fn quic_connect(
+    endpoint: &Endpoint,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<(BoxRead, BoxWrite), String> {
+    let addr = tokio::net::lookup_host(&endpoint.addr)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "the host name has no address".to_string())?;
+    let local: std::net::SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("valid");
+    let mut quic = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config.clone())
+        .map_err(|e| e.to_string())?;
+    quic.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
+    let conn = quic
+        .connect(addr, host)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("QUIC handshake failed: {e}"))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let writer = QuicWriter {
+        send,
+        _conn: conn,
+        _endpoint: quic,
+    };
+    Ok((Box::new(recv), Box::new(writer)))
+}
+
+/// The send side of the QUIC stream, holding the connection and endpoint so they live as
+/// long as the stream is used.
+struct QuicWriter {
+    send: quinn::SendStream,
+    _conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl AsyncWrite for QuicWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(std::pin::Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.send), cx)
+    }
+}
+
 /// Dials, sends `Hello` and waits for `Welcome`.
 pub(crate) async fn handshake(
     endpoint: &Endpoint,
@@ -108,18 +197,25 @@ pub(crate) async fn handshake(
         addr: addr.to_string(),
         reason,
     };
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| connect_err(format!("timed out after {timeout:?}")))?
-        .map_err(|e| connect_err(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let (read_half, mut writer): (BoxRead, BoxWrite) = match (endpoint.tls, tls) {
-        (false, _) => {
+    let (read_half, mut writer): (BoxRead, BoxWrite) = match (endpoint.scheme, tls) {
+        (Scheme::Quic, Some(config)) => {
+            let opened = tokio::time::timeout(timeout, quic_connect(endpoint, config))
+                .await
+                .map_err(|_| connect_err(format!("timed out after {timeout:?}")))?;
+            opened.map_err(connect_err)?
+        }
+        (Scheme::Tcp, _) => {
+            let stream = tcp_connect(addr, timeout).await.map_err(connect_err)?;
             let (r, w) = stream.into_split();
             (Box::new(r), Box::new(w))
         }
-        (true, None) => return Err(Error::Tls("no TLS configuration for a tls:// URL".into())),
-        (true, Some(config)) => {
+        (_, None) => {
+            return Err(Error::Tls(
+                "no TLS configuration for a tls:// or quic:// URL".into(),
+            ))
+        }
+        (Scheme::Tls, Some(config)) => {
+            let stream = tcp_connect(addr, timeout).await.map_err(connect_err)?;
             let name = crate::tls::server_name(&endpoint.host)?;
             let connector = tokio_rustls::TlsConnector::from(config.clone());
             let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
@@ -336,7 +432,8 @@ mod tests {
         assert_eq!(parse_url("localhost:1").unwrap().addr, "localhost:1");
         assert_eq!(parse_url("tcp://[::1]:7400/").unwrap().addr, "[::1]:7400");
         let tls = parse_url("tls://broker.example:7400").unwrap();
-        assert!(tls.tls);
+        assert_eq!(tls.scheme, super::Scheme::Tls);
+        assert_eq!(parse_url("quic://h:1").unwrap().scheme, super::Scheme::Quic);
         assert_eq!(tls.host, "broker.example");
         assert!(parse_url("http://x:1").is_err());
         assert!(parse_url("tcp://nohost").is_err());

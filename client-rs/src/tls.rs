@@ -1,4 +1,4 @@
-//! TLS for `tls://` URLs: the rustls client configuration, trusting either the
+//! TLS for `tls://` and `quic://` URLs: the rustls client configuration, trusting either the
 //! certificates in a PEM file (`ConnectOptions::ca_file`, e.g. the broker's self-signed
 //! certificate) or — for development only — any certificate (`insecure`).
 
@@ -17,15 +17,24 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The client configuration for `tls://` connections.
+/// The ALPN protocol id of rtc over QUIC.
+pub(crate) const QUIC_ALPN: &[u8] = b"rtc/1";
+
+/// The client configuration for `tls://` connections, or for `quic://` ones (TLS 1.3
+/// only, with rtc's ALPN id) when `quic`.
 pub(crate) fn client_config(
     ca_file: Option<&Path>,
     insecure: bool,
+    quic: bool,
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
     let tls_err = |m: String| Error::Tls(m);
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider());
+    let builder = if quic {
+        builder.with_protocol_versions(&[&rustls::version::TLS13])
+    } else {
+        builder.with_safe_default_protocol_versions()
+    }
+    .map_err(|e| tls_err(e.to_string()))?;
     let config = if insecure {
         tracing::warn!("TLS certificate verification is OFF (insecure): for development only");
         builder
@@ -35,7 +44,7 @@ pub(crate) fn client_config(
     } else {
         let Some(path) = ca_file else {
             return Err(tls_err(
-                "tls:// needs a CA certificate to trust (ConnectOptions::ca_file, rtc-cli --ca FILE) or insecure mode"
+                "tls:// and quic:// need a CA certificate to trust (ConnectOptions::ca_file, rtc-cli --ca FILE) or insecure mode"
                     .into(),
             ));
         };
@@ -53,6 +62,10 @@ pub(crate) fn client_config(
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
+    let mut config = config;
+    if quic {
+        config.alpn_protocols = vec![QUIC_ALPN.to_vec()];
+    }
     Ok(Arc::new(config))
 }
 

@@ -347,3 +347,34 @@ async fn next_with_patience(sub: &mut rtc_client::Subscription) -> rtc_client::M
         .expect("a delivery within 30 s")
         .expect("subscription open")
 }
+
+/// A QUIC client reconnects after the broker restarts (same UDP port, same self-signed
+/// certificate kept in the data dir), and its subscription resumes without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_client_reconnects_after_the_broker_restarts() {
+    let b = common::start_over(common::Transport::Quic, |_| {}).await;
+    let quic_addr = b.handle.quic_addr().unwrap();
+    let options = ConnectOptions {
+        ca_file: b.ca.clone(),
+        ..fast_reconnect()
+    };
+    let client = Client::connect_with(&b.url, options).await.unwrap();
+    let mut state = client.state();
+    let mut sub = client.subscribe("qr.x").await.unwrap();
+    client.publish("qr.x", "before").await.unwrap();
+    assert_eq!(next(&mut sub).await.seq, 1);
+
+    let dir = b.stop().await;
+    wait_for_state(&mut state, |s| {
+        matches!(s, ConnectionState::Reconnecting(_))
+    })
+    .await;
+    let b = common::start_in(dir, |c| c.quic = Some(quic_addr)).await;
+    let publisher = Client::connect(&b.url).await.unwrap();
+    publisher.publish("qr.x", "while away").await.unwrap();
+    wait_for_state(&mut state, |s| s == ConnectionState::Connected).await;
+    let m = next(&mut sub).await;
+    assert_eq!((m.seq, &m.payload[..]), (2, &b"while away"[..]));
+    client.publish("qr.x", "after").await.unwrap();
+    assert_eq!(next(&mut sub).await.seq, 3);
+}

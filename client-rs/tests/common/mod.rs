@@ -26,6 +26,8 @@ pub struct TestBroker {
 pub enum Transport {
     Tcp,
     Tls,
+    /// QUIC with the broker's self-signed certificate (made in its data dir).
+    Quic,
 }
 
 /// Starts a broker speaking `transport`; for TLS with a fresh self-signed certificate
@@ -46,10 +48,17 @@ pub async fn start_over(transport: Transport, tweak: impl FnOnce(&mut Config)) -
             c.tls_cert = Some(cert);
             c.tls_key = Some(key);
         }
+        if transport == Transport::Quic {
+            c.quic = Some("127.0.0.1:0".parse().unwrap());
+        }
         tweak(c)
     })
     .await;
     b.ca = ca.map(|(cert, _)| cert);
+    if transport == Transport::Quic {
+        b.url = format!("quic://{}", b.handle.quic_addr().expect("QUIC is on"));
+        b.ca = Some(b.dir.path().join(rtc_broker::quic::GENERATED_CERT));
+    }
     b
 }
 
@@ -71,7 +80,7 @@ impl TestBroker {
 }
 
 /// Runs each named `async fn name(t: Transport)` of the calling test file once per
-/// transport, as tests `tcp::name` and `tls::name`.
+/// transport, as tests `tcp::name`, `tls::name` and `quic::name`.
 #[macro_export]
 macro_rules! transport_tests {
     ($($name:ident),* $(,)?) => {
@@ -88,6 +97,14 @@ macro_rules! transport_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::common::Transport::Tls).await
+                }
+            )*
+        }
+        mod quic {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Transport::Quic).await
                 }
             )*
         }
