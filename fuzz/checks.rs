@@ -50,6 +50,7 @@ pub fn topic(data: &[u8]) {
             sub_id: 1,
             outbox: Arc::new(Outbox::new(1 << 20, 16)),
             gate: None,
+            datagrams: None,
         },
     );
     let mut hits = 0;

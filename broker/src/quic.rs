@@ -4,8 +4,10 @@
 //! exactly the TCP protocol on it — same frames, handshake, limits and errors — so the
 //! session code is shared. This is the baseline the design names: it has TCP's
 //! head-of-line blocking within the connection (live messages queue behind a replay on
-//! the same stream). Moving live traffic to separate streams or datagrams is future
-//! work; QUIC datagrams are not used yet.
+//! the same stream). The way around it is datagrams: messages of ephemeral topics
+//! configured `datagram = true` go to subscriptions that ask for it as QUIC datagrams
+//! (one `Frame{deliver}` each, no length prefix; unreliable, unordered, never queued
+//! behind anything), falling back to the stream for a message too large for a datagram.
 //!
 //! Certificate: the TLS certificate when one is configured; otherwise a self-signed one
 //! generated at first start and kept in the data dir (`quic-cert.pem`, `quic-key.pem`),
@@ -134,7 +136,8 @@ pub(crate) async fn accept(
             .await;
             match opened {
                 Ok(Ok((conn, send, recv))) => {
-                    crate::session::run(shared, recv, send, peer, cancel).await;
+                    let datagrams: Arc<dyn crate::router::DatagramSink> = Arc::new(conn.clone());
+                    crate::session::run(shared, recv, send, peer, cancel, Some(datagrams)).await;
                     // Let the client read what was flushed before the connection goes.
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                 }

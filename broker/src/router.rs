@@ -30,10 +30,37 @@ pub struct Subscriber {
     /// For a subscription replaying history: holds live messages until the replay has
     /// caught up (see [`crate::replay`]). `None` for live-only subscriptions.
     pub gate: Option<Arc<Gate>>,
+    /// For a QUIC subscription that asked for datagrams: where they go.
+    pub datagrams: Option<Arc<dyn DatagramSink>>,
+}
+
+/// Something that sends unreliable datagrams to a client (a QUIC connection).
+pub trait DatagramSink: Send + Sync + std::fmt::Debug {
+    /// Largest datagram the peer accepts now, if it accepts any.
+    fn max_size(&self) -> Option<usize>;
+    /// Sends one datagram; `false` if it could not be sent.
+    fn send(&self, datagram: Bytes) -> bool;
+}
+
+impl DatagramSink for quinn::Connection {
+    fn max_size(&self) -> Option<usize> {
+        self.max_datagram_size()
+    }
+
+    fn send(&self, datagram: Bytes) -> bool {
+        self.send_datagram(datagram).is_ok()
+    }
 }
 
 impl Subscriber {
-    fn deliver(&self, topic: &str, seq: u64, message: &Bytes) -> bool {
+    fn deliver(&self, topic: &str, seq: u64, message: &Bytes, datagram: bool) -> bool {
+        if datagram {
+            if let Some(sink) = &self.datagrams {
+                if self.send_datagram(sink.as_ref(), message) {
+                    return true;
+                }
+            }
+        }
         match &self.gate {
             None => self.outbox.push_deliver(self.sub_id, message.clone()),
             Some(gate) => {
@@ -41,6 +68,17 @@ impl Subscriber {
                 true
             }
         }
+    }
+
+    /// One `Frame{deliver}` without the length prefix, if it fits in a datagram.
+    fn send_datagram(&self, sink: &dyn DatagramSink, message: &Bytes) -> bool {
+        let len = rtc_proto::codec::deliver_frame_len(self.sub_id, message.len());
+        if sink.max_size().is_none_or(|max| len > max) {
+            return false;
+        }
+        let mut buf = bytes::BytesMut::with_capacity(rtc_proto::codec::LEN_PREFIX + len);
+        rtc_proto::codec::encode_deliver(self.sub_id, message, &mut buf);
+        sink.send(buf.split_off(rtc_proto::codec::LEN_PREFIX).freeze())
     }
 }
 
@@ -192,15 +230,22 @@ impl Router {
     }
 
     /// Fans a message out to every matching subscription. `seq` is its position in the
-    /// topic's log (0 for ephemeral topics). `encode` runs at most once, and only if
+    /// topic's log (0 for ephemeral topics); with `datagram`, subscriptions that asked
+    /// for datagrams get it as one when it fits. `encode` runs at most once, and only if
     /// someone matches. Returns how many subscriptions took it.
-    pub fn publish(&self, topic: &str, seq: u64, encode: impl FnOnce() -> Bytes) -> usize {
+    pub fn publish(
+        &self,
+        topic: &str,
+        seq: u64,
+        datagram: bool,
+        encode: impl FnOnce() -> Bytes,
+    ) -> usize {
         let mut encode = Some(encode);
         let mut shared: Option<Bytes> = None;
         let mut queued = 0;
         self.for_each_match(topic, |sub| {
             let bytes = shared.get_or_insert_with(|| (encode.take().expect("encode runs once"))());
-            if sub.deliver(topic, seq, bytes) {
+            if sub.deliver(topic, seq, bytes, datagram) {
                 queued += 1;
             }
         });
@@ -219,6 +264,7 @@ mod tests {
             sub_id,
             outbox: Arc::new(Outbox::new(1 << 20, 1024)),
             gate: None,
+            datagrams: None,
         }
     }
 
@@ -281,7 +327,7 @@ mod tests {
         let router = Router::new();
         let mut calls = 0;
         assert_eq!(
-            router.publish("a", 0, || {
+            router.publish("a", 0, false, || {
                 calls += 1;
                 Bytes::new()
             }),
@@ -291,7 +337,7 @@ mod tests {
         router.subscribe("a", sub(1, 1));
         router.subscribe(">", sub(2, 1));
         assert_eq!(
-            router.publish("a", 0, || {
+            router.publish("a", 0, false, || {
                 calls += 1;
                 Bytes::from_static(b"m")
             }),

@@ -374,7 +374,7 @@ async fn accept_tcp(
             None => {
                 let (reader, writer) = stream.into_split();
                 tracker.spawn(async move {
-                    crate::session::run(shared, reader, writer, peer, cancel).await;
+                    crate::session::run(shared, reader, writer, peer, cancel, None).await;
                     drop(permit);
                 });
             }
@@ -385,7 +385,7 @@ async fn accept_tcp(
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let (reader, writer) = tokio::io::split(tls);
-                            crate::session::run(shared, reader, writer, peer, cancel).await;
+                            crate::session::run(shared, reader, writer, peer, cancel, None).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

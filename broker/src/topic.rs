@@ -52,6 +52,9 @@ pub struct TopicRule {
     /// Dedup window (default 2 minutes).
     #[serde(default, with = "opt_duration")]
     pub dedup_window: Option<Duration>,
+    /// Ephemeral topics: deliver as QUIC datagrams to subscribers that ask for it.
+    #[serde(default)]
+    pub datagram: bool,
 }
 
 /// Storage class as written in the config file.
@@ -77,6 +80,7 @@ impl TopicRule {
             max_msgs: self.max_msgs.unwrap_or(0),
             max_bytes: self.max_bytes.unwrap_or(0),
             dedup_window_ms: self.dedup_window.map_or(0, |d| d.as_millis() as u64),
+            datagram: self.datagram,
         })
     }
 }

@@ -149,6 +149,7 @@ async fn the_publish_rate_limit_slows_the_publisher_and_drops_nothing() {
             max_msgs: None,
             max_bytes: None,
             dedup_window: None,
+            datagram: false,
         }];
     })
     .await;

@@ -41,6 +41,9 @@ pub struct SubArgs {
     /// Acknowledge each message after printing it (needs --durable).
     #[arg(long, requires = "durable")]
     ack: bool,
+    /// Over quic://: take messages of datagram topics as QUIC datagrams.
+    #[arg(long)]
+    datagrams: bool,
 }
 
 /// Runs `rtc-cli sub`.
@@ -59,7 +62,11 @@ pub async fn run(server: &crate::Server, args: SubArgs) -> anyhow::Result<()> {
         (None, Some(_)) => rtc_client::StartAt::First,
         (None, None) => rtc_client::StartAt::New,
     };
-    let options = rtc_client::SubscribeOptions { start, consumer };
+    let options = rtc_client::SubscribeOptions {
+        start,
+        consumer,
+        datagrams: args.datagrams,
+    };
     let mut sub = client.subscribe_with(&args.pattern, options).await?;
     eprintln!("subscribed to {}", args.pattern);
     let mut received = 0u64;

@@ -43,6 +43,9 @@ struct CreateArgs {
     /// Keep at most this many bytes of messages.
     #[arg(long, value_name = "N")]
     max_bytes: Option<u64>,
+    /// Ephemeral topics: deliver as QUIC datagrams to subscribers that ask (sub --datagrams).
+    #[arg(long, requires = "ephemeral")]
+    datagram: bool,
     /// Window in which a repeated message ID is not stored again [default: 2m].
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     dedup_window: Option<Duration>,
@@ -60,6 +63,7 @@ pub async fn run(server: &crate::Server, args: TopicArgs) -> anyhow::Result<()> 
                 max_msgs: a.max_msgs,
                 max_bytes: a.max_bytes,
                 dedup_window: a.dedup_window,
+                datagram: a.datagram,
             };
             let info = client.create_topic(&a.name, &config).await?;
             write_info(&mut out, &info)?;

@@ -332,6 +332,7 @@ impl Client {
                 .map_or(0, |d| d.as_millis() as u64),
             max_in_flight: consumer.and_then(|c| c.max_in_flight).unwrap_or(0),
             max_deliver: consumer.and_then(|c| c.max_deliver).unwrap_or(0),
+            datagrams: options.datagrams,
         };
         self.inner
             .shared
@@ -359,6 +360,11 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// Messages received as QUIC datagrams (see `SubscribeOptions::datagrams`).
+    pub fn datagrams_received(&self) -> u64 {
+        self.inner.shared.datagrams.load(Ordering::Relaxed)
     }
 
     /// Messages the broker reported dropping because this client read too slowly.

@@ -105,6 +105,8 @@ pub(crate) struct Session {
     pub(crate) welcome: v1::Welcome,
     pub(crate) reader: FramedRead<BoxRead, FrameCodec>,
     pub(crate) writer: BoxWrite,
+    /// The QUIC connection, for its datagrams.
+    pub(crate) datagrams: Option<quinn::Connection>,
 }
 
 async fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
@@ -120,7 +122,7 @@ async fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, String>
 async fn quic_connect(
     endpoint: &Endpoint,
     config: &Arc<rustls::ClientConfig>,
-) -> Result<(BoxRead, BoxWrite), String> {
+) -> Result<(BoxRead, BoxWrite, quinn::Connection), String> {
     let addr = tokio::net::lookup_host(&endpoint.addr)
         .await
         .map_err(|e| e.to_string())?
@@ -146,10 +148,10 @@ async fn quic_connect(
     let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let writer = QuicWriter {
         send,
-        _conn: conn,
+        _conn: conn.clone(),
         _endpoint: quic,
     };
-    Ok((Box::new(recv), Box::new(writer)))
+    Ok((Box::new(recv), Box::new(writer), conn))
 }
 
 /// The send side of the QUIC stream, holding the connection and endpoint so they live as
@@ -197,12 +199,15 @@ pub(crate) async fn handshake(
         addr: addr.to_string(),
         reason,
     };
+    let mut datagrams = None;
     let (read_half, mut writer): (BoxRead, BoxWrite) = match (endpoint.scheme, tls) {
         (Scheme::Quic, Some(config)) => {
             let opened = tokio::time::timeout(timeout, quic_connect(endpoint, config))
                 .await
                 .map_err(|_| connect_err(format!("timed out after {timeout:?}")))?;
-            opened.map_err(connect_err)?
+            let (r, w, conn) = opened.map_err(connect_err)?;
+            datagrams = Some(conn);
+            (r, w)
         }
         (Scheme::Tcp, _) => {
             let stream = tcp_connect(addr, timeout).await.map_err(connect_err)?;
@@ -254,6 +259,7 @@ pub(crate) async fn handshake(
                 welcome,
                 reader,
                 writer,
+                datagrams,
             })
         }
         Some(Ok(Frame {
@@ -294,6 +300,10 @@ pub(crate) async fn run(
         Duration::from_millis(u64::from(session.welcome.heartbeat_interval_ms.max(100)));
     let max_frame_size = session.welcome.max_frame_size as usize;
     let mut reader = tokio::spawn(read_loop(shared.clone(), session.reader, heartbeat));
+    let datagrams = session
+        .datagrams
+        .map(|conn| tokio::spawn(datagram_loop(shared.clone(), conn)));
+    let _stop_datagrams = AbortOnDrop(datagrams);
     let mut writer = session.writer;
     let mut buf = BytesMut::new();
     for frame in &restore {
@@ -354,6 +364,37 @@ pub(crate) async fn run(
 fn encode(frame: &Frame, max_frame_size: usize, buf: &mut BytesMut) {
     if let Err(e) = encode_frame(frame, max_frame_size, buf) {
         tracing::error!(error = %e, "dropping an unencodable frame");
+    }
+}
+
+/// Aborts a task when dropped (the datagram reader ends with its connection's run).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Routes the deliveries that arrive as QUIC datagrams. Datagrams are unreliable by
+/// nature: one that does not decode, or finds its subscription's buffer full, is dropped.
+async fn datagram_loop(shared: Arc<Shared>, conn: quinn::Connection) {
+    while let Ok(datagram) = conn.read_datagram().await {
+        let Ok(Frame {
+            op: Some(Op::Deliver(d)),
+        }) = prost::Message::decode(datagram)
+        else {
+            continue;
+        };
+        let Some(message) = d.message else { continue };
+        let message = Message::from(message);
+        if let Some(tx) = shared.route(d.sub_id, &message) {
+            if tx.try_send(message).is_ok() {
+                shared.datagrams.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -76,6 +76,10 @@ pub struct SubscribeOptions {
     pub start: StartAt,
     /// Join a durable consumer instead of subscribing on your own.
     pub consumer: Option<ConsumerOptions>,
+    /// Over `quic://`: receive messages of `datagram = true` topics as QUIC datagrams
+    /// (lowest latency; unreliable and unordered). Messages too large for a datagram
+    /// still arrive on the stream.
+    pub datagrams: bool,
 }
 
 /// A durable consumer to join: the broker keeps its position and unacknowledged

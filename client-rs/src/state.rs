@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     last_error: Mutex<Option<String>>,
     /// Messages the broker reported dropping for this client (SLOW_CONSUMER).
     pub(crate) dropped: AtomicU64,
+    /// Deliveries received as QUIC datagrams.
+    pub(crate) datagrams: AtomicU64,
     pub(crate) state: watch::Sender<ConnectionState>,
     /// Cancelled by `Client::close`, so a supervisor waiting to reconnect stops.
     pub(crate) closing: CancellationToken,
@@ -134,6 +136,7 @@ impl Shared {
             closed: Mutex::new(None),
             last_error: Mutex::new(None),
             dropped: AtomicU64::new(0),
+            datagrams: AtomicU64::new(0),
             state: watch::channel(ConnectionState::Connecting).0,
             closing: CancellationToken::new(),
         }

@@ -23,6 +23,8 @@ pub struct TopicConfig {
     pub max_bytes: Option<u64>,
     /// Dedup window for message IDs.
     pub dedup_window: Option<Duration>,
+    /// Ephemeral topics: deliver as QUIC datagrams to subscribers that ask for them.
+    pub datagram: bool,
 }
 
 /// A topic's settings and what its log holds.
@@ -66,6 +68,7 @@ impl TopicConfig {
             max_msgs: self.max_msgs.unwrap_or(0),
             max_bytes: self.max_bytes.unwrap_or(0),
             dedup_window_ms: ms(self.dedup_window),
+            datagram: self.datagram,
         }
     }
 
@@ -76,6 +79,7 @@ impl TopicConfig {
             max_msgs: opt(s.max_msgs),
             max_bytes: opt(s.max_bytes),
             dedup_window: opt_ms(s.dedup_window_ms),
+            datagram: s.datagram,
         }
     }
 }

@@ -436,6 +436,7 @@ async fn topic_create_info_list_and_conflicts(t: Transport) {
         max_bytes: Some(1 << 20),
         dedup_window: Some(Duration::from_secs(60)),
         ephemeral: false,
+        datagram: false,
     };
     let info = c.create_topic("adm.a", &cfg).await.unwrap();
     assert_eq!(info.config, cfg);

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::outbound::{write_loop, Closed, Outbox};
+use crate::router::DatagramSink;
 use crate::server::Shared;
 
 mod admin;
@@ -53,6 +54,7 @@ pub(crate) async fn run<R, W>(
     writer: W,
     peer: String,
     cancel: CancellationToken,
+    datagrams: Option<Arc<dyn DatagramSink>>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -71,6 +73,7 @@ pub(crate) async fn run<R, W>(
         shared: shared.clone(),
         outbox: outbox.clone(),
         identity: Identity::Open,
+        datagrams,
         throttle: throttle::Throttle::new(config.publish_rate, config.publish_burst),
         subs: HashMap::new(),
     };
@@ -95,6 +98,8 @@ struct Session {
     identity: Identity,
     /// The publish rate limit, if any.
     throttle: Option<throttle::Throttle>,
+    /// The QUIC connection's datagram side, for subscriptions that ask for datagrams.
+    datagrams: Option<Arc<dyn DatagramSink>>,
     /// Active subscriptions by sub_id.
     subs: HashMap<u64, pubsub::ActiveSub>,
 }

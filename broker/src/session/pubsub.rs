@@ -97,9 +97,11 @@ impl Session {
             return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
         }
         if !is_durable(&settings) {
-            self.shared.router.publish(&message.topic, 0, || {
-                rtc_proto::codec::encode_message(&message)
-            });
+            self.shared
+                .router
+                .publish(&message.topic, 0, settings.datagram, || {
+                    rtc_proto::codec::encode_message(&message)
+                });
             if p.req_id != 0 {
                 let ack = v1::PubAck {
                     req_id: p.req_id,
@@ -197,6 +199,11 @@ impl Session {
                 sub_id: s.sub_id,
                 outbox: self.outbox.clone(),
                 gate: gate.clone(),
+                datagrams: if s.datagrams {
+                    self.datagrams.clone()
+                } else {
+                    None
+                },
             },
         );
         self.subs.insert(

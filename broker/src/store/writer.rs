@@ -661,7 +661,7 @@ impl Writer {
             answer(a.responder, outcome);
         }
         for (topic, seq, message) in stored {
-            self.router.publish(&topic, seq, || message);
+            self.router.publish(&topic, seq, false, || message);
         }
         for (name, reply, outcome) in creates {
             let answer = match (&result, outcome) {

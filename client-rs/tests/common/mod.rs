@@ -152,6 +152,7 @@ pub fn ephemeral_rule(pattern: &str) -> TopicRule {
         max_msgs: None,
         max_bytes: None,
         dedup_window: None,
+        datagram: false,
     }
 }
 
