@@ -11,7 +11,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rtc_broker::FsyncPolicy;
-use rtc_client::{Client, StartAt, SubscribeOptions};
+use rtc_client::{StartAt, SubscribeOptions};
 
 use crate::harness::Target;
 
@@ -21,6 +21,9 @@ pub struct DurableArgs {
     /// Benchmark a running broker instead of in-process ones (its own fsync applies).
     #[arg(long)]
     server: Option<String>,
+    /// Transport to the in-process broker.
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: crate::harness::Transport,
     /// Publishes in flight; repeat for several [default: 1 and 256].
     #[arg(long)]
     window: Vec<usize>,
@@ -64,13 +67,13 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
             let count = args
                 .count
                 .unwrap_or(if window == 1 { 2_000 } else { 20_000 });
-            let target = Target::new(args.server.as_deref(), |c| {
+            let target = Target::new(args.server.as_deref(), args.transport, |c| {
                 if let Some(p) = policy {
                     c.fsync = *p;
                 }
             })
             .await?;
-            let outcome = one_run(&target.url, window.max(1), count, args.payload).await;
+            let outcome = one_run(&target, window.max(1), count, args.payload).await;
             target.stop().await;
             let o = outcome?;
             let name = policy.map_or_else(|| "server's".to_string(), |p| p.to_string());
@@ -83,8 +86,13 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one_run(url: &str, window: usize, count: u64, payload: usize) -> anyhow::Result<Outcome> {
-    let client = Client::connect(url).await.context("connect")?;
+async fn one_run(
+    target: &Target,
+    window: usize,
+    count: u64,
+    payload: usize,
+) -> anyhow::Result<Outcome> {
+    let client = target.connect().await.context("connect")?;
     // A fresh topic per run so seqs start at 1 even against a shared broker.
     let topic = format!("bench.durable.{}", client.connection_id());
     let body = Bytes::from(vec![b'x'; payload]);

@@ -1,38 +1,94 @@
-//! Where a benchmark's broker comes from: a fresh in-process broker on 127.0.0.1:0 with a
-//! temp data dir (the default), or an already running one given by URL.
+//! Where a benchmark's broker comes from — a fresh in-process broker on 127.0.0.1:0 with
+//! a temp data dir (the default), or an already running one given by URL — and over
+//! which transport clients reach it (TCP, TLS with a fresh self-signed certificate, or
+//! QUIC with the broker's own).
 
 use rtc_broker::{Broker, BrokerHandle, Config};
+use rtc_client::{Client, ConnectOptions};
+
+/// How clients reach the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+    /// One QUIC stream per connection.
+    Quic,
+}
 
 /// A broker to benchmark against; stops an in-process one when done.
 pub struct Target {
     /// URL clients connect to.
     pub url: String,
+    ca: Option<std::path::PathBuf>,
     local: Option<(BrokerHandle, tempfile::TempDir)>,
 }
 
 impl Target {
-    /// `server` if given, else a fresh in-process broker configured by `tweak`.
+    /// `server` if given (TCP), else a fresh in-process broker over `transport`,
+    /// configured by `tweak`.
     pub async fn new(
         server: Option<&str>,
+        transport: Transport,
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Target> {
         if let Some(url) = server {
             return Ok(Target {
                 url: url.to_string(),
+                ca: None,
                 local: None,
             });
         }
         let dir = tempfile::tempdir()?;
+        let mut tls = None;
+        if transport == Transport::Tls {
+            let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert, made.cert.pem())?;
+            std::fs::write(&key, made.signing_key.serialize_pem())?;
+            tls = Some((cert, key));
+        }
+        let files = tls.clone();
         let handle = Broker::builder()
             .tcp("127.0.0.1:0".parse()?)
             .data_dir(dir.path())
-            .configure(tweak)
+            .configure(|c| {
+                if let Some((cert, key)) = files {
+                    c.tls_cert = Some(cert);
+                    c.tls_key = Some(key);
+                }
+                if transport == Transport::Quic {
+                    c.quic = Some("127.0.0.1:0".parse().expect("valid address"));
+                }
+                // Benchmarks measure the broker, not the rate limiter.
+                c.publish_rate = 0;
+                tweak(c)
+            })
             .start()
             .await?;
+        let (url, ca) = match transport {
+            Transport::Tcp => (handle.url(), None),
+            Transport::Tls => (handle.url(), tls.map(|(cert, _)| cert)),
+            Transport::Quic => (
+                format!("quic://{}", handle.quic_addr().expect("QUIC is on")),
+                Some(dir.path().join(rtc_broker::quic::GENERATED_CERT)),
+            ),
+        };
         Ok(Target {
-            url: format!("tcp://{}", handle.tcp_addr()),
+            url,
+            ca,
             local: Some((handle, dir)),
         })
+    }
+
+    /// A client connected to the target.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let options = ConnectOptions {
+            ca_file: self.ca.clone(),
+            ..Default::default()
+        };
+        Ok(Client::connect_with(&self.url, options).await?)
     }
 
     /// Shuts an in-process broker down.
@@ -40,5 +96,18 @@ impl Target {
         if let Some((handle, _dir)) = self.local {
             handle.shutdown().await;
         }
+    }
+}
+
+/// A `[[topic]]` rule making `pattern` ephemeral (live fan-out).
+pub fn ephemeral(pattern: &str) -> rtc_broker::topic::TopicRule {
+    rtc_broker::topic::TopicRule {
+        pattern: pattern.into(),
+        storage: rtc_broker::topic::StorageName::Ephemeral,
+        max_age: None,
+        max_msgs: None,
+        max_bytes: None,
+        dedup_window: None,
+        datagram: false,
     }
 }

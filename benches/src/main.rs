@@ -6,10 +6,13 @@
 //! rtc-bench durable                      # the default matrix: W = 1, 256 x fsync always, interval:10, never
 //! rtc-bench durable --window 64 --count 50000 --fsync always
 //! rtc-bench durable --server tcp://host:7400 --window 256   # against a running broker
+//! rtc-bench fanout --transport tcp --transport tls --transport quic --subscribers 1 --subscribers 10
+//! rtc-bench latency --transport tcp --transport tls --transport quic --rate 10000
 //! ```
 
 mod durable;
 mod harness;
+mod live;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +28,10 @@ struct Cli {
 enum Workload {
     /// Acknowledged publishes with W in flight, then a replay of them all.
     Durable(durable::DurableArgs),
+    /// One publisher, S subscribers on an ephemeral topic: throughput and loss.
+    Fanout(live::FanoutArgs),
+    /// One-way latency at a fixed publish rate: p50 / p99 / p99.9 / max.
+    Latency(live::LatencyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +42,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.workload {
             Workload::Durable(args) => durable::run(args).await,
+            Workload::Fanout(args) => live::fanout(args).await,
+            Workload::Latency(args) => live::latency(args).await,
         }
     })
 }
