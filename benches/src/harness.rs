@@ -98,16 +98,3 @@ impl Target {
         }
     }
 }
-
-/// A `[[topic]]` rule making `pattern` ephemeral (live fan-out).
-pub fn ephemeral(pattern: &str) -> rtc_broker::topic::TopicRule {
-    rtc_broker::topic::TopicRule {
-        pattern: pattern.into(),
-        storage: rtc_broker::topic::StorageName::Ephemeral,
-        max_age: None,
-        max_msgs: None,
-        max_bytes: None,
-        dedup_window: None,
-        datagram: false,
-    }
-}

@@ -15,7 +15,9 @@ use bytes::{BufMut, BytesMut};
 use clap::Args;
 use rtc_client::PublishMessage;
 
-use crate::harness::{ephemeral, Target, Transport};
+use rtc_broker::topic::TopicRule;
+
+use crate::harness::{Target, Transport};
 
 /// Arguments of `rtc-bench fanout`.
 #[derive(Debug, Args)]
@@ -66,8 +68,10 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     for transport in or(&args.transport, &[Transport::Tcp]) {
         for subs in or(&args.subscribers, &[1, 10]) {
             for payload in or(&args.payload, &[128]) {
-                let target =
-                    Target::new(None, transport, |c| c.topic = vec![ephemeral("bench.>")]).await?;
+                let target = Target::new(None, transport, |c| {
+                    c.topic = vec![TopicRule::ephemeral("bench.>")]
+                })
+                .await?;
                 let r = fanout_run(&target, subs, payload, args.count).await;
                 target.stop().await;
                 let (published, delivered, lost) = r?;
@@ -145,7 +149,10 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     println!("| transport | rate msgs/s | messages | payload B | p50 µs | p99 µs | p99.9 µs | max µs | lost |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for transport in or(&args.transport, &[Transport::Tcp]) {
-        let target = Target::new(None, transport, |c| c.topic = vec![ephemeral("bench.>")]).await?;
+        let target = Target::new(None, transport, |c| {
+            c.topic = vec![TopicRule::ephemeral("bench.>")]
+        })
+        .await?;
         let r = latency_run(&target, args.rate, args.count, args.payload.max(8)).await;
         target.stop().await;
         let (mut lat, lost) = r?;

@@ -180,32 +180,34 @@ impl Outbox {
         sub_id: u64,
         message: Bytes,
     ) -> Result<(), Closed> {
-        let item = Outgoing::Deliver { sub_id, message };
-        let charge = item.charge();
-        loop {
-            let space = self.space.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            {
-                let st = self.lock();
-                if st.closed {
-                    return Err(Closed);
-                }
+        let charge = FRAME_OVERHEAD + message.len();
+        let st = self
+            .wait_until(|st| {
                 // An empty queue always takes one item, however large.
-                if st.queue.is_empty()
+                st.queue.is_empty()
                     || (st.queue.len() < self.max_frames && st.bytes + charge <= self.max_bytes)
-                {
-                    self.enqueue(st, item, charge);
-                    return Ok(());
-                }
-            }
-            space.await;
-        }
+            })
+            .await?;
+        self.enqueue(st, Outgoing::Deliver { sub_id, message }, charge);
+        Ok(())
     }
 
     /// Waits until the queue holds no more than twice its byte and frame caps, the same
     /// condition [`Outbox::push_frame`] waits for.
     pub(crate) async fn wait_room(&self) -> Result<(), Closed> {
+        self.wait_until(|st| {
+            st.bytes <= self.max_bytes * 2 && st.queue.len() <= self.max_frames * 2
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Waits until `ready` holds for the queue (rechecked each time the writer takes a
+    /// batch) and returns with the lock held; fails once the queue is closed.
+    async fn wait_until(
+        &self,
+        mut ready: impl FnMut(&State) -> bool,
+    ) -> Result<std::sync::MutexGuard<'_, State>, Closed> {
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
@@ -215,8 +217,8 @@ impl Outbox {
                 if st.closed {
                     return Err(Closed);
                 }
-                if st.bytes <= self.max_bytes * 2 && st.queue.len() <= self.max_frames * 2 {
-                    return Ok(());
+                if ready(&st) {
+                    return Ok(st);
                 }
             }
             space.await;

@@ -69,6 +69,19 @@ pub enum StorageName {
 }
 
 impl TopicRule {
+    /// A rule making the topics `pattern` matches ephemeral, with no other setting.
+    pub fn ephemeral(pattern: &str) -> Self {
+        TopicRule {
+            pattern: pattern.to_string(),
+            storage: StorageName::Ephemeral,
+            max_age: None,
+            max_msgs: None,
+            max_bytes: None,
+            dedup_window: None,
+            datagram: false,
+        }
+    }
+
     /// The settings this rule gives a topic.
     pub fn settings(&self) -> TopicSettings {
         normalize(TopicSettings {

@@ -142,15 +142,7 @@ async fn the_publish_rate_limit_slows_the_publisher_and_drops_nothing() {
     let b = start_with(|c| {
         c.publish_rate = 200;
         c.publish_burst = 20;
-        c.topic = vec![rtc_broker::topic::TopicRule {
-            pattern: "fast.>".into(),
-            storage: rtc_broker::topic::StorageName::Ephemeral,
-            max_age: None,
-            max_msgs: None,
-            max_bytes: None,
-            dedup_window: None,
-            datagram: false,
-        }];
+        c.topic = vec![rtc_broker::topic::TopicRule::ephemeral("fast.>")];
     })
     .await;
     let mut c = RawConn::hello(b.addr).await;

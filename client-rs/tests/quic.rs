@@ -8,19 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{start_over, TestBroker, Transport};
-use rtc_broker::topic::{StorageName, TopicRule};
+use rtc_broker::topic::TopicRule;
 use rtc_client::{Client, SubscribeOptions};
 
 async fn broker() -> TestBroker {
     start_over(Transport::Quic, |c| {
         c.topic = vec![TopicRule {
-            pattern: "game.>".into(),
-            storage: StorageName::Ephemeral,
-            max_age: None,
-            max_msgs: None,
-            max_bytes: None,
-            dedup_window: None,
             datagram: true,
+            ..TopicRule::ephemeral("game.>")
         }]
     })
     .await

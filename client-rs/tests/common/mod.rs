@@ -6,7 +6,7 @@ pub mod proxy;
 
 use std::time::Duration;
 
-use rtc_broker::topic::{StorageName, TopicRule};
+use rtc_broker::topic::TopicRule;
 use rtc_broker::{Broker, BrokerHandle, Config};
 use rtc_client::{Message, Subscription};
 
@@ -145,15 +145,7 @@ impl TestBroker {
 }
 
 pub fn ephemeral_rule(pattern: &str) -> TopicRule {
-    TopicRule {
-        pattern: pattern.to_string(),
-        storage: StorageName::Ephemeral,
-        max_age: None,
-        max_msgs: None,
-        max_bytes: None,
-        dedup_window: None,
-        datagram: false,
-    }
+    TopicRule::ephemeral(pattern)
 }
 
 pub async fn next(sub: &mut Subscription) -> Message {
