@@ -1,4 +1,5 @@
-//! Live (ephemeral-topic) workloads:
+//! Live (ephemeral-topic) workloads, against rtc and (with the `peers` feature) NATS
+//! core and Redis pub/sub:
 //!
 //! - **fanout**: one publisher sends N messages as fast as it can (fire-and-forget) to S
 //!   subscribers on separate connections; reports published msgs/s, delivered msgs/s
@@ -13,16 +14,26 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::{BufMut, BytesMut};
 use clap::Args;
-use rtc_client::PublishMessage;
+use futures_util::StreamExt;
 
 use rtc_broker::topic::TopicRule;
 
 use crate::harness::{Target, Transport};
+use crate::systems::{subscribe, PeerUrls, Publisher, System};
 
 /// Arguments of `rtc-bench fanout`.
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
-    /// Transports to run over; repeat for several [default: tcp].
+    /// Systems to measure; repeat for several [default: rtc].
+    #[arg(long, value_enum)]
+    system: Vec<System>,
+    /// Measure an rtc broker running at this URL (its `bench.>` topics should be
+    /// ephemeral) instead of an in-process one.
+    #[arg(long)]
+    rtc_url: Option<String>,
+    #[command(flatten)]
+    peers: PeerUrls,
+    /// Transports to rtc; repeat for several [default: tcp].
     #[arg(long, value_enum)]
     transport: Vec<Transport>,
     /// Subscribers; repeat for several [default: 1 and 10].
@@ -39,7 +50,16 @@ pub struct FanoutArgs {
 /// Arguments of `rtc-bench latency`.
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
-    /// Transports to run over; repeat for several [default: tcp].
+    /// Systems to measure; repeat for several [default: rtc].
+    #[arg(long, value_enum)]
+    system: Vec<System>,
+    /// Measure an rtc broker running at this URL (its `bench.>` topics should be
+    /// ephemeral) instead of an in-process one.
+    #[arg(long)]
+    rtc_url: Option<String>,
+    #[command(flatten)]
+    peers: PeerUrls,
+    /// Transports to rtc; repeat for several [default: tcp].
     #[arg(long, value_enum)]
     transport: Vec<Transport>,
     /// Messages per second.
@@ -61,22 +81,43 @@ fn or<T: Clone>(v: &[T], default: &[T]) -> Vec<T> {
     }
 }
 
+/// (system, transport) pairs to run: rtc over each transport, each peer once.
+fn runs(systems: &[System], transports: &[Transport]) -> Vec<(System, Transport)> {
+    let mut out = Vec::new();
+    for &system in &or(systems, &[System::Rtc]) {
+        match system {
+            System::Rtc => out.extend(or(transports, &[Transport::Tcp]).into_iter().map(|t| (system, t))),
+            peer => out.push((peer, Transport::Tcp)),
+        }
+    }
+    out
+}
+
+fn label(system: System, transport: Transport) -> String {
+    match system {
+        System::Rtc => format!("rtc {transport:?}").to_lowercase(),
+        System::Nats => "nats core".into(),
+        System::Redis => "redis pub/sub".into(),
+    }
+}
+
 /// Runs the fan-out matrix and prints a markdown table.
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
-    println!("| transport | subscribers | payload B | published msgs/s | delivered msgs/s | delivered MB/s | lost |");
+    println!("| system | subscribers | payload B | published msgs/s | delivered msgs/s | delivered MB/s | lost |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for transport in or(&args.transport, &[Transport::Tcp]) {
-        for subs in or(&args.subscribers, &[1, 10]) {
-            for payload in or(&args.payload, &[128]) {
-                let target = Target::new(None, transport, |c| {
+    for subs in or(&args.subscribers, &[1, 10]) {
+        for payload in or(&args.payload, &[128]) {
+            for (system, transport) in runs(&args.system, &args.transport) {
+                let target = Target::new(args.rtc_url.as_deref(), transport, |c| {
                     c.topic = vec![TopicRule::ephemeral("bench.>")]
                 })
                 .await?;
-                let r = fanout_run(&target, subs, payload, args.count).await;
+                let r = fanout_run(&target, system, &args.peers, subs, payload, args.count).await;
                 target.stop().await;
                 let (published, delivered, lost) = r?;
                 println!(
-                    "| {transport:?} | {subs} | {payload} | {published:.0} | {delivered:.0} | {:.1} | {lost} |",
+                    "| {} | {subs} | {payload} | {published:.0} | {delivered:.0} | {:.1} | {lost} |",
+                    label(system, transport),
                     delivered * payload as f64 / 1e6
                 );
             }
@@ -87,23 +128,22 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
 
 async fn fanout_run(
     target: &Target,
+    system: System,
+    peers: &PeerUrls,
     subs: usize,
     payload: usize,
     count: u64,
 ) -> anyhow::Result<(f64, f64, u64)> {
+    let topic = "bench.fan";
     let mut tasks = Vec::new();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subs);
     for _ in 0..subs {
-        let client = target.connect().await?;
-        let mut sub = client.subscribe("bench.fan").await?;
-        let ready = ready_tx.clone();
+        let (mut stream, keep) = subscribe(system, target, peers, topic).await?;
         tasks.push(tokio::spawn(async move {
-            let _ = ready.send(()).await;
             let mut n = 0u64;
             let mut last = Instant::now();
             // Until all arrived, or nothing for 2 s (the rest was dropped).
             while n < count {
-                match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+                match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
                     Ok(Some(_)) => {
                         n += 1;
                         last = Instant::now();
@@ -111,59 +151,46 @@ async fn fanout_run(
                     _ => break,
                 }
             }
-            (n, last, client)
+            drop(keep);
+            (n, last)
         }));
     }
-    for _ in 0..subs {
-        ready_rx.recv().await;
-    }
-    let publisher = target.connect().await?;
+    let mut publisher = Publisher::connect(system, target, peers).await?;
     let body = bytes::Bytes::from(vec![b'x'; payload]);
     let started = Instant::now();
     for _ in 0..count {
-        publisher
-            .publish_nowait(PublishMessage::new("bench.fan", body.clone()))
-            .await
-            .context("publish")?;
+        publisher.send(topic, body.clone()).await.context("publish")?;
     }
-    // An acknowledged publish marks the point where the broker has read everything.
-    publisher.publish("bench.end", "end").await?;
+    publisher.flush().await?;
     let published = count as f64 / started.elapsed().as_secs_f64();
     let mut delivered = 0;
     let mut end = started;
     for t in tasks {
-        let (n, last, _client) = t.await?;
+        let (n, last) = t.await?;
         delivered += n;
         end = end.max(last);
     }
     let lost = count * subs as u64 - delivered;
-    Ok((
-        published,
-        delivered as f64 / (end - started).as_secs_f64(),
-        lost,
-    ))
+    Ok((published, delivered as f64 / (end - started).as_secs_f64(), lost))
 }
 
-/// Runs the latency workload per transport and prints a markdown table.
+/// Runs the latency workload per system and prints a markdown table.
 pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
-    println!("| transport | rate msgs/s | messages | payload B | p50 µs | p99 µs | p99.9 µs | max µs | lost |");
+    println!("| system | rate msgs/s | messages | payload B | p50 µs | p99 µs | p99.9 µs | max µs | lost |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for transport in or(&args.transport, &[Transport::Tcp]) {
-        let target = Target::new(None, transport, |c| {
+    for (system, transport) in runs(&args.system, &args.transport) {
+        let target = Target::new(args.rtc_url.as_deref(), transport, |c| {
             c.topic = vec![TopicRule::ephemeral("bench.>")]
         })
         .await?;
-        let r = latency_run(&target, args.rate, args.count, args.payload.max(8)).await;
+        let r = latency_run(&target, system, &args.peers, args.rate, args.count, args.payload.max(8)).await;
         target.stop().await;
         let (mut lat, lost) = r?;
         lat.sort_unstable();
-        let pct = |p: f64| {
-            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
+        let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
         println!(
-            "| {transport:?} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
+            label(system, transport),
             args.rate,
             args.count,
             args.payload.max(8),
@@ -178,28 +205,32 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 
 async fn latency_run(
     target: &Target,
+    system: System,
+    peers: &PeerUrls,
     rate: u64,
     count: u64,
     payload: usize,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
+    let topic = "bench.lat";
     let base = Instant::now();
-    let client = target.connect().await?;
-    let mut sub = client.subscribe("bench.lat").await?;
+    let (mut stream, keep) = subscribe(system, target, peers, topic).await?;
     let receiver = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(count as usize);
         while (lat.len() as u64) < count {
-            match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
-                Ok(Some(m)) => {
-                    let sent = u64::from_be_bytes(m.payload[..8].try_into().expect("8 bytes"));
+            match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+                Ok(Some(p)) if p.len() >= 8 => {
+                    let sent = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
                     let now = base.elapsed().as_micros() as u64;
                     lat.push(now.saturating_sub(sent));
                 }
+                Ok(Some(_)) => {}
                 _ => break,
             }
         }
-        (lat, client)
+        drop(keep);
+        lat
     });
-    let publisher = target.connect().await?;
+    let mut publisher = Publisher::connect(system, target, peers).await?;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
     for i in 0..count {
@@ -213,11 +244,13 @@ async fn latency_run(
         let mut buf = BytesMut::with_capacity(payload);
         buf.put_u64(base.elapsed().as_micros() as u64);
         buf.resize(payload, b'x');
-        publisher
-            .publish_nowait(PublishMessage::new("bench.lat", buf.freeze()))
-            .await?;
+        publisher.send(topic, buf.freeze()).await?;
+        if matches!(system, System::Redis) {
+            // Redis pipelines publishes; at a fixed rate, send each one now.
+            publisher.flush_pipeline().await?;
+        }
     }
-    let (lat, _client) = receiver.await?;
+    let lat = receiver.await?;
     let lost = count - lat.len() as u64;
     Ok((lat, lost))
 }

@@ -13,6 +13,7 @@
 mod durable;
 mod harness;
 mod live;
+mod systems;
 
 use clap::{Parser, Subcommand};
 

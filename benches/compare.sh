@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# rtc vs NATS core vs Redis pub/sub on this machine, in one run.
+#
+# Installs nats-server and redis-server from the OS packages if they are missing, starts
+# each on a non-default loopback port with its data in a temp dir, runs rtc-bench's live
+# workloads (fan-out with 1 and 10 subscribers at 16 B, 128 B and 1 KiB; latency at
+# 10 000 msgs/s) against all three, stops what it started, and writes a markdown report
+# (default target/compare.md) with every figure. rtc runs as its own process too (the
+# release rtc-broker binary over TCP, `bench.>` ephemeral, no publish rate limit), so all
+# three servers share the 2 cores with the load generator the same way.
+#
+#   benches/compare.sh [REPORT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+report=${1:-target/compare.md}
+NATS_PORT=14222
+REDIS_PORT=16379
+RTC_PORT=17400
+
+install_if_missing() {
+  local bin=$1 pkg=$2
+  if ! command -v "$bin" >/dev/null 2>&1; then
+    echo "compare.sh: installing $pkg" >&2
+    if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
+  fi
+}
+install_if_missing nats-server nats-server
+install_if_missing redis-server redis-server
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
+pids+=($!)
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
+pids+=($!)
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "compare.sh: nothing listens on port $1; see $tmp" >&2
+  exit 1
+}
+cargo build --release -q -p rtc-benches --features peers -p rtc-broker
+cat >"$tmp/rtc.toml" <<TOML
+publish_rate = 0
+[[topic]]
+pattern = "bench.>"
+storage = "ephemeral"
+TOML
+target/release/rtc-broker --tcp "127.0.0.1:$RTC_PORT" --data-dir "$tmp/rtc" --config "$tmp/rtc.toml" \
+  --log warn >"$tmp/rtc.log" 2>&1 &
+pids+=($!)
+
+wait_port "$NATS_PORT"
+wait_port "$REDIS_PORT"
+wait_port "$RTC_PORT"
+
+bench=target/release/rtc-bench
+peers=(--nats-url "nats://127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" --rtc-url "tcp://127.0.0.1:$RTC_PORT")
+systems=(--system rtc --system nats --system redis)
+
+mkdir -p "$(dirname "$report")"
+{
+  echo "# rtc vs NATS core vs Redis pub/sub"
+  echo
+  echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs),"
+  echo "nats-server $(nats-server --version | awk '{print \$NF}'), redis $(redis-server --version | awk '{print \$3}' | tr -d 'v='), rtc-broker $(target/release/rtc-broker --version | awk '{print \$2}') (TCP); each its own process."
+  echo
+  echo "## Fan-out (100 000 messages, fire-and-forget)"
+  echo
+  "$bench" fanout "${systems[@]}" "${peers[@]}" --subscribers 1 --subscribers 10 \
+    --payload 16 --payload 128 --payload 1024 --count 100000
+  echo
+  echo "## Latency (10 000 msgs/s, 128 B)"
+  echo
+  "$bench" latency "${systems[@]}" "${peers[@]}" --rate 10000 --count 50000
+} | tee "$report"
+echo "compare.sh: report written to $report" >&2

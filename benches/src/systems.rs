@@ -1,0 +1,228 @@
+//! The systems a live workload can run against, behind one small interface: subscribe
+//! to a topic (a stream of payloads) and publish fire-and-forget (with a flush at the
+//! end). `rtc` is always there; `nats` (core) and `redis` (pub/sub) need the `peers`
+//! feature (`benches/compare.sh` builds with it).
+
+use std::any::Any;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt};
+
+use crate::harness::Target;
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    /// rtc (an in-process broker; see `--transport`).
+    Rtc,
+    /// NATS core at `--nats-url`.
+    Nats,
+    /// Redis pub/sub at `--redis-url`.
+    Redis,
+}
+
+/// Where the rival servers listen.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeerUrls {
+    /// NATS server URL (benches/compare.sh starts one).
+    #[arg(long, default_value = "nats://127.0.0.1:14222")]
+    pub nats_url: String,
+    /// Redis server URL (benches/compare.sh starts one).
+    #[arg(long, default_value = "redis://127.0.0.1:16379")]
+    pub redis_url: String,
+}
+
+/// Something that must stay alive for a subscription to keep receiving.
+pub type Keep = Box<dyn Any + Send>;
+
+/// A subscription: payloads as they arrive.
+pub type Payloads = BoxStream<'static, Bytes>;
+
+/// Subscribes to `topic`; returns once the subscription is active.
+pub async fn subscribe(system: System, rtc: &Target, peers: &PeerUrls, topic: &str) -> anyhow::Result<(Payloads, Keep)> {
+    match system {
+        System::Rtc => {
+            let client = rtc.connect().await?;
+            let sub = client.subscribe(topic).await?;
+            Ok((sub.map(|m| m.payload).boxed(), Box::new(client)))
+        }
+        System::Nats => peer::nats_subscribe(&peers.nats_url, topic).await,
+        System::Redis => peer::redis_subscribe(&peers.redis_url, topic).await,
+    }
+}
+
+/// A fire-and-forget publisher.
+pub enum Publisher {
+    /// rtc.
+    Rtc(rtc_client::Client),
+    /// Other systems.
+    #[allow(dead_code)]
+    Peer(peer::PeerPublisher),
+}
+
+impl Publisher {
+    /// Connects a publisher.
+    pub async fn connect(system: System, rtc: &Target, peers: &PeerUrls) -> anyhow::Result<Publisher> {
+        Ok(match system {
+            System::Rtc => Publisher::Rtc(rtc.connect().await?),
+            other => Publisher::Peer(peer::publisher(other, peers).await?),
+        })
+    }
+
+    /// Publishes without waiting for the system to confirm.
+    pub async fn send(&mut self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
+        match self {
+            Publisher::Rtc(c) => Ok(c.publish_nowait(rtc_client::PublishMessage::new(topic, payload)).await?),
+            Publisher::Peer(p) => p.send(topic, payload).await,
+        }
+    }
+
+    /// Sends what a batching client holds back (Redis pipelines), without a barrier.
+    pub async fn flush_pipeline(&mut self) -> anyhow::Result<()> {
+        match self {
+            Publisher::Rtc(_) => Ok(()),
+            Publisher::Peer(p) => p.flush_pipeline().await,
+        }
+    }
+
+    /// Waits until the system has taken everything sent so far.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Publisher::Rtc(c) => {
+                c.publish("bench.flush", "").await?;
+                Ok(())
+            }
+            Publisher::Peer(p) => p.flush().await,
+        }
+    }
+}
+
+#[cfg(feature = "peers")]
+mod peer {
+    use bytes::Bytes;
+    use futures_util::stream::StreamExt;
+    use redis::AsyncCommands;
+
+    use super::{Keep, Payloads, PeerUrls, System};
+
+    /// Redis PUBLISH commands sent per pipeline (it answers each one).
+    const REDIS_BATCH: usize = 256;
+
+    pub async fn nats_subscribe(url: &str, topic: &str) -> anyhow::Result<(Payloads, Keep)> {
+        let client = async_nats::connect(url).await?;
+        let sub = client.subscribe(topic.to_string()).await?;
+        client.flush().await?;
+        Ok((sub.map(|m| m.payload).boxed(), Box::new(client)))
+    }
+
+    pub async fn redis_subscribe(url: &str, topic: &str) -> anyhow::Result<(Payloads, Keep)> {
+        let client = redis::Client::open(url)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(topic).await?;
+        let stream = pubsub
+            .into_on_message()
+            .map(|m| Bytes::copy_from_slice(m.get_payload_bytes()));
+        Ok((stream.boxed(), Box::new(client)))
+    }
+
+    pub enum PeerPublisher {
+        Nats(async_nats::Client),
+        Redis(redis::aio::MultiplexedConnection, redis::Pipeline, usize),
+    }
+
+    pub async fn publisher(system: System, urls: &PeerUrls) -> anyhow::Result<PeerPublisher> {
+        Ok(match system {
+            System::Nats => PeerPublisher::Nats(async_nats::connect(&urls.nats_url).await?),
+            System::Redis => {
+                let conn = redis::Client::open(urls.redis_url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                PeerPublisher::Redis(conn, redis::pipe(), 0)
+            }
+            System::Rtc => unreachable!("rtc has its own publisher"),
+        })
+    }
+
+    impl PeerPublisher {
+        pub async fn send(&mut self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
+            match self {
+                PeerPublisher::Nats(c) => Ok(c.publish(topic.to_string(), payload).await?),
+                PeerPublisher::Redis(conn, pipe, n) => {
+                    pipe.publish(topic, payload.as_ref()).ignore();
+                    *n += 1;
+                    if *n >= REDIS_BATCH {
+                        let _: () = pipe.query_async(conn).await?;
+                        pipe.clear();
+                        *n = 0;
+                    }
+                    Ok(())
+                }
+            }
+        }
+
+        pub async fn flush_pipeline(&mut self) -> anyhow::Result<()> {
+            if let PeerPublisher::Redis(conn, pipe, n) = self {
+                if *n > 0 {
+                    let _: () = pipe.query_async(conn).await?;
+                    pipe.clear();
+                    *n = 0;
+                }
+            }
+            Ok(())
+        }
+
+        pub async fn flush(&mut self) -> anyhow::Result<()> {
+            match self {
+                PeerPublisher::Nats(c) => Ok(c.flush().await?),
+                PeerPublisher::Redis(conn, pipe, n) => {
+                    if *n > 0 {
+                        let _: () = pipe.query_async(conn).await?;
+                        pipe.clear();
+                        *n = 0;
+                    }
+                    let _: () = conn.publish("bench.flush", "").await?;
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "peers"))]
+mod peer {
+    use bytes::Bytes;
+
+    use super::{Keep, Payloads, PeerUrls, System};
+
+    fn missing() -> anyhow::Error {
+        anyhow::anyhow!("NATS and Redis runs need the `peers` feature: cargo run --release -p rtc-benches --features peers (or benches/compare.sh)")
+    }
+
+    pub async fn nats_subscribe(_: &str, _: &str) -> anyhow::Result<(Payloads, Keep)> {
+        Err(missing())
+    }
+
+    pub async fn redis_subscribe(_: &str, _: &str) -> anyhow::Result<(Payloads, Keep)> {
+        Err(missing())
+    }
+
+    pub enum PeerPublisher {}
+
+    pub async fn publisher(_: System, _: &PeerUrls) -> anyhow::Result<PeerPublisher> {
+        Err(missing())
+    }
+
+    impl PeerPublisher {
+        pub async fn send(&mut self, _: &str, _: Bytes) -> anyhow::Result<()> {
+            match *self {}
+        }
+
+        pub async fn flush(&mut self) -> anyhow::Result<()> {
+            match *self {}
+        }
+
+        pub async fn flush_pipeline(&mut self) -> anyhow::Result<()> {
+            match *self {}
+        }
+    }
+}
