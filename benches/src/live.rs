@@ -86,7 +86,11 @@ fn runs(systems: &[System], transports: &[Transport]) -> Vec<(System, Transport)
     let mut out = Vec::new();
     for &system in &or(systems, &[System::Rtc]) {
         match system {
-            System::Rtc => out.extend(or(transports, &[Transport::Tcp]).into_iter().map(|t| (system, t))),
+            System::Rtc => out.extend(
+                or(transports, &[Transport::Tcp])
+                    .into_iter()
+                    .map(|t| (system, t)),
+            ),
             peer => out.push((peer, Transport::Tcp)),
         }
     }
@@ -159,7 +163,10 @@ async fn fanout_run(
     let body = bytes::Bytes::from(vec![b'x'; payload]);
     let started = Instant::now();
     for _ in 0..count {
-        publisher.send(topic, body.clone()).await.context("publish")?;
+        publisher
+            .send(topic, body.clone())
+            .await
+            .context("publish")?;
     }
     publisher.flush().await?;
     let published = count as f64 / started.elapsed().as_secs_f64();
@@ -171,7 +178,11 @@ async fn fanout_run(
         end = end.max(last);
     }
     let lost = count * subs as u64 - delivered;
-    Ok((published, delivered as f64 / (end - started).as_secs_f64(), lost))
+    Ok((
+        published,
+        delivered as f64 / (end - started).as_secs_f64(),
+        lost,
+    ))
 }
 
 /// Runs the latency workload per system and prints a markdown table.
@@ -183,11 +194,23 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
             c.topic = vec![TopicRule::ephemeral("bench.>")]
         })
         .await?;
-        let r = latency_run(&target, system, &args.peers, args.rate, args.count, args.payload.max(8)).await;
+        let r = latency_run(
+            &target,
+            system,
+            &args.peers,
+            args.rate,
+            args.count,
+            args.payload.max(8),
+        )
+        .await;
         target.stop().await;
         let (mut lat, lost) = r?;
         lat.sort_unstable();
-        let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
             label(system, transport),

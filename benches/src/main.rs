@@ -10,6 +10,7 @@
 //! rtc-bench latency --transport tcp --transport tls --transport quic --rate 10000
 //! ```
 
+mod connections;
 mod durable;
 mod harness;
 mod live;
@@ -33,6 +34,8 @@ enum Workload {
     Fanout(live::FanoutArgs),
     /// One-way latency at a fixed publish rate: p50 / p99 / p99.9 / max.
     Latency(live::LatencyArgs),
+    /// Many idle subscribed connections: broker memory each, and one broadcast to all.
+    Connections(connections::ConnectionsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             Workload::Durable(args) => durable::run(args).await,
             Workload::Fanout(args) => live::fanout(args).await,
             Workload::Latency(args) => live::latency(args).await,
+            Workload::Connections(args) => connections::run(args).await,
         }
     })
 }

@@ -39,7 +39,12 @@ pub type Keep = Box<dyn Any + Send>;
 pub type Payloads = BoxStream<'static, Bytes>;
 
 /// Subscribes to `topic`; returns once the subscription is active.
-pub async fn subscribe(system: System, rtc: &Target, peers: &PeerUrls, topic: &str) -> anyhow::Result<(Payloads, Keep)> {
+pub async fn subscribe(
+    system: System,
+    rtc: &Target,
+    peers: &PeerUrls,
+    topic: &str,
+) -> anyhow::Result<(Payloads, Keep)> {
     match system {
         System::Rtc => {
             let client = rtc.connect().await?;
@@ -62,7 +67,11 @@ pub enum Publisher {
 
 impl Publisher {
     /// Connects a publisher.
-    pub async fn connect(system: System, rtc: &Target, peers: &PeerUrls) -> anyhow::Result<Publisher> {
+    pub async fn connect(
+        system: System,
+        rtc: &Target,
+        peers: &PeerUrls,
+    ) -> anyhow::Result<Publisher> {
         Ok(match system {
             System::Rtc => Publisher::Rtc(rtc.connect().await?),
             other => Publisher::Peer(peer::publisher(other, peers).await?),
@@ -72,7 +81,9 @@ impl Publisher {
     /// Publishes without waiting for the system to confirm.
     pub async fn send(&mut self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
         match self {
-            Publisher::Rtc(c) => Ok(c.publish_nowait(rtc_client::PublishMessage::new(topic, payload)).await?),
+            Publisher::Rtc(c) => Ok(c
+                .publish_nowait(rtc_client::PublishMessage::new(topic, payload))
+                .await?),
             Publisher::Peer(p) => p.send(topic, payload).await,
         }
     }

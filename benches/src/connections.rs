@@ -1,0 +1,133 @@
+//! The `connections` workload: open C connections to a running `rtc-broker`, each
+//! completing the handshake and subscribing (raw protocol, so the load generator stays
+//! light), then measure the broker's resident memory per connection (from
+//! /proc/PID/status) and the time one published message takes to reach all of them.
+//!
+//! One process may hold about 20 000 descriptors on these machines, so for more than
+//! ~19 000 connections run several `rtc-bench connections` processes against the same
+//! broker (`--hold` keeps them open).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use futures_util::StreamExt;
+use rtc_proto::codec::encode_frame;
+use rtc_proto::v1::{self, frame::Op};
+use rtc_proto::{Frame, FrameCodec};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+/// Arguments of `rtc-bench connections`.
+#[derive(Debug, Args)]
+pub struct ConnectionsArgs {
+    /// The broker (TCP).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    addr: String,
+    /// The broker's process id, to read its memory.
+    #[arg(long)]
+    pid: u32,
+    /// Connections to open.
+    #[arg(long, default_value_t = 5_000)]
+    count: usize,
+    /// Keep the connections open this long after measuring (for multi-process runs).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("VmRSS")
+}
+
+fn frame(op: Op) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode_frame(&Frame::from_op(op), usize::MAX, &mut buf).expect("small frame");
+    buf.freeze()
+}
+
+/// Runs the workload and prints a markdown table.
+pub async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
+    let before = rss_kib(args.pid)?;
+    let hello = frame(Op::Hello(v1::Hello {
+        protocol_version: rtc_proto::PROTOCOL_VERSION,
+        client_name: "rtc-bench".into(),
+        auth_token: String::new(),
+    }));
+    let subscribe = frame(Op::Subscribe(v1::Subscribe {
+        req_id: 1,
+        sub_id: 1,
+        pattern: "bench.broadcast".into(),
+        ..Default::default()
+    }));
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(args.count);
+    for i in 0..args.count {
+        let mut s = TcpStream::connect(&args.addr)
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        s.write_all(&hello).await?;
+        s.write_all(&subscribe).await?;
+        let (r, w) = s.into_split();
+        let mut frames = FramedRead::new(r, FrameCodec::default());
+        // Welcome, then SubAck.
+        for _ in 0..2 {
+            match frames.next().await {
+                Some(Ok(_)) => {}
+                other => bail!("connection {i}: handshake failed: {other:?}"),
+            }
+        }
+        conns.push((frames, w));
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(args.pid)?;
+    // One broadcast; every connection must receive it.
+    let mut publisher = TcpStream::connect(&args.addr).await?;
+    publisher.write_all(&hello).await?;
+    let sent = Instant::now();
+    publisher
+        .write_all(&frame(Op::Publish(v1::Publish {
+            req_id: 0,
+            topic: "bench.broadcast".into(),
+            payload: Bytes::from_static(b"hello, everyone"),
+            ..Default::default()
+        })))
+        .await?;
+    let mut received = 0;
+    let mut readers = futures_util::stream::FuturesUnordered::new();
+    for (frames, _) in conns.iter_mut() {
+        readers.push(frames.next());
+    }
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(30), readers.next()).await? {
+        if let Some(Ok(Frame {
+            op: Some(Op::Deliver(_)),
+        })) = r
+        {
+            received += 1;
+        }
+    }
+    let broadcast = sent.elapsed();
+    drop(readers);
+    println!("| connections | opened in | broker RSS before | after | per connection | broadcast reached | in |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {:.1} s | {} KiB | {} KiB | {:.1} KiB | {received} | {:.1} ms |",
+        args.count,
+        opened.as_secs_f64(),
+        before,
+        after,
+        (after.saturating_sub(before)) as f64 / args.count as f64,
+        broadcast.as_secs_f64() * 1e3
+    );
+    tokio::time::sleep(args.hold).await;
+    Ok(())
+}
