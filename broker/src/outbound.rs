@@ -1,5 +1,5 @@
 //! The per-connection outbound queue ([`Outbox`]) and the writer task that drains it into
-//! the socket ([`write_loop`]).
+//! the socket (`write_loop`).
 //!
 //! Everything a connection is sent goes through its `Outbox`: responses from its own
 //! session (PubAck, SubAck, Error, Pong, …) and deliveries pushed by other connections'
@@ -233,7 +233,7 @@ impl Outbox {
         self.space.notify_waiters();
     }
 
-    /// Whether [`Outbox::close`] was called or the writer stopped.
+    /// Whether `Outbox::close` was called or the writer stopped.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }

@@ -4,7 +4,7 @@
 //! [`BrokerBuilder::start`] validates the [`Config`], prepares the data directory, binds
 //! every listener (so the caller learns the real addresses, port 0 included) and spawns
 //! one accept loop per listener. Each accepted connection runs a
-//! [`crate::session`] on a shared [`TaskTracker`]. [`BrokerHandle::shutdown`] cancels one
+//! `crate::session` on a shared [`TaskTracker`]. [`BrokerHandle::shutdown`] cancels one
 //! [`CancellationToken`]: accept loops stop, each session sends
 //! `Error{SHUTTING_DOWN}` and lets its writer flush, and `shutdown` returns once every
 //! task has finished (or after a grace period).

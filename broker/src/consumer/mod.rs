@@ -1,7 +1,7 @@
 //! Durable consumers: named cursors on a durable topic, kept by the broker, with
 //! acknowledgements, redelivery and dead letters.
 //!
-//! Each consumer (topic + name) is one task, its actor ([`actor`]), which owns all of its
+//! Each consumer (topic + name) is one task, its actor (`actor`), which owns all of its
 //! state; everything else talks to it through a channel ([`MemberRef`]). Connections
 //! that subscribe with the same consumer name are its *members*: the actor hands each
 //! message to one member at a time (round robin among members with room), so they share

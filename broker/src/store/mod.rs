@@ -1,5 +1,8 @@
 //! Durable storage: the [`Storage`] trait, its sled implementation ([`sled_store`]) and the
-//! storage thread that is its only writer ([`writer`]).
+//! storage thread that is its only writer ([`writer`], with retention in
+//! `writer/retention.rs`). [`handle`] is the sessions' side of that thread (requests,
+//! [`handle::LogHandle`]); [`view`] is what everyone may read about topics without asking
+//! it; `dedup` is the per-topic dedup index the thread keeps.
 //!
 //! Data flow of a durable publish: the session sends an append request over a crossbeam
 //! channel to the storage thread; the thread takes every request waiting, assigns
@@ -28,7 +31,10 @@
 //! removal of every message by retention, so sequence numbers are never reused; on
 //! start the writer also checks the highest `m` key, and the larger wins.
 
+mod dedup;
+pub mod handle;
 pub mod sled_store;
+pub mod view;
 pub mod writer;
 
 use bytes::Bytes;

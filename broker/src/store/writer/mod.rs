@@ -25,339 +25,35 @@
 //! removes the oldest messages past a topic's `max_msgs`, `max_age` or `max_bytes` in
 //! chunks, and forgets dedup entries older than their window.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rtc_proto::v1::{self, frame::Op, TopicSettings};
 use rtc_proto::{ErrorCode, Frame};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp};
 use crate::config::FsyncPolicy;
-use crate::outbound::Outbox;
 use crate::router::Router;
 use crate::session::now_ms;
 use crate::topic::{is_durable, normalize, TopicRegistry};
+
+mod retention;
+
+pub use super::handle::{Append, LogHandle, Refusal, Request, Responder, Stopped};
+pub use super::view::{LogView, TopicView};
+pub use retention::first_at_or_after;
+
+use super::dedup::Dedup;
 
 /// Most requests handled in one pass (one write, one flush).
 pub const MAX_BATCH: usize = 4096;
 /// Appends accepted but not yet answered, across all connections. Beyond it, publishers
 /// wait for a slot before their request is read further.
 pub const MAX_IN_FLIGHT: usize = 65_536;
-/// Most messages removed in one retention write.
-const RETENTION_CHUNK: u64 = 10_000;
-
-/// A publish to a durable topic, on its way to the storage thread.
-#[derive(Debug)]
-pub struct Append {
-    /// Topic name (validated).
-    pub topic: String,
-    /// Payload.
-    pub payload: Bytes,
-    /// Headers.
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// Message ID ("" for none).
-    pub msg_id: String,
-    /// Who is told the outcome.
-    pub responder: Responder,
-}
-
-/// Who is told how an append went.
-#[derive(Debug)]
-pub enum Responder {
-    /// A client: `PubAck` or `Error` pushed into its outbox.
-    Client {
-        /// The publisher's req_id; 0 means no PubAck (errors are still sent).
-        req_id: u64,
-        /// Where the answer goes.
-        outbox: Arc<Outbox>,
-        /// Held until the answer is queued; bounds the work in flight.
-        permit: OwnedSemaphorePermit,
-    },
-    /// A task inside the broker (e.g. a consumer writing a dead letter): the stored seq.
-    Internal(oneshot::Sender<Result<u64, Refusal>>),
-}
-
-/// A refusal: the error code and message sent to the client.
-pub type Refusal = (ErrorCode, String);
-
-/// Work for the storage thread.
-#[derive(Debug)]
-pub enum Request {
-    /// Store a message.
-    Append(Append),
-    /// Create a topic or change its settings.
-    CreateTopic {
-        /// Topic name (validated).
-        name: String,
-        /// Requested settings (normalized by the thread).
-        settings: TopicSettings,
-        /// Answer.
-        reply: oneshot::Sender<Result<TopicView, Refusal>>,
-    },
-    /// Make sure a topic exists, with its configured settings (an existing one is left
-    /// as it is).
-    EnsureTopic {
-        /// Topic name (validated).
-        name: String,
-        /// Answer.
-        reply: oneshot::Sender<Result<TopicView, Refusal>>,
-    },
-    /// Store a durable consumer's state. Several saves of one consumer in a batch are
-    /// written once (the last).
-    SaveConsumer {
-        /// Topic id.
-        id: TopicId,
-        /// Consumer name.
-        name: String,
-        /// Its state.
-        record: super::ConsumerRecord,
-        /// Told once the state is stored (and flushed per the fsync policy).
-        stored: Option<oneshot::Sender<()>>,
-    },
-    /// Apply retention limits and expire dedup entries.
-    Enforce,
-    /// Flush and stop.
-    Shutdown,
-}
-
-/// What sessions and replays may read about a topic without asking the storage thread.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopicView {
-    /// Id in the store (0 for an ephemeral topic, which has no log).
-    pub id: TopicId,
-    /// Settings in force.
-    pub settings: TopicSettings,
-    /// Counters as of the last write.
-    pub stats: TopicStats,
-}
-
-impl TopicView {
-    /// The `TopicInfo` frame body for this topic.
-    pub fn info(&self, req_id: u64, name: &str) -> v1::TopicInfo {
-        v1::TopicInfo {
-            req_id,
-            name: name.to_string(),
-            settings: Some(self.settings),
-            first_seq: self.stats.first_seq,
-            last_seq: self.stats.last_seq,
-            messages: self.stats.messages,
-            bytes: self.stats.bytes,
-        }
-    }
-}
-
-/// The topics known to the store, updated by the storage thread after every write.
-#[derive(Debug, Default)]
-pub struct LogView {
-    topics: RwLock<HashMap<String, TopicView>>,
-    /// Last seq of topics someone watches (durable consumers), sent after each write.
-    watchers: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
-}
-
-impl LogView {
-    /// One topic.
-    pub fn get(&self, name: &str) -> Option<TopicView> {
-        self.read().get(name).cloned()
-    }
-
-    /// Every topic, sorted by name.
-    pub fn list(&self) -> Vec<(String, TopicView)> {
-        let mut v: Vec<_> = self
-            .read()
-            .iter()
-            .map(|(k, t)| (k.clone(), t.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// The durable topics (with a log) whose names match `pattern`.
-    pub fn durable_matching(&self, pattern: &str) -> Vec<(String, TopicView)> {
-        self.read()
-            .iter()
-            .filter(|(name, t)| t.id != 0 && rtc_proto::topic::pattern_matches(pattern, name))
-            .map(|(k, t)| (k.clone(), t.clone()))
-            .collect()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TopicView>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A receiver of topic `name`'s last seq, updated after every write to it.
-    pub fn watch(&self, name: &str) -> tokio::sync::watch::Receiver<u64> {
-        let last = self.get(name).map_or(0, |t| t.stats.last_seq);
-        self.watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_string())
-            .or_insert_with(|| tokio::sync::watch::channel(last).0)
-            .subscribe()
-    }
-
-    fn set(&self, name: &str, view: TopicView) {
-        let last = view.stats.last_seq;
-        self.topics
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), view);
-        if let Some(tx) = self
-            .watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            tx.send_if_modified(|v| std::mem::replace(v, last) != last);
-        }
-    }
-}
-
-/// The storage thread has stopped (broker shutting down, or the thread failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stopped;
-
-/// The sessions' side of the storage thread.
-#[derive(Debug)]
-pub struct LogHandle {
-    tx: Sender<Request>,
-    /// Topics and their stats.
-    pub view: Arc<LogView>,
-    /// For replays, which read directly.
-    pub storage: Arc<dyn Storage>,
-    permits: Arc<Semaphore>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl LogHandle {
-    /// Waits for a slot for one more append in flight.
-    pub async fn permit(&self) -> OwnedSemaphorePermit {
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
-    }
-
-    /// Queues a request; fails only if the storage thread has stopped.
-    pub fn send(&self, request: Request) -> Result<(), Stopped> {
-        self.tx.send(request).map_err(|_| Stopped)
-    }
-
-    /// Creates or updates a topic and returns its view.
-    pub async fn create_topic(
-        &self,
-        name: String,
-        settings: TopicSettings,
-    ) -> Result<TopicView, Refusal> {
-        self.ask(|reply| Request::CreateTopic {
-            name,
-            settings,
-            reply,
-        })
-        .await
-    }
-
-    /// Creates a topic with its configured settings unless it exists; returns its view.
-    pub async fn ensure_topic(&self, name: String) -> Result<TopicView, Refusal> {
-        self.ask(|reply| Request::EnsureTopic { name, reply }).await
-    }
-
-    /// Stores a message on a durable topic on behalf of the broker itself (dead letters);
-    /// returns its seq.
-    pub async fn append_internal(
-        &self,
-        topic: String,
-        payload: Bytes,
-        headers: std::collections::BTreeMap<String, String>,
-    ) -> Result<u64, Refusal> {
-        self.ask(|reply| {
-            Request::Append(Append {
-                topic,
-                payload,
-                headers,
-                msg_id: String::new(),
-                responder: Responder::Internal(reply),
-            })
-        })
-        .await
-    }
-
-    async fn ask<T>(
-        &self,
-        request: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Request,
-    ) -> Result<T, Refusal> {
-        let (reply, rx) = oneshot::channel();
-        if self.send(request(reply)).is_err() {
-            return Err(stopped());
-        }
-        rx.await.unwrap_or_else(|_| Err(stopped()))
-    }
-
-    /// Asks the thread to flush and stop, and waits until it has.
-    pub fn shutdown(&self) {
-        let _ = self.tx.send(Request::Shutdown);
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-    }
-}
-
-fn stopped() -> Refusal {
-    (
-        ErrorCode::Storage,
-        "the storage thread has stopped".to_string(),
-    )
-}
-
-/// Dedup entries of one topic: message ID → (seq, ts), plus arrival order for expiry.
-#[derive(Debug, Default)]
-struct Dedup {
-    ids: HashMap<Arc<str>, (u64, i64)>,
-    order: VecDeque<(i64, u64, Arc<str>)>,
-}
-
-impl Dedup {
-    fn insert(&mut self, id: &str, seq: u64, ts: i64) {
-        let id: Arc<str> = id.into();
-        self.ids.insert(id.clone(), (seq, ts));
-        self.order.push_back((ts, seq, id));
-    }
-
-    /// The original seq if `id` was stored at or after `since`.
-    fn lookup(&self, id: &str, since: i64) -> Option<u64> {
-        match self.ids.get(id) {
-            Some(&(seq, ts)) if ts >= since => Some(seq),
-            _ => None,
-        }
-    }
-
-    /// Forgets entries stored before `before`.
-    fn expire(&mut self, before: i64) {
-        while let Some((ts, seq, _)) = self.order.front() {
-            if *ts >= before {
-                break;
-            }
-            let seq = *seq;
-            let (_, _, id) = self.order.pop_front().expect("front exists");
-            if self.ids.get(&id).is_some_and(|&(s, _)| s == seq) {
-                self.ids.remove(&id);
-            }
-        }
-    }
-
-    /// Undoes the newest insert of `id` (a failed write).
-    fn remove_newest(&mut self, id: &str) {
-        if let Some(pos) = self.order.iter().rposition(|(_, _, i)| &**i == id) {
-            self.order.remove(pos);
-        }
-        self.ids.remove(id);
-    }
-}
 
 #[derive(Debug)]
 struct TopicLog {
@@ -855,98 +551,6 @@ impl Writer {
             self.next_id = id;
         }
     }
-
-    fn enforce_retention(&mut self) {
-        let now = now_ms();
-        let names: Vec<String> = self.topics.keys().cloned().collect();
-        for name in names {
-            let log = self.topics.get_mut(&name).expect("listed");
-            log.dedup.expire(now - log.settings.dedup_window_ms as i64);
-            if log.id == 0 || log.stats.messages == 0 {
-                continue;
-            }
-            match self.retention_cut(&name, now) {
-                Ok(Some(to)) => {
-                    if let Err(e) = self.remove_before(&name, to) {
-                        tracing::error!(topic = %name, error = %e, "retention failed");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(topic = %name, error = %e, "retention failed"),
-            }
-        }
-    }
-
-    /// The first seq to keep, if retention wants to remove anything.
-    fn retention_cut(&self, name: &str, now: i64) -> Result<Option<u64>, StoreError> {
-        let log = &self.topics[name];
-        let (s, set) = (&log.stats, &log.settings);
-        let mut keep_from = s.first_seq;
-        if set.max_msgs > 0 && s.messages > set.max_msgs {
-            keep_from = keep_from.max(s.last_seq + 1 - set.max_msgs);
-        }
-        if set.max_age_ms > 0 {
-            let cutoff = now - set.max_age_ms as i64;
-            let first_young =
-                first_at_or_after(&*self.storage, log.id, keep_from, s.last_seq, cutoff)?;
-            keep_from = keep_from.max(first_young);
-        }
-        if set.max_bytes > 0 && s.bytes > set.max_bytes {
-            let mut excess = s.bytes - set.max_bytes;
-            let mut from = keep_from;
-            while excess > 0 && from <= s.last_seq {
-                let sizes = self.storage.sizes(
-                    log.id,
-                    from,
-                    (from + RETENTION_CHUNK).min(s.last_seq + 1),
-                )?;
-                if sizes.is_empty() {
-                    break;
-                }
-                for (seq, size) in sizes {
-                    if excess == 0 {
-                        break;
-                    }
-                    excess = excess.saturating_sub(size);
-                    from = seq + 1;
-                }
-            }
-            keep_from = keep_from.max(from);
-        }
-        Ok((keep_from > s.first_seq).then_some(keep_from))
-    }
-
-    /// Removes every message before `to`, a chunk per write.
-    fn remove_before(&mut self, name: &str, to: u64) -> Result<(), StoreError> {
-        loop {
-            let log = &self.topics[name];
-            let from = log.stats.first_seq;
-            if from >= to || log.stats.messages == 0 {
-                return Ok(());
-            }
-            let end = to.min(from + RETENTION_CHUNK);
-            let removed: Vec<(u64, u64)> = self.storage.sizes(log.id, from, end)?;
-            let mut stats = log.stats;
-            stats.messages -= removed.len() as u64;
-            stats.bytes -= removed.iter().map(|(_, b)| b).sum::<u64>();
-            stats.first_seq = if stats.messages == 0 { 0 } else { end };
-            self.storage.write(vec![
-                WriteOp::RemoveRange {
-                    id: log.id,
-                    from,
-                    to: end,
-                },
-                WriteOp::PutStats(log.id, stats),
-            ])?;
-            self.dirty = true;
-            let log = self.topics.get_mut(name).expect("exists");
-            log.stats = stats;
-            self.view.set(name, log.view());
-            if stats.messages == 0 {
-                return Ok(());
-            }
-        }
-    }
 }
 
 /// Tells an append's responder how it went.
@@ -985,27 +589,4 @@ fn ack(req_id: u64, seq: u64, duplicate: bool) -> Option<Frame> {
             duplicate,
         }))
     })
-}
-
-/// The first seq in `lo..=hi` of topic `id` whose timestamp is `>= ts` (timestamps never
-/// decrease within a topic), or `hi + 1` if none. A binary search over the log.
-pub fn first_at_or_after(
-    storage: &dyn Storage,
-    id: TopicId,
-    lo: u64,
-    hi: u64,
-    ts: i64,
-) -> Result<u64, StoreError> {
-    let (mut lo, mut hi) = (lo, hi + 1);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        // A message removed meanwhile is older than anything kept.
-        let older = storage.timestamp(id, mid)?.is_none_or(|t| t < ts);
-        if older {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    Ok(lo)
 }
