@@ -30,7 +30,8 @@ use tokio::sync::Notify;
 const FRAME_OVERHEAD: usize = std::mem::size_of::<Outgoing>();
 /// The writer hands its buffer to the socket once it holds this much.
 const WRITE_CHUNK: usize = 256 * 1024;
-/// A write buffer grown past this is released after the batch, so idle connections stay small.
+/// A write buffer grown past this is released once the connection is idle, so idle
+/// connections stay small.
 const KEEP_BUFFER: usize = 16 * 1024;
 /// Likewise for the batch queue's capacity, in frames.
 const KEEP_BATCH: usize = 256;
@@ -233,6 +234,11 @@ impl Outbox {
         self.space.notify_waiters();
     }
 
+    /// Whether nothing is queued right now.
+    fn is_idle(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
     /// Whether `Outbox::close` was called or the writer stopped.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
@@ -243,9 +249,10 @@ impl Outbox {
         self.dropped_total.load(Ordering::Relaxed)
     }
 
-    /// Waits for work and swaps the queue into `batch` (which must be empty). Returns
-    /// `false` when the queue is closed and fully drained.
-    async fn take(&self, batch: &mut VecDeque<Outgoing>) -> bool {
+    /// Waits for work and swaps the queue into `batch` (which must be empty). Returns the
+    /// bytes charged for the batch (an upper bound of its encoded size), or `None` when
+    /// the queue is closed and fully drained.
+    async fn take(&self, batch: &mut VecDeque<Outgoing>) -> Option<usize> {
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
@@ -254,13 +261,13 @@ impl Outbox {
                 let mut st = self.lock();
                 if !st.queue.is_empty() {
                     std::mem::swap(&mut st.queue, batch);
-                    st.bytes = 0;
+                    let bytes = std::mem::take(&mut st.bytes);
                     drop(st);
                     self.space.notify_waiters();
-                    return true;
+                    return Some(bytes);
                 }
                 if st.closed {
-                    return false;
+                    return None;
                 }
             }
             ready.await;
@@ -279,7 +286,9 @@ pub(crate) async fn write_loop<W>(
 {
     let mut batch = VecDeque::new();
     let mut buf = BytesMut::new();
-    while outbox.take(&mut batch).await {
+    while let Some(charged) = outbox.take(&mut batch).await {
+        // One allocation per batch instead of doubling (and re-copying) as it fills.
+        buf.reserve(charged.min(WRITE_CHUNK + max_frame_size));
         let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let _ = encode_frame(&Frame::slow_consumer(dropped), max_frame_size, &mut buf);
@@ -306,11 +315,15 @@ pub(crate) async fn write_loop<W>(
             failed = writer.flush().await.is_err();
         }
         buf.clear();
-        if buf.capacity() > KEEP_BUFFER {
-            buf = BytesMut::new();
-        }
-        if batch.capacity() > KEEP_BATCH {
-            batch = VecDeque::new();
+        // A busy connection keeps its buffers for the next batch; an idle one gives back
+        // what a burst made it grow, so idle connections stay small.
+        if outbox.is_idle() {
+            if buf.capacity() > KEEP_BUFFER {
+                buf = BytesMut::new();
+            }
+            if batch.capacity() > KEEP_BATCH {
+                batch = VecDeque::new();
+            }
         }
         if failed {
             break;
