@@ -21,9 +21,9 @@ use rtc_broker::topic::TopicRule;
 use crate::harness::{Target, Transport};
 use crate::systems::{subscribe, PeerUrls, Publisher, System};
 
-/// Arguments of `rtc-bench fanout`.
+/// Which systems a live workload runs against (shared by both workloads).
 #[derive(Debug, Args)]
-pub struct FanoutArgs {
+pub struct Systems {
     /// Systems to measure; repeat for several [default: rtc].
     #[arg(long, value_enum)]
     system: Vec<System>,
@@ -36,6 +36,13 @@ pub struct FanoutArgs {
     /// Transports to rtc; repeat for several [default: tcp].
     #[arg(long, value_enum)]
     transport: Vec<Transport>,
+}
+
+/// Arguments of `rtc-bench fanout`.
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    on: Systems,
     /// Subscribers; repeat for several [default: 1 and 10].
     #[arg(long)]
     subscribers: Vec<usize>,
@@ -50,18 +57,8 @@ pub struct FanoutArgs {
 /// Arguments of `rtc-bench latency`.
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
-    /// Systems to measure; repeat for several [default: rtc].
-    #[arg(long, value_enum)]
-    system: Vec<System>,
-    /// Measure an rtc broker running at this URL (its `bench.>` topics should be
-    /// ephemeral) instead of an in-process one.
-    #[arg(long)]
-    rtc_url: Option<String>,
     #[command(flatten)]
-    peers: PeerUrls,
-    /// Transports to rtc; repeat for several [default: tcp].
-    #[arg(long, value_enum)]
-    transport: Vec<Transport>,
+    on: Systems,
     /// Messages per second.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
@@ -111,12 +108,13 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for subs in or(&args.subscribers, &[1, 10]) {
         for payload in or(&args.payload, &[128]) {
-            for (system, transport) in runs(&args.system, &args.transport) {
-                let target = Target::new(args.rtc_url.as_deref(), transport, |c| {
+            for (system, transport) in runs(&args.on.system, &args.on.transport) {
+                let target = Target::new(args.on.rtc_url.as_deref(), transport, |c| {
                     c.topic = vec![TopicRule::ephemeral("bench.>")]
                 })
                 .await?;
-                let r = fanout_run(&target, system, &args.peers, subs, payload, args.count).await;
+                let r =
+                    fanout_run(&target, system, &args.on.peers, subs, payload, args.count).await;
                 target.stop().await;
                 let (published, delivered, lost) = r?;
                 println!(
@@ -189,15 +187,15 @@ async fn fanout_run(
 pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     println!("| system | rate msgs/s | messages | payload B | p50 µs | p99 µs | p99.9 µs | max µs | lost |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (system, transport) in runs(&args.system, &args.transport) {
-        let target = Target::new(args.rtc_url.as_deref(), transport, |c| {
+    for (system, transport) in runs(&args.on.system, &args.on.transport) {
+        let target = Target::new(args.on.rtc_url.as_deref(), transport, |c| {
             c.topic = vec![TopicRule::ephemeral("bench.>")]
         })
         .await?;
         let r = latency_run(
             &target,
             system,
-            &args.peers,
+            &args.on.peers,
             args.rate,
             args.count,
             args.payload.max(8),

@@ -405,13 +405,28 @@ async fn read_loop(
     heartbeat: Duration,
 ) -> String {
     let silence = heartbeat * 3;
+    // One idle timer, re-armed only when it fires (not a new timer per frame, which
+    // showed up as ~9 % of a busy subscriber's CPU).
+    let mut last_seen = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(silence);
+    tokio::pin!(idle);
     let reason = loop {
-        let frame = match tokio::time::timeout(silence, reader.next()).await {
-            Err(_) => break format!("nothing received from the broker for {silence:?}"),
-            Ok(None) => break "the broker closed the connection".to_string(),
-            Ok(Some(Err(e))) => break format!("read failed: {e}"),
-            Ok(Some(Ok(frame))) => frame,
+        let next = tokio::select! {
+            _ = &mut idle => {
+                if last_seen.elapsed() >= silence {
+                    break format!("nothing received from the broker for {silence:?}");
+                }
+                idle.as_mut().reset(last_seen + silence);
+                continue;
+            }
+            next = reader.next() => next,
         };
+        let frame = match next {
+            None => break "the broker closed the connection".to_string(),
+            Some(Err(e)) => break format!("read failed: {e}"),
+            Some(Ok(frame)) => frame,
+        };
+        last_seen = tokio::time::Instant::now();
         match frame.op {
             Some(Op::Deliver(d)) => {
                 let Some(message) = d.message else { continue };

@@ -378,3 +378,30 @@ async fn a_quic_client_reconnects_after_the_broker_restarts() {
     client.publish("qr.x", "after").await.unwrap();
     assert_eq!(next(&mut sub).await.seq, 3);
 }
+
+/// A broker that goes silent (here: a proxy drops everything it sends, while the client's
+/// pings still reach it) is declared gone after three heartbeat intervals, and the client
+/// reconnects.
+#[tokio::test]
+async fn a_silent_broker_is_detected_by_the_heartbeat() {
+    let b = common::start_with(|c| c.heartbeat_interval = Duration::from_millis(200)).await;
+    let proxy = Proxy::start(broker_addr(&b.url)).await;
+    let client = Client::connect_with(&proxy.url(), fast_reconnect())
+        .await
+        .unwrap();
+    let mut state = client.state();
+    let started = tokio::time::Instant::now();
+    proxy.drop_replies(true);
+    wait_for_state(&mut state, |s| {
+        matches!(s, ConnectionState::Reconnecting(_))
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "declared dead too early: {:?}",
+        started.elapsed()
+    );
+    proxy.drop_replies(false);
+    wait_for_state(&mut state, |s| s == ConnectionState::Connected).await;
+    client.publish("hb.x", "alive again").await.unwrap();
+}
