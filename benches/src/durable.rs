@@ -1,26 +1,48 @@
-//! The `durable` workload: publish N messages to a durable topic, each acknowledged by
-//! the broker (so stored per its fsync policy), with up to W publishes in flight on one
-//! connection; then replay the topic from its first message. Reports msgs/s both ways
-//! and checks that the acknowledgements carried seqs 1..=N and the replay returned
-//! exactly those N messages in order.
+//! The `durable` workload: publish N messages to a durable log, each acknowledged by
+//! the system once stored per its durability setting, with up to W publishes in flight
+//! on one connection; then read them all back through a durable consumer that
+//! acknowledges each message. Reports msgs/s both ways (and, for rtc, a plain replay
+//! from the first message) and fails unless every message came back exactly once. Runs against rtc and, with the `peers` feature, NATS JetStream and
+//! Redis streams ([`crate::durable_peers`]); each rival row carries the ratio rtc / rival.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rtc_broker::FsyncPolicy;
-use rtc_client::{StartAt, SubscribeOptions};
+use rtc_client::{ConsumerOptions, StartAt, SubscribeOptions};
 
+use crate::durable_peers::{self, Rival};
 use crate::harness::Target;
+use crate::systems::PeerUrls;
+
+/// A system the durable workload runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurableSystem {
+    /// rtc: an in-process broker per fsync policy, or `--server`.
+    Rtc,
+    /// NATS JetStream at `--nats-url` (file storage).
+    Jetstream,
+    /// Redis streams at `--redis-url`.
+    Redis,
+}
 
 /// Arguments of `rtc-bench durable`.
 #[derive(Debug, Args)]
 pub struct DurableArgs {
-    /// Benchmark a running broker instead of in-process ones (its own fsync applies).
+    /// Systems to measure; repeat for several [default: rtc].
+    #[arg(long, value_enum)]
+    system: Vec<DurableSystem>,
+    /// Benchmark a running rtc broker instead of in-process ones (its own fsync applies).
     #[arg(long)]
     server: Option<String>,
+    #[command(flatten)]
+    peers: PeerUrls,
+    /// How the running servers store (`--server`, JetStream, Redis), for the table.
+    #[arg(long, default_value = "server's setting")]
+    durability: String,
     /// Transport to the in-process broker.
     #[arg(long, value_enum, default_value = "tcp")]
     transport: crate::harness::Transport,
@@ -34,14 +56,98 @@ pub struct DurableArgs {
     /// Messages per run [default: 2000 when W = 1, else 20000].
     #[arg(long)]
     count: Option<u64>,
-    /// Payload size in bytes.
+    /// Payload size in bytes (at least 8: each carries its index).
     #[arg(long, default_value_t = 128)]
     payload: usize,
 }
 
-struct Outcome {
+/// One run's shape.
+pub struct Plan {
+    /// Publishes in flight.
+    pub window: usize,
+    /// Messages.
+    pub count: u64,
+    /// Payload bytes (≥ 8).
+    pub size: usize,
+    /// Distinguishes this run's topic, stream or key from earlier ones.
+    pub run_id: u64,
+}
+
+impl Plan {
+    /// The payload of message `i`: its index (8 bytes, big-endian), then filler.
+    pub fn payload(&self, i: u64) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.size);
+        b.put_u64(i);
+        b.resize(self.size, b'x');
+        b.freeze()
+    }
+}
+
+/// Checks that payloads come back as published: every index exactly once. (Publishes
+/// with W > 1 in flight may be stored in any order among themselves; the rtc run also
+/// checks that its consumer gets seqs in increasing order.)
+pub struct Checker {
+    seen: Vec<bool>,
+    got: u64,
+    size: usize,
+}
+
+impl Checker {
+    /// Expects indexes `0..plan.count`.
+    pub fn new(plan: &Plan) -> Checker {
+        Checker {
+            seen: vec![false; plan.count as usize],
+            got: 0,
+            size: plan.size,
+        }
+    }
+
+    /// Checks the next payload.
+    pub fn check(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let index = payload
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+        let slot = index.and_then(|i| self.seen.get_mut(i as usize));
+        match slot {
+            Some(seen) if !*seen && payload.len() == self.size => *seen = true,
+            _ => bail!(
+                "got message {index:?} ({} bytes) after {} others: duplicated, foreign or damaged",
+                payload.len(),
+                self.got
+            ),
+        }
+        self.got += 1;
+        Ok(())
+    }
+
+    /// All arrived.
+    pub fn done(&self) -> bool {
+        self.got == self.seen.len() as u64
+    }
+}
+
+/// Rates measured by one run.
+pub struct Measured {
     publish_rate: f64,
-    replay_rate: f64,
+    consume_rate: f64,
+    replay_rate: Option<f64>,
+}
+
+impl Measured {
+    /// Rates from the times the phases took.
+    pub fn new(
+        plan: &Plan,
+        publish: Duration,
+        consume: Duration,
+        replay: Option<Duration>,
+    ) -> Measured {
+        let rate = |d: Duration| plan.count as f64 / d.as_secs_f64();
+        Measured {
+            publish_rate: rate(publish),
+            consume_rate: rate(consume),
+            replay_rate: replay.map(rate),
+        }
+    }
 }
 
 /// Runs the matrix and prints a markdown table.
@@ -50,6 +156,11 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
         vec![1, 256]
     } else {
         args.window.clone()
+    };
+    let systems = if args.system.is_empty() {
+        vec![DurableSystem::Rtc]
+    } else {
+        args.system.clone()
     };
     let policies = match (&args.server, args.fsync.is_empty()) {
         (Some(_), _) => vec![None],
@@ -60,50 +171,91 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
         ],
         (None, false) => args.fsync.iter().copied().map(Some).collect(),
     };
-    println!("| fsync | W | messages | payload B | publish msgs/s | replay msgs/s | lost |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for policy in &policies {
-        for &window in &windows {
-            let count = args
-                .count
-                .unwrap_or(if window == 1 { 2_000 } else { 20_000 });
-            let target = Target::new(args.server.as_deref(), args.transport, |c| {
-                if let Some(p) = policy {
-                    c.fsync = *p;
-                }
-            })
-            .await?;
-            let outcome = one_run(&target, window.max(1), count, args.payload).await;
-            target.stop().await;
-            let o = outcome?;
-            let name = policy.map_or_else(|| "server's".to_string(), |p| p.to_string());
-            println!(
-                "| {name} | {window} | {count} | {} | {:.0} | {:.0} | 0 |",
-                args.payload, o.publish_rate, o.replay_rate
-            );
+    let size = args.payload.max(8);
+    println!("| system | durability | W | messages | payload B | publish msgs/s | consume + ack msgs/s | replay msgs/s | rtc / this: publish, consume | lost |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut run_id = 0;
+    for &window in &windows {
+        let count = args
+            .count
+            .unwrap_or(if window == 1 { 2_000 } else { 20_000 });
+        // The last rtc row of this window, which rival rows are compared with.
+        let mut rtc: Option<(f64, f64)> = None;
+        for &system in &systems {
+            let configs = if system == DurableSystem::Rtc {
+                policies.clone()
+            } else {
+                vec![None]
+            };
+            for policy in configs {
+                run_id += 1;
+                let plan = Plan {
+                    window: window.max(1),
+                    count,
+                    size,
+                    run_id,
+                };
+                let m = match system {
+                    DurableSystem::Rtc => {
+                        let target = Target::new(args.server.as_deref(), args.transport, |c| {
+                            if let Some(p) = policy {
+                                c.fsync = p;
+                            }
+                        })
+                        .await?;
+                        let m = rtc_run(&target, &plan).await;
+                        target.stop().await;
+                        m?
+                    }
+                    DurableSystem::Jetstream => {
+                        durable_peers::run(Rival::JetStream, &args.peers, &plan).await?
+                    }
+                    DurableSystem::Redis => {
+                        durable_peers::run(Rival::RedisStreams, &args.peers, &plan).await?
+                    }
+                };
+                let (name, ratio) = match system {
+                    DurableSystem::Rtc => {
+                        rtc = Some((m.publish_rate, m.consume_rate));
+                        ("rtc", "—".to_string())
+                    }
+                    other => (
+                        if other == DurableSystem::Jetstream {
+                            "nats jetstream"
+                        } else {
+                            "redis streams"
+                        },
+                        rtc.map_or("—".to_string(), |(p, c)| {
+                            format!("{:.2}, {:.2}", p / m.publish_rate, c / m.consume_rate)
+                        }),
+                    ),
+                };
+                let durability = policy.map_or(args.durability.clone(), |p| format!("fsync {p}"));
+                let replay = m.replay_rate.map_or("—".to_string(), |r| format!("{r:.0}"));
+                println!(
+                    "| {name} | {durability} | {window} | {count} | {size} | {:.0} | {:.0} | {replay} | {ratio} | 0 |",
+                    m.publish_rate, m.consume_rate
+                );
+            }
         }
     }
     Ok(())
 }
 
-async fn one_run(
-    target: &Target,
-    window: usize,
-    count: u64,
-    payload: usize,
-) -> anyhow::Result<Outcome> {
+/// Publishes with `plan.window` in flight, replays from the first message, then
+/// consumes everything through a durable consumer acknowledging each message.
+async fn rtc_run(target: &Target, plan: &Plan) -> anyhow::Result<Measured> {
     let client = target.connect().await.context("connect")?;
     // A fresh topic per run so seqs start at 1 even against a shared broker.
-    let topic = format!("bench.durable.{}", client.connection_id());
-    let body = Bytes::from(vec![b'x'; payload]);
+    let topic = format!("bench.durable.{}.{}", client.connection_id(), plan.run_id);
 
     let started = Instant::now();
-    let mut seqs = Vec::with_capacity(count as usize);
+    let mut seqs = Vec::with_capacity(plan.count as usize);
     let mut in_flight = FuturesUnordered::new();
     let mut sent = 0;
-    while sent < count || !in_flight.is_empty() {
-        while sent < count && in_flight.len() < window {
-            let (c, t, b) = (client.clone(), topic.clone(), body.clone());
+    while sent < plan.count || !in_flight.is_empty() {
+        while sent < plan.count && in_flight.len() < plan.window {
+            let (c, t, b) = (client.clone(), topic.clone(), plan.payload(sent));
             in_flight.push(async move { c.publish(&t, b).await });
             sent += 1;
         }
@@ -114,37 +266,59 @@ async fn one_run(
     let publish_time = started.elapsed();
     seqs.sort_unstable();
     ensure!(
-        seqs.iter().copied().eq(1..=count),
-        "acknowledged seqs are not 1..={count} (lost or duplicated publishes)"
+        seqs.iter().copied().eq(1..=plan.count),
+        "acknowledged seqs are not 1..={} (lost or duplicated publishes)",
+        plan.count
     );
 
     let started = Instant::now();
-    let mut sub = client
-        .subscribe_with(
-            &topic,
-            SubscribeOptions {
-                start: StartAt::First,
-                ..Default::default()
-            },
-        )
-        .await?;
-    for expected in 1..=count {
-        let m = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .context("replay stalled")?
-            .context("connection closed during replay")?;
-        if m.seq != expected || m.payload.len() != payload {
-            bail!(
-                "replay returned seq {} ({} bytes) where {expected} was due",
-                m.seq,
-                m.payload.len()
-            );
-        }
+    let from_first = SubscribeOptions {
+        start: StartAt::First,
+        ..Default::default()
+    };
+    let mut sub = client.subscribe_with(&topic, from_first.clone()).await?;
+    let mut checker = Checker::new(plan);
+    let mut last = 0;
+    while !checker.done() {
+        let m = next(&mut sub, "replay").await?;
+        checker.check(&m.payload)?;
+        ensure!(m.seq == last + 1, "replay gave seq {} after {last}", m.seq);
+        last = m.seq;
     }
     let replay_time = started.elapsed();
+    sub.unsubscribe().await?;
+
+    let started = Instant::now();
+    let consumer = SubscribeOptions {
+        consumer: Some(ConsumerOptions::new("bench")),
+        ..from_first
+    };
+    let mut sub = client.subscribe_with(&topic, consumer).await?;
+    let mut checker = Checker::new(plan);
+    let mut last = 0;
+    while !checker.done() {
+        let m = next(&mut sub, "consume").await?;
+        checker.check(&m.payload)?;
+        ensure!(m.seq == last + 1, "the consumer got seq {} after {last}", m.seq);
+        last = m.seq;
+        sub.ack_nowait(&m).await?;
+    }
+    let consume_time = started.elapsed();
     client.close().await;
-    Ok(Outcome {
-        publish_rate: count as f64 / publish_time.as_secs_f64(),
-        replay_rate: count as f64 / replay_time.as_secs_f64(),
-    })
+    Ok(Measured::new(
+        plan,
+        publish_time,
+        consume_time,
+        Some(replay_time),
+    ))
+}
+
+async fn next(
+    sub: &mut rtc_client::Subscription,
+    phase: &str,
+) -> anyhow::Result<rtc_client::Message> {
+    tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .with_context(|| format!("{phase} stalled"))?
+        .with_context(|| format!("connection closed during {phase}"))
 }

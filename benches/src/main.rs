@@ -12,6 +12,7 @@
 
 mod connections;
 mod durable;
+mod durable_peers;
 mod harness;
 mod live;
 mod systems;

@@ -199,15 +199,19 @@ mod peer {
     }
 }
 
+/// The error for a rival run in a build without the `peers` feature.
+#[cfg(not(feature = "peers"))]
+pub fn peers_missing() -> anyhow::Error {
+    anyhow::anyhow!("NATS and Redis runs need the `peers` feature: cargo run --release -p rtc-benches --features peers (or benches/compare.sh)")
+}
+
 #[cfg(not(feature = "peers"))]
 mod peer {
     use bytes::Bytes;
 
     use super::{Keep, Payloads, PeerUrls, System};
 
-    fn missing() -> anyhow::Error {
-        anyhow::anyhow!("NATS and Redis runs need the `peers` feature: cargo run --release -p rtc-benches --features peers (or benches/compare.sh)")
-    }
+    use super::peers_missing as missing;
 
     pub async fn nats_subscribe(_: &str, _: &str) -> anyhow::Result<(Payloads, Keep)> {
         Err(missing())

@@ -4,8 +4,11 @@
 //! not yet settled, with delivery counts, the member holding each and its timer), `ready`
 //! (pending seqs waiting to be redelivered), and `floor` (every seq at or below it is
 //! settled; it only moves forward). Each turn of the loop first *pumps* — gives ready
-//! redeliveries, then new messages read from the log, to members with room — then waits
-//! for a command, a timer or new messages in the topic.
+//! redeliveries, then new messages, to members with room — then waits for commands
+//! (taking all that are queued, so a stream of acks costs one pump), a timer or new
+//! messages in the topic. New messages come from `read_ahead`, refilled from the log a
+//! batch at a time, so freeing one slot never costs a log read. Changed state is stored
+//! within `SAVE_EVERY` (50 ms), and at once for a confirmed ack.
 //!
 //! Timers (one `DelayQueue` for all pending messages): an ack deadline (`ack_wait` after
 //! delivery; `InProgress` restarts it) makes the message ready again; a nack delay makes
@@ -13,7 +16,7 @@
 //! it would be made ready again is written to the dead-letter topic instead (with
 //! headers saying why) and settled once that write is stored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,12 +35,18 @@ use crate::replay::{start_seq, ReplayContext};
 use crate::store::writer::{LogHandle, Request};
 use crate::store::{ConsumerRecord, LogEntry, StoreError, TopicId};
 
-/// Messages read from the log per pump.
+/// Messages read from the log at once (with at most 4 MiB of payloads).
 const READ_BATCH: usize = 256;
 /// How long a member whose outbox was full is skipped.
 const FULL_BACKOFF: Duration = Duration::from_millis(20);
 /// Retry delay after a failed dead-letter write.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+/// Changed state is stored at most this long after the change (a confirmed ack, a new
+/// member's start position and shutdown store it at once). Saving per ack cost a store
+/// write of the whole pending set per message.
+const SAVE_EVERY: Duration = Duration::from_millis(50);
+/// Commands handled per turn before the consumer pumps again.
+const COMMANDS_PER_TURN: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
@@ -96,7 +105,12 @@ pub(super) struct Actor {
     turn: u64,
     timers: DelayQueue<(u64, Timer)>,
     last_seq: watch::Receiver<u64>,
+    /// Messages from `next` on, read from the log ahead of room to deliver them: an ack
+    /// that frees one slot is answered from here, not with a log read.
+    read_ahead: VecDeque<LogEntry>,
     dirty: bool,
+    /// When changed state is due to be stored.
+    save_due: Option<Instant>,
 }
 
 impl Actor {
@@ -126,7 +140,9 @@ impl Actor {
             turn: 0,
             timers: DelayQueue::new(),
             last_seq,
+            read_ahead: VecDeque::new(),
             dirty: false,
+            save_due: None,
         };
         if let Some(r) = record {
             actor.floor = r.ack_floor;
@@ -153,14 +169,22 @@ impl Actor {
             if let Err(e) = self.pump().await {
                 tracing::error!(topic = %self.topic, consumer = %self.name, error = %e, "consumer read failed");
             }
-            self.save();
+            self.save_soon();
             let unblock = self.members.values().filter_map(|m| m.blocked_until).min();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
+                    Some(cmd) => {
+                        self.handle(cmd).await;
+                        // Take what else is queued (a stream of acks) before pumping.
+                        for _ in 1..COMMANDS_PER_TURN {
+                            let Ok(cmd) = rx.try_recv() else { break };
+                            self.handle(cmd).await;
+                        }
+                    }
                     None => break,
                 },
+                _ = sleep_until(self.save_due), if self.save_due.is_some() => self.save(),
                 Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => {
                     let (seq, timer) = expired.into_inner();
                     self.expired(seq, timer).await;
@@ -239,6 +263,8 @@ impl Actor {
             self.floor = self.next - 1;
             self.started = true;
             self.dirty = true;
+            // Where a new consumer starts is stored at once, not within SAVE_EVERY.
+            self.save();
         }
         self.max_deliver = spec.max_deliver.max(1);
         let id = self.next_member;
@@ -447,15 +473,6 @@ impl Actor {
         Some(id)
     }
 
-    fn room(&self) -> usize {
-        let now = Instant::now();
-        self.members
-            .values()
-            .filter(|m| m.has_room(now))
-            .map(|m| m.max_in_flight - m.in_flight)
-            .sum()
-    }
-
     /// Gives members what they have room for: redeliveries first, then new messages.
     async fn pump(&mut self) -> Result<(), StoreError> {
         if !self.started {
@@ -476,31 +493,34 @@ impl Actor {
                 }
                 continue;
             }
-            let last = *self.last_seq.borrow_and_update();
-            if self.next > last {
+            if self.read_ahead.is_empty() {
+                let last = *self.last_seq.borrow_and_update();
+                if self.next > last {
+                    return Ok(());
+                }
+                let entries = self.read(self.next, READ_BATCH).await?;
+                if entries.is_empty() {
+                    // Everything from `next` on was removed by retention.
+                    self.next = last + 1;
+                    self.advance_floor();
+                    self.dirty = true;
+                    return Ok(());
+                }
+                self.read_ahead.extend(entries);
+            }
+            let Some(e) = self.read_ahead.pop_front() else {
                 return Ok(());
-            }
-            let want = self.room().min(READ_BATCH);
-            let entries = self.read(self.next, want).await?;
-            if entries.is_empty() {
-                // Everything from `next` on was removed by retention.
-                self.next = last + 1;
-                self.advance_floor();
-                self.dirty = true;
-                return Ok(());
-            }
-            for e in entries {
-                self.next = e.seq + 1;
-                self.pending.insert(
-                    e.seq,
-                    Pending {
-                        count: 0,
-                        member: None,
-                        timer: None,
-                    },
-                );
-                self.deliver(e);
-            }
+            };
+            self.next = e.seq + 1;
+            self.pending.insert(
+                e.seq,
+                Pending {
+                    count: 0,
+                    member: None,
+                    timer: None,
+                },
+            );
+            self.deliver(e);
             self.advance_floor();
             self.dirty = true;
         }
@@ -573,11 +593,19 @@ impl Actor {
         self.save_with(None);
     }
 
+    /// Stores changed state within [`SAVE_EVERY`].
+    fn save_soon(&mut self) {
+        if self.dirty && self.started && self.save_due.is_none() {
+            self.save_due = Some(Instant::now() + SAVE_EVERY);
+        }
+    }
+
     fn save_with(&mut self, stored: Option<tokio::sync::oneshot::Sender<()>>) {
         if !self.dirty || !self.started {
             return;
         }
         self.dirty = false;
+        self.save_due = None;
         let record = ConsumerRecord {
             ack_floor: self.floor,
             next_seq: self.next,
