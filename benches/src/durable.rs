@@ -299,7 +299,11 @@ async fn rtc_run(target: &Target, plan: &Plan) -> anyhow::Result<Measured> {
     while !checker.done() {
         let m = next(&mut sub, "consume").await?;
         checker.check(&m.payload)?;
-        ensure!(m.seq == last + 1, "the consumer got seq {} after {last}", m.seq);
+        ensure!(
+            m.seq == last + 1,
+            "the consumer got seq {} after {last}",
+            m.seq
+        );
         last = m.seq;
         sub.ack_nowait(&m).await?;
     }

@@ -7,14 +7,16 @@
 //! Data flow of a durable publish: the session sends an append request over a crossbeam
 //! channel to the storage thread; the thread takes every request waiting, assigns
 //! sequence numbers, checks message IDs against the dedup window, writes them all in one
-//! atomic batch and flushes once per the fsync policy (group commit); then it answers each
+//! pass and flushes once per the fsync policy (group commit); then it answers each
 //! publisher (`PubAck` or `Error`, straight into the connection's outbox) and fans each
 //! stored message out to live subscribers in sequence order. Replays read the storage
 //! directly from blocking tasks; they never go through the storage thread.
 //!
 //! # Key layout
-//! One sled tree holds everything, so that one batch — messages, topic stats, topic
-//! metadata — is applied atomically. Numbers are big-endian so that keys sort in numeric
+//! One sled tree holds everything. A pass that only appends messages (and updates stats
+//! and consumer state) is written in order, messages first, and a crash keeps a prefix
+//! of it; opening the store counts back in messages stored beyond their topic's recorded
+//! stats. A pass that creates topics or removes messages is one atomic sled batch. Numbers are big-endian so that keys sort in numeric
 //! order and range scans run in sequence order.
 //!
 //! | key | value |
@@ -172,7 +174,7 @@ impl ConsumerRecord {
     }
 }
 
-/// One change in an atomic write.
+/// One change in a write ([`Storage::write`]).
 #[derive(Debug, Clone)]
 pub enum WriteOp {
     /// Create or update a topic's metadata.
@@ -221,6 +223,18 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// Whether a crash may keep this op without the ops written after it in the same
+    /// write: true for appends, stats and consumer state (recovery reconciles them),
+    /// false for topic metadata and removals, which are written all-or-nothing.
+    pub fn is_in_order_safe(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Append { .. } | WriteOp::PutStats(..) | WriteOp::PutConsumer { .. }
+        )
+    }
+}
+
 /// One stored message as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
@@ -253,7 +267,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn load_topics(&self) -> Result<Vec<StoredTopic>, StoreError>;
     /// The next topic id to assign (1 for a new store).
     fn next_topic_id(&self) -> Result<TopicId, StoreError>;
-    /// Applies all `ops` atomically: after a crash either all or none are present.
+    /// Applies `ops`. After a crash, a prefix of them is present: none, some or all —
+    /// all or none when any op creates a topic or removes messages ([`WriteOp::is_in_order_safe`]
+    /// is false for one of them). [`Storage::load_topics`] counts messages whose stats
+    /// were cut off.
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
     /// Makes everything written so far durable on disk.
     fn flush(&self) -> Result<(), StoreError>;

@@ -4,8 +4,8 @@
 //! every request waiting (up to [`MAX_BATCH`]), and for the appends among them:
 //! assigns the next sequence number of the topic and a broker timestamp (never earlier
 //! than the topic's previous one), checks the message ID against the topic's dedup
-//! window, and adds the message to one atomic write together with the updated topic
-//! stats. It then flushes once if the fsync policy says so (group commit), and only then
+//! window, and adds the message to the pass's one write (messages, then the updated topic
+//! stats: see the parent module). It then flushes once if the fsync policy says so (group commit), and only then
 //! answers each publisher — `PubAck{seq}`, `PubAck{seq, duplicate}` or
 //! `Error{STORAGE}` — by pushing straight into the publisher's outbox, and fans every
 //! stored message out to live subscribers in sequence order.
