@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# rtc vs NATS core vs Redis pub/sub on this machine, in one run.
+# rtc vs NATS (core and JetStream) vs Redis (pub/sub and streams) on this machine, in one run.
 #
 # Installs nats-server and redis-server from the OS packages if they are missing, starts
 # each on a non-default loopback port with its data in a temp dir, runs rtc-bench's live
 # workloads (fan-out with 1 and 10 subscribers at 16 B, 128 B and 1 KiB; latency at
-# 10 000 msgs/s) against all three, stops what it started, and writes a markdown report
-# (default target/compare.md) with every figure. rtc runs as its own process too (the
-# release rtc-broker binary over TCP, `bench.>` ephemeral, no publish rate limit), so all
-# three servers share the 2 cores with the load generator the same way.
+# 10 000 msgs/s) against rtc, NATS core and Redis pub/sub, and the durable workload
+# (acknowledged publish with 1 and 256 in flight, then consume with acks) against rtc,
+# JetStream and Redis streams at two durability settings; stops what it started, and
+# writes a markdown report (default target/compare.md) with every figure and the ratio
+# rtc / rival. rtc runs as its own process too (the release rtc-broker binary over TCP,
+# `bench.>` ephemeral, no publish rate limit), so every server shares the 2 cores with
+# the load generator the same way.
+#
+# Durability settings compared:
+#   "about 1 s"  rtc fsync = never (sled flushes about every second), Redis AOF
+#                appendfsync everysec, JetStream's default (nats-server 2.9 fsyncs every
+#                2 minutes and cannot be set otherwise: JetStream is favoured here);
+#   "always"     rtc fsync = always, Redis appendfsync always (JetStream 2.9 has no
+#                such setting: `sync_interval` arrived in nats-server 2.10).
 #
 #   benches/compare.sh [REPORT]
 set -euo pipefail
@@ -15,7 +25,9 @@ cd "$(dirname "$0")/.."
 report=${1:-target/compare.md}
 NATS_PORT=14222
 REDIS_PORT=16379
+REDIS_ALWAYS_PORT=16380
 RTC_PORT=17400
+RTC_ALWAYS_PORT=17401
 
 install_if_missing() {
   local bin=$1 pkg=$2
@@ -40,7 +52,12 @@ trap cleanup EXIT
 
 nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
 pids+=($!)
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
+mkdir -p "$tmp/redis" "$tmp/redis-always"
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly yes --appendfsync everysec \
+  --dir "$tmp/redis" >"$tmp/redis.log" 2>&1 &
+pids+=($!)
+redis-server --bind 127.0.0.1 --port "$REDIS_ALWAYS_PORT" --save "" --appendonly yes --appendfsync always \
+  --dir "$tmp/redis-always" >"$tmp/redis-always.log" 2>&1 &
 pids+=($!)
 
 wait_port() {
@@ -52,19 +69,27 @@ wait_port() {
   exit 1
 }
 cargo build --release -q -p rtc-benches --features peers -p rtc-broker
-cat >"$tmp/rtc.toml" <<TOML
+for fsync in never always; do
+  cat >"$tmp/rtc-$fsync.toml" <<TOML
 publish_rate = 0
+fsync = "$fsync"
 [[topic]]
 pattern = "bench.>"
 storage = "ephemeral"
 TOML
-target/release/rtc-broker --tcp "127.0.0.1:$RTC_PORT" --data-dir "$tmp/rtc" --config "$tmp/rtc.toml" \
+done
+target/release/rtc-broker --tcp "127.0.0.1:$RTC_PORT" --data-dir "$tmp/rtc" --config "$tmp/rtc-never.toml" \
   --log warn >"$tmp/rtc.log" 2>&1 &
+pids+=($!)
+target/release/rtc-broker --tcp "127.0.0.1:$RTC_ALWAYS_PORT" --data-dir "$tmp/rtc-always" \
+  --config "$tmp/rtc-always.toml" --log warn >"$tmp/rtc-always.log" 2>&1 &
 pids+=($!)
 
 wait_port "$NATS_PORT"
 wait_port "$REDIS_PORT"
+wait_port "$REDIS_ALWAYS_PORT"
 wait_port "$RTC_PORT"
+wait_port "$RTC_ALWAYS_PORT"
 
 bench=target/release/rtc-bench
 peers=(--nats-url "nats://127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" --rtc-url "tcp://127.0.0.1:$RTC_PORT")
@@ -72,7 +97,7 @@ systems=(--system rtc --system nats --system redis)
 
 mkdir -p "$(dirname "$report")"
 {
-  echo "# rtc vs NATS core vs Redis pub/sub"
+  echo "# rtc vs NATS vs Redis"
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs),"
   echo "nats-server $(nats-server --version | awk '{print \$NF}'), redis $(redis-server --version | awk '{print \$3}' | tr -d 'v='), rtc-broker $(target/release/rtc-broker --version | awk '{print \$2}') (TCP); each its own process."
@@ -85,5 +110,18 @@ mkdir -p "$(dirname "$report")"
   echo "## Latency (10 000 msgs/s, 128 B)"
   echo
   "$bench" latency "${systems[@]}" "${peers[@]}" --rate 10000 --count 50000
+  echo
+  echo "## Durable: acknowledged publish with W in flight, then consume with acks (128 B)"
+  echo
+  echo "Durability about 1 s: rtc fsync never, Redis appendfsync everysec, JetStream default (fsync every 2 min)."
+  echo
+  "$bench" durable --system rtc --system jetstream --system redis --server "tcp://127.0.0.1:$RTC_PORT" \
+    --nats-url "nats://127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+    --durability "about 1 s" --window 1 --window 256
+  echo
+  echo "Durability always (fsync before the acknowledgement): rtc fsync always, Redis appendfsync always; JetStream 2.9 cannot."
+  echo
+  "$bench" durable --system rtc --system redis --server "tcp://127.0.0.1:$RTC_ALWAYS_PORT" \
+    --redis-url "redis://127.0.0.1:$REDIS_ALWAYS_PORT" --durability always --window 1 --window 256
 } | tee "$report"
 echo "compare.sh: report written to $report" >&2

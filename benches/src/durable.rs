@@ -247,7 +247,8 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
 async fn rtc_run(target: &Target, plan: &Plan) -> anyhow::Result<Measured> {
     let client = target.connect().await.context("connect")?;
     // A fresh topic per run so seqs start at 1 even against a shared broker.
-    let topic = format!("bench.durable.{}.{}", client.connection_id(), plan.run_id);
+    // Not under `bench.>`, which benches/compare.sh makes ephemeral for the live runs.
+    let topic = format!("durable.bench.{}.{}", client.connection_id(), plan.run_id);
 
     let started = Instant::now();
     let mut seqs = Vec::with_capacity(plan.count as usize);

@@ -102,12 +102,22 @@ fn label(system: System, transport: Transport) -> String {
     }
 }
 
+/// `rtc / figure` for a rival's row ("—" for rtc's own rows or without an rtc figure).
+fn ratio(rtc: Option<f64>, figure: f64, system: System) -> String {
+    match rtc {
+        Some(r) if system != System::Rtc && figure > 0.0 => format!("{:.2}", r / figure),
+        _ => "—".to_string(),
+    }
+}
+
 /// Runs the fan-out matrix and prints a markdown table.
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
-    println!("| system | subscribers | payload B | published msgs/s | delivered msgs/s | delivered MB/s | lost |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| system | subscribers | payload B | published msgs/s | delivered msgs/s | delivered MB/s | lost | rtc / this, delivered |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for subs in or(&args.subscribers, &[1, 10]) {
         for payload in or(&args.payload, &[128]) {
+            // The last rtc row of this shape, which rival rows are compared with.
+            let mut rtc = None;
             for (system, transport) in runs(&args.on.system, &args.on.transport) {
                 let target = Target::new(args.on.rtc_url.as_deref(), transport, |c| {
                     c.topic = vec![TopicRule::ephemeral("bench.>")]
@@ -117,10 +127,14 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                     fanout_run(&target, system, &args.on.peers, subs, payload, args.count).await;
                 target.stop().await;
                 let (published, delivered, lost) = r?;
+                if system == System::Rtc {
+                    rtc = Some(delivered);
+                }
                 println!(
-                    "| {} | {subs} | {payload} | {published:.0} | {delivered:.0} | {:.1} | {lost} |",
+                    "| {} | {subs} | {payload} | {published:.0} | {delivered:.0} | {:.1} | {lost} | {} |",
                     label(system, transport),
-                    delivered * payload as f64 / 1e6
+                    delivered * payload as f64 / 1e6,
+                    ratio(rtc, delivered, system)
                 );
             }
         }
@@ -185,8 +199,9 @@ async fn fanout_run(
 
 /// Runs the latency workload per system and prints a markdown table.
 pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
-    println!("| system | rate msgs/s | messages | payload B | p50 µs | p99 µs | p99.9 µs | max µs | lost |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| system | rate msgs/s | messages | payload B | p50 µs | p99 µs | p99.9 µs | max µs | lost | rtc / this, p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rtc = None;
     for (system, transport) in runs(&args.on.system, &args.on.transport) {
         let target = Target::new(args.on.rtc_url.as_deref(), transport, |c| {
             c.topic = vec![TopicRule::ephemeral("bench.>")]
@@ -209,16 +224,21 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
                 .copied()
                 .unwrap_or(0)
         };
+        let p99 = pct(0.99);
+        if system == System::Rtc {
+            rtc = Some(p99 as f64);
+        }
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {lost} | {} |",
             label(system, transport),
             args.rate,
             args.count,
             args.payload.max(8),
             pct(0.50),
-            pct(0.99),
+            p99,
             pct(0.999),
-            lat.last().copied().unwrap_or(0)
+            lat.last().copied().unwrap_or(0),
+            ratio(rtc, p99 as f64, system)
         );
     }
     Ok(())

@@ -25,6 +25,7 @@ use crate::outbox::Outbox;
 use crate::state::{ConnectionState, Shared, SubEntry};
 use crate::subscription::Subscription;
 use crate::supervisor::{self, Dial, ReconnectPolicy};
+use crate::write_queue::{write_queue, WriteQueue};
 
 /// Settings for [`Client::connect_with`]. `Default` gives the values listed per field.
 #[derive(Debug, Clone)]
@@ -100,7 +101,7 @@ pub struct Client {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) tx: mpsc::Sender<Outgoing>,
+    pub(crate) tx: WriteQueue,
     next_id: AtomicU64,
     max_frame_size: usize,
     request_timeout: Duration,
@@ -125,7 +126,7 @@ impl Inner {
     }
 
     fn check_size(&self, frame: &Frame) -> Result<(), Error> {
-        let len = prost::Message::encoded_len(frame);
+        let len = rtc_proto::codec::frame_len(frame);
         if len > self.max_frame_size {
             return Err(Error::TooLarge {
                 len,
@@ -228,7 +229,7 @@ impl Client {
         }
         let shared = Arc::new(Shared::new(outbox));
         shared.state.send_replace(ConnectionState::Connected);
-        let (tx, rx) = mpsc::channel(options.write_queue.max(1));
+        let (tx, rx) = write_queue(options.write_queue);
         let dial = Dial {
             endpoint,
             tls,
@@ -282,10 +283,12 @@ impl Client {
         }
     }
 
-    /// Publishes without asking for an acknowledgement (fire-and-forget). Returns once the
-    /// frame is queued for the socket; a broker error for it is only logged.
+    /// Publishes without asking for an acknowledgement (fire-and-forget, at most once).
+    /// Returns once the frame is queued for the socket; a broker error for it is only
+    /// logged. Unlike the acknowledged publishes, no message ID is added: the client never
+    /// sends a fire-and-forget publish twice, so there is nothing to deduplicate (an ID the
+    /// message carries is kept).
     pub async fn publish_nowait(&self, message: PublishMessage) -> Result<(), Error> {
-        let message = self.with_id(message);
         self.inner.send(message.into_frame(0)).await
     }
 

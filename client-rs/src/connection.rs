@@ -27,7 +27,8 @@ use tokio_util::codec::FramedRead;
 
 use crate::error::Error;
 use crate::message::Message;
-use crate::state::Shared;
+use crate::state::{Routed, Shared};
+use crate::write_queue::WriteQueueRx;
 
 /// The writer hands its buffer to the socket once it holds this much.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -292,7 +293,7 @@ pub(crate) enum Ended {
 /// routes what arrives. Returns when either side ends.
 pub(crate) async fn run(
     shared: &Arc<Shared>,
-    rx: &mut mpsc::Receiver<Outgoing>,
+    rx: &mut WriteQueueRx,
     session: Session,
     restore: Vec<Frame>,
 ) -> Ended {
@@ -389,11 +390,9 @@ async fn datagram_loop(shared: Arc<Shared>, conn: quinn::Connection) {
             continue;
         };
         let Some(message) = d.message else { continue };
-        let message = Message::from(message);
-        if let Some(tx) = shared.route(d.sub_id, &message) {
-            if tx.try_send(message).is_ok() {
-                shared.datagrams.fetch_add(1, Ordering::Relaxed);
-            }
+        // Unreliable anyway: a datagram that finds its subscription's queue full is dropped.
+        if let Routed::Queued = shared.route(d.sub_id, Message::from(message)) {
+            shared.datagrams.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -427,16 +426,20 @@ async fn read_loop(
             Some(Ok(frame)) => frame,
         };
         last_seen = tokio::time::Instant::now();
+        rtc_proto::codec::grow_read_buffer(reader.read_buffer_mut());
         match frame.op {
             Some(Op::Deliver(d)) => {
                 let Some(message) = d.message else { continue };
-                let message = Message::from(message);
-                if let Some(tx) = shared.route(d.sub_id, &message) {
+                match shared.route(d.sub_id, Message::from(message)) {
+                    Routed::Queued | Routed::Skipped => {}
                     // Waits when the application is not reading this subscription: the
                     // backpressure reaches the broker, which then drops and reports.
-                    if tx.send(message).await.is_err() {
-                        shared.remove_sub(d.sub_id);
+                    Routed::Full(tx, message) => {
+                        if tx.send(message).await.is_err() {
+                            shared.remove_sub(d.sub_id);
+                        }
                     }
+                    Routed::Closed => shared.remove_sub(d.sub_id),
                 }
             }
             Some(Op::PubAck(a)) => shared.complete(a.req_id, Ok(Op::PubAck(a))),

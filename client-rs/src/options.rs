@@ -172,11 +172,24 @@ impl IdGen {
     }
 
     pub(crate) fn next(&self) -> String {
-        format!(
-            "{}-{}",
-            self.prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        )
+        // Built by hand: `format!` here was ~8 % of a fast publisher's CPU.
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut rest = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut id = String::with_capacity(self.prefix.len() + 1 + digits.len() - i);
+        id.push_str(&self.prefix);
+        id.push('-');
+        id.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+        id
     }
 }
 
@@ -192,6 +205,16 @@ mod tests {
             (0..1000).flat_map(|_| [a.next(), b.next()]).collect();
         assert_eq!(ids.len(), 2000);
         assert_ne!(a.prefix, b.prefix);
+    }
+
+    #[test]
+    fn ids_are_the_prefix_and_a_decimal_counter() {
+        let g = IdGen::new();
+        assert_eq!(g.next(), format!("{}-1", g.prefix));
+        g.counter.store(u64::MAX - 1, Ordering::Relaxed);
+        assert_eq!(g.next(), format!("{}-{}", g.prefix, u64::MAX - 1));
+        g.counter.store(0, Ordering::Relaxed);
+        assert_eq!(g.next(), format!("{}-0", g.prefix));
     }
 
     #[test]

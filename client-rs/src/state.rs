@@ -106,6 +106,18 @@ impl SubEntry {
     }
 }
 
+/// What became of a delivery ([`Shared::route`]).
+pub(crate) enum Routed {
+    /// Queued.
+    Queued,
+    /// Not wanted: an unknown subscription, or a repeat.
+    Skipped,
+    /// The subscription's queue is full: wait with this sender.
+    Full(mpsc::Sender<Message>, Message),
+    /// The application dropped the subscription.
+    Closed,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -239,11 +251,22 @@ impl Shared {
         lock(&self.subs).remove(&sub_id);
     }
 
-    /// The channel a delivery goes to, unless it is a repeat after a resume.
-    pub(crate) fn route(&self, sub_id: u64, m: &Message) -> Option<mpsc::Sender<Message>> {
+    /// Hands a delivery to its subscription's channel, unless it is a repeat after a
+    /// resume. If the channel is full, returns it with a sender to wait on.
+    pub(crate) fn route(&self, sub_id: u64, m: Message) -> Routed {
         let mut subs = lock(&self.subs);
-        let entry = subs.get_mut(&sub_id)?;
-        entry.accept(m).then(|| entry.tx.clone())
+        let Some(entry) = subs.get_mut(&sub_id) else {
+            return Routed::Skipped;
+        };
+        if !entry.accept(&m) {
+            return Routed::Skipped;
+        }
+        // Most deliveries find room: no sender clone, no await.
+        match entry.tx.try_send(m) {
+            Ok(()) => Routed::Queued,
+            Err(mpsc::error::TrySendError::Full(m)) => Routed::Full(entry.tx.clone(), m),
+            Err(mpsc::error::TrySendError::Closed(_)) => Routed::Closed,
+        }
     }
 
     /// What a new connection must send first: the active subscriptions, then the

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtc_proto::Frame;
-use tokio::sync::mpsc;
 
-use crate::connection::{self, Ended, Outgoing, Session};
+use crate::connection::{self, Ended, Session};
 use crate::state::{ConnectionState, Shared};
+use crate::write_queue::WriteQueueRx;
 
 /// How the client reconnects after losing its connection. `Default`: 100 ms doubling
 /// up to 5 s, with jitter, at most 60 attempts (about five minutes).
@@ -76,7 +76,7 @@ pub(crate) struct Dial {
 /// already made, with what it must send first.
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: WriteQueueRx,
     first: (Session, Vec<Frame>),
     dial: Dial,
 ) {
@@ -115,7 +115,7 @@ pub(crate) async fn supervise(
 async fn reconnect(
     shared: &Shared,
     dial: &Dial,
-    rx: &mpsc::Receiver<Outgoing>,
+    rx: &WriteQueueRx,
     last_reason: &str,
 ) -> Option<Session> {
     let policy = dial.reconnect.as_ref()?;

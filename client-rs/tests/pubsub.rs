@@ -6,6 +6,7 @@ transport_tests!(
     round_trip_with_headers,
     wildcards_match_exactly_what_they_should,
     fifty_subscribers_each_get_every_message_once_in_order,
+    fire_and_forget_publishes_arrive_in_order_without_an_added_id,
     unsubscribe_ends_delivery_and_other_subscriptions_continue,
     broker_errors_reach_the_call_that_caused_them,
     oversized_publish_is_refused_locally,
@@ -118,6 +119,35 @@ async fn fifty_subscribers_each_get_every_message_once_in_order(t: Transport) {
         let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
         assert_eq!(got, want);
     }
+}
+
+async fn fire_and_forget_publishes_arrive_in_order_without_an_added_id(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let client = b.connect().await;
+    let mut sub = client.subscribe("ff.>").await.unwrap();
+    const N: usize = 500;
+    for i in 0..N {
+        client
+            .publish_nowait(PublishMessage::new("ff.x", i.to_string()))
+            .await
+            .unwrap();
+    }
+    client
+        .publish_nowait(PublishMessage::new("ff.x", "tagged").msg_id("mine"))
+        .await
+        .unwrap();
+    for i in 0..N {
+        let m = next(&mut sub).await;
+        assert_eq!(m.payload, Bytes::from(i.to_string()), "in publish order");
+        assert_eq!(m.msg_id, "", "no ID is added to a fire-and-forget publish");
+        assert_eq!(m.seq, i as u64 + 1, "stored on the durable topic");
+    }
+    let m = next(&mut sub).await;
+    assert_eq!(
+        (m.payload, m.msg_id.as_str()),
+        (Bytes::from("tagged"), "mine")
+    );
+    client.close().await;
 }
 
 async fn unsubscribe_ends_delivery_and_other_subscriptions_continue(t: Transport) {

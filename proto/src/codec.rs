@@ -15,11 +15,14 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message as _;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::v1::frame::Op;
 use crate::v1::{Frame, Message};
 
 /// Size of the length prefix in bytes.
 pub const LEN_PREFIX: usize = 4;
 
+/// Field number of `Frame.publish` in `rtc.proto`.
+const FRAME_PUBLISH_FIELD: u32 = 3;
 /// Field number of `Frame.deliver` and of `Deliver`'s fields in `rtc.proto`.
 const FRAME_DELIVER_FIELD: u32 = 7;
 const DELIVER_SUB_ID_FIELD: u32 = 1;
@@ -111,24 +114,73 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
+/// Read-buffer capacity while a peer streams frames (see [`grow_read_buffer`]).
+pub const STREAMING_READ_BUFFER: usize = 64 * 1024;
+
+/// Call after each frame decoded from a connection's read buffer: when more bytes are
+/// already waiting (the peer sends faster than frames are handled), grows the buffer to
+/// [`STREAMING_READ_BUFFER`] so that one read takes many frames (a 512-byte buffer cost a
+/// `recv` per two or three publishes). Quiet connections keep their small buffer.
+pub fn grow_read_buffer(buf: &mut BytesMut) {
+    if !buf.is_empty() && buf.capacity() < STREAMING_READ_BUFFER / 2 {
+        buf.reserve(STREAMING_READ_BUFFER);
+    }
+}
+
+/// Gives a grown read buffer back once it is empty (the connection went quiet).
+pub fn shrink_read_buffer(buf: &mut BytesMut, small: usize) {
+    if buf.is_empty() && buf.capacity() > small {
+        *buf = BytesMut::with_capacity(small);
+    }
+}
+
+/// The length prefix value of `frame` (its encoded size).
+pub fn frame_len(frame: &Frame) -> usize {
+    match &frame.op {
+        Some(Op::Publish(p)) => {
+            let body = p.encoded_len();
+            key_len(FRAME_PUBLISH_FIELD) + encoded_len_varint(body as u64) + body
+        }
+        _ => frame.encoded_len(),
+    }
+}
+
 /// Appends `frame` with its length prefix to `dst`, refusing frames above `max_frame_size`.
+///
+/// A `Publish` (what a fast publisher sends) is written by hand around prost's encoding
+/// of its fields, computing its size once; prost's own path computes a nested message's
+/// size three times (here ~15 % of a fire-and-forget publisher's CPU).
 pub fn encode_frame(
     frame: &Frame,
     max_frame_size: usize,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let len = frame.encoded_len();
-    if len > max_frame_size {
-        return Err(CodecError::FrameTooLarge {
-            len,
-            max: max_frame_size,
-        });
+    let check = |len: usize| {
+        if len > max_frame_size {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: max_frame_size,
+            });
+        }
+        Ok(())
+    };
+    if let Some(Op::Publish(p)) = &frame.op {
+        let body = p.encoded_len();
+        let len = key_len(FRAME_PUBLISH_FIELD) + encoded_len_varint(body as u64) + body;
+        check(len)?;
+        dst.reserve(LEN_PREFIX + len);
+        dst.put_u32(len as u32);
+        encode_key(FRAME_PUBLISH_FIELD, WireType::LengthDelimited, dst);
+        encode_varint(body as u64, dst);
+        p.encode_raw(dst);
+        return Ok(());
     }
+    let len = frame.encoded_len();
+    check(len)?;
     dst.reserve(LEN_PREFIX + len);
     dst.put_u32(len as u32);
-    frame
-        .encode(dst)
-        .expect("BytesMut grows on demand, so encoding cannot run out of space");
+    // The buffer has room for `len`: no second size computation (as `encode` would do).
+    frame.encode_raw(dst);
     Ok(())
 }
 
@@ -189,6 +241,28 @@ mod tests {
                 msg_id: "m-1".into(),
             })),
         }
+    }
+
+    #[test]
+    fn publish_frames_encode_exactly_as_prost_does() {
+        for frame in [
+            publish(b""),
+            publish(b"hello"),
+            publish(&[7u8; 300]),
+            Frame {
+                op: Some(Op::Publish(v1::Publish::default())),
+            },
+        ] {
+            let mut ours = BytesMut::new();
+            encode_frame(&frame, usize::MAX, &mut ours).unwrap();
+            let theirs = frame.encode_to_vec();
+            assert_eq!(&ours[..LEN_PREFIX], &(theirs.len() as u32).to_be_bytes());
+            assert_eq!(&ours[LEN_PREFIX..], &theirs[..]);
+            assert_eq!(frame_len(&frame), theirs.len());
+        }
+        let big = publish(&[0u8; 100]);
+        let err = encode_frame(&big, 50, &mut BytesMut::new()).unwrap_err();
+        assert!(matches!(err, CodecError::FrameTooLarge { max: 50, .. }));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use rtc_proto::codec::CodecError;
+use rtc_proto::codec::{grow_read_buffer, shrink_read_buffer, CodecError};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -42,7 +42,9 @@ mod throttle;
 
 use consume::Settle;
 
-/// Initial read buffer per connection; it grows on demand up to one frame.
+/// Read buffer of a quiet connection; it grows to hold a large frame, and to
+/// `STREAMING_READ_BUFFER` while frames stream in, and shrinks back when the connection
+/// has been quiet for an idle period.
 const READ_BUFFER: usize = 512;
 /// How long a closing connection's writer gets to flush what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -177,12 +179,14 @@ impl Session {
                         return self.close_with(ErrorCode::HeartbeatTimeout, msg).await;
                     }
                     idle.as_mut().reset(last_seen + idle_limit);
+                    shrink_read_buffer(frames.read_buffer_mut(), READ_BUFFER);
                 }
                 next = frames.next() => match next {
                     None => return Ok(()),
                     Some(Err(e)) => return self.codec_error(e).await,
                     Some(Ok(frame)) => {
                         last_seen = Instant::now();
+                        grow_read_buffer(frames.read_buffer_mut());
                         if self.handle(frame).await?.is_break() {
                             return Ok(());
                         }
