@@ -347,6 +347,8 @@ async fn accept_tcp(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Failed accepts in a row: logged when they start and when they end, not each retry.
+    let mut failing = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -355,14 +357,22 @@ async fn accept_tcp(
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE/ENFILE and friends: keep serving the connections we have.
-                tracing::error!(error = %e, "accept failed (out of file descriptors?); retrying shortly");
+                // EMFILE/ENFILE and friends: keep serving the connections we have; new
+                // ones wait in the listen backlog until descriptors are free again.
+                if failing == 0 {
+                    tracing::error!(error = %e, "cannot accept connections (out of file descriptors?): serving the open ones, retrying every {ACCEPT_BACKOFF:?}");
+                }
+                failing += 1;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
                 }
             }
         };
+        if failing > 0 {
+            tracing::warn!(failed_attempts = failing, "accepting connections again");
+            failing = 0;
+        }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracker.spawn(refuse(stream, shared.config.max_connections));
             continue;

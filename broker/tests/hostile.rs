@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{assert_serving, start_with, RawConn};
+use futures_util::StreamExt;
 use rtc_proto::codec::encode_frame;
 use rtc_proto::v1::{self, frame::Op, start_position::Position};
 use rtc_proto::{ErrorCode, Frame};
@@ -331,4 +332,84 @@ async fn a_thousand_connections_opened_and_closed_leak_nothing() {
         rss_after - rss_before
     );
     assert_serving(b.addr).await;
+}
+
+/// Out of file descriptors: the broker keeps serving the connections it has, says once
+/// (not per retry) that it cannot accept, and accepts the waiting connection as soon as
+/// descriptors are free again.
+#[tokio::test]
+async fn running_out_of_descriptors_is_reported_once_and_survived() {
+    const MAX_FDS: u64 = 64;
+    let dir = temp_dir();
+    let config = dir.path().join("rtc.toml");
+    std::fs::write(
+        &config,
+        "[[topic]]\npattern = \"eph.>\"\nstorage = \"ephemeral\"\n",
+    )
+    .unwrap();
+    let b = BrokerProcess::start_limited(
+        Path::new(BIN),
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        Some(MAX_FDS),
+    );
+    // Open connections until one gets no Welcome: its Hello waits in the listen backlog.
+    let mut served = Vec::new();
+    let mut waiting = None;
+    for _ in 0..MAX_FDS {
+        let mut c = RawConn::connect(b.addr).await;
+        c.send(Frame::from_op(Op::Hello(v1::Hello {
+            protocol_version: rtc_proto::PROTOCOL_VERSION,
+            client_name: "fd-test".into(),
+            auth_token: String::new(),
+        })))
+        .await;
+        match tokio::time::timeout(Duration::from_secs(1), c.framed.next()).await {
+            Ok(Some(Ok(Frame {
+                op: Some(Op::Welcome(_)),
+            }))) => served.push(c),
+            Err(_) => {
+                waiting = Some(c);
+                break;
+            }
+            Ok(other) => panic!("expected Welcome or nothing, got {other:?}"),
+        }
+    }
+    let mut waiting = waiting.expect("the descriptor limit was reached");
+    assert!(
+        served.len() > 10,
+        "only {} connections before the limit",
+        served.len()
+    );
+
+    // The connections it has are still served.
+    served[0].subscribe_ok(1, "eph.fd").await;
+    served[1].publish_acked("eph.fd", b"still here").await;
+    let (_, topic, payload) = served[0].expect_deliver().await;
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("eph.fd", &b"still here"[..])
+    );
+
+    // Free some descriptors: the waiting connection is accepted and answered.
+    served.truncate(served.len() - 10);
+    match tokio::time::timeout(Duration::from_secs(10), waiting.framed.next()).await {
+        Ok(Some(Ok(Frame {
+            op: Some(Op::Welcome(_)),
+        }))) => {}
+        other => panic!("the waiting connection was not served: {other:?}"),
+    }
+    waiting.ping(7).await;
+
+    let stderr = b.kill_collecting_stderr();
+    assert_eq!(
+        stderr.matches("cannot accept connections").count(),
+        1,
+        "reported once, not per retry:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Too many open files") && stderr.contains("accepting connections again"),
+        "{stderr}"
+    );
 }

@@ -49,9 +49,21 @@ impl BrokerProcess {
     /// Like [`BrokerProcess::start`] on a given address (to restart a broker where its
     /// clients will reconnect). Retries for a few seconds while the port is still taken.
     pub fn start_on(bin: &Path, data_dir: &Path, tcp: &str, extra: &[&str]) -> BrokerProcess {
+        Self::start_limited(bin, data_dir, tcp, extra, None)
+    }
+
+    /// Like [`BrokerProcess::start_on`], with the process's open-file limit (soft and
+    /// hard `RLIMIT_NOFILE`) set to `max_fds` when given.
+    pub fn start_limited(
+        bin: &Path,
+        data_dir: &Path,
+        tcp: &str,
+        extra: &[&str],
+        max_fds: Option<u64>,
+    ) -> BrokerProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            match Self::try_start(bin, data_dir, tcp, extra) {
+            match Self::try_start(bin, data_dir, tcp, extra, max_fds) {
                 Ok(b) => return b,
                 Err(stderr) if Instant::now() < deadline && stderr.contains("in use") => {
                     std::thread::sleep(Duration::from_millis(50));
@@ -66,14 +78,35 @@ impl BrokerProcess {
         data_dir: &Path,
         tcp: &str,
         extra: &[&str],
+        max_fds: Option<u64>,
     ) -> Result<BrokerProcess, String> {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--tcp", tcp, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(max) = max_fds {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: max as libc::rlim_t,
+                rlim_max: max as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing
+            // but its own copy of `limit`.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("piped stdout");
