@@ -155,13 +155,14 @@ async fn locked_damaged_or_foreign_data_dir_stops_the_broker_with_one_line_namin
 
     // From another format version.
     let marker = data.join("store").join("rtc-format");
+    let version = std::fs::read(&marker).unwrap();
     std::fs::write(&marker, "99\n").unwrap();
     let err = run_expecting_failure(&["--tcp", "127.0.0.1:0", "--data-dir", data_arg]);
     assert!(
         err.contains(data_arg) && err.contains("version 99"),
         "{err}"
     );
-    std::fs::write(&marker, "1\n").unwrap();
+    std::fs::write(&marker, version).unwrap();
 
     // Restored, it starts and still has the messages.
     let broker = BrokerProcess::start(Path::new(BIN), &data, &[]);

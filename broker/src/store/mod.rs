@@ -1,4 +1,5 @@
-//! Durable storage: the [`Storage`] trait, its sled implementation ([`sled_store`]) and the
+//! Durable storage: the [`Storage`] trait, its sled implementation ([`sled_store`], which
+//! keeps messages in [`chunk`]s) and the
 //! storage thread that is its only writer ([`writer`], with retention in
 //! `writer/retention.rs`). [`handle`] is the sessions' side of that thread (requests,
 //! [`handle::LogHandle`]); [`view`] is what everyone may read about topics without asking
@@ -25,14 +26,15 @@
 //! | `b"n"` | next topic id to assign, `u32` |
 //! | `b"t" ++ name` | topic metadata: `id: u32 ++ flags: u8 ++ rtc.v1.TopicSettings` (protobuf); flag bit 0: created explicitly (`topic create`) |
 //! | `b"s" ++ id: u32` | topic stats: `first_seq, last_seq, messages, bytes: u64` and `last_ts_ms: i64` ([`TopicStats::encode`]) |
-//! | `b"m" ++ id: u32 ++ seq: u64` | one message: `ts_ms: i64 ++ rtc.v1.Message` (protobuf, as delivered) |
+//! | `b"m" ++ id: u32 ++ first_seq: u64` | a chunk of consecutive messages from `first_seq` on, each `ts_ms: i64 ++ len: u32 ++ rtc.v1.Message` (protobuf, as delivered; see [`chunk`]) |
 //! | `b"c" ++ id: u32 ++ name` | a durable consumer's state ([`ConsumerRecord::encode`]) |
 //!
-//! The message value holds the `Message` exactly as it goes on the wire, so a replay
-//! sends the stored bytes without re-encoding. `last_seq` in the stats survives the
+//! A chunk holds each `Message` exactly as it goes on the wire, so a replay sends the
+//! stored bytes without re-encoding or copying them. `last_seq` in the stats survives the
 //! removal of every message by retention, so sequence numbers are never reused; on
-//! start the writer also checks the highest `m` key, and the larger wins.
+//! start the writer also checks the highest stored seq, and the larger wins.
 
+pub mod chunk;
 mod dedup;
 pub mod handle;
 pub mod sled_store;
@@ -42,7 +44,8 @@ pub mod writer;
 use bytes::Bytes;
 
 /// Version of the key layout above. A data dir written with another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 stores messages in chunks (version 1 had one key per message).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Compact numeric id of a topic, used in keys instead of its name.
 pub type TopicId = u32;

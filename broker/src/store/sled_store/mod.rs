@@ -2,15 +2,21 @@
 //! the parent module. Opening checks the format version and turns sled's lock, corruption
 //! and version errors into one clear message naming the path.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use prost::Message as _;
 
+mod log;
+#[cfg(test)]
+mod tests;
+
 use super::{
     ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp,
     FORMAT_VERSION,
 };
+use log::Entry;
 
 const VERSION_KEY: &[u8] = b"v";
 const NEXT_ID_KEY: &[u8] = b"n";
@@ -54,32 +60,23 @@ fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("malformed message key {key:?}")))
 }
 
-fn split_value(v: &[u8]) -> Result<(i64, &[u8]), StoreError> {
-    if v.len() < 8 {
-        return Err(StoreError::Corrupt(
-            "message value shorter than its timestamp".into(),
-        ));
-    }
-    let ts = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-    Ok((ts, &v[8..]))
-}
-
-/// Key and value of an op that puts one entry (messages, stats, consumer state).
-fn encode_op(op: WriteOp) -> (Vec<u8>, Vec<u8>) {
+/// Key and value of an op that puts one entry (stats, consumer state).
+fn encode_single(op: WriteOp) -> (Vec<u8>, Vec<u8>) {
     match op {
         WriteOp::PutStats(id, stats) => (stats_key(id).to_vec(), stats.encode().to_vec()),
-        WriteOp::Append {
-            id,
-            seq,
-            ts_ms,
-            message,
-        } => {
-            let mut v = Vec::with_capacity(8 + message.len());
-            v.extend_from_slice(&ts_ms.to_be_bytes());
-            v.extend_from_slice(&message);
-            (msg_key(id, seq).to_vec(), v)
-        }
         WriteOp::PutConsumer { id, name, record } => (consumer_key(id, &name), record.encode()),
+        WriteOp::PutTopic {
+            name,
+            id,
+            settings,
+            explicit,
+        } => {
+            let mut v = id.to_be_bytes().to_vec();
+            v.push(u8::from(explicit));
+            settings.encode(&mut v).expect("Vec grows");
+            (topic_key(&name), v)
+        }
+        WriteOp::PutNextTopicId(id) => (NEXT_ID_KEY.to_vec(), id.to_be_bytes().to_vec()),
         other => unreachable!("not a single-entry op: {other:?}"),
     }
 }
@@ -184,45 +181,6 @@ impl SledStorage {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// Adds to `stats` the messages stored after the last recorded one: the appends of a
-    /// pass whose stats a crash cut off (see `write`). They must follow on without a gap.
-    fn count_unrecorded(
-        &self,
-        name: &str,
-        id: TopicId,
-        stats: &mut TopicStats,
-    ) -> Result<(), StoreError> {
-        let from = msg_key(id, stats.last_seq + 1);
-        for item in self.db.range(from..=msg_key(id, u64::MAX)) {
-            let (k, v) = item.map_err(engine)?;
-            let seq = seq_of(&k)?;
-            if seq != stats.last_seq + 1 {
-                return Err(StoreError::Corrupt(format!(
-                    "topic {name:?}: message {seq} is stored after {} with a gap",
-                    stats.last_seq
-                )));
-            }
-            let (ts_ms, message) = split_value(&v)?;
-            if stats.messages == 0 {
-                stats.first_seq = seq;
-            }
-            stats.last_seq = seq;
-            stats.messages += 1;
-            stats.bytes += message.len() as u64;
-            stats.last_ts_ms = stats.last_ts_ms.max(ts_ms);
-        }
-        Ok(())
-    }
-
-    fn last_key_seq(&self, id: TopicId) -> Result<Option<u64>, StoreError> {
-        let lo = msg_key(id, 0);
-        let hi = msg_key(id, u64::MAX);
-        match self.db.range(lo..=hi).next_back() {
-            None => Ok(None),
-            Some(r) => Ok(Some(seq_of(&r.map_err(engine)?.0)?)),
-        }
-    }
 }
 
 /// File beside sled's, holding the rtc format version of the store (see [`SledStorage::open`]).
@@ -319,15 +277,19 @@ impl Storage for SledStorage {
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        if ops.iter().all(WriteOp::is_in_order_safe) {
+        let in_order = ops.iter().all(WriteOp::is_in_order_safe);
+        let entries = self.entries(ops)?;
+        if in_order {
             // In order, without a sled batch: a batch rolls sled's IO buffer twice (two
             // buffer writes per pass, which cost more CPU than the appends themselves
             // at one message per pass). sled recovers a prefix of what was written, so a
-            // crash keeps the appends of a prefix of this pass, maybe without the stats
+            // crash keeps the chunks of a prefix of this pass, maybe without the stats
             // that follow them; `load_topics` counts such messages back in.
             let mut written = Vec::new();
-            for op in ops {
-                let (k, v) = encode_op(op);
+            for entry in entries {
+                let Entry::Put(k, v) = entry else {
+                    unreachable!("in-order writes only put")
+                };
                 if let Err(e) = self.db.insert(&k, v) {
                     // The writer reuses these seqs after a failed pass: take back what
                     // this pass wrote (best effort; sled refuses all writes after an IO
@@ -342,31 +304,10 @@ impl Storage for SledStorage {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for op in ops {
-            match op {
-                WriteOp::PutTopic {
-                    name,
-                    id,
-                    settings,
-                    explicit,
-                } => {
-                    let mut v = id.to_be_bytes().to_vec();
-                    v.push(u8::from(explicit));
-                    settings.encode(&mut v).expect("Vec grows");
-                    batch.insert(topic_key(&name), v);
-                }
-                WriteOp::PutNextTopicId(id) => batch.insert(NEXT_ID_KEY, &id.to_be_bytes()),
-                op @ (WriteOp::PutStats(..)
-                | WriteOp::Append { .. }
-                | WriteOp::PutConsumer { .. }) => {
-                    let (k, v) = encode_op(op);
-                    batch.insert(k, v);
-                }
-                WriteOp::RemoveRange { id, from, to } => {
-                    for seq in from..to {
-                        batch.remove(&msg_key(id, seq));
-                    }
-                }
+        for entry in entries {
+            match entry {
+                Entry::Put(k, v) => batch.insert(k, v),
+                Entry::Remove(k) => batch.remove(k),
             }
         }
         self.db.apply_batch(batch).map_err(engine)
@@ -385,40 +326,53 @@ impl Storage for SledStorage {
     ) -> Result<Vec<LogEntry>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for item in self.db.range(msg_key(id, from)..=msg_key(id, u64::MAX)) {
-            let (k, v) = item.map_err(engine)?;
-            let (ts_ms, message) = split_value(&v)?;
-            bytes += message.len();
+        // Messages share their chunk's buffer: no copy.
+        let mut shared: Option<(u64, Bytes)> = None;
+        self.for_each_record(id, from, |chunk, r| {
+            let whole = match &shared {
+                Some((first, b)) if *first == chunk.first_seq => b.clone(),
+                _ => {
+                    let b = Bytes::from_owner(chunk.value.clone());
+                    shared = Some((chunk.first_seq, b.clone()));
+                    b
+                }
+            };
+            bytes += r.len;
             out.push(LogEntry {
-                seq: seq_of(&k)?,
-                ts_ms,
-                message: Bytes::copy_from_slice(message),
+                seq: r.seq,
+                ts_ms: r.ts_ms,
+                message: whole.slice(r.start..r.start + r.len),
             });
-            if out.len() >= max_msgs || bytes >= max_bytes {
-                break;
-            }
-        }
+            Ok(if out.len() >= max_msgs || bytes >= max_bytes {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
         Ok(out)
     }
 
     fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
-        match self.db.get(msg_key(id, seq)).map_err(engine)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(split_value(&v)?.0)),
-        }
+        let mut ts = None;
+        self.for_each_record(id, seq, |_, r| {
+            if r.seq == seq {
+                ts = Some(r.ts_ms);
+            }
+            Ok(ControlFlow::Break(()))
+        })?;
+        Ok(ts)
     }
 
     fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.range(msg_key(id, from)..=msg_key(id, u64::MAX)) {
-            let (k, v) = item.map_err(engine)?;
-            let (ts_ms, message) = split_value(&v)?;
-            let m = rtc_proto::v1::Message::decode(message)
-                .map_err(|e| StoreError::Corrupt(format!("stored message {k:?}: {e}")))?;
+        self.for_each_record(id, from, |chunk, r| {
+            let m = rtc_proto::v1::Message::decode(&chunk.value[r.start..r.start + r.len])
+                .map_err(|e| StoreError::Corrupt(format!("stored message {}: {e}", r.seq)))?;
             if !m.msg_id.is_empty() {
-                out.push((m.msg_id, seq_of(&k)?, ts_ms));
+                out.push((m.msg_id, r.seq, r.ts_ms));
             }
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok(out)
     }
 
@@ -440,186 +394,13 @@ impl Storage for SledStorage {
         if from >= to {
             return Ok(out);
         }
-        for item in self.db.range(msg_key(id, from)..msg_key(id, to)) {
-            let (k, v) = item.map_err(engine)?;
-            out.push((seq_of(&k)?, v.len().saturating_sub(8) as u64));
-        }
+        self.for_each_record(id, from, |_, r| {
+            if r.seq >= to {
+                return Ok(ControlFlow::Break(()));
+            }
+            out.push((r.seq, r.len as u64));
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open(dir: &Path) -> SledStorage {
-        SledStorage::open(dir, BackgroundFlush::Off).unwrap()
-    }
-
-    fn append(id: TopicId, seq: u64, ts_ms: i64, body: &'static [u8]) -> WriteOp {
-        WriteOp::Append {
-            id,
-            seq,
-            ts_ms,
-            message: Bytes::from_static(body),
-        }
-    }
-
-    #[test]
-    fn write_read_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = rtc_proto::v1::TopicSettings {
-            storage: rtc_proto::v1::StorageClass::Durable as i32,
-            ..Default::default()
-        };
-        let stats = TopicStats {
-            first_seq: 1,
-            last_seq: 3,
-            messages: 3,
-            bytes: 3,
-            last_ts_ms: 30,
-        };
-        {
-            let s = open(dir.path());
-            s.write(vec![
-                WriteOp::PutTopic {
-                    name: "a.b".into(),
-                    id: 7,
-                    settings,
-                    explicit: true,
-                },
-                WriteOp::PutNextTopicId(8),
-                append(7, 1, 10, b"x"),
-                append(7, 2, 20, b"y"),
-                append(7, 3, 30, b"z"),
-                append(8, 1, 5, b"other topic"),
-                WriteOp::PutStats(7, stats),
-            ])
-            .unwrap();
-            s.flush().unwrap();
-        }
-        let s = open(dir.path());
-        assert_eq!(s.next_topic_id().unwrap(), 8);
-        let topics = s.load_topics().unwrap();
-        assert_eq!(topics.len(), 1);
-        assert_eq!(
-            (topics[0].name.as_str(), topics[0].id, topics[0].stats),
-            ("a.b", 7, stats)
-        );
-        assert!(topics[0].explicit);
-        assert_eq!(topics[0].settings, settings);
-        let got = s.read(7, 2, 10, usize::MAX).unwrap();
-        assert_eq!(
-            got.iter().map(|e| (e.seq, e.ts_ms)).collect::<Vec<_>>(),
-            vec![(2, 20), (3, 30)]
-        );
-        assert_eq!(&got[1].message[..], b"z");
-        assert_eq!(s.read(7, 1, 2, usize::MAX).unwrap().len(), 2, "max_msgs");
-        assert_eq!(
-            s.read(7, 1, 10, 1).unwrap().len(),
-            1,
-            "max_bytes, at least one"
-        );
-        assert_eq!(s.timestamp(7, 2).unwrap(), Some(20));
-        assert_eq!(s.timestamp(7, 9).unwrap(), None);
-        s.write(vec![WriteOp::RemoveRange {
-            id: 7,
-            from: 1,
-            to: 3,
-        }])
-        .unwrap();
-        assert_eq!(s.read(7, 0, 10, usize::MAX).unwrap().len(), 1);
-        assert_eq!(s.sizes(7, 0, 10).unwrap(), vec![(3, 1)]);
-    }
-
-    /// A crash may keep a pass's appends without the stats written after them: the
-    /// messages are counted back in on open; a gap before them is corruption.
-    #[test]
-    fn messages_beyond_the_recorded_stats_are_counted_in_and_a_gap_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let stats = TopicStats {
-            first_seq: 1,
-            last_seq: 1,
-            messages: 1,
-            bytes: 1,
-            last_ts_ms: 10,
-        };
-        let s = open(dir.path());
-        s.write(vec![
-            WriteOp::PutTopic {
-                name: "a.b".into(),
-                id: 7,
-                settings: Default::default(),
-                explicit: false,
-            },
-            append(7, 1, 10, b"x"),
-            WriteOp::PutStats(7, stats),
-        ])
-        .unwrap();
-        // What a cut-off pass leaves: two appends, no stats.
-        s.write(vec![append(7, 2, 20, b"yy"), append(7, 3, 30, b"zzz")])
-            .unwrap();
-        let t = &s.load_topics().unwrap()[0];
-        assert_eq!(
-            t.stats,
-            TopicStats {
-                first_seq: 1,
-                last_seq: 3,
-                messages: 3,
-                bytes: 6,
-                last_ts_ms: 30,
-            }
-        );
-        s.write(vec![append(7, 5, 50, b"after a gap")]).unwrap();
-        let err = s.load_topics().unwrap_err().to_string();
-        assert!(err.contains("message 5") && err.contains("gap"), "{err}");
-    }
-
-    #[test]
-    fn second_open_of_the_same_dir_is_refused_with_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = open(dir.path());
-        let err = SledStorage::open(dir.path(), BackgroundFlush::Off).unwrap_err();
-        assert!(err.contains(&dir.path().display().to_string()), "{err}");
-        assert!(err.contains("locked"), "{err}");
-    }
-
-    #[test]
-    fn a_store_emptied_by_damage_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = open(dir.path());
-            s.write(vec![append(1, 1, 1, b"precious")]).unwrap();
-            s.flush().unwrap();
-        }
-        assert!(dir.path().join(MARKER_FILE).exists());
-        // Replace sled's files with an empty store: what a badly damaged log recovers to.
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.file_name().unwrap() != MARKER_FILE {
-                if path.is_dir() {
-                    std::fs::remove_dir_all(&path).unwrap();
-                } else {
-                    std::fs::remove_file(&path).unwrap();
-                }
-            }
-        }
-        let err = SledStorage::open(dir.path(), BackgroundFlush::Off).unwrap_err();
-        assert!(
-            err.contains("corrupt") && err.contains(MARKER_FILE),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn other_format_version_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = open(dir.path());
-            s.db.insert(VERSION_KEY, &99u32.to_be_bytes()).unwrap();
-            s.flush().unwrap();
-        }
-        let err = SledStorage::open(dir.path(), BackgroundFlush::Off).unwrap_err();
-        assert!(err.contains("version 99"), "{err}");
     }
 }
