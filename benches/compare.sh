@@ -100,7 +100,7 @@ mkdir -p "$(dirname "$report")"
   echo "# rtc vs NATS vs Redis"
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs),"
-  echo "nats-server $(nats-server --version | awk '{print \$NF}'), redis $(redis-server --version | awk '{print \$3}' | tr -d 'v='), rtc-broker $(target/release/rtc-broker --version | awk '{print \$2}') (TCP); each its own process."
+  echo "nats-server $(nats-server --version | awk '{print $NF}'), redis $(redis-server --version | awk '{print $3}' | tr -d 'v='), rtc-broker $(target/release/rtc-broker --version | awk '{print $2}') (TCP); each its own process."
   echo
   echo "## Fan-out (100 000 messages, fire-and-forget)"
   echo

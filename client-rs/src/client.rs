@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::Frame;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::connection::{self, Outgoing};
@@ -22,10 +22,10 @@ use crate::error::Error;
 use crate::message::{PubAck, PublishMessage};
 use crate::options::{IdGen, SubscribeOptions};
 use crate::outbox::Outbox;
+use crate::queue;
 use crate::state::{ConnectionState, Shared, SubEntry};
 use crate::subscription::Subscription;
 use crate::supervisor::{self, Dial, ReconnectPolicy};
-use crate::write_queue::{write_queue, WriteQueue};
 
 /// Settings for [`Client::connect_with`]. `Default` gives the values listed per field.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ pub struct Client {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) tx: WriteQueue,
+    pub(crate) tx: queue::Sender<Outgoing>,
     next_id: AtomicU64,
     max_frame_size: usize,
     request_timeout: Duration,
@@ -229,7 +229,7 @@ impl Client {
         }
         let shared = Arc::new(Shared::new(outbox));
         shared.state.send_replace(ConnectionState::Connected);
-        let (tx, rx) = write_queue(options.write_queue);
+        let (tx, rx) = queue::bounded(options.write_queue);
         let dial = Dial {
             endpoint,
             tls,
@@ -318,7 +318,7 @@ impl Client {
     ) -> Result<Subscription, Error> {
         let sub_id = self.inner.next_id();
         let consumer = options.consumer.as_ref();
-        let (tx, rx) = mpsc::channel(self.inner.subscription_capacity);
+        let (tx, rx) = queue::bounded(self.inner.subscription_capacity);
         let request = v1::Subscribe {
             req_id: 0,
             sub_id,

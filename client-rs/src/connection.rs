@@ -27,8 +27,8 @@ use tokio_util::codec::FramedRead;
 
 use crate::error::Error;
 use crate::message::Message;
+use crate::queue;
 use crate::state::{Routed, Shared};
-use crate::write_queue::WriteQueueRx;
 
 /// The writer hands its buffer to the socket once it holds this much.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -293,7 +293,7 @@ pub(crate) enum Ended {
 /// routes what arrives. Returns when either side ends.
 pub(crate) async fn run(
     shared: &Arc<Shared>,
-    rx: &mut WriteQueueRx,
+    rx: &mut queue::Receiver<Outgoing>,
     session: Session,
     restore: Vec<Frame>,
 ) -> Ended {

@@ -39,7 +39,8 @@
 //! - `supervisor`: keeps the client connected: reconnect with backoff and jitter
 //!   ([`ReconnectPolicy`]), then restore subscriptions and resend the outbox.
 //! - `connection`: URL parsing, handshake, one connection's writer and reader.
-//! - `write_queue`: the bounded queue from API calls to the connection's writer.
+//! - `queue`: the bounded queues from API calls to the writer and from the reader to
+//!   each subscription.
 //! - `state`: what the API and the connection tasks share: waiting requests,
 //!   subscriptions and how to resume them, [`ConnectionState`].
 //! - `outbox`: unacknowledged publishes (bounded, optionally kept in a file).
@@ -51,12 +52,12 @@ mod error;
 mod message;
 mod options;
 mod outbox;
+mod queue;
 mod state;
 mod subscription;
 mod supervisor;
 mod tls;
 mod topics;
-mod write_queue;
 
 pub use client::{Client, ConnectOptions};
 pub use error::Error;

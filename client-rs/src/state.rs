@@ -13,13 +13,14 @@ use std::sync::Mutex;
 
 use rtc_proto::v1::{self, frame::Op, start_position::Position, StartPosition};
 use rtc_proto::Frame;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::message::Message;
 use crate::outbox::Outbox;
+use crate::queue;
 
 /// Where a broker answer is routed.
 pub(crate) type Reply = Result<Op, Error>;
@@ -41,7 +42,7 @@ pub enum ConnectionState {
 /// A subscription as the client keeps it, to route deliveries and to restore it.
 #[derive(Debug)]
 pub(crate) struct SubEntry {
-    pub(crate) tx: mpsc::Sender<Message>,
+    pub(crate) tx: queue::Sender<Message>,
     /// The Subscribe frame as first sent (req_id and start are replaced on restore).
     pub(crate) request: v1::Subscribe,
     /// Confirmed by the broker (restored after a reconnect only then).
@@ -55,7 +56,7 @@ pub(crate) struct SubEntry {
 }
 
 impl SubEntry {
-    pub(crate) fn new(tx: mpsc::Sender<Message>, request: v1::Subscribe) -> Self {
+    pub(crate) fn new(tx: queue::Sender<Message>, request: v1::Subscribe) -> Self {
         SubEntry {
             tx,
             request,
@@ -113,7 +114,7 @@ pub(crate) enum Routed {
     /// Not wanted: an unknown subscription, or a repeat.
     Skipped,
     /// The subscription's queue is full: wait with this sender.
-    Full(mpsc::Sender<Message>, Message),
+    Full(queue::Sender<Message>, Message),
     /// The application dropped the subscription.
     Closed,
 }
@@ -264,8 +265,8 @@ impl Shared {
         // Most deliveries find room: no sender clone, no await.
         match entry.tx.try_send(m) {
             Ok(()) => Routed::Queued,
-            Err(mpsc::error::TrySendError::Full(m)) => Routed::Full(entry.tx.clone(), m),
-            Err(mpsc::error::TrySendError::Closed(_)) => Routed::Closed,
+            Err(queue::TrySendError::Full(m)) => Routed::Full(entry.tx.clone(), m),
+            Err(queue::TrySendError::Closed(_)) => Routed::Closed,
         }
     }
 

@@ -1,6 +1,6 @@
 //! [`Subscription`]: a `Stream` of the messages delivered for one subscription.
 //!
-//! The reader task pushes each `Deliver` into the subscription's bounded channel; the
+//! The reader task pushes each `Deliver` into the subscription's bounded queue; the
 //! stream yields them in order. Dropping a `Subscription` unsubscribes in the background;
 //! [`Subscription::unsubscribe`] does it and waits for the broker's confirmation.
 
@@ -8,9 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::queue;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::Frame;
-use tokio::sync::mpsc;
 
 use crate::client::{unexpected, Inner};
 use crate::connection::Outgoing;
@@ -23,7 +23,7 @@ pub struct Subscription {
     inner: Arc<Inner>,
     sub_id: u64,
     pattern: String,
-    rx: mpsc::Receiver<Message>,
+    rx: queue::Receiver<Message>,
     active: bool,
 }
 
@@ -32,7 +32,7 @@ impl Subscription {
         inner: Arc<Inner>,
         sub_id: u64,
         pattern: String,
-        rx: mpsc::Receiver<Message>,
+        rx: queue::Receiver<Message>,
     ) -> Self {
         Subscription {
             inner,

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use rtc_proto::Frame;
 
-use crate::connection::{self, Ended, Session};
+use crate::connection::{self, Ended, Outgoing, Session};
+use crate::queue;
 use crate::state::{ConnectionState, Shared};
-use crate::write_queue::WriteQueueRx;
 
 /// How the client reconnects after losing its connection. `Default`: 100 ms doubling
 /// up to 5 s, with jitter, at most 60 attempts (about five minutes).
@@ -76,7 +76,7 @@ pub(crate) struct Dial {
 /// already made, with what it must send first.
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
-    mut rx: WriteQueueRx,
+    mut rx: queue::Receiver<Outgoing>,
     first: (Session, Vec<Frame>),
     dial: Dial,
 ) {
@@ -115,7 +115,7 @@ pub(crate) async fn supervise(
 async fn reconnect(
     shared: &Shared,
     dial: &Dial,
-    rx: &WriteQueueRx,
+    rx: &queue::Receiver<Outgoing>,
     last_reason: &str,
 ) -> Option<Session> {
     let policy = dial.reconnect.as_ref()?;

@@ -264,12 +264,23 @@ async fn repeated_link_cuts_lose_nothing_and_store_nothing_twice() {
             }
         }
     });
+    let cuts_seen = cuts.clone();
     let publishing = tokio::spawn(async move {
         let mut in_flight = FuturesUnordered::new();
         let mut next_i = 0;
         let mut acked = 0;
         while acked < N {
             while next_i < N && in_flight.len() < 64 {
+                if next_i % 1000 == 0 {
+                    // Spread the run over the cuts, however fast the broker is: before
+                    // each thousand, wait for its share of cuts (five before the last).
+                    let want = (next_i / 1000 + 1) as u32 / 2;
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                    while cuts_seen.load(std::sync::atomic::Ordering::SeqCst) < want {
+                        assert!(tokio::time::Instant::now() < deadline, "the cutter stalled");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
                 let c = publisher.clone();
                 let i = next_i;
                 in_flight.push(async move { c.publish("fault.x", format!("{i}")).await });
