@@ -12,12 +12,15 @@
 //! never waits, so a subscriber that cannot keep up never slows the publisher or anyone
 //! else. The next time the writer drains, it first sends the client
 //! `Error{code: SLOW_CONSUMER}` saying how many messages were dropped since the last such
-//! notice. Responses to the connection's own requests are never dropped: they may use up
+//! notice. A queue more than half full is *backlogged* ([`Outbox::is_backlogged`]): a
+//! session publishing to it yields to the scheduler once per publish (it does not wait),
+//! so that a writer that is merely not being scheduled — a client streaming publishes
+//! always has the next frame ready — catches up before anything is dropped. Responses to the connection's own requests are never dropped: they may use up
 //! to twice the byte cap, and past that the session stops reading this client's requests
 //! until its writer catches up (TCP backpressure on a client that does not read).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
@@ -82,6 +85,8 @@ pub struct Outbox {
     dropped: AtomicU64,
     /// Deliveries dropped over the connection's life.
     dropped_total: AtomicU64,
+    /// The queue holds more than half of a cap: its writer is falling behind.
+    backlog: AtomicBool,
     max_bytes: usize,
     max_frames: usize,
 }
@@ -99,6 +104,7 @@ impl Outbox {
             space: Notify::new(),
             dropped: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
+            backlog: AtomicBool::new(false),
             max_bytes,
             max_frames,
         }
@@ -134,10 +140,20 @@ impl Outbox {
         let was_empty = st.queue.is_empty();
         st.bytes += charge;
         st.queue.push_back(item);
+        if st.queue.len() * 2 > self.max_frames || st.bytes * 2 > self.max_bytes {
+            self.backlog.store(true, Ordering::Relaxed);
+        }
         drop(st);
         if was_empty {
             self.ready.notify_one();
         }
+    }
+
+    /// Whether the queue holds more than half of its frame or byte cap (set when a push
+    /// crosses that line, cleared when the writer takes the queue): a hint for busy
+    /// publishers to let this connection's writer run before deliveries are dropped.
+    pub(crate) fn is_backlogged(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Queues a delivery if it fits, without counting a drop when it does not: for
@@ -262,6 +278,7 @@ impl Outbox {
                 if !st.queue.is_empty() {
                     std::mem::swap(&mut st.queue, batch);
                     let bytes = std::mem::take(&mut st.bytes);
+                    self.backlog.store(false, Ordering::Relaxed);
                     drop(st);
                     self.space.notify_waiters();
                     return Some(bytes);
@@ -337,6 +354,21 @@ pub(crate) async fn write_loop<W>(
 mod tests {
     use super::*;
     use rtc_proto::ErrorCode;
+
+    #[tokio::test]
+    async fn backlogged_past_half_a_cap_until_the_writer_takes_the_queue() {
+        let msg = Bytes::from(vec![0u8; 10]);
+        let outbox = Outbox::new(1 << 20, 4);
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(!outbox.is_backlogged(), "half full is not behind");
+        assert!(outbox.push_deliver(1, msg.clone()));
+        assert!(outbox.is_backlogged(), "three of four");
+        let mut batch = VecDeque::new();
+        assert!(outbox.take(&mut batch).await.is_some());
+        assert_eq!(batch.len(), 3);
+        assert!(!outbox.is_backlogged(), "the writer took everything");
+    }
 
     #[test]
     fn deliveries_beyond_the_caps_are_dropped_and_counted() {

@@ -53,6 +53,7 @@ impl DatagramSink for quinn::Connection {
 }
 
 impl Subscriber {
+    /// Queues `message` for this subscription; whether it was queued (not dropped).
     fn deliver(&self, topic: &str, seq: u64, message: &Bytes, datagram: bool) -> bool {
         if datagram {
             if let Some(sink) = &self.datagrams {
@@ -175,6 +176,15 @@ impl Node {
     }
 }
 
+/// What [`Router::publish`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Subscriptions that took the message.
+    pub queued: usize,
+    /// Some matching connection's queue is more than half full: its writer is behind.
+    pub backlogged: bool,
+}
+
 /// The broker-wide subscription index.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -232,24 +242,25 @@ impl Router {
     /// Fans a message out to every matching subscription. `seq` is its position in the
     /// topic's log (0 for ephemeral topics); with `datagram`, subscriptions that asked
     /// for datagrams get it as one when it fits. `encode` runs at most once, and only if
-    /// someone matches. Returns how many subscriptions took it.
+    /// someone matches.
     pub fn publish(
         &self,
         topic: &str,
         seq: u64,
         datagram: bool,
         encode: impl FnOnce() -> Bytes,
-    ) -> usize {
+    ) -> Fanout {
         let mut encode = Some(encode);
         let mut shared: Option<Bytes> = None;
-        let mut queued = 0;
+        let mut out = Fanout::default();
         self.for_each_match(topic, |sub| {
             let bytes = shared.get_or_insert_with(|| (encode.take().expect("encode runs once"))());
             if sub.deliver(topic, seq, bytes, datagram) {
-                queued += 1;
+                out.queued += 1;
             }
+            out.backlogged |= sub.outbox.is_backlogged();
         });
-        queued
+        out
     }
 }
 
@@ -327,20 +338,24 @@ mod tests {
         let router = Router::new();
         let mut calls = 0;
         assert_eq!(
-            router.publish("a", 0, false, || {
-                calls += 1;
-                Bytes::new()
-            }),
+            router
+                .publish("a", 0, false, || {
+                    calls += 1;
+                    Bytes::new()
+                })
+                .queued,
             0
         );
         assert_eq!(calls, 0);
         router.subscribe("a", sub(1, 1));
         router.subscribe(">", sub(2, 1));
         assert_eq!(
-            router.publish("a", 0, false, || {
-                calls += 1;
-                Bytes::from_static(b"m")
-            }),
+            router
+                .publish("a", 0, false, || {
+                    calls += 1;
+                    Bytes::from_static(b"m")
+                })
+                .queued,
             2
         );
         assert_eq!(calls, 1);

@@ -190,6 +190,7 @@ impl Session {
                         if self.handle(frame).await?.is_break() {
                             return Ok(());
                         }
+
                     }
                 },
             }

@@ -97,11 +97,18 @@ impl Session {
             return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
         }
         if !is_durable(&settings) {
-            self.shared
+            let fanout = self
+                .shared
                 .router
                 .publish(&message.topic, 0, settings.datagram, || {
                     rtc_proto::codec::encode_message(&message)
                 });
+            if fanout.backlogged {
+                // A subscriber's writer is behind this publisher (a client streaming
+                // publishes always has the next frame ready): let it run before its
+                // queue fills and deliveries are dropped as if it were slow.
+                tokio::task::yield_now().await;
+            }
             if p.req_id != 0 {
                 let ack = v1::PubAck {
                     req_id: p.req_id,
