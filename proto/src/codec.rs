@@ -94,6 +94,10 @@ impl Decoder for FrameCodec {
         }
         src.advance(LEN_PREFIX);
         let body = src.split_to(len).freeze();
+        // Deliveries, the bulk of what a subscriber reads, take a hand-written path.
+        if let Some(frame) = crate::deliver::decode_deliver(&body) {
+            return Ok(Some(frame));
+        }
         Ok(Some(Frame::decode(body)?))
     }
 }
