@@ -189,8 +189,9 @@ async fn catch_up(
                     st.overflowed = false;
                     None
                 } else if st.buffer.is_empty() {
-                    drop(st);
-                    open_gate(gate, cursors);
+                    // Under the same lock as the check: a live message offered between
+                    // the two would be buffered, then cleared by the opening, and lost.
+                    open(&mut st, cursors);
                     return Ok(());
                 } else {
                     st.bytes = 0;
@@ -215,7 +216,11 @@ async fn catch_up(
 }
 
 fn open_gate(gate: &Gate, cursors: HashMap<String, u64>) {
-    let mut st = gate.lock();
+    open(&mut gate.lock(), cursors);
+}
+
+/// Switches a gate to live (its lock held by the caller).
+fn open(st: &mut GateState, cursors: HashMap<String, u64>) {
     st.floors = cursors;
     st.live = true;
     st.buffer.clear();

@@ -8,9 +8,9 @@
 //! Data flow of a durable publish: the session sends an append request over a crossbeam
 //! channel to the storage thread; the thread takes every request waiting, assigns
 //! sequence numbers, checks message IDs against the dedup window, writes them all in one
-//! pass and flushes once per the fsync policy (group commit); then it answers each
-//! publisher (`PubAck` or `Error`, straight into the connection's outbox) and fans each
-//! stored message out to live subscribers in sequence order. Replays read the storage
+//! pass and flushes once per the fsync policy (group commit); then it fans each stored
+//! message out to live subscribers in sequence order and answers each publisher
+//! (`PubAck` or `Error`, straight into the connection's outbox). Replays read the storage
 //! directly from blocking tasks; they never go through the storage thread.
 //!
 //! # Key layout

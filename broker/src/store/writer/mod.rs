@@ -5,10 +5,10 @@
 //! assigns the next sequence number of the topic and a broker timestamp (never earlier
 //! than the topic's previous one), checks the message ID against the topic's dedup
 //! window, and adds the message to the pass's one write (messages, then the updated topic
-//! stats: see the parent module). It then flushes once if the fsync policy says so (group commit), and only then
-//! answers each publisher — `PubAck{seq}`, `PubAck{seq, duplicate}` or
-//! `Error{STORAGE}` — by pushing straight into the publisher's outbox, and fans every
-//! stored message out to live subscribers in sequence order.
+//! stats: see the parent module). It then flushes once if the fsync policy says so
+//! (group commit), fans every stored message out to live subscribers in sequence order,
+//! and only then answers each publisher — `PubAck{seq}`, `PubAck{seq, duplicate}` or
+//! `Error{STORAGE}` — by pushing straight into the publisher's outbox.
 //!
 //! If the write fails, nothing of the batch was applied: the in-memory state (sequence
 //! numbers, stats, dedup entries) is rolled back and every request in it gets
@@ -342,22 +342,29 @@ impl Writer {
                 let _ = done.send(());
             }
         }
-        // Answer, then fan out in sequence order.
-        let mut stored = Vec::new();
-        for (a, outcome) in appends {
-            let outcome = match (&result, outcome) {
-                (Err(e), Outcome::Stored { .. } | Outcome::Duplicate { .. }) => {
-                    Outcome::Refused((ErrorCode::Storage, format!("not stored: {e}")))
-                }
-                (_, other) => other,
-            };
-            if let Outcome::Stored { seq, message } = &outcome {
-                stored.push((a.topic.clone(), *seq, message.clone()));
+        // Fan out in sequence order, then answer: a subscription made after a publisher
+        // saw its ack must not receive that message live (answering first let a quick
+        // `New` subscriber get it).
+        let outcomes: Vec<_> = appends
+            .into_iter()
+            .map(|(a, outcome)| {
+                let outcome = match (&result, outcome) {
+                    (Err(e), Outcome::Stored { .. } | Outcome::Duplicate { .. }) => {
+                        Outcome::Refused((ErrorCode::Storage, format!("not stored: {e}")))
+                    }
+                    (_, other) => other,
+                };
+                (a, outcome)
+            })
+            .collect();
+        for (a, outcome) in &outcomes {
+            if let Outcome::Stored { seq, message } = outcome {
+                self.router
+                    .publish(&a.topic, *seq, false, || message.clone());
             }
-            answer(a.responder, outcome);
         }
-        for (topic, seq, message) in stored {
-            self.router.publish(&topic, seq, false, || message);
+        for (a, outcome) in outcomes {
+            answer(a.responder, outcome);
         }
         for (name, reply, outcome) in creates {
             let answer = match (&result, outcome) {
