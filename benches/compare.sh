@@ -41,6 +41,14 @@ install_if_missing() {
 install_if_missing nats-server nats-server
 install_if_missing redis-server redis-server
 
+# Each server must be the one this script starts: refuse ports something already uses.
+for port in "$NATS_PORT" "$REDIS_PORT" "$REDIS_ALWAYS_PORT" "$RTC_PORT" "$RTC_ALWAYS_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "compare.sh: port $port is already in use; stop what listens there and rerun" >&2
+    exit 1
+  fi
+done
+
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -61,11 +69,19 @@ redis-server --bind 127.0.0.1 --port "$REDIS_ALWAYS_PORT" --save "" --appendonly
 pids+=($!)
 
 wait_port() {
+  for pid in "${pids[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "compare.sh: a server exited at start; its logs:" >&2
+      tail -n 5 "$tmp"/*.log >&2
+      exit 1
+    fi
+  done
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "compare.sh: nothing listens on port $1; see $tmp" >&2
+  echo "compare.sh: nothing listens on port $1; the servers' logs:" >&2
+  tail -n 5 "$tmp"/*.log >&2
   exit 1
 }
 cargo build --release -q -p rtc-benches --features peers -p rtc-broker
