@@ -69,6 +69,19 @@ impl SledStorage {
         Ok(seq)
     }
 
+    /// Where a scan of topic `id` from seq `from` starts: the key of the chunk holding
+    /// `from` (the last one starting at or before it), else `from`'s own key.
+    fn first_chunk_key(&self, id: TopicId, from: u64) -> Result<Vec<u8>, StoreError> {
+        match self
+            .db
+            .range(msg_key(id, 0)..=msg_key(id, from))
+            .next_back()
+        {
+            Some(item) => Ok(item.map_err(engine)?.0.to_vec()),
+            None => Ok(msg_key(id, from).to_vec()),
+        }
+    }
+
     /// Calls `f` with each stored message of topic `id` from seq `from` on, in order, with
     /// the chunk it is in, until `f` breaks.
     pub(super) fn for_each_record(
@@ -77,16 +90,7 @@ impl SledStorage {
         from: u64,
         mut f: impl FnMut(&Chunk, Record) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        // Start at the chunk that holds `from`, if one does: the last one starting at or
-        // before it.
-        let start = match self
-            .db
-            .range(msg_key(id, 0)..=msg_key(id, from))
-            .next_back()
-        {
-            Some(item) => item.map_err(engine)?.0.to_vec(),
-            None => msg_key(id, from).to_vec(),
-        };
+        let start = self.first_chunk_key(id, from)?;
         for item in self.db.range(start..=msg_key(id, u64::MAX).to_vec()) {
             let (k, v) = item.map_err(engine)?;
             let chunk = Chunk {
@@ -161,14 +165,7 @@ impl SledStorage {
         if from >= to {
             return Ok(());
         }
-        let start = match self
-            .db
-            .range(msg_key(id, 0)..=msg_key(id, from))
-            .next_back()
-        {
-            Some(item) => item.map_err(engine)?.0.to_vec(),
-            None => msg_key(id, from).to_vec(),
-        };
+        let start = self.first_chunk_key(id, from)?;
         for item in self.db.range(start..msg_key(id, to).to_vec()) {
             let (k, v) = item.map_err(engine)?;
             out.push(Entry::Remove(k.to_vec()));
