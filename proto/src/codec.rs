@@ -125,9 +125,22 @@ pub const STREAMING_READ_BUFFER: usize = 64 * 1024;
 /// already waiting (the peer sends faster than frames are handled), grows the buffer to
 /// [`STREAMING_READ_BUFFER`] so that one read takes many frames (a 512-byte buffer cost a
 /// `recv` per two or three publishes). Quiet connections keep their small buffer.
+///
+/// Growing moves what is buffered into the new allocation, so it waits until the
+/// complete frames have been decoded and only the start of the next one is left: it
+/// then copies less than one frame.
 pub fn grow_read_buffer(buf: &mut BytesMut) {
-    if !buf.is_empty() && buf.capacity() < STREAMING_READ_BUFFER / 2 {
-        buf.reserve(STREAMING_READ_BUFFER);
+    if buf.is_empty() || buf.capacity() >= STREAMING_READ_BUFFER / 2 || holds_frame(buf) {
+        return;
+    }
+    buf.reserve(STREAMING_READ_BUFFER);
+}
+
+/// Whether `buf` starts with a complete length-prefixed frame.
+fn holds_frame(buf: &[u8]) -> bool {
+    match buf.first_chunk::<LEN_PREFIX>() {
+        Some(prefix) => buf.len() - LEN_PREFIX >= u32::from_be_bytes(*prefix) as usize,
+        None => false,
     }
 }
 
@@ -435,5 +448,36 @@ mod tests {
             assert_eq!(decoded, expected, "sub_id {sub_id}");
             assert!(ours.is_empty());
         }
+    }
+
+    #[test]
+    fn read_buffer_grows_only_once_its_complete_frames_are_decoded() {
+        let mut wire = BytesMut::new();
+        for _ in 0..3 {
+            encode_frame(&publish(&[7; 100]), usize::MAX, &mut wire).unwrap();
+        }
+        let whole = wire.len();
+        // Two frames and the first half of the third, in a small buffer.
+        let mut buf = BytesMut::with_capacity(1024);
+        buf.extend_from_slice(&wire[..whole - 60]);
+        let mut codec = FrameCodec::default();
+        let first = codec.decode(&mut buf).unwrap();
+        assert!(first.is_some());
+        let before = buf.capacity();
+        grow_read_buffer(&mut buf);
+        assert_eq!(buf.capacity(), before, "grew with a complete frame buffered");
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        grow_read_buffer(&mut buf);
+        assert!(
+            buf.capacity() >= STREAMING_READ_BUFFER,
+            "only a partial frame is left: the buffer should grow"
+        );
+        buf.extend_from_slice(&wire[whole - 60..]);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(buf.is_empty());
+        // An empty buffer (a quiet connection) keeps its size.
+        let mut quiet = BytesMut::with_capacity(512);
+        grow_read_buffer(&mut quiet);
+        assert!(quiet.capacity() < STREAMING_READ_BUFFER);
     }
 }
