@@ -19,10 +19,11 @@ use tokio_util::codec::{Decoder, Encoder};
 
 /// Arbitrary bytes through the frame decoder, as a hostile peer would send them: never a
 /// panic; every frame that decodes re-encodes and decodes to the same frame; and the
-/// hand-written `Deliver` decoder, whenever it answers, answers exactly what prost does.
+/// hand-written `Publish` and `Deliver` decoders, whenever they answer, answer exactly
+/// what prost does.
 pub fn frame_decode(data: &[u8]) {
     let body = bytes::Bytes::copy_from_slice(data);
-    if let Some(fast) = rtc_proto::deliver::decode_deliver(&body) {
+    if let Some(fast) = rtc_proto::hot::decode(&body) {
         assert_eq!(rtc_proto::Frame::decode(body).ok(), Some(fast));
     }
     let mut codec = FrameCodec::new(64 * 1024);

@@ -28,11 +28,13 @@
 //! - [`consumer`]: durable consumers: acks, redelivery, dead letters, shared work.
 //! - [`store`]: the sled store and the storage thread (group commit).
 //! - [`topic`]: topic settings, `[[topic]]` rules.
+//! - [`topic_cache`]: what a publishing session remembers about the topics it uses.
 //! - [`error`]: [`BrokerError`], why the broker could not start.
 //!
-//! Data path of a publish: `session` decodes `Publish` → validates the topic → `router`
-//! finds matching subscriptions and pushes the message, encoded once, into each one's
-//! `Outbox` → each connection's writer drains its queue into its socket.
+//! Data path of a publish: `session` decodes `Publish` → validates the topic (once per
+//! topic, remembered in a `topic_cache`) → `router` finds matching subscriptions (also
+//! remembered until the subscriptions change) and pushes the message, encoded once, into
+//! each one's `Outbox` → each connection's writer drains its queue into its socket.
 
 pub mod auth;
 pub mod config;
@@ -47,6 +49,7 @@ mod session;
 pub mod store;
 pub mod tls;
 pub mod topic;
+pub mod topic_cache;
 
 pub use config::{Config, FsyncPolicy};
 pub use error::BrokerError;

@@ -5,18 +5,23 @@
 //! many subscriptions exist. A publish walks the trie under a shared read lock and pushes
 //! the message — encoded once by the caller, shared as `Bytes` — into each matching
 //! subscriber's [`Outbox`]; pushing never waits (a full outbox drops and counts), so the
-//! read lock is held only for the walk. Subscribe and unsubscribe take the write lock.
+//! read lock is held only for the walk. Subscribe and unsubscribe take the write lock
+//! and bump a generation counter; a session publishing to a few topics keeps the
+//! subscribers each matched in a [`MatchCache`] and walks the trie again only after that
+//! counter moved ([`Router::publish_cached`]).
 //!
 //! A publisher's messages are pushed in the order its session handles them, and each
 //! outbox is FIFO, so every subscriber sees one publisher's messages in publish order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
 use crate::outbound::Outbox;
 use crate::replay::Gate;
+use crate::topic_cache::TopicCache;
 
 /// One subscription as the router sees it.
 #[derive(Debug, Clone)]
@@ -189,6 +194,9 @@ pub struct Fanout {
 #[derive(Debug, Default)]
 pub struct Router {
     root: RwLock<Node>,
+    /// Bumped (under the write lock) by every subscribe and unsubscribe: a
+    /// [`MatchCache`] filled at an older generation is stale.
+    generation: AtomicU64,
 }
 
 /// Most tokens a topic may have (`rtc_proto::topic::MAX_TOKENS`); lets matching split a
@@ -213,20 +221,19 @@ impl Router {
     /// Adds a subscription for a validated `pattern`.
     pub fn subscribe(&self, pattern: &str, sub: Subscriber) {
         let tokens: Vec<&str> = pattern.split('.').collect();
-        self.root
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(&tokens, sub);
+        let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
+        root.insert(&tokens, sub);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Removes the subscription `(conn_id, sub_id)` made with `pattern`; returns whether it
     /// existed.
     pub fn unsubscribe(&self, pattern: &str, conn_id: u64, sub_id: u64) -> bool {
         let tokens: Vec<&str> = pattern.split('.').collect();
-        self.root
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&tokens, conn_id, sub_id)
+        let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
+        let found = root.remove(&tokens, conn_id, sub_id);
+        self.generation.fetch_add(1, Ordering::Release);
+        found
     }
 
     /// Calls `f` for every subscription whose pattern matches the validated `topic`.
@@ -250,17 +257,69 @@ impl Router {
         datagram: bool,
         encode: impl FnOnce() -> Bytes,
     ) -> Fanout {
-        let mut encode = Some(encode);
-        let mut shared: Option<Bytes> = None;
-        let mut out = Fanout::default();
-        self.for_each_match(topic, |sub| {
-            let bytes = shared.get_or_insert_with(|| (encode.take().expect("encode runs once"))());
-            if sub.deliver(topic, seq, bytes, datagram) {
-                out.queued += 1;
-            }
-            out.backlogged |= sub.outbox.is_backlogged();
+        let mut fan = FanOut::new(topic, seq, datagram, encode);
+        self.for_each_match(topic, |sub| fan.deliver(sub));
+        fan.out
+    }
+
+    /// [`Router::publish`] through a cache of the subscriptions `topic` matched the last
+    /// time: a publisher streaming to a few topics walks the trie only when a
+    /// subscription was added or removed since. While a topic is cached, the cache keeps
+    /// its subscribers' outboxes alive (until the next subscribe or unsubscribe).
+    pub fn publish_cached(
+        &self,
+        cache: &mut MatchCache,
+        topic: &str,
+        seq: u64,
+        datagram: bool,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Fanout {
+        let generation = self.generation.load(Ordering::Acquire);
+        let Ok(subs) = cache.get_or_try_insert(generation, topic, || {
+            let mut subs = Vec::new();
+            self.for_each_match(topic, |sub| subs.push(sub.clone()));
+            Ok::<_, std::convert::Infallible>(subs)
         });
-        out
+        let mut fan = FanOut::new(topic, seq, datagram, encode);
+        subs.iter().for_each(|sub| fan.deliver(sub));
+        fan.out
+    }
+}
+
+/// The subscriptions a few topics matched, remembered by one publisher.
+pub type MatchCache = TopicCache<Vec<Subscriber>>;
+
+/// One message's fan-out: encodes it on the first match and counts what happened.
+struct FanOut<'a, E> {
+    topic: &'a str,
+    seq: u64,
+    datagram: bool,
+    encode: Option<E>,
+    shared: Option<Bytes>,
+    out: Fanout,
+}
+
+impl<'a, E: FnOnce() -> Bytes> FanOut<'a, E> {
+    fn new(topic: &'a str, seq: u64, datagram: bool, encode: E) -> Self {
+        FanOut {
+            topic,
+            seq,
+            datagram,
+            encode: Some(encode),
+            shared: None,
+            out: Fanout::default(),
+        }
+    }
+
+    fn deliver(&mut self, sub: &Subscriber) {
+        let encode = &mut self.encode;
+        let bytes = self
+            .shared
+            .get_or_insert_with(|| (encode.take().expect("encode runs once"))());
+        if sub.deliver(self.topic, self.seq, bytes, self.datagram) {
+            self.out.queued += 1;
+        }
+        self.out.backlogged |= sub.outbox.is_backlogged();
     }
 }
 
@@ -359,5 +418,32 @@ mod tests {
             2
         );
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn cached_matches_follow_every_subscribe_and_unsubscribe() {
+        let router = Router::new();
+        let mut cache = MatchCache::default();
+        let queued = |cache: &mut MatchCache, topic: &str| {
+            router
+                .publish_cached(cache, topic, 0, false, || Bytes::from_static(b"m"))
+                .queued
+        };
+        assert_eq!(queued(&mut cache, "a.b"), 0);
+        router.subscribe("a.>", sub(1, 1));
+        assert_eq!(queued(&mut cache, "a.b"), 1, "a new subscription is seen");
+        assert_eq!(queued(&mut cache, "a.c"), 1);
+        router.subscribe("a.b", sub(2, 1));
+        assert_eq!(queued(&mut cache, "a.b"), 2);
+        assert_eq!(queued(&mut cache, "a.c"), 1);
+        assert!(router.unsubscribe("a.>", 1, 1));
+        assert_eq!(queued(&mut cache, "a.b"), 1, "a removed one is gone");
+        assert_eq!(queued(&mut cache, "a.c"), 0);
+        // Agrees with the uncached walk for more topics than the cache holds.
+        for i in 0..20 {
+            let topic = format!("a.{}", i % 12);
+            let walked = router.publish(&topic, 0, false, Bytes::new).queued;
+            assert_eq!(queued(&mut cache, &topic), walked, "{topic}");
+        }
     }
 }

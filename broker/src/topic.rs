@@ -8,6 +8,7 @@
 //! does not grow with the number of topics published to.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -124,6 +125,9 @@ pub fn default_settings() -> TopicSettings {
 pub struct TopicRegistry {
     explicit: RwLock<HashMap<String, TopicSettings>>,
     rules: Vec<(String, TopicSettings)>,
+    /// Bumped by every change to `explicit`: settings a session cached at an older
+    /// generation are stale (see [`crate::topic_cache`]).
+    generation: AtomicU64,
 }
 
 impl TopicRegistry {
@@ -131,6 +135,7 @@ impl TopicRegistry {
     pub fn new(rules: &[TopicRule]) -> Self {
         TopicRegistry {
             explicit: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             rules: rules
                 .iter()
                 .map(|r| (r.pattern.clone(), r.settings()))
@@ -162,10 +167,14 @@ impl TopicRegistry {
 
     /// Records the settings of a topic created with `topic create`.
     pub fn set_explicit(&self, name: &str, settings: TopicSettings) {
-        self.explicit
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), settings);
+        let mut explicit = self.explicit.write().unwrap_or_else(|p| p.into_inner());
+        explicit.insert(name.to_string(), settings);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current generation: it changes whenever a topic's settings may have.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

@@ -94,8 +94,8 @@ impl Decoder for FrameCodec {
         }
         src.advance(LEN_PREFIX);
         let body = src.split_to(len).freeze();
-        // Deliveries, the bulk of what a subscriber reads, take a hand-written path.
-        if let Some(frame) = crate::deliver::decode_deliver(&body) {
+        // Publishes and deliveries, the bulk of the traffic, take a hand-written path.
+        if let Some(frame) = crate::hot::decode(&body) {
             return Ok(Some(frame));
         }
         Ok(Some(Frame::decode(body)?))
@@ -465,7 +465,11 @@ mod tests {
         assert!(first.is_some());
         let before = buf.capacity();
         grow_read_buffer(&mut buf);
-        assert_eq!(buf.capacity(), before, "grew with a complete frame buffered");
+        assert_eq!(
+            buf.capacity(),
+            before,
+            "grew with a complete frame buffered"
+        );
         assert!(codec.decode(&mut buf).unwrap().is_some());
         grow_read_buffer(&mut buf);
         assert!(

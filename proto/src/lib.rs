@@ -6,19 +6,21 @@
 //! - [`codec`]: [`codec::FrameCodec`], a tokio-util `Decoder`/`Encoder` for
 //!   `u32 big-endian length ++ Frame`, plus [`codec::encode_deliver`] which writes a
 //!   `Deliver` around a message encoded once and shared by all its subscribers.
-//! - [`deliver`]: a hand-written decoder for `Deliver` frames (the codec's fast path).
+//! - [`hot`]: hand-written decoders for `Publish` and `Deliver` frames (the codec's fast path).
 //! - [`topic`]: validation of topic names and patterns and wildcard matching.
 //! - [`headers`]: the rules for message headers.
 //! - [`position`]: the text form of replay start positions (`first`, `seq:N`, `time:-5m`).
 //! - [`frames`]: small constructors for the frames every peer builds.
+//! - [`silence`]: noticing a peer that has sent nothing for three heartbeat intervals.
 //!
 //! This crate does no networking and depends on no other rtc crate.
 
 pub mod codec;
-pub mod deliver;
 pub mod frames;
 pub mod headers;
+pub mod hot;
 pub mod position;
+pub mod silence;
 pub mod topic;
 
 /// Types generated from `proto/rtc.proto` (package `rtc.v1`).

@@ -83,6 +83,14 @@ fn check_token(token: &str) -> Result<(), TopicError> {
 /// Checks a concrete topic name as a subscriber would see it (wildcards refused,
 /// `$`-prefixed names allowed).
 pub fn validate_topic(name: &str) -> Result<(), TopicError> {
+    if is_plain_ascii_topic(name) {
+        return Ok(());
+    }
+    check_topic(name)
+}
+
+/// [`validate_topic`]'s full check, token by token.
+fn check_topic(name: &str) -> Result<(), TopicError> {
     check_shape(name)?;
     for token in name.split('.') {
         check_token(token)?;
@@ -91,6 +99,30 @@ pub fn validate_topic(name: &str) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+/// The common case of [`validate_topic`] in one pass over the bytes (every publish is
+/// checked): a valid name made only of printable ASCII. Anything else — non-ASCII
+/// tokens, or any error — takes the full check, which also says what is wrong.
+fn is_plain_ascii_topic(name: &str) -> bool {
+    if name.is_empty() || name.len() > MAX_TOPIC_LEN {
+        return false;
+    }
+    let mut tokens = 1;
+    let mut prev_dot = true;
+    for &b in name.as_bytes() {
+        match b {
+            b'.' if prev_dot => return false,
+            b'.' => {
+                tokens += 1;
+                prev_dot = true;
+            }
+            b'*' | b'>' => return false,
+            0x21..=0x7e => prev_dot = false,
+            _ => return false,
+        }
+    }
+    !prev_dot && tokens <= MAX_TOKENS
 }
 
 /// Checks a topic name a client wants to publish to: [`validate_topic`] plus the
@@ -222,6 +254,39 @@ mod tests {
         ));
         assert_eq!(validate_publish_topic("$dlq.x"), Err(TopicError::Reserved));
         assert_eq!(validate_publish_topic("x.$dlq"), Ok(()));
+    }
+
+    #[test]
+    fn the_one_pass_check_agrees_with_the_full_one() {
+        // Every string of up to 4 characters over an alphabet with each kind of byte.
+        let alphabet = ['a', 'Z', '.', '*', '>', ' ', '\t', '\u{7f}', 'é', '$', '~'];
+        let mut names = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..4 {
+            let mut longer = Vec::new();
+            for name in &names {
+                for c in alphabet {
+                    let mut n = name.clone();
+                    n.push(c);
+                    let full = check_topic(&n);
+                    if is_plain_ascii_topic(&n) {
+                        assert_eq!(full, Ok(()), "{n:?}");
+                    }
+                    assert_eq!(validate_topic(&n), full, "{n:?}");
+                    checked += 1;
+                    longer.push(n);
+                }
+            }
+            names = longer;
+        }
+        assert!(checked > 10_000);
+        // The limits.
+        let many = vec!["a"; MAX_TOKENS + 1].join(".");
+        assert_eq!(validate_topic(&many), check_topic(&many));
+        assert!(validate_topic(&many).is_err());
+        let long = "a".repeat(MAX_TOPIC_LEN + 1);
+        assert!(validate_topic(&long).is_err());
+        assert!(validate_topic(&vec!["a"; MAX_TOKENS].join(".")).is_ok());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use rtc_proto::codec::{grow_read_buffer, shrink_read_buffer, CodecError};
+use rtc_proto::silence::{Silence, SILENT_INTERVALS};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::outbound::{write_loop, Closed, Outbox};
-use crate::router::DatagramSink;
+use crate::router::{DatagramSink, MatchCache};
 use crate::server::Shared;
+use crate::topic_cache::TopicCache;
 
 mod admin;
 mod consume;
@@ -44,7 +46,7 @@ use consume::Settle;
 
 /// Read buffer of a quiet connection; it grows to hold a large frame, and to
 /// `STREAMING_READ_BUFFER` while frames stream in, and shrinks back when the connection
-/// has been quiet for an idle period.
+/// has been quiet for a heartbeat interval.
 const READ_BUFFER: usize = 512;
 /// How long a closing connection's writer gets to flush what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +80,8 @@ pub(crate) async fn run<R, W>(
         datagrams,
         throttle: throttle::Throttle::new(config.publish_rate, config.publish_burst),
         subs: HashMap::new(),
+        known_topics: TopicCache::default(),
+        matches: MatchCache::default(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
     let _ = session.serve(frames, &cancel).await;
@@ -104,6 +108,10 @@ struct Session {
     datagrams: Option<Arc<dyn DatagramSink>>,
     /// Active subscriptions by sub_id.
     subs: HashMap<u64, pubsub::ActiveSub>,
+    /// Settings of the topics this client published to lately (valid and permitted).
+    known_topics: TopicCache<v1::TopicSettings>,
+    /// The subscriptions those topics matched.
+    matches: MatchCache,
 }
 
 impl Session {
@@ -163,29 +171,31 @@ impl Session {
         })))
         .await?;
 
-        // Read loop. The idle deadline is only re-armed when it fires, not per frame.
-        let idle_limit = config.heartbeat_interval * 3;
-        let mut last_seen = Instant::now();
-        let idle = tokio::time::sleep(idle_limit);
-        tokio::pin!(idle);
+        // Read loop. Silence is counted in heartbeat ticks, not by reading the clock
+        // per frame (see rtc_proto::silence).
+        let interval = config.heartbeat_interval;
+        let mut silence = Silence::default();
+        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     return self.close_with(ErrorCode::ShuttingDown, "broker is shutting down").await;
                 }
-                _ = &mut idle => {
-                    if last_seen.elapsed() >= idle_limit {
-                        let msg = format!("nothing received for {idle_limit:?} (3 heartbeat intervals)");
+                _ = ticks.tick() => {
+                    if silence.tick() {
+                        let msg = format!("nothing received for {SILENT_INTERVALS} heartbeat intervals ({:?})", interval * SILENT_INTERVALS);
                         return self.close_with(ErrorCode::HeartbeatTimeout, msg).await;
                     }
-                    idle.as_mut().reset(last_seen + idle_limit);
-                    shrink_read_buffer(frames.read_buffer_mut(), READ_BUFFER);
+                    if silence.is_quiet() {
+                        shrink_read_buffer(frames.read_buffer_mut(), READ_BUFFER);
+                    }
                 }
                 next = frames.next() => match next {
                     None => return Ok(()),
                     Some(Err(e)) => return self.codec_error(e).await,
                     Some(Ok(frame)) => {
-                        last_seen = Instant::now();
+                        silence.heard();
                         grow_read_buffer(frames.read_buffer_mut());
                         if self.handle(frame).await?.is_break() {
                             return Ok(());

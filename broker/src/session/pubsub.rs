@@ -10,15 +10,17 @@ use std::sync::Arc;
 
 use rtc_proto::codec::deliver_frame_len;
 use rtc_proto::topic::{validate_pattern, validate_publish_topic};
-use rtc_proto::v1::{self, frame::Op, start_position::Position};
+use rtc_proto::v1::{self, frame::Op, start_position::Position, TopicSettings};
 use rtc_proto::{ErrorCode, Frame};
 use tokio::task::JoinHandle;
 
 use super::{now_ms, Session};
+use crate::auth::Identity;
 use crate::consumer::MemberRef;
 use crate::outbound::Closed;
 use crate::replay::{self, Gate, ReplayContext};
 use crate::router::Subscriber;
+use crate::server::Shared;
 use crate::store::writer::{Append, Request, Responder};
 use crate::topic::is_durable;
 
@@ -38,22 +40,18 @@ pub(crate) struct ActiveSub {
 impl Session {
     pub(super) async fn publish(&mut self, p: v1::Publish) -> Result<(), Closed> {
         let reply = |code: ErrorCode, msg: String| Frame::error(p.req_id, code, msg);
-        if let Err(e) = validate_publish_topic(&p.topic) {
-            return self
-                .send(reply(
-                    ErrorCode::InvalidTopic,
-                    format!("{:?}: {e}", p.topic),
-                ))
-                .await;
-        }
-        if !self.identity.can_publish(&p.topic) {
-            let msg = format!(
-                "user {:?} may not publish to {:?}",
-                self.identity.name(),
-                p.topic
-            );
-            return self.send(reply(ErrorCode::PermissionDenied, msg)).await;
-        }
+        // Validity, permission and settings of the topic: checked once per topic while
+        // the topic registry does not change.
+        let generation = self.shared.topics.generation();
+        let checked = self
+            .known_topics
+            .get_or_try_insert(generation, &p.topic, || {
+                check_publish_topic(&self.shared, &self.identity, &p.topic)
+            });
+        let settings = match checked {
+            Ok(settings) => *settings,
+            Err((code, msg)) => return self.send(reply(code, msg)).await,
+        };
         let max_payload = self.shared.config.max_payload;
         if p.payload.len() > max_payload {
             let msg = format!(
@@ -76,7 +74,6 @@ impl Session {
         if let Err(msg) = rtc_proto::headers::validate_headers(&p.headers) {
             return self.send(reply(ErrorCode::InvalidRequest, msg)).await;
         }
-        let settings = self.shared.topics.resolve(&p.topic);
         let message = v1::Message {
             topic: p.topic,
             payload: p.payload,
@@ -97,12 +94,13 @@ impl Session {
             return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
         }
         if !is_durable(&settings) {
-            let fanout = self
-                .shared
-                .router
-                .publish(&message.topic, 0, settings.datagram, || {
-                    rtc_proto::codec::encode_message(&message)
-                });
+            let fanout = self.shared.router.publish_cached(
+                &mut self.matches,
+                &message.topic,
+                0,
+                settings.datagram,
+                || rtc_proto::codec::encode_message(&message),
+            );
             if fanout.backlogged {
                 // A subscriber's writer is behind this publisher (a client streaming
                 // publishes always has the next frame ready): let it run before its
@@ -274,4 +272,20 @@ impl Session {
             self.end_subscription(sub_id, sub).await;
         }
     }
+}
+
+/// Whether `identity` may publish to `topic`, and the topic's settings if so.
+fn check_publish_topic(
+    shared: &Shared,
+    identity: &Identity,
+    topic: &str,
+) -> Result<TopicSettings, (ErrorCode, String)> {
+    if let Err(e) = validate_publish_topic(topic) {
+        return Err((ErrorCode::InvalidTopic, format!("{topic:?}: {e}")));
+    }
+    if !identity.can_publish(topic) {
+        let msg = format!("user {:?} may not publish to {topic:?}", identity.name());
+        return Err((ErrorCode::PermissionDenied, msg));
+    }
+    Ok(shared.topics.resolve(topic))
 }
