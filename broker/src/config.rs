@@ -14,8 +14,8 @@
 //! max_frame_size = 1048576
 //! heartbeat_interval = "15s"
 //! handshake_timeout = "10s"
-//! outbound_queue_bytes = 8388608
-//! outbound_queue_frames = 65536
+//! outbound_queue_bytes = 67108864
+//! outbound_queue_frames = 1048576
 //! max_connections = 65536
 //! max_subscriptions_per_connection = 10000
 //! fsync = "always"          # or "interval:50" (ms) or "never"
@@ -66,7 +66,8 @@ pub struct Config {
     /// Time a new connection has to send `Hello`.
     #[serde(with = "duration_str")]
     pub handshake_timeout: Duration,
-    /// Per-connection outbound queue cap in bytes. Deliveries beyond it are dropped and
+    /// Per-connection outbound queue cap in bytes (each queued delivery is charged its
+    /// encoded message plus its queue entry). Deliveries beyond it are dropped and
     /// counted, and the client is told with `Error{SLOW_CONSUMER}`.
     pub outbound_queue_bytes: usize,
     /// Per-connection outbound queue cap in frames (same policy as the byte cap).
@@ -167,8 +168,11 @@ impl Default for Config {
             max_frame_size: rtc_proto::DEFAULT_MAX_FRAME_SIZE,
             heartbeat_interval: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
-            outbound_queue_bytes: 8 * 1024 * 1024,
-            outbound_queue_frames: 65_536,
+            // 64 MiB, NATS's default `max_pending`: a burst to a subscriber that reads a
+            // little slower than the publisher sends is absorbed (8 MiB dropped a quarter
+            // of a 100 MB burst to ten subscribers). Only a backlog uses the memory.
+            outbound_queue_bytes: 64 * 1024 * 1024,
+            outbound_queue_frames: 1 << 20,
             max_connections: 65_536,
             max_subscriptions_per_connection: 10_000,
             fsync: FsyncPolicy::Always,

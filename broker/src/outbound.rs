@@ -42,8 +42,9 @@ const KEEP_BATCH: usize = 256;
 /// One queued outbound item.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A frame built for this connection alone.
-    Frame(Frame),
+    /// A frame built for this connection alone (boxed: a queue item is moved in and out
+    /// of the queue, and deliveries, the bulk of them, are 40 bytes; a `Frame` is 136).
+    Frame(Box<Frame>),
     /// A delivery of a message encoded once and shared by every subscriber.
     Deliver {
         /// The subscription it is for.
@@ -180,7 +181,7 @@ impl Outbox {
     /// thread, which must not block; the session bounds how much it can add by calling
     /// [`Outbox::wait_room`] before each publish it hands over.
     pub(crate) fn push_frame_now(&self, frame: Frame) -> Result<(), Closed> {
-        let item = Outgoing::Frame(frame);
+        let item = Outgoing::Frame(Box::new(frame));
         let charge = item.charge();
         let st = self.lock();
         if st.closed {

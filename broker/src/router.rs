@@ -59,18 +59,18 @@ impl DatagramSink for quinn::Connection {
 
 impl Subscriber {
     /// Queues `message` for this subscription; whether it was queued (not dropped).
-    fn deliver(&self, topic: &str, seq: u64, message: &Bytes, datagram: bool) -> bool {
+    fn deliver(&self, topic: &str, seq: u64, message: Bytes, datagram: bool) -> bool {
         if datagram {
             if let Some(sink) = &self.datagrams {
-                if self.send_datagram(sink.as_ref(), message) {
+                if self.send_datagram(sink.as_ref(), &message) {
                     return true;
                 }
             }
         }
         match &self.gate {
-            None => self.outbox.push_deliver(self.sub_id, message.clone()),
+            None => self.outbox.push_deliver(self.sub_id, message),
             Some(gate) => {
-                gate.offer(topic, seq, message);
+                gate.offer(topic, seq, &message);
                 true
             }
         }
@@ -258,7 +258,7 @@ impl Router {
         encode: impl FnOnce() -> Bytes,
     ) -> Fanout {
         let mut fan = FanOut::new(topic, seq, datagram, encode);
-        self.for_each_match(topic, |sub| fan.deliver(sub));
+        self.for_each_match(topic, |sub| fan.deliver(sub, false));
         fan.out
     }
 
@@ -281,7 +281,10 @@ impl Router {
             Ok::<_, std::convert::Infallible>(subs)
         });
         let mut fan = FanOut::new(topic, seq, datagram, encode);
-        subs.iter().for_each(|sub| fan.deliver(sub));
+        if let Some((last, rest)) = subs.split_last() {
+            rest.iter().for_each(|sub| fan.deliver(sub, false));
+            fan.deliver(last, true);
+        }
         fan.out
     }
 }
@@ -311,12 +314,21 @@ impl<'a, E: FnOnce() -> Bytes> FanOut<'a, E> {
         }
     }
 
-    fn deliver(&mut self, sub: &Subscriber) {
-        let encode = &mut self.encode;
-        let bytes = self
-            .shared
-            .get_or_insert_with(|| (encode.take().expect("encode runs once"))());
-        if sub.deliver(self.topic, self.seq, bytes, self.datagram) {
+    /// Delivers to `sub`; the `last` one gets the encoded message itself rather than a
+    /// clone (cloning the first time allocates the shared handle: a whole malloc per
+    /// message for a topic with one subscriber).
+    fn deliver(&mut self, sub: &Subscriber, last: bool) {
+        let bytes = match (self.shared.take(), self.encode.take()) {
+            (Some(bytes), _) => bytes,
+            (None, Some(encode)) => encode(),
+            (None, None) => unreachable!("encode runs once, and its output is kept"),
+        };
+        let message = if last {
+            bytes
+        } else {
+            self.shared.insert(bytes).clone()
+        };
+        if sub.deliver(self.topic, self.seq, message, self.datagram) {
             self.out.queued += 1;
         }
         self.out.backlogged |= sub.outbox.is_backlogged();
