@@ -91,6 +91,10 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 impl<T> Sender<T> {
     /// Queues `item`, waiting while the queue is full.
     pub(crate) async fn send(&self, item: T) -> Result<(), Closed<T>> {
+        // The common case, room: no waiter registration (it locks the Notify's list).
+        if self.room.queued.load(Ordering::Acquire) < self.room.capacity {
+            return self.push(item);
+        }
         loop {
             let freed = self.room.freed.notified();
             tokio::pin!(freed);

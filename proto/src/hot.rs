@@ -100,6 +100,12 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self) -> Option<u64> {
+        // Keys and most lengths and numbers fit in one byte.
+        let first = *self.body.get(self.at)?;
+        if first < 0x80 {
+            self.at += 1;
+            return Some(u64::from(first));
+        }
         let mut rest = &self.body[self.at..];
         let before = rest.remaining();
         let v = decode_varint(&mut rest).ok()?;
