@@ -1,10 +1,13 @@
 //! Publish, subscribe and unsubscribe for one session.
 //!
-//! A publish to an ephemeral topic is fanned out here, at once. A publish to a durable
-//! topic is handed to the storage thread, which answers the client and fans the message
-//! out once it is stored (see [`crate::store::writer`]); the session does not wait for
-//! it, so one connection can have many publishes in flight. A subscription with a start
-//! position other than `new` gets a [`Gate`] and a replay task (see [`crate::replay`]).
+//! A publish's topic checks, settings and matching subscriptions are remembered per
+//! session for the few topics it publishes to (see [`crate::topic_cache`]), so a client
+//! streaming publishes pays for them once. A publish to an ephemeral topic is fanned
+//! out here, at once. A publish to a durable topic is handed to the storage thread,
+//! which answers the client and fans the message out once it is stored (see
+//! [`crate::store::writer`]); the session does not wait for it, so one connection can
+//! have many publishes in flight. A subscription with a start position other than `new`
+//! gets a [`Gate`] and a replay task (see [`crate::replay`]).
 
 use std::sync::Arc;
 
