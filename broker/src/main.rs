@@ -1,7 +1,8 @@
 //! `rtc-broker`: the broker daemon. Reads flags and the optional TOML config (flags win),
 //! starts the library's [`rtc_broker::Broker`], prints one `listening <transport> <addr>`
-//! line per listener on stdout (`tcp`, or `tls` when a certificate is configured), and shuts down gracefully on SIGINT or SIGTERM (stop
-//! accepting, flush in-flight writes, exit 0). Logs go to stderr.
+//! line per listener on stdout (`tcp`, or `tls` when a certificate is configured), and
+//! shuts down gracefully on SIGINT or SIGTERM (stop accepting, flush in-flight writes,
+//! exit 0). Logs go to stderr.
 
 use std::io::Write;
 use std::net::SocketAddr;
