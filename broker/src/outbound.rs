@@ -137,17 +137,27 @@ impl Outbox {
     }
 
     /// Appends under the lock, then wakes the writer if it may be waiting.
-    fn enqueue(&self, mut st: std::sync::MutexGuard<'_, State>, item: Outgoing, charge: usize) {
+    fn enqueue(&self, st: std::sync::MutexGuard<'_, State>, item: Outgoing, charge: usize) {
+        if self.enqueue_quietly(st, item, charge) {
+            self.wake();
+        }
+    }
+
+    /// Appends under the lock; returns whether the writer may be waiting (the queue was
+    /// empty).
+    fn enqueue_quietly(
+        &self,
+        mut st: std::sync::MutexGuard<'_, State>,
+        item: Outgoing,
+        charge: usize,
+    ) -> bool {
         let was_empty = st.queue.is_empty();
         st.bytes += charge;
         st.queue.push_back(item);
         if st.queue.len() * 2 > self.max_frames || st.bytes * 2 > self.max_bytes {
             self.backlog.store(true, Ordering::Relaxed);
         }
-        drop(st);
-        if was_empty {
-            self.ready.notify_one();
-        }
+        was_empty
     }
 
     /// Whether the queue holds more than half of its frame or byte cap (set when a push
@@ -181,14 +191,30 @@ impl Outbox {
     /// thread, which must not block; the session bounds how much it can add by calling
     /// [`Outbox::wait_room`] before each publish it hands over.
     pub(crate) fn push_frame_now(&self, frame: Frame) -> Result<(), Closed> {
+        if self.push_frame_deferred(frame)? {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// [`Outbox::push_frame_now`] without waking the writer: returns whether the caller
+    /// must call [`Outbox::wake`] once it has queued the rest of its answers. The
+    /// storage thread answers a whole pass this way, so the writer takes the pass's
+    /// answers in one batch instead of waking after the first (each fragment became
+    /// one write for the broker and one read, and one refill, for the client).
+    pub(crate) fn push_frame_deferred(&self, frame: Frame) -> Result<bool, Closed> {
         let item = Outgoing::Frame(Box::new(frame));
         let charge = item.charge();
         let st = self.lock();
         if st.closed {
             return Err(Closed);
         }
-        self.enqueue(st, item, charge);
-        Ok(())
+        Ok(self.enqueue_quietly(st, item, charge))
+    }
+
+    /// Wakes the writer (after [`Outbox::push_frame_deferred`]).
+    pub(crate) fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Queues a delivery that must not be dropped (a replay from the log): waits while

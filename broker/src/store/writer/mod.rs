@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 
 use super::{Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp};
 use crate::config::FsyncPolicy;
+use crate::outbound::Outbox;
 use crate::router::Router;
 use crate::session::now_ms;
 use crate::topic::{is_durable, normalize, TopicRegistry};
@@ -363,9 +364,17 @@ impl Writer {
                     .publish(&a.topic, *seq, false, || message.clone());
             }
         }
+        // Answers are queued first and each publisher's writer woken once, so it sends
+        // the pass's answers in one write.
+        let mut wake: Vec<Arc<Outbox>> = Vec::new();
         for (a, outcome) in outcomes {
-            answer(a.responder, outcome);
+            if let Some(outbox) = answer(a.responder, outcome) {
+                if !wake.iter().any(|o| Arc::ptr_eq(o, &outbox)) {
+                    wake.push(outbox);
+                }
+            }
         }
+        wake.iter().for_each(|outbox| outbox.wake());
         for (name, reply, outcome) in creates {
             let answer = match (&result, outcome) {
                 (Err(e), Ok(())) => Err((ErrorCode::Storage, e.to_string())),
@@ -560,14 +569,16 @@ impl Writer {
     }
 }
 
-/// Tells an append's responder how it went.
-fn answer(responder: Responder, outcome: Outcome) {
+/// Tells an append's responder how it went; returns a client's outbox whose writer
+/// must then be woken ([`Outbox::wake`]).
+fn answer(responder: Responder, outcome: Outcome) -> Option<Arc<Outbox>> {
     match responder {
         Responder::Internal(reply) => {
             let _ = reply.send(match outcome {
                 Outcome::Stored { seq, .. } | Outcome::Duplicate { seq } => Ok(seq),
                 Outcome::Refused(refusal) => Err(refusal),
             });
+            None
         }
         Responder::Client {
             req_id,
@@ -579,11 +590,10 @@ fn answer(responder: Responder, outcome: Outcome) {
                 Outcome::Stored { seq, .. } => ack(req_id, seq, false),
                 Outcome::Duplicate { seq } => ack(req_id, seq, true),
             };
-            if let Some(frame) = frame {
-                // A closed outbox means the publisher is gone; nobody is left to tell.
-                let _ = outbox.push_frame_now(frame);
-            }
+            // A closed outbox means the publisher is gone; nobody is left to tell.
+            let wake = frame.is_some_and(|f| outbox.push_frame_deferred(f) == Ok(true));
             drop(permit);
+            wake.then_some(outbox)
         }
     }
 }
