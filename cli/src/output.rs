@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 /// The JSON line for one message.
 pub fn json(m: &Message) -> Value {
     let mut obj = Map::new();
-    obj.insert("topic".into(), json!(m.topic));
+    obj.insert("topic".into(), json!(m.topic.as_str()));
     match std::str::from_utf8(&m.payload) {
         Ok(text) => obj.insert("payload".into(), json!(text)),
         Err(_) => obj.insert(

@@ -18,9 +18,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use rtc_proto::codec::encode_frame;
+use rtc_proto::codec::{ClientCodec, Incoming};
 use rtc_proto::silence::{Silence, SILENT_INTERVALS};
 use rtc_proto::v1::{self, frame::Op};
-use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
+use rtc_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -105,7 +106,7 @@ pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 /// What the handshake learned from the broker's `Welcome`.
 pub(crate) struct Session {
     pub(crate) welcome: v1::Welcome,
-    pub(crate) reader: FramedRead<BoxRead, FrameCodec>,
+    pub(crate) reader: FramedRead<BoxRead, ClientCodec>,
     pub(crate) writer: BoxWrite,
     /// The QUIC connection, for its datagrams.
     pub(crate) datagrams: Option<quinn::Connection>,
@@ -247,16 +248,22 @@ pub(crate) async fn handshake(
     // Until Welcome announces the real limit, accept frames up to the protocol default.
     let mut reader = FramedRead::new(
         read_half,
-        FrameCodec::new(rtc_proto::DEFAULT_MAX_FRAME_SIZE),
+        ClientCodec::new(rtc_proto::DEFAULT_MAX_FRAME_SIZE),
     );
     let first = tokio::time::timeout(timeout, reader.next())
         .await
         .map_err(|_| Error::Handshake(format!("no Welcome within {timeout:?}")))?;
+    let first = first.map(|r| {
+        r.map(|incoming| match incoming {
+            Incoming::Frame(frame) => frame,
+            Incoming::Delivery(d) => Frame::from(d),
+        })
+    });
     match first {
         Some(Ok(Frame {
             op: Some(Op::Welcome(welcome)),
         })) => {
-            *reader.decoder_mut() = FrameCodec::new(welcome.max_frame_size as usize);
+            *reader.decoder_mut() = ClientCodec::new(welcome.max_frame_size as usize);
             Ok(Session {
                 welcome,
                 reader,
@@ -401,7 +408,7 @@ async fn datagram_loop(shared: Arc<Shared>, conn: quinn::Connection) {
 /// Reads frames and routes them until the connection ends; returns why it ended.
 async fn read_loop(
     shared: Arc<Shared>,
-    mut reader: FramedRead<BoxRead, FrameCodec>,
+    mut reader: FramedRead<BoxRead, ClientCodec>,
     heartbeat: Duration,
 ) -> String {
     // Silence is counted in heartbeat ticks, not by reading the clock per frame (see
@@ -419,27 +426,27 @@ async fn read_loop(
             }
             next = reader.next() => next,
         };
-        let frame = match next {
+        let incoming = match next {
             None => break "the broker closed the connection".to_string(),
             Some(Err(e)) => break format!("read failed: {e}"),
-            Some(Ok(frame)) => frame,
+            Some(Ok(incoming)) => incoming,
         };
         silence.heard();
         rtc_proto::codec::grow_read_buffer(reader.read_buffer_mut());
+        let frame = match incoming {
+            Incoming::Frame(frame) => frame,
+            Incoming::Delivery(d) => {
+                let sub_id = d.sub_id;
+                if let Some(message) = Message::from_delivery(d) {
+                    deliver(&shared, sub_id, message).await;
+                }
+                continue;
+            }
+        };
         match frame.op {
             Some(Op::Deliver(d)) => {
                 let Some(message) = d.message else { continue };
-                match shared.route(d.sub_id, Message::from(message)) {
-                    Routed::Queued | Routed::Skipped => {}
-                    // Waits when the application is not reading this subscription: the
-                    // backpressure reaches the broker, which then drops and reports.
-                    Routed::Full(tx, message) => {
-                        if tx.send(message).await.is_err() {
-                            shared.remove_sub(d.sub_id);
-                        }
-                    }
-                    Routed::Closed => shared.remove_sub(d.sub_id),
-                }
+                deliver(&shared, d.sub_id, Message::from(message)).await;
             }
             Some(Op::PubAck(a)) => shared.complete(a.req_id, Ok(Op::PubAck(a))),
             Some(Op::SubAck(a)) => shared.complete(a.req_id, Ok(Op::SubAck(a))),
@@ -461,6 +468,21 @@ async fn read_loop(
         }
     };
     shared.reason(reason)
+}
+
+/// Hands a delivery to its subscription.
+async fn deliver(shared: &Shared, sub_id: u64, message: Message) {
+    match shared.route(sub_id, message) {
+        Routed::Queued | Routed::Skipped => {}
+        // Waits when the application is not reading this subscription: the backpressure
+        // reaches the broker, which then drops and reports.
+        Routed::Full(tx, message) => {
+            if tx.send(message).await.is_err() {
+                shared.remove_sub(sub_id);
+            }
+        }
+        Routed::Closed => shared.remove_sub(sub_id),
+    }
 }
 
 fn on_connection_error(shared: &Shared, e: &v1::Error) {

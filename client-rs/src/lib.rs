@@ -61,7 +61,7 @@ mod topics;
 
 pub use client::{Client, ConnectOptions};
 pub use error::Error;
-pub use message::{Message, PubAck, PublishMessage};
+pub use message::{Message, PubAck, PublishMessage, Topic};
 pub use options::{ConsumerOptions, StartAt, SubscribeOptions};
 pub use rtc_proto::ErrorCode;
 pub use state::ConnectionState;

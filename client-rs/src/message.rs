@@ -6,11 +6,119 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use rtc_proto::v1;
 
+/// A topic name as received: shared bytes of the frame it came in (no allocation per
+/// message), always valid UTF-8. Reads like a `&str` (`Deref`, `Display`, comparisons
+/// with `str` and `String`).
+///
+/// ```
+/// let t = rtc_client::Topic::from("orders.created");
+/// assert_eq!(t, "orders.created");
+/// assert!(t.starts_with("orders."));
+/// assert_eq!(t.to_string(), "orders.created");
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Topic(Bytes);
+
+impl Topic {
+    /// Wraps bytes already checked to be UTF-8.
+    fn from_utf8_checked(bytes: Bytes) -> Option<Topic> {
+        std::str::from_utf8(&bytes).ok()?;
+        Some(Topic(bytes))
+    }
+
+    /// The topic as a string slice.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks (or starts from) valid UTF-8, and the bytes are
+        // immutable.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl std::ops::Deref for Topic {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::hash::Hash for Topic {
+    // As `str` hashes, so that `Borrow<str>` lookups agree.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl std::fmt::Debug for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for Topic {
+    fn from(s: String) -> Topic {
+        Topic(Bytes::from(s))
+    }
+}
+
+impl From<&str> for Topic {
+    fn from(s: &str) -> Topic {
+        Topic(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<Topic> for String {
+    fn from(t: Topic) -> String {
+        t.as_str().to_owned()
+    }
+}
+
+impl PartialEq<str> for Topic {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Topic {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Topic {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<Topic> for &str {
+    fn eq(&self, other: &Topic) -> bool {
+        *self == other.as_str()
+    }
+}
+
 /// A message delivered to a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// The topic it was published to.
-    pub topic: String,
+    pub topic: Topic,
     /// The payload, as published.
     pub payload: Bytes,
     /// Headers, as published.
@@ -28,7 +136,7 @@ pub struct Message {
 impl From<v1::Message> for Message {
     fn from(m: v1::Message) -> Self {
         Message {
-            topic: m.topic,
+            topic: Topic::from(m.topic),
             payload: m.payload,
             headers: m.headers,
             seq: m.seq,
@@ -36,6 +144,23 @@ impl From<v1::Message> for Message {
             msg_id: m.msg_id,
             delivery_count: m.delivery_count,
         }
+    }
+}
+
+impl Message {
+    /// The message a delivery decoded by the fast path carries, or `None` if its topic
+    /// is not UTF-8 (the decoder checks it; this cannot happen).
+    pub(crate) fn from_delivery(d: rtc_proto::hot::Delivery) -> Option<Message> {
+        let m = d.message;
+        Some(Message {
+            topic: Topic::from_utf8_checked(d.topic)?,
+            payload: m.payload,
+            headers: m.headers,
+            seq: m.seq,
+            timestamp_ms: m.timestamp_ms,
+            msg_id: m.msg_id,
+            delivery_count: m.delivery_count,
+        })
     }
 }
 

@@ -95,11 +95,11 @@ impl SubEntry {
         if m.seq == 0 || self.is_consumer() {
             return true;
         }
-        match self.seen.get_mut(&m.topic) {
+        match self.seen.get_mut(m.topic.as_str()) {
             Some(last) if *last >= m.seq => return false,
             Some(last) => *last = m.seq,
             None => {
-                self.seen.insert(m.topic.clone(), m.seq);
+                self.seen.insert(m.topic.to_string(), m.seq);
             }
         }
         self.last_ts = Some(m.timestamp_ms);

@@ -127,7 +127,7 @@ async fn replay_covers_every_durable_topic_the_pattern_matches(t: Transport) {
     let mut got: Vec<(String, u64)> = take(&mut sub, 5)
         .await
         .into_iter()
-        .map(|m| (m.topic, m.seq))
+        .map(|m| (m.topic.to_string(), m.seq))
         .collect();
     got.sort();
     assert_eq!(

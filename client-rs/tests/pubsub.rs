@@ -90,7 +90,7 @@ async fn wildcards_match_exactly_what_they_should(t: Transport) {
             .await
             .into_iter()
             .filter(|m| !m.payload.starts_with(b"END-"))
-            .map(|m| m.topic)
+            .map(|m| m.topic.to_string())
             .collect();
         assert_eq!(got, *want, "pattern {pattern}");
     }

@@ -76,6 +76,20 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let Some(body) = self.next_body(src)? else {
+            return Ok(None);
+        };
+        // Publishes and deliveries, the bulk of the traffic, take a hand-written path.
+        if let Some(frame) = crate::hot::decode(&body) {
+            return Ok(Some(frame));
+        }
+        Ok(Some(Frame::decode(body)?))
+    }
+}
+
+impl FrameCodec {
+    /// Splits the next complete frame's body (without its length prefix) off `src`.
+    fn next_body(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
         if src.len() < LEN_PREFIX {
             return Ok(None);
         }
@@ -93,12 +107,48 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         src.advance(LEN_PREFIX);
-        let body = src.split_to(len).freeze();
-        // Publishes and deliveries, the bulk of the traffic, take a hand-written path.
-        if let Some(frame) = crate::hot::decode(&body) {
-            return Ok(Some(frame));
+        Ok(Some(src.split_to(len).freeze()))
+    }
+}
+
+/// What a client reads: deliveries through the hand-written path, with their topic kept
+/// as bytes; everything else as a [`Frame`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A `Deliver` (see [`crate::hot::Delivery`]).
+    Delivery(crate::hot::Delivery),
+    /// Any other frame (a `Deliver` the fast path did not take, too).
+    Frame(Frame),
+}
+
+/// The client side's decoder: the same framing and limit as [`FrameCodec`], yielding
+/// [`Incoming`] so that a subscriber allocates nothing for a delivery's topic.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCodec {
+    frames: FrameCodec,
+}
+
+impl ClientCodec {
+    /// A decoder refusing frames longer than `max_frame_size`.
+    pub fn new(max_frame_size: usize) -> Self {
+        ClientCodec {
+            frames: FrameCodec::new(max_frame_size),
         }
-        Ok(Some(Frame::decode(body)?))
+    }
+}
+
+impl Decoder for ClientCodec {
+    type Item = Incoming;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        let Some(body) = self.frames.next_body(src)? else {
+            return Ok(None);
+        };
+        if let Some(delivery) = crate::hot::decode_delivery(&body) {
+            return Ok(Some(Incoming::Delivery(delivery)));
+        }
+        Ok(Some(Incoming::Frame(Frame::decode(body)?)))
     }
 }
 
@@ -505,5 +555,32 @@ mod tests {
         let mut quiet = BytesMut::with_capacity(512);
         grow_read_buffer(&mut quiet);
         assert!(quiet.capacity() < STREAMING_READ_BUFFER);
+    }
+
+    #[test]
+    fn client_codec_keeps_delivery_topics_as_bytes_and_agrees_with_the_frame_codec() {
+        let message = Message {
+            topic: "orders.eu".into(),
+            payload: Bytes::from_static(b"p"),
+            seq: 9,
+            ..Default::default()
+        };
+        let mut wire = BytesMut::new();
+        encode_deliver(3, &encode_message(&message), &mut wire);
+        encode_frame(&publish(b"x"), usize::MAX, &mut wire).unwrap();
+        let mut again = wire.clone();
+        let mut client = ClientCodec::new(1 << 20);
+        let mut frames = FrameCodec::new(1 << 20);
+        let Some(Incoming::Delivery(d)) = client.decode(&mut wire).unwrap() else {
+            panic!("a delivery")
+        };
+        assert_eq!(&d.topic[..], b"orders.eu");
+        assert!(d.message.topic.is_empty());
+        assert_eq!(Some(Frame::from(d)), frames.decode(&mut again).unwrap());
+        let Some(Incoming::Frame(other)) = client.decode(&mut wire).unwrap() else {
+            panic!("a frame")
+        };
+        assert_eq!(Some(other), frames.decode(&mut again).unwrap());
+        assert!(client.decode(&mut wire).unwrap().is_none());
     }
 }

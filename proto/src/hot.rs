@@ -62,8 +62,40 @@ pub fn decode_publish(body: &Bytes) -> Option<Frame> {
     })
 }
 
+/// A `Deliver` as [`decode_delivery`] reads it, for a receiver that keeps the topic as
+/// shared bytes instead of allocating a `String` per message (rtc-client).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// `Deliver.sub_id`.
+    pub sub_id: u64,
+    /// The message's topic: a slice of the frame, checked to be UTF-8.
+    pub topic: Bytes,
+    /// The message, with `topic` left empty (it is in [`Delivery::topic`]).
+    pub message: Message,
+}
+
+impl From<Delivery> for Frame {
+    fn from(d: Delivery) -> Frame {
+        let mut message = d.message;
+        // Checked when decoded; a lossy conversion never replaces anything here.
+        message.topic = String::from_utf8_lossy(&d.topic).into_owned();
+        Frame {
+            op: Some(Op::Deliver(Deliver {
+                sub_id: d.sub_id,
+                message: Some(message),
+            })),
+        }
+    }
+}
+
 /// Decodes `body` (a frame without its length prefix) if it is a plain `Deliver`.
 pub fn decode_deliver(body: &Bytes) -> Option<Frame> {
+    decode_delivery(body).map(Frame::from)
+}
+
+/// Decodes `body` (a frame without its length prefix) if it is a plain `Deliver` that
+/// carries a message.
+pub fn decode_delivery(body: &Bytes) -> Option<Delivery> {
     let mut r = Reader { body, at: 0 };
     if r.varint()? != FRAME_DELIVER_KEY {
         return None;
@@ -73,23 +105,27 @@ pub fn decode_deliver(body: &Bytes) -> Option<Frame> {
     if r.at + len != body.len() {
         return None;
     }
-    let mut deliver = Deliver::default();
+    let mut sub_id = 0;
+    let mut message = None;
     while r.at < body.len() {
         match r.varint()? {
             // sub_id: uint64
-            0x08 => deliver.sub_id = r.varint()?,
+            0x08 => sub_id = r.varint()?,
             // message: Message
             // (A second one would be merged into the first by prost: left to prost.)
-            0x12 if deliver.message.is_none() => {
+            0x12 if message.is_none() => {
                 let len = r.len()?;
                 let end = r.at + len;
-                deliver.message = Some(r.message(end)?);
+                message = Some(r.message(end)?);
             }
             _ => return None,
         }
     }
-    Some(Frame {
-        op: Some(Op::Deliver(deliver)),
+    let (topic, message) = message?;
+    Some(Delivery {
+        sub_id,
+        topic,
+        message,
     })
 }
 
@@ -126,6 +162,13 @@ impl Reader<'_> {
         Some(b)
     }
 
+    /// A length-delimited UTF-8 string, as a slice of the frame.
+    fn utf8(&mut self) -> Option<Bytes> {
+        let b = self.bytes()?;
+        std::str::from_utf8(&b).ok()?;
+        Some(b)
+    }
+
     fn string(&mut self) -> Option<String> {
         let len = self.len()?;
         let s = std::str::from_utf8(&self.body[self.at..self.at + len]).ok()?;
@@ -133,12 +176,13 @@ impl Reader<'_> {
         Some(s.to_owned())
     }
 
-    /// A `Message` occupying the bytes up to `end`.
-    fn message(&mut self, end: usize) -> Option<Message> {
+    /// A `Message` occupying the bytes up to `end`, and its topic (left out of it).
+    fn message(&mut self, end: usize) -> Option<(Bytes, Message)> {
         let mut m = Message::default();
+        let mut topic = Bytes::new();
         while self.at < end {
             match self.varint()? {
-                0x0a => m.topic = self.string()?,
+                0x0a => topic = self.utf8()?,
                 0x12 => m.payload = self.bytes()?,
                 0x1a => {
                     let len = self.len()?;
@@ -156,7 +200,7 @@ impl Reader<'_> {
                 return None;
             }
         }
-        (self.at == end).then_some(m)
+        (self.at == end).then_some((topic, m))
     }
 
     /// One `headers` map entry occupying the bytes up to `end`.
