@@ -272,7 +272,15 @@ fn write_exactly(dst: &mut BytesMut, len: usize, encode: impl FnOnce(&mut &mut [
 
 /// Encodes a [`Message`] once, for sharing among all the `Deliver` frames that carry it.
 pub fn encode_message(message: &Message) -> Bytes {
-    message.encode_to_vec().into()
+    encode_message_sized(message, message.encoded_len())
+}
+
+/// [`encode_message`] for a caller that already computed `message.encoded_len()`.
+pub fn encode_message_sized(message: &Message, encoded_len: usize) -> Bytes {
+    let mut buf = Vec::with_capacity(encoded_len);
+    message.encode_raw(&mut buf);
+    debug_assert_eq!(buf.len(), encoded_len, "encoded_len of another message");
+    buf.into()
 }
 
 /// The length prefix value of a `Deliver` frame carrying an encoded message of

@@ -87,10 +87,8 @@ impl Session {
             delivery_count: 1,
         };
         // The Deliver built from this publish must fit the frame limit we announced.
-        let len = deliver_frame_len(
-            u64::MAX,
-            prost::Message::encoded_len(&message) + STORED_OVERHEAD,
-        );
+        let message_len = prost::Message::encoded_len(&message);
+        let len = deliver_frame_len(u64::MAX, message_len + STORED_OVERHEAD);
         let max = self.shared.config.max_frame_size;
         if len > max {
             let msg = format!("message would be a {len}-byte Deliver frame; the limit is {max}");
@@ -102,7 +100,7 @@ impl Session {
                 &message.topic,
                 0,
                 settings.datagram,
-                || rtc_proto::codec::encode_message(&message),
+                || rtc_proto::codec::encode_message_sized(&message, message_len),
             );
             if fanout.backlogged {
                 // A subscriber's writer is behind this publisher (a client streaming
