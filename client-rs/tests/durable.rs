@@ -593,3 +593,34 @@ async fn a_subscription_made_after_an_ack_never_gets_that_message_live(t: Transp
         );
     }
 }
+
+#[tokio::test]
+async fn a_topic_made_durable_after_publishing_to_it_stores_the_next_publish() {
+    // A publishing session remembers each topic's settings (broker topic_cache); a
+    // `topic create` in between must reach it, including from another connection.
+    let b = start_over(Transport::Tcp, |_| {}).await;
+    let publisher = b.connect().await;
+    let admin = b.connect().await;
+    let ephemeral = TopicConfig {
+        ephemeral: true,
+        ..Default::default()
+    };
+    admin.create_topic("conv.x", &ephemeral).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            publisher.publish("conv.x", "live only").await.unwrap().seq,
+            0
+        );
+    }
+    admin
+        .create_topic("conv.x", &TopicConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        publisher.publish("conv.x", "stored").await.unwrap().seq,
+        1,
+        "the publisher's next publish is stored"
+    );
+    let info = admin.topic_info("conv.x").await.unwrap();
+    assert_eq!(info.messages, 1);
+}
