@@ -414,6 +414,8 @@ async fn read_loop(
     // Silence is counted in heartbeat ticks, not by reading the clock per frame (see
     // rtc_proto::silence).
     let mut silence = Silence::default();
+    // The Welcome just arrived: the first interval is not a silent one.
+    silence.heard();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {

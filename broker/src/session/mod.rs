@@ -175,6 +175,8 @@ impl Session {
         // per frame (see rtc_proto::silence).
         let interval = config.heartbeat_interval;
         let mut silence = Silence::default();
+        // The Hello just arrived: the first interval is not a silent one.
+        silence.heard();
         let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
