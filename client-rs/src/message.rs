@@ -134,16 +134,9 @@ pub struct Message {
 }
 
 impl From<v1::Message> for Message {
-    fn from(m: v1::Message) -> Self {
-        Message {
-            topic: Topic::from(m.topic),
-            payload: m.payload,
-            headers: m.headers,
-            seq: m.seq,
-            timestamp_ms: m.timestamp_ms,
-            msg_id: m.msg_id,
-            delivery_count: m.delivery_count,
-        }
+    fn from(mut m: v1::Message) -> Self {
+        let topic = Topic::from(std::mem::take(&mut m.topic));
+        Message::with_topic(topic, m)
     }
 }
 
@@ -151,16 +144,23 @@ impl Message {
     /// The message a delivery decoded by the fast path carries, or `None` if its topic
     /// is not UTF-8 (the decoder checks it; this cannot happen).
     pub(crate) fn from_delivery(d: rtc_proto::hot::Delivery) -> Option<Message> {
-        let m = d.message;
-        Some(Message {
-            topic: Topic::from_utf8_checked(d.topic)?,
+        Some(Message::with_topic(
+            Topic::from_utf8_checked(d.topic)?,
+            d.message,
+        ))
+    }
+
+    /// `m`'s fields, with `topic` in place of its own.
+    fn with_topic(topic: Topic, m: v1::Message) -> Message {
+        Message {
+            topic,
             payload: m.payload,
             headers: m.headers,
             seq: m.seq,
             timestamp_ms: m.timestamp_ms,
             msg_id: m.msg_id,
             delivery_count: m.delivery_count,
-        })
+        }
     }
 }
 

@@ -32,15 +32,7 @@ pub fn decode(body: &Bytes) -> Option<Frame> {
 
 /// Decodes `body` (a frame without its length prefix) if it is a plain `Publish`.
 pub fn decode_publish(body: &Bytes) -> Option<Frame> {
-    let mut r = Reader { body, at: 0 };
-    if r.varint()? != FRAME_PUBLISH_KEY {
-        return None;
-    }
-    let len = r.len()?;
-    // Exactly one Publish and nothing else in the frame.
-    if r.at + len != body.len() {
-        return None;
-    }
+    let mut r = Reader::open(body, FRAME_PUBLISH_KEY)?;
     let mut p = Publish::default();
     while r.at < body.len() {
         match r.varint()? {
@@ -48,9 +40,7 @@ pub fn decode_publish(body: &Bytes) -> Option<Frame> {
             0x12 => p.topic = r.string()?,
             0x1a => p.payload = r.bytes()?,
             0x22 => {
-                let len = r.len()?;
-                let entry_end = r.at + len;
-                let (k, v) = r.header(entry_end)?;
+                let (k, v) = r.header()?;
                 p.headers.insert(k, v);
             }
             0x2a => p.msg_id = r.string()?,
@@ -96,15 +86,7 @@ pub fn decode_deliver(body: &Bytes) -> Option<Frame> {
 /// Decodes `body` (a frame without its length prefix) if it is a plain `Deliver` that
 /// carries a message.
 pub fn decode_delivery(body: &Bytes) -> Option<Delivery> {
-    let mut r = Reader { body, at: 0 };
-    if r.varint()? != FRAME_DELIVER_KEY {
-        return None;
-    }
-    let len = r.len()?;
-    // Exactly one Deliver and nothing else in the frame.
-    if r.at + len != body.len() {
-        return None;
-    }
+    let mut r = Reader::open(body, FRAME_DELIVER_KEY)?;
     let mut sub_id = 0;
     let mut message = None;
     while r.at < body.len() {
@@ -134,7 +116,18 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// A reader positioned at the fields of the frame's one operation, if the frame is
+    /// exactly one length-delimited field with key `op_key` and nothing else.
+    fn open(body: &'a Bytes, op_key: u64) -> Option<Reader<'a>> {
+        let mut r = Reader { body, at: 0 };
+        if r.varint()? != op_key {
+            return None;
+        }
+        let len = r.len()?;
+        (r.at + len == body.len()).then_some(r)
+    }
+
     fn varint(&mut self) -> Option<u64> {
         // Keys and most lengths and numbers fit in one byte.
         let first = *self.body.get(self.at)?;
@@ -185,9 +178,7 @@ impl Reader<'_> {
                 0x0a => topic = self.utf8()?,
                 0x12 => m.payload = self.bytes()?,
                 0x1a => {
-                    let len = self.len()?;
-                    let entry_end = self.at + len;
-                    let (k, v) = self.header(entry_end)?;
+                    let (k, v) = self.header()?;
                     m.headers.insert(k, v);
                 }
                 0x20 => m.seq = self.varint()?,
@@ -203,8 +194,10 @@ impl Reader<'_> {
         (self.at == end).then_some((topic, m))
     }
 
-    /// One `headers` map entry occupying the bytes up to `end`.
-    fn header(&mut self, end: usize) -> Option<(String, String)> {
+    /// One length-delimited `headers` map entry.
+    fn header(&mut self) -> Option<(String, String)> {
+        let len = self.len()?;
+        let end = self.at + len;
         let (mut k, mut v) = (String::new(), String::new());
         while self.at < end {
             match self.varint()? {
