@@ -295,7 +295,7 @@ impl Outbox {
     /// Waits for work and swaps the queue into `batch` (which must be empty). Returns the
     /// bytes charged for the batch (an upper bound of its encoded size), or `None` when
     /// the queue is closed and fully drained.
-    async fn take(&self, batch: &mut VecDeque<Outgoing>) -> Option<usize> {
+    pub(crate) async fn take(&self, batch: &mut VecDeque<Outgoing>) -> Option<usize> {
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);

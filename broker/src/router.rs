@@ -318,15 +318,14 @@ impl<'a, E: FnOnce() -> Bytes> FanOut<'a, E> {
     /// clone (cloning the first time allocates the shared handle: a whole malloc per
     /// message for a topic with one subscriber).
     fn deliver(&mut self, sub: &Subscriber, last: bool) {
-        let bytes = match (self.shared.take(), self.encode.take()) {
-            (Some(bytes), _) => bytes,
-            (None, Some(encode)) => encode(),
-            (None, None) => unreachable!("encode runs once, and its output is kept"),
-        };
+        let encode = &mut self.encode;
+        let shared = self
+            .shared
+            .get_or_insert_with(|| (encode.take().expect("encode runs once"))());
         let message = if last {
-            bytes
+            std::mem::take(shared)
         } else {
-            self.shared.insert(bytes).clone()
+            shared.clone()
         };
         if sub.deliver(self.topic, self.seq, message, self.datagram) {
             self.out.queued += 1;
@@ -456,6 +455,31 @@ mod tests {
             let topic = format!("a.{}", i % 12);
             let walked = router.publish(&topic, 0, false, Bytes::new).queued;
             assert_eq!(queued(&mut cache, &topic), walked, "{topic}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_of_a_cached_fan_out_gets_the_message_itself() {
+        let router = Router::new();
+        let subs: Vec<Subscriber> = (1..=3).map(|c| sub(c, 1)).collect();
+        for s in &subs {
+            router.subscribe("a", s.clone());
+        }
+        let mut cache = MatchCache::default();
+        for _ in 0..2 {
+            let out = router.publish_cached(&mut cache, "a", 0, false, || Bytes::from_static(b"m"));
+            assert_eq!(out.queued, 3);
+        }
+        for s in &subs {
+            let mut batch = std::collections::VecDeque::new();
+            s.outbox.take(&mut batch).await.expect("queued");
+            assert_eq!(batch.len(), 2);
+            for item in batch {
+                let crate::outbound::Outgoing::Deliver { message, .. } = item else {
+                    panic!("a delivery")
+                };
+                assert_eq!(&message[..], b"m", "the last subscriber too");
+            }
         }
     }
 }
