@@ -439,9 +439,7 @@ async fn read_loop(
             Incoming::Frame(frame) => frame,
             Incoming::Delivery(d) => {
                 let sub_id = d.sub_id;
-                if let Some(message) = Message::from_delivery(d) {
-                    deliver(&shared, sub_id, message).await;
-                }
+                deliver(&shared, sub_id, Message::from_delivery(d)).await;
                 continue;
             }
         };

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use rtc_proto::hot::Utf8Bytes;
 use rtc_proto::v1;
 
 /// A topic name as received: shared bytes of the frame it came in (no allocation per
@@ -17,20 +18,12 @@ use rtc_proto::v1;
 /// assert_eq!(t.to_string(), "orders.created");
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Topic(Bytes);
+pub struct Topic(Utf8Bytes);
 
 impl Topic {
-    /// Wraps bytes already checked to be UTF-8.
-    fn from_utf8_checked(bytes: Bytes) -> Option<Topic> {
-        std::str::from_utf8(&bytes).ok()?;
-        Some(Topic(bytes))
-    }
-
     /// The topic as a string slice.
     pub fn as_str(&self) -> &str {
-        // SAFETY: every constructor checks (or starts from) valid UTF-8, and the bytes are
-        // immutable.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
+        self.0.as_str()
     }
 }
 
@@ -74,13 +67,13 @@ impl std::fmt::Display for Topic {
 
 impl From<String> for Topic {
     fn from(s: String) -> Topic {
-        Topic(Bytes::from(s))
+        Topic(Utf8Bytes::from(s))
     }
 }
 
 impl From<&str> for Topic {
     fn from(s: &str) -> Topic {
-        Topic(Bytes::copy_from_slice(s.as_bytes()))
+        Topic(Utf8Bytes::from(s))
     }
 }
 
@@ -141,13 +134,9 @@ impl From<v1::Message> for Message {
 }
 
 impl Message {
-    /// The message a delivery decoded by the fast path carries, or `None` if its topic
-    /// is not UTF-8 (the decoder checks it; this cannot happen).
-    pub(crate) fn from_delivery(d: rtc_proto::hot::Delivery) -> Option<Message> {
-        Some(Message::with_topic(
-            Topic::from_utf8_checked(d.topic)?,
-            d.message,
-        ))
+    /// The message a delivery decoded by the fast path carries.
+    pub(crate) fn from_delivery(d: rtc_proto::hot::Delivery) -> Message {
+        Message::with_topic(Topic(d.topic), d.message)
     }
 
     /// `m`'s fields, with `topic` in place of its own.

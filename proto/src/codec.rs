@@ -582,7 +582,7 @@ mod tests {
         let Some(Incoming::Delivery(d)) = client.decode(&mut wire).unwrap() else {
             panic!("a delivery")
         };
-        assert_eq!(&d.topic[..], b"orders.eu");
+        assert_eq!(d.topic.as_str(), "orders.eu");
         assert!(d.message.topic.is_empty());
         assert_eq!(Some(Frame::from(d)), frames.decode(&mut again).unwrap());
         let Some(Incoming::Frame(other)) = client.decode(&mut wire).unwrap() else {

@@ -52,14 +52,52 @@ pub fn decode_publish(body: &Bytes) -> Option<Frame> {
     })
 }
 
+/// Bytes known to be UTF-8: a string that can be a zero-copy slice of a frame. The only
+/// ways to build one check the bytes or start from a `str`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// `bytes`, if they are UTF-8.
+    pub fn new(bytes: Bytes) -> Option<Utf8Bytes> {
+        std::str::from_utf8(&bytes).ok()?;
+        Some(Utf8Bytes(bytes))
+    }
+
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks the bytes or takes them from a `str`, and
+        // `Bytes` is immutable.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl From<String> for Utf8Bytes {
+    fn from(s: String) -> Utf8Bytes {
+        Utf8Bytes(Bytes::from(s))
+    }
+}
+
+impl From<&str> for Utf8Bytes {
+    fn from(s: &str) -> Utf8Bytes {
+        Utf8Bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Utf8Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// A `Deliver` as [`decode_delivery`] reads it, for a receiver that keeps the topic as
 /// shared bytes instead of allocating a `String` per message (rtc-client).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// `Deliver.sub_id`.
     pub sub_id: u64,
-    /// The message's topic: a slice of the frame, checked to be UTF-8.
-    pub topic: Bytes,
+    /// The message's topic: a slice of the frame.
+    pub topic: Utf8Bytes,
     /// The message, with `topic` left empty (it is in [`Delivery::topic`]).
     pub message: Message,
 }
@@ -67,8 +105,7 @@ pub struct Delivery {
 impl From<Delivery> for Frame {
     fn from(d: Delivery) -> Frame {
         let mut message = d.message;
-        // Checked when decoded; a lossy conversion never replaces anything here.
-        message.topic = String::from_utf8_lossy(&d.topic).into_owned();
+        message.topic = d.topic.as_str().to_owned();
         Frame {
             op: Some(Op::Deliver(Deliver {
                 sub_id: d.sub_id,
@@ -156,10 +193,8 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-delimited UTF-8 string, as a slice of the frame.
-    fn utf8(&mut self) -> Option<Bytes> {
-        let b = self.bytes()?;
-        std::str::from_utf8(&b).ok()?;
-        Some(b)
+    fn utf8(&mut self) -> Option<Utf8Bytes> {
+        Utf8Bytes::new(self.bytes()?)
     }
 
     fn string(&mut self) -> Option<String> {
@@ -170,9 +205,9 @@ impl<'a> Reader<'a> {
     }
 
     /// A `Message` occupying the bytes up to `end`, and its topic (left out of it).
-    fn message(&mut self, end: usize) -> Option<(Bytes, Message)> {
+    fn message(&mut self, end: usize) -> Option<(Utf8Bytes, Message)> {
         let mut m = Message::default();
-        let mut topic = Bytes::new();
+        let mut topic = Utf8Bytes::default();
         while self.at < end {
             match self.varint()? {
                 0x0a => topic = self.utf8()?,
