@@ -219,3 +219,24 @@ pub struct PubAck {
     /// The message ID had been seen within the dedup window; nothing new was stored.
     pub duplicate: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashSet};
+
+    use super::Topic;
+
+    #[test]
+    fn topics_hash_and_order_as_their_strings() {
+        // `Borrow<str>` lookups need the same hash and order as `str`.
+        let topics: HashSet<Topic> = ["a.b", "ü.x"].into_iter().map(Topic::from).collect();
+        assert!(topics.contains("a.b") && topics.contains("ü.x"));
+        assert!(!topics.contains("a"));
+        let ordered: BTreeSet<Topic> = ["b", "a.c", "a"].into_iter().map(Topic::from).collect();
+        let names: Vec<&str> = ordered.iter().map(Topic::as_str).collect();
+        assert_eq!(names, ["a", "a.c", "b"]);
+        assert!(ordered.contains("a.c"));
+        assert_eq!(Topic::from(String::from("x")), Topic::from("x"));
+        assert_eq!(String::from(Topic::from("x")), "x");
+    }
+}

@@ -364,16 +364,14 @@ impl Writer {
                     .publish(&a.topic, *seq, false, || message.clone());
             }
         }
-        // Answers are queued first and each publisher's writer woken once, so it sends
-        // the pass's answers in one write.
-        let mut wake: Vec<Arc<Outbox>> = Vec::new();
-        for (a, outcome) in outcomes {
-            if let Some(outbox) = answer(a.responder, outcome) {
-                if !wake.iter().any(|o| Arc::ptr_eq(o, &outbox)) {
-                    wake.push(outbox);
-                }
-            }
-        }
+        // Answers are queued first and the writers woken after, so each sends the pass's
+        // answers in one write. An outbox asks to be woken when an answer finds its
+        // queue empty: once per pass, unless its writer emptied it meanwhile (a second
+        // wake is then harmless).
+        let wake: Vec<Arc<Outbox>> = outcomes
+            .into_iter()
+            .filter_map(|(a, outcome)| answer(a.responder, outcome))
+            .collect();
         wake.iter().for_each(|outbox| outbox.wake());
         for (name, reply, outcome) in creates {
             let answer = match (&result, outcome) {
