@@ -54,7 +54,7 @@ pub fn topic(data: &[u8]) {
         Subscriber {
             conn_id: 1,
             sub_id: 1,
-            outbox: Arc::new(Outbox::new(1 << 20, 16)),
+            outbox: Arc::new(Outbox::new(1 << 20, 16, 1 << 20)),
             gate: None,
             datagrams: None,
         },

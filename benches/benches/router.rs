@@ -9,7 +9,7 @@ use rtc_broker::router::{Router, Subscriber};
 
 fn router(c: &mut Criterion) {
     let router = Router::new();
-    let outbox = Arc::new(Outbox::new(1 << 20, 1024));
+    let outbox = Arc::new(Outbox::new(1 << 20, 1024, 1 << 20));
     for i in 0..10_000u64 {
         let room = i % 1000;
         let pattern = match i % 4 {

@@ -3,8 +3,20 @@
 //!
 //! Everything a connection is sent goes through its `Outbox`: responses from its own
 //! session (PubAck, SubAck, Error, Pong, …) and deliveries pushed by other connections'
-//! publishes via the router. The writer takes the whole queue at once, encodes it into one
-//! buffer, writes it and flushes once per batch.
+//! publishes via the router. The queue holds two kinds of entry:
+//!
+//! - **chunks** of encoded frames (length prefix included, up to [`CHUNK`] bytes each):
+//!   responses, and deliveries of a message that only this connection gets, are encoded
+//!   into the last chunk as they are queued — a header and a copy under the lock, with
+//!   no allocation. The writer writes a chunk as it is and hands it back for reuse, so a
+//!   busy connection allocates nothing and its chunks stay in cache.
+//! - **shared** deliveries: a message fanned out to several subscribers is encoded once
+//!   and queued by reference (a `Bytes` clone); each connection's writer copies it behind
+//!   its own `Deliver` header when it writes. The copies then happen in the writers, in
+//!   parallel, not one after another in the publisher's session.
+//!
+//! The writer takes the whole queue at once, writes it in order and flushes once per
+//! batch.
 //!
 //! # Slow-consumer policy
 //! The queue is bounded in bytes and in frames (`outbound_queue_bytes`,
@@ -15,38 +27,55 @@
 //! notice. A queue more than half full is *backlogged* ([`Outbox::is_backlogged`]): a
 //! session publishing to it yields to the scheduler once per publish (it does not wait),
 //! so that a writer that is merely not being scheduled — a client streaming publishes
-//! always has the next frame ready — catches up before anything is dropped. Responses to the connection's own requests are never dropped: they may use up
-//! to twice the byte cap, and past that the session stops reading this client's requests
-//! until its writer catches up (TCP backpressure on a client that does not read).
+//! always has the next frame ready — catches up before anything is dropped. Responses to
+//! the connection's own requests are never dropped: they may use up to twice the byte
+//! cap, and past that the session stops reading this client's requests until its writer
+//! catches up (TCP backpressure on a client that does not read).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rtc_proto::codec::{encode_deliver, encode_frame};
+use rtc_proto::codec::{deliver_frame_len, encode_deliver, encode_frame, frame_len, LEN_PREFIX};
 use rtc_proto::Frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-/// Bytes charged for a queued item beyond its payload: what it occupies in the queue.
-const FRAME_OVERHEAD: usize = std::mem::size_of::<Outgoing>();
-/// The writer hands its buffer to the socket once it holds this much.
-const WRITE_CHUNK: usize = 256 * 1024;
-/// A write buffer grown past this is released once the connection is idle, so idle
-/// connections stay small.
-const KEEP_BUFFER: usize = 16 * 1024;
-/// Likewise for the batch queue's capacity, in frames.
-const KEEP_BATCH: usize = 256;
+/// Frames are encoded into chunks of this size (a larger frame gets a chunk of its own);
+/// the writer also writes shared deliveries in pieces of about this size.
+const CHUNK: usize = 64 * 1024;
+/// The first chunk of a queue with no spare one: most connections are sent a frame now
+/// and then, and should stay small.
+const FIRST_CHUNK: usize = 1024;
+/// Written chunks kept for reuse.
+const MAX_SPARES: usize = 4;
+/// Buffers the writer keeps grown past this (its batch queue, counted in bytes, and its
+/// encoding buffer) are released, with the spare chunks, once the connection has had
+/// nothing to send for [`TRIM_AFTER`], so idle connections stay small.
+const KEEP: usize = 16 * 1024;
+/// Not at once: a busy connection often finds its queue empty for a moment, and
+/// allocating (and page-faulting) its buffers again per batch costs more than it saves.
+const TRIM_AFTER: Duration = Duration::from_millis(500);
 
-/// One queued outbound item.
+/// The bytes a delivery of an encoded message of `message_len` bytes takes in the queue.
+fn delivery_len(sub_id: u64, message_len: usize) -> usize {
+    LEN_PREFIX + deliver_frame_len(sub_id, message_len)
+}
+
+/// One queue entry.
 #[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// A frame built for this connection alone (boxed: a queue item is moved in and out
-    /// of the queue, and deliveries, the bulk of them, are 40 bytes; a `Frame` is 136).
-    Frame(Box<Frame>),
-    /// A delivery of a message encoded once and shared by every subscriber.
-    Deliver {
+pub(crate) enum Entry {
+    /// Whole encoded frames, written as they are.
+    Chunk {
+        /// The frames, length prefixes included.
+        buf: BytesMut,
+        /// How many.
+        frames: usize,
+    },
+    /// A delivery of a message shared with other subscribers, encoded by the writer.
+    Shared {
         /// The subscription it is for.
         sub_id: u64,
         /// `rtc_proto::codec::encode_message` output.
@@ -54,27 +83,58 @@ pub(crate) enum Outgoing {
     },
 }
 
-impl Outgoing {
-    /// The memory this item holds while queued (payloads of responses are small and
-    /// counted by their encoded size).
-    fn charge(&self) -> usize {
-        FRAME_OVERHEAD
-            + match self {
-                Outgoing::Frame(f) => prost::Message::encoded_len(f),
-                Outgoing::Deliver { message, .. } => message.len(),
-            }
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Outgoing>,
+    /// The queue, oldest first.
+    entries: VecDeque<Entry>,
+    /// Empty chunks handed back by the writer.
+    spares: Vec<BytesMut>,
+    /// Bytes queued, as they will be written.
     bytes: usize,
+    /// Frames queued.
+    frames: usize,
     closed: bool,
 }
 
+impl State {
+    /// Appends a frame of `len` bytes, written by `encode` into the last chunk (or a new
+    /// one); returns whether the writer may be waiting (the queue was empty).
+    fn append(&mut self, len: usize, encode: impl FnOnce(&mut BytesMut)) -> bool {
+        let was_empty = self.frames == 0;
+        let has_room = matches!(self.entries.back(),
+            Some(Entry::Chunk { buf, .. }) if buf.capacity() - buf.len() >= len);
+        if !has_room {
+            let mut buf = self.spares.pop().unwrap_or_else(|| {
+                BytesMut::with_capacity(if was_empty { FIRST_CHUNK } else { CHUNK })
+            });
+            buf.reserve(len);
+            self.entries.push_back(Entry::Chunk { buf, frames: 0 });
+        }
+        let Some(Entry::Chunk { buf, frames }) = self.entries.back_mut() else {
+            unreachable!("a chunk with room was just ensured")
+        };
+        let before = buf.len();
+        encode(buf);
+        debug_assert_eq!(buf.len() - before, len, "frame length");
+        self.bytes += buf.len() - before;
+        *frames += 1;
+        self.frames += 1;
+        was_empty
+    }
+
+    /// Queues a shared delivery that takes `len` bytes once written; returns whether the
+    /// writer may be waiting.
+    fn push_shared(&mut self, sub_id: u64, message: Bytes, len: usize) -> bool {
+        let was_empty = self.frames == 0;
+        self.entries.push_back(Entry::Shared { sub_id, message });
+        self.bytes += len;
+        self.frames += 1;
+        was_empty
+    }
+}
+
 /// The outbound queue of one connection. Cheap to share (`Arc<Outbox>`); its lock is held
-/// only to push or to swap the queue out, never across I/O.
+/// only to queue a frame or to take the queue, never across I/O.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
@@ -90,15 +150,28 @@ pub struct Outbox {
     backlog: AtomicBool,
     max_bytes: usize,
     max_frames: usize,
+    /// The frame limit announced to the client: a larger response is not sent.
+    max_frame_size: usize,
 }
 
 /// The connection is gone; nothing more can be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
+/// How a delivery's message gets into the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// Copied into the queue now: the message goes to this subscriber alone.
+    Copy,
+    /// Queued by reference and copied by the writer: other subscribers get the same
+    /// message, or the caller owns it anyway.
+    Reference,
+}
+
 impl Outbox {
-    /// A queue capped at `max_bytes` and `max_frames` for deliveries.
-    pub fn new(max_bytes: usize, max_frames: usize) -> Self {
+    /// A queue capped at `max_bytes` and `max_frames` for deliveries, for a connection
+    /// that was announced `max_frame_size`.
+    pub fn new(max_bytes: usize, max_frames: usize, max_frame_size: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
@@ -108,56 +181,60 @@ impl Outbox {
             backlog: AtomicBool::new(false),
             max_bytes,
             max_frames,
+            max_frame_size,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent (every
-        // critical section is a push or a swap), so a poisoned lock is still usable.
+        // critical section is an append or a swap), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a delivery if it fits; otherwise drops it and counts it. Never waits.
-    /// Returns whether it was queued.
-    pub(crate) fn push_deliver(&self, sub_id: u64, message: Bytes) -> bool {
-        let item = Outgoing::Deliver { sub_id, message };
-        let charge = item.charge();
+    /// Whether a delivery of `len` bytes fits under the caps now.
+    fn fits(&self, st: &State, len: usize) -> bool {
+        st.frames < self.max_frames && st.bytes + len <= self.max_bytes
+    }
+
+    /// Queues a delivery of `message` (an encoded `Message`, see
+    /// `rtc_proto::codec::encode_message`) if it fits; otherwise drops it and counts it.
+    /// Never waits. Returns whether it was queued.
+    pub(crate) fn push_deliver(&self, sub_id: u64, message: &Bytes, share: Share) -> bool {
+        let len = delivery_len(sub_id, message.len());
         let st = self.lock();
         if st.closed {
             return false;
         }
-        if st.queue.len() >= self.max_frames || st.bytes + charge > self.max_bytes {
+        if !self.fits(&st, len) {
             drop(st);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        self.enqueue(st, item, charge);
+        self.queue_deliver(st, sub_id, message, share, len);
         true
     }
 
-    /// Appends under the lock, then wakes the writer if it may be waiting.
-    fn enqueue(&self, st: std::sync::MutexGuard<'_, State>, item: Outgoing, charge: usize) {
-        if self.enqueue_quietly(st, item, charge) {
-            self.wake();
-        }
-    }
-
-    /// Appends under the lock; returns whether the writer may be waiting (the queue was
-    /// empty).
-    fn enqueue_quietly(
+    /// Queues a delivery of `len` bytes, then wakes the writer if it may be waiting.
+    fn queue_deliver(
         &self,
         mut st: std::sync::MutexGuard<'_, State>,
-        item: Outgoing,
-        charge: usize,
-    ) -> bool {
-        let was_empty = st.queue.is_empty();
-        st.bytes += charge;
-        st.queue.push_back(item);
-        if st.queue.len() * 2 > self.max_frames || st.bytes * 2 > self.max_bytes {
+        sub_id: u64,
+        message: &Bytes,
+        share: Share,
+        len: usize,
+    ) {
+        let was_empty = match share {
+            Share::Copy => st.append(len, |buf| encode_deliver(sub_id, message, buf)),
+            Share::Reference => st.push_shared(sub_id, message.clone(), len),
+        };
+        if st.frames * 2 > self.max_frames || st.bytes * 2 > self.max_bytes {
             self.backlog.store(true, Ordering::Relaxed);
         }
-        was_empty
+        drop(st);
+        if was_empty {
+            self.wake();
+        }
     }
 
     /// Whether the queue holds more than half of its frame or byte cap (set when a push
@@ -169,14 +246,13 @@ impl Outbox {
 
     /// Queues a delivery if it fits, without counting a drop when it does not: for
     /// senders that keep the message and retry (durable consumers).
-    pub(crate) fn try_push_deliver(&self, sub_id: u64, message: Bytes) -> bool {
-        let item = Outgoing::Deliver { sub_id, message };
-        let charge = item.charge();
+    pub(crate) fn try_push_deliver(&self, sub_id: u64, message: &Bytes) -> bool {
+        let len = delivery_len(sub_id, message.len());
         let st = self.lock();
-        if st.closed || st.queue.len() >= self.max_frames || st.bytes + charge > self.max_bytes {
+        if st.closed || !self.fits(&st, len) {
             return false;
         }
-        self.enqueue(st, item, charge);
+        self.queue_deliver(st, sub_id, message, Share::Reference, len);
         true
     }
 
@@ -202,14 +278,30 @@ impl Outbox {
     /// storage thread answers a whole pass this way, so the writer takes the pass's
     /// answers in one batch instead of waking after the first (each fragment became
     /// one write for the broker and one read, and one refill, for the client).
+    ///
+    /// A response above the connection's frame limit cannot be sent; it is logged and
+    /// left out.
     pub(crate) fn push_frame_deferred(&self, frame: Frame) -> Result<bool, Closed> {
-        let item = Outgoing::Frame(Box::new(frame));
-        let charge = item.charge();
-        let st = self.lock();
+        let len = frame_len(&frame);
+        let mut st = self.lock();
         if st.closed {
             return Err(Closed);
         }
-        Ok(self.enqueue_quietly(st, item, charge))
+        if len > self.max_frame_size {
+            drop(st);
+            tracing::error!(
+                len,
+                max = self.max_frame_size,
+                op = frame.op_name(),
+                "dropping a response above the frame limit"
+            );
+            return Ok(false);
+        }
+        let max = self.max_frame_size;
+        Ok(st.append(LEN_PREFIX + len, |buf| {
+            // Cannot fail: the size was checked above.
+            let _ = encode_frame(&frame, max, buf);
+        }))
     }
 
     /// Wakes the writer (after [`Outbox::push_frame_deferred`]).
@@ -222,28 +314,23 @@ impl Outbox {
     pub(crate) async fn push_deliver_wait(
         &self,
         sub_id: u64,
-        message: Bytes,
+        message: &Bytes,
     ) -> Result<(), Closed> {
-        let charge = FRAME_OVERHEAD + message.len();
+        let len = delivery_len(sub_id, message.len());
+        // An empty queue always takes one item, however large.
         let st = self
-            .wait_until(|st| {
-                // An empty queue always takes one item, however large.
-                st.queue.is_empty()
-                    || (st.queue.len() < self.max_frames && st.bytes + charge <= self.max_bytes)
-            })
+            .wait_until(|st| st.frames == 0 || self.fits(st, len))
             .await?;
-        self.enqueue(st, Outgoing::Deliver { sub_id, message }, charge);
+        self.queue_deliver(st, sub_id, message, Share::Reference, len);
         Ok(())
     }
 
     /// Waits until the queue holds no more than twice its byte and frame caps, the same
     /// condition [`Outbox::push_frame`] waits for.
     pub(crate) async fn wait_room(&self) -> Result<(), Closed> {
-        self.wait_until(|st| {
-            st.bytes <= self.max_bytes * 2 && st.queue.len() <= self.max_frames * 2
-        })
-        .await
-        .map(drop)
+        self.wait_until(|st| st.bytes <= self.max_bytes * 2 && st.frames <= self.max_frames * 2)
+            .await
+            .map(drop)
     }
 
     /// Waits until `ready` holds for the queue (rechecked each time the writer takes a
@@ -277,11 +364,6 @@ impl Outbox {
         self.space.notify_waiters();
     }
 
-    /// Whether nothing is queued right now.
-    fn is_idle(&self) -> bool {
-        self.lock().queue.is_empty()
-    }
-
     /// Whether `Outbox::close` was called or the writer stopped.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
@@ -292,84 +374,117 @@ impl Outbox {
         self.dropped_total.load(Ordering::Relaxed)
     }
 
-    /// Waits for work and swaps the queue into `batch` (which must be empty). Returns the
-    /// bytes charged for the batch (an upper bound of its encoded size), or `None` when
-    /// the queue is closed and fully drained.
-    pub(crate) async fn take(&self, batch: &mut VecDeque<Outgoing>) -> Option<usize> {
+    /// Swaps the queue into `batch` (which must be empty) if anything is queued;
+    /// `Err(Closed)` once the queue is closed and drained.
+    fn try_take(&self, batch: &mut VecDeque<Entry>) -> Result<bool, Closed> {
+        debug_assert!(batch.is_empty(), "the writer hands back an empty queue");
+        let mut st = self.lock();
+        if st.frames == 0 {
+            return if st.closed { Err(Closed) } else { Ok(false) };
+        }
+        std::mem::swap(&mut st.entries, batch);
+        st.bytes = 0;
+        st.frames = 0;
+        self.backlog.store(false, Ordering::Relaxed);
+        drop(st);
+        self.space.notify_waiters();
+        Ok(true)
+    }
+
+    /// Waits for work and swaps the queue into `batch` (which must be empty); `None`
+    /// once the queue is closed and drained.
+    pub(crate) async fn take(&self, batch: &mut VecDeque<Entry>) -> Option<()> {
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if !st.queue.is_empty() {
-                    std::mem::swap(&mut st.queue, batch);
-                    let bytes = std::mem::take(&mut st.bytes);
-                    self.backlog.store(false, Ordering::Relaxed);
-                    drop(st);
-                    self.space.notify_waiters();
-                    return Some(bytes);
-                }
-                if st.closed {
-                    return None;
+            match self.try_take(batch) {
+                Ok(true) => return Some(()),
+                Err(Closed) => return None,
+                Ok(false) => ready.await,
+            }
+        }
+    }
+
+    /// Takes back a written chunk for reuse.
+    fn recycle(&self, mut chunk: BytesMut) {
+        chunk.clear();
+        let mut st = self.lock();
+        if st.spares.len() < MAX_SPARES && chunk.capacity() <= CHUNK {
+            st.spares.push(chunk);
+        }
+    }
+
+    /// Whether spare chunks are kept.
+    fn has_spares(&self) -> bool {
+        !self.lock().spares.is_empty()
+    }
+
+    /// Releases the spare chunks.
+    fn release_spares(&self) {
+        let spares = std::mem::take(&mut self.lock().spares);
+        drop(spares);
+    }
+
+    /// Everything queued, in order, as the writer would write it.
+    #[cfg(test)]
+    pub(crate) fn drain(&self) -> BytesMut {
+        let mut batch = VecDeque::new();
+        let mut all = BytesMut::new();
+        if self.try_take(&mut batch) == Ok(true) {
+            for entry in batch {
+                match entry {
+                    Entry::Chunk { buf, .. } => all.extend_from_slice(&buf),
+                    Entry::Shared { sub_id, message } => encode_deliver(sub_id, &message, &mut all),
                 }
             }
-            ready.await;
         }
+        all
     }
 }
 
 /// Drains `outbox` into `writer` until the outbox is closed and empty or the socket fails,
-/// then shuts the writer down. `max_frame_size` is the limit announced to the client.
-pub(crate) async fn write_loop<W>(
-    outbox: std::sync::Arc<Outbox>,
-    mut writer: W,
-    max_frame_size: usize,
-) where
+/// then shuts the writer down.
+pub(crate) async fn write_loop<W>(outbox: std::sync::Arc<Outbox>, mut writer: W)
+where
     W: AsyncWrite + Unpin,
 {
     let mut batch = VecDeque::new();
-    let mut buf = BytesMut::new();
-    while let Some(charged) = outbox.take(&mut batch).await {
-        // One allocation per batch instead of doubling (and re-copying) as it fills.
-        buf.reserve(charged.min(WRITE_CHUNK + max_frame_size));
-        let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let _ = encode_frame(&Frame::slow_consumer(dropped), max_frame_size, &mut buf);
-        }
-        let mut failed = false;
-        for item in batch.drain(..) {
-            match item {
-                Outgoing::Deliver { sub_id, message } => encode_deliver(sub_id, &message, &mut buf),
-                Outgoing::Frame(frame) => {
-                    if let Err(e) = encode_frame(&frame, max_frame_size, &mut buf) {
-                        tracing::error!(error = %e, op = frame.op_name(), "dropping unencodable response");
-                    }
+    // Shared deliveries (and the slow-consumer notice) are encoded here.
+    let mut out = BytesMut::new();
+    loop {
+        let holds_memory = outbox.has_spares()
+            || out.capacity() > KEEP
+            || batch.capacity() * std::mem::size_of::<Entry>() > KEEP;
+        let taken = if holds_memory {
+            match tokio::time::timeout(TRIM_AFTER, outbox.take(&mut batch)).await {
+                Ok(taken) => taken,
+                Err(_idle) => {
+                    // Nothing was taken (`take` swaps only when it returns).
+                    outbox.release_spares();
+                    out = BytesMut::new();
+                    batch = VecDeque::new();
+                    continue;
                 }
             }
-            if buf.len() >= WRITE_CHUNK && !failed {
-                failed = writer.write_all(&buf).await.is_err();
-                buf.clear();
-            }
+        } else {
+            outbox.take(&mut batch).await
+        };
+        if taken.is_none() {
+            break;
         }
-        if !failed && !buf.is_empty() {
-            failed = writer.write_all(&buf).await.is_err();
+        let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = encode_frame(
+                &Frame::slow_consumer(dropped),
+                outbox.max_frame_size,
+                &mut out,
+            );
         }
-        if !failed {
-            failed = writer.flush().await.is_err();
-        }
-        buf.clear();
-        // A busy connection keeps its buffers for the next batch; an idle one gives back
-        // what a burst made it grow, so idle connections stay small.
-        if outbox.is_idle() {
-            if buf.capacity() > KEEP_BUFFER {
-                buf = BytesMut::new();
-            }
-            if batch.capacity() > KEEP_BATCH {
-                batch = VecDeque::new();
-            }
-        }
-        if failed {
+        if write_batch(&outbox, &mut batch, &mut out, &mut writer)
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -377,54 +492,115 @@ pub(crate) async fn write_loop<W>(
     let _ = writer.shutdown().await;
 }
 
+/// Writes a batch in order (chunks as they are, shared deliveries encoded into `out`
+/// first), then flushes. Leaves `batch` and `out` empty.
+async fn write_batch<W>(
+    outbox: &Outbox,
+    batch: &mut VecDeque<Entry>,
+    out: &mut BytesMut,
+    writer: &mut W,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    // Whatever happens, the batch is not kept.
+    let mut entries = batch.drain(..);
+    for entry in entries.by_ref() {
+        match entry {
+            Entry::Shared { sub_id, message } => {
+                encode_deliver(sub_id, &message, out);
+                if out.len() >= CHUNK {
+                    writer.write_all(out).await?;
+                    out.clear();
+                }
+            }
+            Entry::Chunk { buf, .. } => {
+                if !out.is_empty() {
+                    writer.write_all(out).await?;
+                    out.clear();
+                }
+                writer.write_all(&buf).await?;
+                outbox.recycle(buf);
+            }
+        }
+    }
+    drop(entries);
+    if !out.is_empty() {
+        writer.write_all(out).await?;
+        out.clear();
+    }
+    writer.flush().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc_proto::ErrorCode;
+    use rtc_proto::codec::{encode_message, FrameCodec};
+    use rtc_proto::v1::frame::Op;
+    use rtc_proto::{v1, ErrorCode};
+    use tokio_util::codec::Decoder;
 
-    #[tokio::test]
-    async fn backlogged_past_half_a_cap_until_the_writer_takes_the_queue() {
-        let msg = Bytes::from(vec![0u8; 10]);
-        let outbox = Outbox::new(1 << 20, 4);
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(!outbox.is_backlogged(), "half full is not behind");
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(outbox.is_backlogged(), "three of four");
-        let mut batch = VecDeque::new();
-        assert!(outbox.take(&mut batch).await.is_some());
-        assert_eq!(batch.len(), 3);
-        assert!(!outbox.is_backlogged(), "the writer took everything");
+    /// Every frame in a batch the writer took, decoded.
+    fn frames(mut batch: BytesMut) -> Vec<Frame> {
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode(&mut batch).expect("decodes") {
+            out.push(f);
+        }
+        assert!(batch.is_empty(), "nothing but whole frames");
+        out
+    }
+
+    fn zeros(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    #[test]
+    fn backlogged_past_half_a_cap_until_the_writer_takes_the_queue() {
+        for share in [Share::Copy, Share::Reference] {
+            let msg = zeros(10);
+            let outbox = Outbox::new(1 << 20, 4, 1 << 20);
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(!outbox.is_backlogged(), "half full is not behind");
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(outbox.is_backlogged(), "three of four");
+            assert_eq!(outbox.drain().len(), 3 * delivery_len(1, 10));
+            assert!(!outbox.is_backlogged(), "the writer took everything");
+        }
     }
 
     #[test]
     fn deliveries_beyond_the_caps_are_dropped_and_counted() {
-        let msg = Bytes::from(vec![0u8; 100]);
-        let one = FRAME_OVERHEAD + 100;
-        let outbox = Outbox::new(10 * one, 3);
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(!outbox.push_deliver(1, msg.clone()), "frame cap");
-        assert_eq!(outbox.dropped_total(), 1);
+        for share in [Share::Copy, Share::Reference] {
+            let msg = zeros(100);
+            let one = delivery_len(1, 100);
+            let outbox = Outbox::new(10 * one, 3, 1 << 20);
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(!outbox.push_deliver(1, &msg, share), "frame cap");
+            assert_eq!(outbox.dropped_total(), 1);
 
-        let outbox = Outbox::new(2 * one, 100);
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(outbox.push_deliver(1, msg.clone()));
-        assert!(!outbox.push_deliver(1, msg.clone()), "byte cap");
-        assert_eq!(outbox.dropped_total(), 1);
-        assert!(
-            !outbox.try_push_deliver(1, msg),
-            "try_push also respects the caps"
-        );
-        assert_eq!(outbox.dropped_total(), 1, "but does not count a drop");
+            let outbox = Outbox::new(2 * one, 100, 1 << 20);
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(outbox.push_deliver(1, &msg, share));
+            assert!(!outbox.push_deliver(1, &msg, share), "byte cap");
+            assert_eq!(outbox.dropped_total(), 1);
+            assert!(
+                !outbox.try_push_deliver(1, &msg),
+                "try_push also respects the caps"
+            );
+            assert_eq!(outbox.dropped_total(), 1, "but does not count a drop");
+        }
     }
 
     #[tokio::test]
     async fn responses_are_queued_past_the_delivery_cap_and_closed_is_reported() {
-        let outbox = Outbox::new(FRAME_OVERHEAD + 200, 1);
-        assert!(outbox.push_deliver(1, Bytes::from(vec![0u8; 150])));
-        assert!(!outbox.push_deliver(1, Bytes::from_static(b"x")));
+        let x = Bytes::from_static(b"x");
+        let outbox = Outbox::new(delivery_len(1, 150), 1, 1 << 20);
+        assert!(outbox.push_deliver(1, &zeros(150), Share::Copy));
+        assert!(!outbox.push_deliver(1, &x, Share::Copy));
         outbox
             .push_frame(Frame::error(1, ErrorCode::Internal, "x"))
             .await
@@ -436,6 +612,152 @@ mod tests {
                 .await,
             Err(Closed)
         );
-        assert!(!outbox.push_deliver(1, Bytes::from_static(b"x")));
+        assert!(!outbox.push_deliver(1, &x, Share::Reference));
+    }
+
+    #[tokio::test]
+    async fn the_queue_holds_whole_frames_in_the_order_they_were_pushed() {
+        let message = |payload: &'static [u8]| {
+            encode_message(&v1::Message {
+                payload: Bytes::from_static(payload),
+                ..Default::default()
+            })
+        };
+        let response = Frame::error(3, ErrorCode::Internal, "r");
+        let outbox = Outbox::new(1 << 20, 100, 1 << 20);
+        assert!(outbox.push_deliver(7, &message(b"one"), Share::Copy));
+        outbox.push_frame_now(response.clone()).unwrap();
+        assert!(outbox.try_push_deliver(300, &message(b"two")));
+        assert!(outbox.push_deliver(8, &message(b"three"), Share::Copy));
+        outbox.push_deliver_wait(9, &message(b"")).await.unwrap();
+        assert!(outbox.push_deliver(10, &message(b"four"), Share::Reference));
+        let got: Vec<String> = frames(outbox.drain())
+            .into_iter()
+            .map(|f| match f.op {
+                Some(Op::Deliver(d)) => {
+                    let m = d.message.expect("a message");
+                    format!("{} {}", d.sub_id, String::from_utf8_lossy(&m.payload))
+                }
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "7 one",
+                &format!("{:?}", response.op),
+                "300 two",
+                "8 three",
+                "9 ",
+                "10 four"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_response_above_the_frame_limit_is_left_out_and_the_queue_goes_on() {
+        let outbox = Outbox::new(1 << 20, 100, 64);
+        let big = Frame::error(1, ErrorCode::Internal, "x".repeat(100));
+        assert_eq!(outbox.push_frame_deferred(big), Ok(false));
+        assert!(outbox.drain().is_empty(), "nothing was queued");
+        let small = Frame::error(1, ErrorCode::Internal, "r");
+        assert_eq!(outbox.push_frame_deferred(small.clone()), Ok(true));
+        assert_eq!(frames(outbox.drain()), [small]);
+    }
+
+    #[test]
+    fn copies_fill_chunks_in_order_and_a_large_one_gets_its_own() {
+        let outbox = Outbox::new(1 << 24, 1 << 20, 1 << 20);
+        let payloads: Vec<Bytes> = (0..2000u32)
+            .map(|i| {
+                let len = if i == 1000 {
+                    3 * CHUNK
+                } else {
+                    (i % 200) as usize
+                };
+                Bytes::from(vec![i as u8; len])
+            })
+            .collect();
+        for (i, p) in payloads.iter().enumerate() {
+            assert!(outbox.push_deliver(i as u64, p, Share::Copy));
+        }
+        {
+            let st = outbox.lock();
+            assert!(st.entries.len() > 3, "spread over chunks");
+            assert_eq!(st.frames, 2000);
+            let mut sizes = st.entries.iter().map(|e| match e {
+                Entry::Chunk { buf, frames } => (buf.len(), *frames),
+                Entry::Shared { .. } => panic!("nothing was shared"),
+            });
+            assert_eq!(st.bytes, sizes.clone().map(|(len, _)| len).sum::<usize>());
+            assert!(sizes.any(|(len, frames)| frames == 1 && len > 3 * CHUNK));
+        }
+        let all = outbox.drain();
+        let mut expected = BytesMut::new();
+        for (i, p) in payloads.iter().enumerate() {
+            encode_deliver(i as u64, p, &mut expected);
+        }
+        assert!(all == expected, "the same bytes in the same order");
+        let st = outbox.lock();
+        assert_eq!((st.frames, st.bytes, st.entries.len()), (0, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_writes_both_kinds_in_order_and_releases_its_buffers_once_idle() {
+        use tokio::io::AsyncReadExt;
+        let outbox = std::sync::Arc::new(Outbox::new(1 << 24, 1 << 20, 1 << 20));
+        let (writer, mut reader) = tokio::io::duplex(1 << 16);
+        let writer_task = tokio::spawn(write_loop(outbox.clone(), writer));
+        let mut expected = BytesMut::new();
+        for i in 0..2000u64 {
+            let msg = Bytes::from(vec![i as u8; 100]);
+            let share = if i % 3 == 0 {
+                Share::Reference
+            } else {
+                Share::Copy
+            };
+            assert!(outbox.push_deliver(i, &msg, share));
+            encode_deliver(i, &msg, &mut expected);
+        }
+        let mut got = vec![0u8; expected.len()];
+        reader.read_exact(&mut got).await.unwrap();
+        assert!(got == expected[..], "every delivery, in order");
+        assert!(outbox.has_spares(), "written chunks are kept while busy");
+        tokio::time::sleep(TRIM_AFTER * 2).await;
+        assert!(!outbox.has_spares(), "and released once idle");
+        // The writer goes on.
+        assert!(outbox.push_deliver(1, &Bytes::from(vec![1u8; 100]), Share::Copy));
+        let mut one = vec![0u8; delivery_len(1, 100)];
+        reader.read_exact(&mut one).await.unwrap();
+        assert!(one.ends_with(&[1u8; 100]));
+        outbox.close();
+        writer_task.await.unwrap();
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing else was written");
+    }
+
+    #[tokio::test]
+    async fn the_writer_reports_dropped_deliveries_before_the_next_batch() {
+        use tokio::io::AsyncReadExt;
+        let outbox = std::sync::Arc::new(Outbox::new(1 << 20, 2, 1 << 20));
+        let msg = encode_message(&v1::Message {
+            payload: zeros(10),
+            ..Default::default()
+        });
+        for _ in 0..5 {
+            outbox.push_deliver(1, &msg, Share::Copy);
+        }
+        assert_eq!(outbox.dropped_total(), 3);
+        let (writer, mut reader) = tokio::io::duplex(1 << 16);
+        let writer_task = tokio::spawn(write_loop(outbox.clone(), writer));
+        outbox.close();
+        writer_task.await.unwrap();
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).await.unwrap();
+        let got = frames(BytesMut::from(&all[..]));
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], Frame::slow_consumer(3));
+        assert!(matches!(got[1].op, Some(Op::Deliver(_))));
     }
 }

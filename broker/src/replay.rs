@@ -97,7 +97,8 @@ impl Gate {
                 return;
             }
             drop(st);
-            self.outbox.push_deliver(self.sub_id, message.clone());
+            self.outbox
+                .push_deliver(self.sub_id, message, crate::outbound::Share::Reference);
             return;
         }
         if st.overflowed {
@@ -208,7 +209,7 @@ async fn catch_up(
                     *cursor = h.seq + 1;
                 }
                 gate.outbox
-                    .push_deliver_wait(gate.sub_id, h.message)
+                    .push_deliver_wait(gate.sub_id, &h.message)
                     .await?;
             }
         }
@@ -243,7 +244,7 @@ async fn replay_topic(
         for e in entries {
             cursor = e.seq + 1;
             gate.outbox
-                .push_deliver_wait(gate.sub_id, e.message)
+                .push_deliver_wait(gate.sub_id, &e.message)
                 .await?;
         }
     }

@@ -3,11 +3,12 @@
 //! Subscriptions live in a token trie: each level is one topic token, with separate slots
 //! for the `*` and `>` wildcards, so matching a topic costs one walk of its tokens however
 //! many subscriptions exist. A publish walks the trie under a shared read lock and pushes
-//! the message — encoded once by the caller, shared as `Bytes` — into each matching
-//! subscriber's [`Outbox`]; pushing never waits (a full outbox drops and counts), so the
-//! read lock is held only for the walk. Subscribe and unsubscribe take the write lock
-//! and bump a generation counter; a session publishing to a few topics keeps the
-//! subscribers each matched in a [`MatchCache`] and walks the trie again only after that
+//! the message — encoded once by the caller, copied into the queue for a lone subscriber
+//! and shared as `Bytes` among several — into each matching subscriber's [`Outbox`].
+//! Pushing never waits (a full outbox drops and counts), so the read lock is held only
+//! for the walk. Subscribe and unsubscribe take the write lock and bump a generation
+//! counter; a session publishing to a few topics keeps the subscribers each matched in a
+//! [`MatchCache`] and walks the trie again only after that
 //! counter moved ([`Router::publish_cached`]).
 //!
 //! A publisher's messages are pushed in the order its session handles them, and each
@@ -19,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::outbound::Outbox;
+use crate::outbound::{Outbox, Share};
 use crate::replay::Gate;
 use crate::topic_cache::TopicCache;
 
@@ -59,18 +60,25 @@ impl DatagramSink for quinn::Connection {
 
 impl Subscriber {
     /// Queues `message` for this subscription; whether it was queued (not dropped).
-    fn deliver(&self, topic: &str, seq: u64, message: Bytes, datagram: bool) -> bool {
+    fn deliver(
+        &self,
+        topic: &str,
+        seq: u64,
+        message: &Bytes,
+        datagram: bool,
+        share: Share,
+    ) -> bool {
         if datagram {
             if let Some(sink) = &self.datagrams {
-                if self.send_datagram(sink.as_ref(), &message) {
+                if self.send_datagram(sink.as_ref(), message) {
                     return true;
                 }
             }
         }
         match &self.gate {
-            None => self.outbox.push_deliver(self.sub_id, message),
+            None => self.outbox.push_deliver(self.sub_id, message, share),
             Some(gate) => {
-                gate.offer(topic, seq, &message);
+                gate.offer(topic, seq, message);
                 true
             }
         }
@@ -258,7 +266,8 @@ impl Router {
         encode: impl FnOnce() -> Bytes,
     ) -> Fanout {
         let mut fan = FanOut::new(topic, seq, datagram, encode);
-        self.for_each_match(topic, |sub| fan.deliver(sub, false));
+        // How many match is not known before the walk: share.
+        self.for_each_match(topic, |sub| fan.deliver(sub, Share::Reference));
         fan.out
     }
 
@@ -281,10 +290,15 @@ impl Router {
             Ok::<_, std::convert::Infallible>(subs)
         });
         let mut fan = FanOut::new(topic, seq, datagram, encode);
-        if let Some((last, rest)) = subs.split_last() {
-            rest.iter().for_each(|sub| fan.deliver(sub, false));
-            fan.deliver(last, true);
-        }
+        // A message for one subscriber is copied into its queue (no shared handle to
+        // allocate and free on another thread); one for several is shared, and each
+        // writer copies it.
+        let share = if subs.len() > 1 {
+            Share::Reference
+        } else {
+            Share::Copy
+        };
+        subs.iter().for_each(|sub| fan.deliver(sub, share));
         fan.out
     }
 }
@@ -298,7 +312,7 @@ struct FanOut<'a, E> {
     seq: u64,
     datagram: bool,
     encode: Option<E>,
-    shared: Option<Bytes>,
+    message: Option<Bytes>,
     out: Fanout,
 }
 
@@ -309,25 +323,18 @@ impl<'a, E: FnOnce() -> Bytes> FanOut<'a, E> {
             seq,
             datagram,
             encode: Some(encode),
-            shared: None,
+            message: None,
             out: Fanout::default(),
         }
     }
 
-    /// Delivers to `sub`; the `last` one gets the encoded message itself rather than a
-    /// clone (cloning the first time allocates the shared handle: a whole malloc per
-    /// message for a topic with one subscriber).
-    fn deliver(&mut self, sub: &Subscriber, last: bool) {
+    /// Delivers to `sub`.
+    fn deliver(&mut self, sub: &Subscriber, share: Share) {
         let encode = &mut self.encode;
-        let shared = self
-            .shared
+        let message = self
+            .message
             .get_or_insert_with(|| (encode.take().expect("encode runs once"))());
-        let message = if last {
-            std::mem::take(shared)
-        } else {
-            shared.clone()
-        };
-        if sub.deliver(self.topic, self.seq, message, self.datagram) {
+        if sub.deliver(self.topic, self.seq, message, self.datagram, share) {
             self.out.queued += 1;
         }
         self.out.backlogged |= sub.outbox.is_backlogged();
@@ -343,7 +350,7 @@ mod tests {
         Subscriber {
             conn_id,
             sub_id,
-            outbox: Arc::new(Outbox::new(1 << 20, 1024)),
+            outbox: Arc::new(Outbox::new(1 << 20, 1024, 1 << 20)),
             gate: None,
             datagrams: None,
         }
@@ -470,16 +477,16 @@ mod tests {
             let out = router.publish_cached(&mut cache, "a", 0, false, || Bytes::from_static(b"m"));
             assert_eq!(out.queued, 3);
         }
+        let mut one = bytes::BytesMut::new();
+        rtc_proto::codec::encode_deliver(1, b"m", &mut one);
         for s in &subs {
-            let mut batch = std::collections::VecDeque::new();
-            s.outbox.take(&mut batch).await.expect("queued");
-            assert_eq!(batch.len(), 2);
-            for item in batch {
-                let crate::outbound::Outgoing::Deliver { message, .. } = item else {
-                    panic!("a delivery")
-                };
-                assert_eq!(&message[..], b"m", "the last subscriber too");
-            }
+            let queued = s.outbox.drain();
+            assert_eq!(
+                &queued[..],
+                [&one[..], &one[..]].concat(),
+                "conn {}",
+                s.conn_id
+            );
         }
     }
 }

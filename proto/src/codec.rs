@@ -315,7 +315,7 @@ fn key_len(field: u32) -> usize {
 /// Appends a complete `Frame{deliver: Deliver{sub_id, message}}` with its length prefix to
 /// `dst`, where `message` is the output of [`encode_message`]. The result decodes exactly
 /// like the frame prost would build; only the header bytes are written per call.
-pub fn encode_deliver(sub_id: u64, message: &Bytes, dst: &mut BytesMut) {
+pub fn encode_deliver(sub_id: u64, message: &[u8], dst: &mut BytesMut) {
     let deliver_len = deliver_body_len(sub_id, message.len());
     let frame_len = deliver_frame_len(sub_id, message.len());
     let header = LEN_PREFIX + frame_len - message.len();

@@ -542,7 +542,7 @@ impl Actor {
             with_delivery_count(&e.message, count)
         };
         let m = self.members.get_mut(&id).expect("picked member exists");
-        if !m.outbox.try_push_deliver(m.sub_id, message) {
+        if !m.outbox.try_push_deliver(m.sub_id, &message) {
             m.blocked_until = Some(Instant::now() + FULL_BACKOFF);
             self.ready.insert(e.seq);
             return;

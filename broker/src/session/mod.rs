@@ -68,8 +68,9 @@ pub(crate) async fn run<R, W>(
     let outbox = Arc::new(Outbox::new(
         config.outbound_queue_bytes,
         config.outbound_queue_frames,
+        config.max_frame_size,
     ));
-    let writer_task = tokio::spawn(write_loop(outbox.clone(), writer, config.max_frame_size));
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), writer));
     let frames =
         FramedRead::with_capacity(reader, FrameCodec::new(config.max_frame_size), READ_BUFFER);
     let mut session = Session {
