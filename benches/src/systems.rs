@@ -56,10 +56,12 @@ pub async fn subscribe(
     }
 }
 
-/// A fire-and-forget publisher.
+/// A fire-and-forget publisher. Each keeps the last topic it published to in its client
+/// library's shared form (rtc's `Topic`, NATS's `Subject`), as an application streaming
+/// to one topic would, so neither allocates a topic string per message.
 pub enum Publisher {
     /// rtc.
-    Rtc(rtc_client::Client),
+    Rtc(rtc_client::Client, Option<rtc_client::Topic>),
     /// Other systems.
     #[allow(dead_code)]
     Peer(peer::PeerPublisher),
@@ -73,7 +75,7 @@ impl Publisher {
         peers: &PeerUrls,
     ) -> anyhow::Result<Publisher> {
         Ok(match system {
-            System::Rtc => Publisher::Rtc(rtc.connect().await?),
+            System::Rtc => Publisher::Rtc(rtc.connect().await?, None),
             other => Publisher::Peer(peer::publisher(other, peers).await?),
         })
     }
@@ -81,9 +83,13 @@ impl Publisher {
     /// Publishes without waiting for the system to confirm.
     pub async fn send(&mut self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
         match self {
-            Publisher::Rtc(c) => Ok(c
-                .publish_nowait(rtc_client::PublishMessage::new(topic, payload))
-                .await?),
+            Publisher::Rtc(c, last) => {
+                let topic = reuse(last, topic);
+                Ok(
+                    c.publish_nowait(rtc_client::PublishMessage::new(topic, payload))
+                        .await?,
+                )
+            }
             Publisher::Peer(p) => p.send(topic, payload).await,
         }
     }
@@ -91,7 +97,7 @@ impl Publisher {
     /// Sends what a batching client holds back (Redis pipelines), without a barrier.
     pub async fn flush_pipeline(&mut self) -> anyhow::Result<()> {
         match self {
-            Publisher::Rtc(_) => Ok(()),
+            Publisher::Rtc(..) => Ok(()),
             Publisher::Peer(p) => p.flush_pipeline().await,
         }
     }
@@ -99,12 +105,23 @@ impl Publisher {
     /// Waits until the system has taken everything sent so far.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {
-            Publisher::Rtc(c) => {
+            Publisher::Rtc(c, _) => {
                 c.publish("bench.flush", "").await?;
                 Ok(())
             }
             Publisher::Peer(p) => p.flush().await,
         }
+    }
+}
+
+/// `last` if it is `topic`, else `topic` made into a `T` and kept in `last`.
+fn reuse<T>(last: &mut Option<T>, topic: &str) -> T
+where
+    T: Clone + AsRef<str> + for<'a> From<&'a str>,
+{
+    match last {
+        Some(t) if t.as_ref() == topic => t.clone(),
+        _ => last.insert(T::from(topic)).clone(),
     }
 }
 
@@ -114,7 +131,7 @@ mod peer {
     use futures_util::stream::StreamExt;
     use redis::AsyncCommands;
 
-    use super::{Keep, Payloads, PeerUrls, System};
+    use super::{reuse, Keep, Payloads, PeerUrls, System};
 
     /// Redis PUBLISH commands sent per pipeline (it answers each one).
     const REDIS_BATCH: usize = 256;
@@ -137,13 +154,13 @@ mod peer {
     }
 
     pub enum PeerPublisher {
-        Nats(async_nats::Client),
+        Nats(async_nats::Client, Option<async_nats::Subject>),
         Redis(redis::aio::MultiplexedConnection, redis::Pipeline, usize),
     }
 
     pub async fn publisher(system: System, urls: &PeerUrls) -> anyhow::Result<PeerPublisher> {
         Ok(match system {
-            System::Nats => PeerPublisher::Nats(async_nats::connect(&urls.nats_url).await?),
+            System::Nats => PeerPublisher::Nats(async_nats::connect(&urls.nats_url).await?, None),
             System::Redis => {
                 let conn = redis::Client::open(urls.redis_url.as_str())?
                     .get_multiplexed_async_connection()
@@ -157,7 +174,7 @@ mod peer {
     impl PeerPublisher {
         pub async fn send(&mut self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
             match self {
-                PeerPublisher::Nats(c) => Ok(c.publish(topic.to_string(), payload).await?),
+                PeerPublisher::Nats(c, last) => Ok(c.publish(reuse(last, topic), payload).await?),
                 PeerPublisher::Redis(conn, pipe, n) => {
                     pipe.publish(topic, payload.as_ref()).ignore();
                     *n += 1;
@@ -184,7 +201,7 @@ mod peer {
 
         pub async fn flush(&mut self) -> anyhow::Result<()> {
             match self {
-                PeerPublisher::Nats(c) => Ok(c.flush().await?),
+                PeerPublisher::Nats(c, _) => Ok(c.flush().await?),
                 PeerPublisher::Redis(conn, pipe, n) => {
                     if *n > 0 {
                         let _: () = pipe.query_async(conn).await?;

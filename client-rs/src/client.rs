@@ -126,7 +126,11 @@ impl Inner {
     }
 
     fn check_size(&self, frame: &Frame) -> Result<(), Error> {
-        let len = rtc_proto::codec::frame_len(frame);
+        self.check_len(rtc_proto::codec::frame_len(frame))
+    }
+
+    /// Refuses a frame whose length prefix would be `len`, if above the broker's limit.
+    fn check_len(&self, len: usize) -> Result<(), Error> {
         if len > self.max_frame_size {
             return Err(Error::TooLarge {
                 len,
@@ -136,13 +140,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Queues a frame for the writer without waiting for an answer.
-    async fn send(&self, frame: Frame) -> Result<(), Error> {
-        self.check_size(&frame)?;
-        self.tx
-            .send(Outgoing::Frame(frame))
-            .await
-            .map_err(|_| self.closed_error())
+    /// Queues an item for the writer without waiting for an answer; `frame_len` is the
+    /// length prefix it will be written with.
+    async fn send(&self, item: Outgoing, frame_len: usize) -> Result<(), Error> {
+        self.check_len(frame_len)?;
+        self.tx.send(item).await.map_err(|_| self.closed_error())
     }
 
     /// Sends a request built around a fresh req_id and waits for its answer.
@@ -289,7 +291,8 @@ impl Client {
     /// sends a fire-and-forget publish twice, so there is nothing to deduplicate (an ID the
     /// message carries is kept).
     pub async fn publish_nowait(&self, message: PublishMessage) -> Result<(), Error> {
-        self.inner.send(message.into_frame(0)).await
+        let len = message.as_publish(0).frame_len();
+        self.inner.send(Outgoing::Publish(message), len).await
     }
 
     fn with_id(&self, mut message: PublishMessage) -> PublishMessage {

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use crate::error::Error;
-use crate::message::Message;
+use crate::message::{Message, PublishMessage};
 use crate::queue;
 use crate::state::{Routed, Shared};
 
@@ -39,6 +39,9 @@ const WRITE_CHUNK: usize = 256 * 1024;
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     Frame(Frame),
+    /// A fire-and-forget publish, encoded straight from its fields (no `v1::Publish`
+    /// with an owned topic is built).
+    Publish(PublishMessage),
     /// Flush what is queued, close the write side, stop.
     Close,
 }
@@ -344,6 +347,11 @@ pub(crate) async fn run(
         loop {
             match next {
                 Some(Outgoing::Frame(frame)) => encode(&frame, max_frame_size, &mut buf),
+                Some(Outgoing::Publish(m)) => {
+                    if let Err(e) = m.as_publish(0).encode(max_frame_size, &mut buf) {
+                        tracing::error!(error = %e, "dropping an unencodable publish");
+                    }
+                }
                 Some(Outgoing::Close) | None => {
                     let _ = writer.write_all(&buf).await;
                     let _ = writer.shutdown().await;

@@ -71,6 +71,12 @@ impl From<String> for Topic {
     }
 }
 
+impl From<&String> for Topic {
+    fn from(s: &String) -> Topic {
+        Topic::from(s.as_str())
+    }
+}
+
 impl From<&str> for Topic {
     fn from(s: &str) -> Topic {
         Topic(Utf8Bytes::from(s))
@@ -161,10 +167,21 @@ impl Message {
 ///     .msg_id("order-1");
 /// assert_eq!(msg.topic, "orders.created");
 /// ```
+///
+/// A publisher sending many messages to one topic can build its [`Topic`] once and clone
+/// it (a reference count, no allocation per message):
+///
+/// ```
+/// let topic = rtc_client::Topic::from("sensors.temperature");
+/// for reading in ["20.5", "20.6"] {
+///     let msg = rtc_client::PublishMessage::new(topic.clone(), reading);
+///     assert_eq!(msg.topic, topic);
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishMessage {
     /// Topic name (no wildcards).
-    pub topic: String,
+    pub topic: Topic,
     /// The payload.
     pub payload: Bytes,
     /// Headers (string keys and values).
@@ -175,7 +192,7 @@ pub struct PublishMessage {
 
 impl PublishMessage {
     /// A message with no headers and no ID.
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl Into<Topic>, payload: impl Into<Bytes>) -> Self {
         PublishMessage {
             topic: topic.into(),
             payload: payload.into(),
@@ -199,15 +216,22 @@ impl PublishMessage {
     pub(crate) fn into_publish(self, req_id: u64) -> v1::Publish {
         v1::Publish {
             req_id,
-            topic: self.topic,
+            topic: self.topic.into(),
             payload: self.payload,
             headers: self.headers,
             msg_id: self.msg_id,
         }
     }
 
-    pub(crate) fn into_frame(self, req_id: u64) -> rtc_proto::Frame {
-        rtc_proto::Frame::from_op(rtc_proto::Op::Publish(self.into_publish(req_id)))
+    /// Its fields, borrowed, as a `Publish` with `req_id`.
+    pub(crate) fn as_publish(&self, req_id: u64) -> rtc_proto::publish::PublishRef<'_> {
+        rtc_proto::publish::PublishRef {
+            req_id,
+            topic: &self.topic,
+            payload: &self.payload,
+            headers: &self.headers,
+            msg_id: &self.msg_id,
+        }
     }
 }
 

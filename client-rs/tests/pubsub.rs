@@ -133,7 +133,11 @@ async fn fire_and_forget_publishes_arrive_in_order_without_an_added_id(t: Transp
             .unwrap();
     }
     client
-        .publish_nowait(PublishMessage::new("ff.x", "tagged").msg_id("mine"))
+        .publish_nowait(
+            PublishMessage::new("ff.x", "tagged")
+                .msg_id("mine")
+                .header("h", "v"),
+        )
         .await
         .unwrap();
     for i in 0..N {
@@ -147,6 +151,7 @@ async fn fire_and_forget_publishes_arrive_in_order_without_an_added_id(t: Transp
         (m.payload, m.msg_id.as_str()),
         (Bytes::from("tagged"), "mine")
     );
+    assert_eq!(m.headers.get("h").map(String::as_str), Some("v"));
     client.close().await;
 }
 
@@ -185,6 +190,11 @@ async fn oversized_publish_is_refused_locally(t: Transport) {
     let b = start_over(t, |c| c.max_frame_size = 4096).await;
     let client = b.connect().await;
     let err = client.publish("big", vec![0u8; 5000]).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { max: 4096, .. }), "{err}");
+    let err = client
+        .publish_nowait(PublishMessage::new("big", vec![0u8; 5000]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::TooLarge { max: 4096, .. }), "{err}");
     client.publish("small", vec![0u8; 100]).await.unwrap();
 }

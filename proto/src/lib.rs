@@ -6,6 +6,7 @@
 //! - [`codec`]: [`codec::FrameCodec`], a tokio-util `Decoder`/`Encoder` for
 //!   `u32 big-endian length ++ Frame`, plus [`codec::encode_deliver`] which writes a
 //!   `Deliver` around a message encoded once and shared by all its subscribers.
+//! - [`publish`]: [`publish::PublishRef`], encoding a `Publish` frame from borrowed fields.
 //! - [`hot`]: hand-written decoders for `Publish` and `Deliver` frames (the codec's fast path).
 //! - [`topic`]: validation of topic names and patterns and wildcard matching.
 //! - [`headers`]: the rules for message headers.
@@ -20,6 +21,7 @@ pub mod frames;
 pub mod headers;
 pub mod hot;
 pub mod position;
+pub mod publish;
 pub mod silence;
 pub mod topic;
 
