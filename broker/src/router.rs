@@ -274,7 +274,8 @@ impl Router {
     /// [`Router::publish`] through a cache of the subscriptions `topic` matched the last
     /// time: a publisher streaming to a few topics walks the trie only when a
     /// subscription was added or removed since. While a topic is cached, the cache keeps
-    /// its subscribers' outboxes alive (until the next subscribe or unsubscribe).
+    /// its subscribers' outboxes alive (until the next subscribe or unsubscribe); a closed
+    /// one holds no buffers (its writer releases them when it stops).
     pub fn publish_cached(
         &self,
         cache: &mut MatchCache,
