@@ -11,6 +11,7 @@
 //! (repeats after a resume are dropped); a `SLOW_CONSUMER` notice is counted. When either
 //! side ends, [`run`] returns why.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +23,10 @@ use rtc_proto::codec::{ClientCodec, Incoming};
 use rtc_proto::silence::{Silence, SILENT_INTERVALS};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::error::Error;
 use crate::message::{Message, PublishMessage};
@@ -414,11 +415,18 @@ async fn datagram_loop(shared: Arc<Shared>, conn: quinn::Connection) {
 }
 
 /// Reads frames and routes them until the connection ends; returns why it ended.
+///
+/// Each read is decoded whole: the deliveries it brought are routed together, under one
+/// lock of the subscription map, and the heartbeat timer is polled once per read rather
+/// than once per frame. Other frames are handled in their place in the stream (the
+/// deliveries before them first).
 async fn read_loop(
     shared: Arc<Shared>,
-    mut reader: FramedRead<BoxRead, ClientCodec>,
+    reader: FramedRead<BoxRead, ClientCodec>,
     heartbeat: Duration,
 ) -> String {
+    let parts = reader.into_parts();
+    let (mut io, mut buf, mut codec) = (parts.io, parts.read_buf, parts.codec);
     // Silence is counted in heartbeat ticks, not by reading the clock per frame (see
     // rtc_proto::silence).
     let mut silence = Silence::default();
@@ -426,70 +434,83 @@ async fn read_loop(
     silence.heard();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reason = loop {
-        let next = tokio::select! {
+    let mut deliveries = VecDeque::new();
+    let reason = 'read: loop {
+        loop {
+            let incoming = match codec.decode(&mut buf) {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => break,
+                Err(e) => break 'read format!("read failed: {e}"),
+            };
+            let frame = match incoming {
+                Incoming::Delivery(d) => {
+                    deliveries.push_back((d.sub_id, Message::from_delivery(d)));
+                    continue;
+                }
+                Incoming::Frame(frame) => frame,
+            };
+            deliver(&shared, &mut deliveries).await;
+            handle(&shared, frame, &mut deliveries).await;
+        }
+        deliver(&shared, &mut deliveries).await;
+        rtc_proto::codec::grow_read_buffer(&mut buf);
+        // Room to read into: reclaims the space of the frames decoded (moving the partial
+        // one to the front) or grows, as FramedRead does.
+        buf.reserve(1);
+        let read = tokio::select! {
             _ = ticks.tick() => {
                 if silence.tick() {
                     break format!("nothing received from the broker for {SILENT_INTERVALS} heartbeat intervals ({:?})", heartbeat * SILENT_INTERVALS);
                 }
                 continue;
             }
-            next = reader.next() => next,
+            read = io.read_buf(&mut buf) => read,
         };
-        let incoming = match next {
-            None => break "the broker closed the connection".to_string(),
-            Some(Err(e)) => break format!("read failed: {e}"),
-            Some(Ok(incoming)) => incoming,
-        };
-        silence.heard();
-        rtc_proto::codec::grow_read_buffer(reader.read_buffer_mut());
-        let frame = match incoming {
-            Incoming::Frame(frame) => frame,
-            Incoming::Delivery(d) => {
-                let sub_id = d.sub_id;
-                deliver(&shared, sub_id, Message::from_delivery(d)).await;
-                continue;
-            }
-        };
-        match frame.op {
-            Some(Op::Deliver(d)) => {
-                let Some(message) = d.message else { continue };
-                deliver(&shared, d.sub_id, Message::from(message)).await;
-            }
-            Some(Op::PubAck(a)) => shared.complete(a.req_id, Ok(Op::PubAck(a))),
-            Some(Op::SubAck(a)) => shared.complete(a.req_id, Ok(Op::SubAck(a))),
-            Some(Op::UnsubAck(a)) => shared.complete(a.req_id, Ok(Op::UnsubAck(a))),
-            Some(Op::TopicInfo(t)) => shared.complete(t.req_id, Ok(Op::TopicInfo(t))),
-            Some(Op::TopicList(l)) => shared.complete(l.req_id, Ok(Op::TopicList(l))),
-            Some(Op::Confirm(c)) => shared.complete(c.req_id, Ok(Op::Confirm(c))),
-            Some(Op::ConsumerInfo(c)) => shared.complete(c.req_id, Ok(Op::ConsumerInfo(c))),
-            Some(Op::ConsumerList(l)) => shared.complete(l.req_id, Ok(Op::ConsumerList(l))),
-            Some(Op::Error(e)) if e.req_id != 0 => {
-                shared.complete(e.req_id, Err(Error::from_frame(&e)))
-            }
-            Some(Op::Error(e)) => on_connection_error(&shared, &e),
-            Some(Op::Pong(_)) => {}
-            other => {
-                let op = Frame { op: other }.op_name();
-                tracing::debug!(op, "ignoring an operation the broker should not send");
-            }
+        match read {
+            Ok(0) => break "the broker closed the connection".to_string(),
+            Ok(_) => silence.heard(),
+            Err(e) => break format!("read failed: {e}"),
         }
     };
     shared.reason(reason)
 }
 
-/// Hands a delivery to its subscription.
-async fn deliver(shared: &Shared, sub_id: u64, message: Message) {
-    match shared.route(sub_id, message) {
-        Routed::Queued | Routed::Skipped => {}
+/// Handles a frame other than a fast-path delivery.
+async fn handle(shared: &Shared, frame: Frame, deliveries: &mut VecDeque<(u64, Message)>) {
+    match frame.op {
+        Some(Op::Deliver(d)) => {
+            let Some(message) = d.message else { return };
+            deliveries.push_back((d.sub_id, Message::from(message)));
+            deliver(shared, deliveries).await;
+        }
+        Some(Op::PubAck(a)) => shared.complete(a.req_id, Ok(Op::PubAck(a))),
+        Some(Op::SubAck(a)) => shared.complete(a.req_id, Ok(Op::SubAck(a))),
+        Some(Op::UnsubAck(a)) => shared.complete(a.req_id, Ok(Op::UnsubAck(a))),
+        Some(Op::TopicInfo(t)) => shared.complete(t.req_id, Ok(Op::TopicInfo(t))),
+        Some(Op::TopicList(l)) => shared.complete(l.req_id, Ok(Op::TopicList(l))),
+        Some(Op::Confirm(c)) => shared.complete(c.req_id, Ok(Op::Confirm(c))),
+        Some(Op::ConsumerInfo(c)) => shared.complete(c.req_id, Ok(Op::ConsumerInfo(c))),
+        Some(Op::ConsumerList(l)) => shared.complete(l.req_id, Ok(Op::ConsumerList(l))),
+        Some(Op::Error(e)) if e.req_id != 0 => {
+            shared.complete(e.req_id, Err(Error::from_frame(&e)))
+        }
+        Some(Op::Error(e)) => on_connection_error(shared, &e),
+        Some(Op::Pong(_)) => {}
+        other => {
+            let op = Frame { op: other }.op_name();
+            tracing::debug!(op, "ignoring an operation the broker should not send");
+        }
+    }
+}
+
+/// Hands deliveries to their subscriptions, in order; empties `deliveries`.
+async fn deliver(shared: &Shared, deliveries: &mut VecDeque<(u64, Message)>) {
+    while let Some((sub_id, tx, message)) = shared.route_batch(deliveries) {
         // Waits when the application is not reading this subscription: the backpressure
         // reaches the broker, which then drops and reports.
-        Routed::Full(tx, message) => {
-            if tx.send(message).await.is_err() {
-                shared.remove_sub(sub_id);
-            }
+        if tx.send(message).await.is_err() {
+            shared.remove_sub(sub_id);
         }
-        Routed::Closed => shared.remove_sub(sub_id),
     }
 }
 

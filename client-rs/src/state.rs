@@ -7,7 +7,7 @@
 //! while publishes stay in the outbox to be resent. When the client closes for good,
 //! everything fails and every subscription stream ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
@@ -104,6 +104,22 @@ impl SubEntry {
         }
         self.last_ts = Some(m.timestamp_ms);
         true
+    }
+}
+
+/// [`Shared::route`] with the subscriptions locked.
+fn route_in(subs: &mut HashMap<u64, SubEntry>, sub_id: u64, m: Message) -> Routed {
+    let Some(entry) = subs.get_mut(&sub_id) else {
+        return Routed::Skipped;
+    };
+    if !entry.accept(&m) {
+        return Routed::Skipped;
+    }
+    // Most deliveries find room: no sender clone, no await.
+    match entry.tx.try_send(m) {
+        Ok(()) => Routed::Queued,
+        Err(queue::TrySendError::Full(m)) => Routed::Full(entry.tx.clone(), m),
+        Err(queue::TrySendError::Closed(_)) => Routed::Closed,
     }
 }
 
@@ -255,19 +271,28 @@ impl Shared {
     /// Hands a delivery to its subscription's channel, unless it is a repeat after a
     /// resume. If the channel is full, returns it with a sender to wait on.
     pub(crate) fn route(&self, sub_id: u64, m: Message) -> Routed {
+        route_in(&mut lock(&self.subs), sub_id, m)
+    }
+
+    /// Routes `batch` in order under one lock (a read brings many deliveries). A
+    /// subscription the application dropped is forgotten. Stops at the first delivery
+    /// whose subscription's queue is full and returns it, with the sender to wait on;
+    /// the rest stays in `batch`.
+    pub(crate) fn route_batch(
+        &self,
+        batch: &mut VecDeque<(u64, Message)>,
+    ) -> Option<(u64, queue::Sender<Message>, Message)> {
         let mut subs = lock(&self.subs);
-        let Some(entry) = subs.get_mut(&sub_id) else {
-            return Routed::Skipped;
-        };
-        if !entry.accept(&m) {
-            return Routed::Skipped;
+        while let Some((sub_id, m)) = batch.pop_front() {
+            match route_in(&mut subs, sub_id, m) {
+                Routed::Queued | Routed::Skipped => {}
+                Routed::Full(tx, m) => return Some((sub_id, tx, m)),
+                Routed::Closed => {
+                    subs.remove(&sub_id);
+                }
+            }
         }
-        // Most deliveries find room: no sender clone, no await.
-        match entry.tx.try_send(m) {
-            Ok(()) => Routed::Queued,
-            Err(queue::TrySendError::Full(m)) => Routed::Full(entry.tx.clone(), m),
-            Err(queue::TrySendError::Closed(_)) => Routed::Closed,
-        }
+        None
     }
 
     /// What a new connection must send first: the active subscriptions, then the
