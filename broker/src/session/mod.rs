@@ -26,9 +26,9 @@ use rtc_proto::codec::{grow_read_buffer, shrink_read_buffer, CodecError};
 use rtc_proto::silence::{Silence, SILENT_INTERVALS};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
@@ -172,8 +172,12 @@ impl Session {
         })))
         .await?;
 
-        // Read loop. Silence is counted in heartbeat ticks, not by reading the clock
-        // per frame (see rtc_proto::silence).
+        // Read loop. Each read is decoded whole and its frames handled in turn before
+        // the next read: the timers and the shutdown signal are polled once per read,
+        // not once per frame. Silence is counted in heartbeat ticks, not by reading the
+        // clock (see rtc_proto::silence).
+        let parts = frames.into_parts();
+        let (mut io, mut buf, mut codec) = (parts.io, parts.read_buf, parts.codec);
         let interval = config.heartbeat_interval;
         let mut silence = Silence::default();
         // The Hello just arrived: the first interval is not a silent one.
@@ -181,7 +185,21 @@ impl Session {
         let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            loop {
+                let frame = match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return self.codec_error(e).await,
+                };
+                if self.handle(frame).await?.is_break() {
+                    return Ok(());
+                }
+            }
+            grow_read_buffer(&mut buf);
+            // Room to read into: reclaims the space of the frames decoded (moving a
+            // partial one to the front) or grows, as FramedRead does.
+            buf.reserve(1);
+            let read = tokio::select! {
                 _ = cancel.cancelled() => {
                     return self.close_with(ErrorCode::ShuttingDown, "broker is shutting down").await;
                 }
@@ -191,21 +209,17 @@ impl Session {
                         return self.close_with(ErrorCode::HeartbeatTimeout, msg).await;
                     }
                     if silence.is_quiet() {
-                        shrink_read_buffer(frames.read_buffer_mut(), READ_BUFFER);
+                        shrink_read_buffer(&mut buf, READ_BUFFER);
                     }
+                    continue;
                 }
-                next = frames.next() => match next {
-                    None => return Ok(()),
-                    Some(Err(e)) => return self.codec_error(e).await,
-                    Some(Ok(frame)) => {
-                        silence.heard();
-                        grow_read_buffer(frames.read_buffer_mut());
-                        if self.handle(frame).await?.is_break() {
-                            return Ok(());
-                        }
-
-                    }
-                },
+                read = io.read_buf(&mut buf) => read,
+            };
+            match read {
+                // The client closed (a partial frame left behind is dropped with it).
+                Ok(0) => return Ok(()),
+                Ok(_) => silence.heard(),
+                Err(_) => return Ok(()),
             }
         }
     }
