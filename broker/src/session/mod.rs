@@ -83,6 +83,7 @@ pub(crate) async fn run<R, W>(
         subs: HashMap::new(),
         known_topics: TopicCache::default(),
         matches: MatchCache::default(),
+        read_ms: now_ms(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
     let _ = session.serve(frames, &cancel).await;
@@ -113,6 +114,10 @@ struct Session {
     known_topics: TopicCache<v1::TopicSettings>,
     /// The subscriptions those topics matched.
     matches: MatchCache,
+    /// When the read that brought the frames being handled returned (ms since the Unix
+    /// epoch): the timestamp of the messages published in them. Read from the clock once
+    /// per read, not per message.
+    read_ms: i64,
 }
 
 impl Session {
@@ -177,6 +182,7 @@ impl Session {
         // not once per frame. Silence is counted in heartbeat ticks, not by reading the
         // clock (see rtc_proto::silence).
         let parts = frames.into_parts();
+        self.read_ms = now_ms();
         let (mut io, mut buf, mut codec) = (parts.io, parts.read_buf, parts.codec);
         let interval = config.heartbeat_interval;
         let mut silence = Silence::default();
@@ -218,7 +224,10 @@ impl Session {
             match read {
                 // The client closed (a partial frame left behind is dropped with it).
                 Ok(0) => return Ok(()),
-                Ok(_) => silence.heard(),
+                Ok(_) => {
+                    silence.heard();
+                    self.read_ms = now_ms();
+                }
                 Err(_) => return Ok(()),
             }
         }

@@ -73,6 +73,8 @@ impl Session {
                     .await?;
             }
             tokio::time::sleep(wait).await;
+            // Accepted after the wait, not when read.
+            self.read_ms = now_ms();
         }
         if let Err(msg) = rtc_proto::headers::validate_headers(&p.headers) {
             return self.send(reply(ErrorCode::InvalidRequest, msg)).await;
@@ -82,7 +84,7 @@ impl Session {
             payload: p.payload,
             headers: p.headers,
             seq: 0,
-            timestamp_ms: now_ms(),
+            timestamp_ms: self.read_ms,
             msg_id: p.msg_id,
             delivery_count: 1,
         };
