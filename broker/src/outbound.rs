@@ -67,13 +67,8 @@ fn delivery_len(sub_id: u64, message_len: usize) -> usize {
 /// One queue entry.
 #[derive(Debug)]
 pub(crate) enum Entry {
-    /// Whole encoded frames, written as they are.
-    Chunk {
-        /// The frames, length prefixes included.
-        buf: BytesMut,
-        /// How many.
-        frames: usize,
-    },
+    /// Whole encoded frames (length prefixes included), written as they are.
+    Chunk(BytesMut),
     /// A delivery of a message shared with other subscribers, encoded by the writer.
     Shared {
         /// The subscription it is for.
@@ -102,22 +97,21 @@ impl State {
     fn append(&mut self, len: usize, encode: impl FnOnce(&mut BytesMut)) -> bool {
         let was_empty = self.frames == 0;
         let has_room = matches!(self.entries.back(),
-            Some(Entry::Chunk { buf, .. }) if buf.capacity() - buf.len() >= len);
+            Some(Entry::Chunk(buf)) if buf.capacity() - buf.len() >= len);
         if !has_room {
             let mut buf = self.spares.pop().unwrap_or_else(|| {
                 BytesMut::with_capacity(if was_empty { FIRST_CHUNK } else { CHUNK })
             });
             buf.reserve(len);
-            self.entries.push_back(Entry::Chunk { buf, frames: 0 });
+            self.entries.push_back(Entry::Chunk(buf));
         }
-        let Some(Entry::Chunk { buf, frames }) = self.entries.back_mut() else {
+        let Some(Entry::Chunk(buf)) = self.entries.back_mut() else {
             unreachable!("a chunk with room was just ensured")
         };
         let before = buf.len();
         encode(buf);
         debug_assert_eq!(buf.len() - before, len, "frame length");
         self.bytes += buf.len() - before;
-        *frames += 1;
         self.frames += 1;
         was_empty
     }
@@ -448,7 +442,7 @@ impl Outbox {
         if self.try_take(&mut batch) == Ok(true) {
             for entry in batch {
                 match entry {
-                    Entry::Chunk { buf, .. } => all.extend_from_slice(&buf),
+                    Entry::Chunk(buf) => all.extend_from_slice(&buf),
                     Entry::Shared { sub_id, message } => encode_deliver(sub_id, &message, &mut all),
                 }
             }
@@ -529,7 +523,7 @@ where
                     out.clear();
                 }
             }
-            Entry::Chunk { buf, .. } => {
+            Entry::Chunk(buf) => {
                 if !out.is_empty() {
                     writer.write_all(out).await?;
                     out.clear();

@@ -8,8 +8,8 @@
 //! Pushing never waits (a full outbox drops and counts), so the read lock is held only
 //! for the walk. Subscribe and unsubscribe take the write lock and bump a generation
 //! counter; a session publishing to a few topics keeps the subscribers each matched in a
-//! [`MatchCache`] and walks the trie again only after that
-//! counter moved ([`Router::publish_cached`]).
+//! [`MatchCache`] and walks the trie again only after that counter moved
+//! ([`Router::publish_cached`]).
 //!
 //! A publisher's messages are pushed in the order its session handles them, and each
 //! outbox is FIFO, so every subscriber sees one publisher's messages in publish order.

@@ -6,9 +6,9 @@
 //! returns an error (never panics) for bytes that are not a valid `Frame`. Decoded `bytes`
 //! fields are zero-copy slices of the read buffer.
 //!
-//! [`encode_deliver`] is the broker's fan-out path: the [`Message`] is encoded once into
-//! shared [`Bytes`], and each subscriber's `Deliver` frame is only a few header bytes
-//! (length, tags, `sub_id`) written in front of those shared bytes.
+//! [`encode_deliver`] is the broker's fan-out path: the [`Message`] is encoded once, and
+//! each subscriber's `Deliver` frame is only a few header bytes (length, tags, `sub_id`)
+//! written in front of those bytes. A `Publish` is encoded by [`crate::publish`].
 
 use std::mem::MaybeUninit;
 
