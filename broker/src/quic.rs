@@ -137,7 +137,8 @@ pub(crate) async fn accept(
             match opened {
                 Ok(Ok((conn, send, recv))) => {
                     let datagrams: Arc<dyn crate::router::DatagramSink> = Arc::new(conn.clone());
-                    crate::session::run(shared, recv, send, peer, cancel, Some(datagrams)).await;
+                    crate::session::run(shared, recv, send, peer, cancel, Some(datagrams), None)
+                        .await;
                     // Let the client read what was flushed before the connection goes.
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                 }

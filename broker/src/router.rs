@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::outbound::{Outbox, Share};
+use crate::outbound::{Flushes, Outbox, Share};
 use crate::replay::Gate;
 use crate::topic_cache::TopicCache;
 
@@ -59,7 +59,8 @@ impl DatagramSink for quinn::Connection {
 }
 
 impl Subscriber {
-    /// Queues `message` for this subscription; whether it was queued (not dropped).
+    /// Queues `message` for this subscription; whether it was queued (not dropped). An
+    /// outbox that must then be flushed is added to `later`.
     fn deliver(
         &self,
         topic: &str,
@@ -67,6 +68,7 @@ impl Subscriber {
         message: &Bytes,
         datagram: bool,
         share: Share,
+        later: &mut Flushes,
     ) -> bool {
         if datagram {
             if let Some(sink) = &self.datagrams {
@@ -76,7 +78,17 @@ impl Subscriber {
             }
         }
         match &self.gate {
-            None => self.outbox.push_deliver(self.sub_id, message, share),
+            None => match self
+                .outbox
+                .push_deliver_deferred(self.sub_id, message, share)
+            {
+                None => false,
+                Some(false) => true,
+                Some(true) => {
+                    later.push(self.outbox.clone());
+                    true
+                }
+            },
             Some(gate) => {
                 gate.offer(topic, seq, message);
                 true
@@ -257,15 +269,17 @@ impl Router {
     /// Fans a message out to every matching subscription. `seq` is its position in the
     /// topic's log (0 for ephemeral topics); with `datagram`, subscriptions that asked
     /// for datagrams get it as one when it fits. `encode` runs at most once, and only if
-    /// someone matches.
+    /// someone matches. The outboxes whose writers must then be woken are added to
+    /// `later`, for the caller to flush once it has published what it has.
     pub fn publish(
         &self,
         topic: &str,
         seq: u64,
         datagram: bool,
         encode: impl FnOnce() -> Bytes,
+        later: &mut Flushes,
     ) -> Fanout {
-        let mut fan = FanOut::new(topic, seq, datagram, encode);
+        let mut fan = FanOut::new(topic, seq, datagram, encode, later);
         // How many match is not known before the walk: share.
         self.for_each_match(topic, |sub| fan.deliver(sub, Share::Reference));
         fan.out
@@ -283,6 +297,7 @@ impl Router {
         seq: u64,
         datagram: bool,
         encode: impl FnOnce() -> Bytes,
+        later: &mut Flushes,
     ) -> Fanout {
         let generation = self.generation.load(Ordering::Acquire);
         let Ok(subs) = cache.get_or_try_insert(generation, topic, || {
@@ -290,7 +305,7 @@ impl Router {
             self.for_each_match(topic, |sub| subs.push(sub.clone()));
             Ok::<_, std::convert::Infallible>(subs)
         });
-        let mut fan = FanOut::new(topic, seq, datagram, encode);
+        let mut fan = FanOut::new(topic, seq, datagram, encode, later);
         // A message for one subscriber is copied into its queue (no shared handle to
         // allocate and free on another thread); one for several is shared, and each
         // writer copies it.
@@ -310,6 +325,7 @@ pub type MatchCache = TopicCache<Vec<Subscriber>>;
 /// One message's fan-out: encodes it on the first match and counts what happened.
 struct FanOut<'a, E> {
     topic: &'a str,
+    later: &'a mut Flushes,
     seq: u64,
     datagram: bool,
     encode: Option<E>,
@@ -318,9 +334,10 @@ struct FanOut<'a, E> {
 }
 
 impl<'a, E: FnOnce() -> Bytes> FanOut<'a, E> {
-    fn new(topic: &'a str, seq: u64, datagram: bool, encode: E) -> Self {
+    fn new(topic: &'a str, seq: u64, datagram: bool, encode: E, later: &'a mut Flushes) -> Self {
         FanOut {
             topic,
+            later,
             seq,
             datagram,
             encode: Some(encode),
@@ -335,7 +352,14 @@ impl<'a, E: FnOnce() -> Bytes> FanOut<'a, E> {
         let message = self
             .message
             .get_or_insert_with(|| (encode.take().expect("encode runs once"))());
-        if sub.deliver(self.topic, self.seq, message, self.datagram, share) {
+        if sub.deliver(
+            self.topic,
+            self.seq,
+            message,
+            self.datagram,
+            share,
+            self.later,
+        ) {
             self.out.queued += 1;
         }
         self.out.backlogged |= sub.outbox.is_backlogged();
@@ -417,10 +441,16 @@ mod tests {
         let mut calls = 0;
         assert_eq!(
             router
-                .publish("a", 0, false, || {
-                    calls += 1;
-                    Bytes::new()
-                })
+                .publish(
+                    "a",
+                    0,
+                    false,
+                    || {
+                        calls += 1;
+                        Bytes::new()
+                    },
+                    &mut Flushes::default()
+                )
                 .queued,
             0
         );
@@ -429,10 +459,16 @@ mod tests {
         router.subscribe(">", sub(2, 1));
         assert_eq!(
             router
-                .publish("a", 0, false, || {
-                    calls += 1;
-                    Bytes::from_static(b"m")
-                })
+                .publish(
+                    "a",
+                    0,
+                    false,
+                    || {
+                        calls += 1;
+                        Bytes::from_static(b"m")
+                    },
+                    &mut Flushes::default()
+                )
                 .queued,
             2
         );
@@ -445,7 +481,14 @@ mod tests {
         let mut cache = MatchCache::default();
         let queued = |cache: &mut MatchCache, topic: &str| {
             router
-                .publish_cached(cache, topic, 0, false, || Bytes::from_static(b"m"))
+                .publish_cached(
+                    cache,
+                    topic,
+                    0,
+                    false,
+                    || Bytes::from_static(b"m"),
+                    &mut Flushes::default(),
+                )
                 .queued
         };
         assert_eq!(queued(&mut cache, "a.b"), 0);
@@ -461,7 +504,9 @@ mod tests {
         // Agrees with the uncached walk for more topics than the cache holds.
         for i in 0..20 {
             let topic = format!("a.{}", i % 12);
-            let walked = router.publish(&topic, 0, false, Bytes::new).queued;
+            let walked = router
+                .publish(&topic, 0, false, Bytes::new, &mut Flushes::default())
+                .queued;
             assert_eq!(queued(&mut cache, &topic), walked, "{topic}");
         }
     }
@@ -475,7 +520,9 @@ mod tests {
         }
         let mut cache = MatchCache::default();
         for _ in 0..2 {
-            let out = router.publish_cached(&mut cache, "a", 0, false, || Bytes::from_static(b"m"));
+            let mut later = Flushes::default();
+            let m = || Bytes::from_static(b"m");
+            let out = router.publish_cached(&mut cache, "a", 0, false, m, &mut later);
             assert_eq!(out.queued, 3);
         }
         let mut one = bytes::BytesMut::new();

@@ -383,8 +383,10 @@ async fn accept_tcp(
         match tls.clone() {
             None => {
                 let (reader, writer) = stream.into_split();
+                let writer = crate::outbound::TcpWriter::new(writer);
+                let direct = Some(writer.direct());
                 tracker.spawn(async move {
-                    crate::session::run(shared, reader, writer, peer, cancel, None).await;
+                    crate::session::run(shared, reader, writer, peer, cancel, None, direct).await;
                     drop(permit);
                 });
             }
@@ -395,7 +397,8 @@ async fn accept_tcp(
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let (reader, writer) = tokio::io::split(tls);
-                            crate::session::run(shared, reader, writer, peer, cancel, None).await;
+                            crate::session::run(shared, reader, writer, peer, cancel, None, None)
+                                .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -68,13 +68,13 @@ async fn responses_are_queued_past_the_delivery_cap_and_closed_is_reported() {
     assert!(outbox.push_deliver(1, &zeros(150), Share::Copy));
     assert!(!outbox.push_deliver(1, &x, Share::Copy));
     outbox
-        .push_frame(Frame::error(1, ErrorCode::Internal, "x"))
+        .push_frame_unflushed(Frame::error(1, ErrorCode::Internal, "x"))
         .await
         .unwrap();
     outbox.close();
     assert_eq!(
         outbox
-            .push_frame(Frame::error(2, ErrorCode::Internal, "x"))
+            .push_frame_unflushed(Frame::error(2, ErrorCode::Internal, "x"))
             .await,
         Err(Closed)
     );

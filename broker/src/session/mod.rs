@@ -7,7 +7,10 @@
 //! connection's writer task ([`crate::outbound::write_loop`]) over the writer, then reads
 //! frames and handles each in turn — so one client's requests are handled in the order
 //! sent. Every answer goes through the connection's [`Outbox`]; publishes fan out through
-//! the [`crate::router::Router`] into other connections' outboxes.
+//! the [`crate::router::Router`] into other connections' outboxes. What one read's frames
+//! queued is flushed after them, once per outbox (`Session::flush`): written right there
+//! when the connection's writer is idle, so an answer or a delivery to a quiet
+//! connection costs no thread wake-up.
 //!
 //! Lifecycle: `Hello` must arrive within `handshake_timeout`; after `Welcome` the client
 //! must send something every `heartbeat_interval` and is closed after three silent
@@ -32,7 +35,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
-use crate::outbound::{write_loop, Closed, Outbox};
+use crate::outbound::{write_loop, Closed, DirectWrite, Flushes, Outbox};
 use crate::router::{DatagramSink, MatchCache};
 use crate::server::Shared;
 use crate::topic_cache::TopicCache;
@@ -52,6 +55,8 @@ const READ_BUFFER: usize = 512;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one connection until it closes, the client misbehaves, or `cancel` fires.
+/// `direct` is the writer's socket again when it can also be written without waiting
+/// (TCP; see [`Outbox::flush`]).
 pub(crate) async fn run<R, W>(
     shared: Arc<Shared>,
     reader: R,
@@ -59,16 +64,18 @@ pub(crate) async fn run<R, W>(
     peer: String,
     cancel: CancellationToken,
     datagrams: Option<Arc<dyn DatagramSink>>,
+    direct: Option<Arc<dyn DirectWrite>>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
     let conn_id = shared.next_conn_id();
-    let outbox = Arc::new(Outbox::new(
+    let outbox = Arc::new(Outbox::with_direct(
         config.outbound_queue_bytes,
         config.outbound_queue_frames,
         config.max_frame_size,
+        direct,
     ));
     let writer_task = tokio::spawn(write_loop(outbox.clone(), writer));
     let frames =
@@ -84,9 +91,12 @@ pub(crate) async fn run<R, W>(
         known_topics: TopicCache::default(),
         matches: MatchCache::default(),
         read_ms: now_ms(),
+        later: Flushes::default(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
     let _ = session.serve(frames, &cancel).await;
+    // Whatever the last frames queued for others (the session may end mid-read).
+    session.flush();
     session.remove_all_subscriptions().await;
     outbox.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, writer_task)
@@ -118,11 +128,25 @@ struct Session {
     /// epoch): the timestamp of the messages published in them. Read from the clock once
     /// per read, not per message.
     read_ms: i64,
+    /// Other connections' outboxes this session queued deliveries to since it last
+    /// flushed ([`Session::flush`]).
+    later: Flushes,
 }
 
 impl Session {
+    /// Queues a response. It is written when the session flushes: after the frames of
+    /// the current read, or before anything that may wait.
     async fn send(&self, frame: Frame) -> Result<(), Closed> {
-        self.outbox.push_frame(frame).await
+        self.outbox.push_frame_unflushed(frame).await
+    }
+
+    /// Writes (or wakes the writers of) everything this session queued since it last
+    /// flushed: deliveries to other connections first, then its own answers. Done once
+    /// per read rather than per frame, so a connection gets one read's worth in one
+    /// write, and with no thread wake-up when its writer was idle.
+    fn flush(&mut self) {
+        self.later.flush_all();
+        self.outbox.flush();
     }
 
     async fn serve<R: AsyncRead + Unpin>(
@@ -130,7 +154,8 @@ impl Session {
         mut frames: FramedRead<R, FrameCodec>,
         cancel: &CancellationToken,
     ) -> Result<(), Closed> {
-        let config = &self.shared.config;
+        let shared = self.shared.clone();
+        let config = &shared.config;
         // Handshake.
         let first = tokio::select! {
             _ = cancel.cancelled() => return self.close_with(ErrorCode::ShuttingDown, "broker is shutting down").await,
@@ -176,6 +201,7 @@ impl Session {
             connection_id: self.conn_id,
         })))
         .await?;
+        self.flush();
 
         // Read loop. Each read is decoded whole and its frames handled in turn before
         // the next read: the timers and the shutdown signal are polled once per read,
@@ -197,10 +223,16 @@ impl Session {
                     Ok(None) => break,
                     Err(e) => return self.codec_error(e).await,
                 };
+                if !matches!(frame.op, Some(Op::Publish(_))) {
+                    // Anything but a publish may wait (for the storage thread, a
+                    // consumer, …): what is queued goes out first.
+                    self.flush();
+                }
                 if self.handle(frame).await?.is_break() {
                     return Ok(());
                 }
             }
+            self.flush();
             grow_read_buffer(&mut buf);
             // Room to read into: reclaims the space of the frames decoded (moving a
             // partial one to the front) or grows, as FramedRead does.

@@ -72,6 +72,7 @@ impl Session {
                 self.send(Frame::error(0, ErrorCode::RateLimited, msg))
                     .await?;
             }
+            self.flush();
             tokio::time::sleep(wait).await;
             // Accepted after the wait, not when read.
             self.read_ms = now_ms();
@@ -103,11 +104,13 @@ impl Session {
                 0,
                 settings.datagram,
                 || rtc_proto::codec::encode_message_sized(&message, message_len),
+                &mut self.later,
             );
             if fanout.backlogged {
                 // A subscriber's writer is behind this publisher (a client streaming
                 // publishes always has the next frame ready): let it run before its
                 // queue fills and deliveries are dropped as if it were slow.
+                self.flush();
                 tokio::task::yield_now().await;
             }
             if p.req_id != 0 {
@@ -123,7 +126,14 @@ impl Session {
         // The storage thread queues the answer without waiting; keep this client's
         // unread answers bounded by not reading further while its queue is full.
         self.outbox.wait_room().await?;
-        let permit = self.shared.log.permit().await;
+        let permit = match self.shared.log.try_permit() {
+            Some(permit) => permit,
+            None => {
+                // Waiting for the storage thread: what is queued goes out first.
+                self.flush();
+                self.shared.log.permit().await
+            }
+        };
         let append = Append {
             topic: message.topic,
             payload: message.payload,

@@ -114,6 +114,11 @@ impl LogHandle {
             .expect("the semaphore is never closed")
     }
 
+    /// A slot for one more append in flight, if one is free now.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
     /// Queues a request; fails only if the storage thread has stopped.
     pub fn send(&self, request: Request) -> Result<(), Stopped> {
         self.tx.send(request).map_err(|_| Stopped)

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 
 use super::{Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp};
 use crate::config::FsyncPolicy;
-use crate::outbound::Outbox;
+use crate::outbound::{Flushes, Outbox};
 use crate::router::Router;
 use crate::session::now_ms;
 use crate::topic::{is_durable, normalize, TopicRegistry};
@@ -358,21 +358,24 @@ impl Writer {
                 (a, outcome)
             })
             .collect();
+        // Deliveries and answers are all queued first and written after, each outbox
+        // once per pass (directly from this thread when its writer is idle; see
+        // `Outbox::flush`), so each connection gets the pass's frames in one write. An
+        // outbox is listed when a frame finds its queue empty: once per pass, unless its
+        // writer emptied it meanwhile (a second flush is then harmless).
+        let mut later = Flushes::default();
         for (a, outcome) in &outcomes {
             if let Outcome::Stored { seq, message } = outcome {
                 self.router
-                    .publish(&a.topic, *seq, false, || message.clone());
+                    .publish(&a.topic, *seq, false, || message.clone(), &mut later);
             }
         }
-        // Answers are queued first and the writers woken after, so each sends the pass's
-        // answers in one write. An outbox asks to be woken when an answer finds its
-        // queue empty: once per pass, unless its writer emptied it meanwhile (a second
-        // wake is then harmless).
-        let wake: Vec<Arc<Outbox>> = outcomes
-            .into_iter()
-            .filter_map(|(a, outcome)| answer(a.responder, outcome))
-            .collect();
-        wake.iter().for_each(|outbox| outbox.wake());
+        for (a, outcome) in outcomes {
+            if let Some(outbox) = answer(a.responder, outcome) {
+                later.push(outbox);
+            }
+        }
+        later.flush_all();
         for (name, reply, outcome) in creates {
             let answer = match (&result, outcome) {
                 (Err(e), Ok(())) => Err((ErrorCode::Storage, e.to_string())),
@@ -567,8 +570,8 @@ impl Writer {
     }
 }
 
-/// Tells an append's responder how it went; returns a client's outbox whose writer
-/// must then be woken ([`Outbox::wake`]).
+/// Tells an append's responder how it went; returns a client's outbox that must then be
+/// flushed ([`Outbox::flush`]).
 fn answer(responder: Responder, outcome: Outcome) -> Option<Arc<Outbox>> {
     match responder {
         Responder::Internal(reply) => {

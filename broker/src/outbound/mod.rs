@@ -16,7 +16,18 @@
 //!   parallel, not one after another in the publisher's session.
 //!
 //! The writer takes the whole queue at once, writes it in order and flushes once per
-//! batch.
+//! batch ([`writer`]).
+//!
+//! # Direct writes
+//! Waking a connection's writer task costs a thread wake-up whenever that task is not
+//! already running, and on a request–answer path those wake-ups are most of the latency.
+//! So whoever queued frames may instead call [`Outbox::flush`] once it has queued what
+//! it has (the end of a read's frames for a session, the end of a pass for the storage
+//! thread): when no one is writing and the socket is a TCP socket, the frames are written
+//! right there with non-blocking writes, and whatever the socket does not take at once
+//! goes back to the front of the queue for the writer task ([`direct`]). Exactly one
+//! party writes at a time: the writer task or one flusher holds the queue's *pen*
+//! (`State::writing`) while it writes.
 //!
 //! # Slow-consumer policy
 //! The queue is bounded in bytes and in frames (`outbound_queue_bytes`,
@@ -34,14 +45,19 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rtc_proto::codec::{deliver_frame_len, encode_deliver, encode_frame, frame_len, LEN_PREFIX};
 use rtc_proto::Frame;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
+
+mod direct;
+mod writer;
+
+pub use direct::{DirectWrite, Flushes, TcpWriter};
+pub(crate) use writer::write_loop;
 
 /// Frames are encoded into chunks of this size (a larger frame gets a chunk of its own);
 /// the writer also writes shared deliveries in pieces of about this size.
@@ -78,6 +94,16 @@ pub(crate) enum Entry {
     },
 }
 
+impl Entry {
+    /// Bytes it takes on the wire.
+    fn wire_len(&self) -> usize {
+        match self {
+            Entry::Chunk(buf) => buf.len(),
+            Entry::Shared { sub_id, message } => delivery_len(*sub_id, message.len()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// The queue, oldest first.
@@ -86,9 +112,16 @@ struct State {
     spares: Vec<BytesMut>,
     /// Bytes queued, as they will be written.
     bytes: usize,
-    /// Frames queued.
+    /// Frames queued (a remainder a direct write handed back counts as one per entry).
     frames: usize,
     closed: bool,
+    /// The pen: the writer task or a direct writer is writing a batch it took. Nobody
+    /// else may write until it is put down.
+    writing: bool,
+    /// The socket, for direct writes (TCP only); dropped when the writer stops.
+    direct: Option<Arc<dyn DirectWrite>>,
+    /// An empty queue kept for direct writers to swap with (keeps its capacity).
+    spare_queue: VecDeque<Entry>,
 }
 
 impl State {
@@ -166,8 +199,22 @@ impl Outbox {
     /// A queue capped at `max_bytes` and `max_frames` for deliveries, for a connection
     /// that was announced `max_frame_size`.
     pub fn new(max_bytes: usize, max_frames: usize, max_frame_size: usize) -> Self {
+        Self::with_direct(max_bytes, max_frames, max_frame_size, None)
+    }
+
+    /// [`Outbox::new`] for a connection whose socket may also be written directly
+    /// (see [`Outbox::flush`]).
+    pub fn with_direct(
+        max_bytes: usize,
+        max_frames: usize,
+        max_frame_size: usize,
+        direct: Option<Arc<dyn DirectWrite>>,
+    ) -> Self {
         Outbox {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                direct,
+                ..State::default()
+            }),
             ready: Notify::new(),
             space: Notify::new(),
             dropped: AtomicU64::new(0),
@@ -194,22 +241,38 @@ impl Outbox {
     /// `rtc_proto::codec::encode_message`) if it fits; otherwise drops it and counts it.
     /// Never waits. Returns whether it was queued.
     pub(crate) fn push_deliver(&self, sub_id: u64, message: &Bytes, share: Share) -> bool {
+        let queued = self.push_deliver_deferred(sub_id, message, share);
+        if queued == Some(true) {
+            self.wake();
+        }
+        queued.is_some()
+    }
+
+    /// [`Outbox::push_deliver`] that leaves waking the writer to the caller: `None` if
+    /// the delivery was dropped, `Some(true)` if it found the queue empty, so the caller
+    /// must [`Outbox::flush`] (see [`Flushes`]) once it has queued what it has.
+    pub(crate) fn push_deliver_deferred(
+        &self,
+        sub_id: u64,
+        message: &Bytes,
+        share: Share,
+    ) -> Option<bool> {
         let len = delivery_len(sub_id, message.len());
         let st = self.lock();
         if st.closed {
-            return false;
+            return None;
         }
         if !self.fits(&st, len) {
             drop(st);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return None;
         }
-        self.queue_deliver(st, sub_id, message, share, len);
-        true
+        Some(self.queue_deliver(st, sub_id, message, share, len))
     }
 
-    /// Queues a delivery of `len` bytes, then wakes the writer if it may be waiting.
+    /// Queues a delivery of `len` bytes; returns whether the queue was empty (the writer
+    /// may be waiting).
     fn queue_deliver(
         &self,
         mut st: std::sync::MutexGuard<'_, State>,
@@ -217,7 +280,7 @@ impl Outbox {
         message: &Bytes,
         share: Share,
         len: usize,
-    ) {
+    ) -> bool {
         let was_empty = match share {
             Share::Copy => st.append(len, |buf| encode_deliver(sub_id, message, buf)),
             Share::Reference => st.push_shared(sub_id, message.clone(), len),
@@ -225,10 +288,7 @@ impl Outbox {
         if st.frames * 2 > self.max_frames || st.bytes * 2 > self.max_bytes {
             self.backlog.store(true, Ordering::Relaxed);
         }
-        drop(st);
-        if was_empty {
-            self.wake();
-        }
+        was_empty
     }
 
     /// Whether the queue holds more than half of its frame or byte cap (set when a push
@@ -246,15 +306,19 @@ impl Outbox {
         if st.closed || !self.fits(&st, len) {
             return false;
         }
-        self.queue_deliver(st, sub_id, message, Share::Reference, len);
+        if self.queue_deliver(st, sub_id, message, Share::Reference, len) {
+            self.wake();
+        }
         true
     }
 
-    /// Queues a response frame. It is never dropped; when the queue holds more than twice
+    /// Queues a response frame, leaving the writer's wake to the caller, who must
+    /// [`Outbox::flush`] once it has queued what it has (a session flushes after the
+    /// frames of each read). It is never dropped; when the queue holds more than twice
     /// the byte cap this waits until the writer has taken a batch.
-    pub(crate) async fn push_frame(&self, frame: Frame) -> Result<(), Closed> {
+    pub(crate) async fn push_frame_unflushed(&self, frame: Frame) -> Result<(), Closed> {
         self.wait_room().await?;
-        self.push_frame_now(frame)
+        self.push_frame_deferred(frame).map(drop)
     }
 
     /// Queues a response frame without waiting, whatever the queue holds. For the storage
@@ -315,12 +379,14 @@ impl Outbox {
         let st = self
             .wait_until(|st| st.frames == 0 || self.fits(st, len))
             .await?;
-        self.queue_deliver(st, sub_id, message, Share::Reference, len);
+        if self.queue_deliver(st, sub_id, message, Share::Reference, len) {
+            self.wake();
+        }
         Ok(())
     }
 
     /// Waits until the queue holds no more than twice its byte and frame caps, the same
-    /// condition [`Outbox::push_frame`] waits for.
+    /// condition [`Outbox::push_frame_unflushed`] waits for.
     pub(crate) async fn wait_room(&self) -> Result<(), Closed> {
         self.wait_until(|st| st.bytes <= self.max_bytes * 2 && st.frames <= self.max_frames * 2)
             .await
@@ -346,6 +412,9 @@ impl Outbox {
                     return Ok(st);
                 }
             }
+            // The frames in the way may have been queued with the wake left to a
+            // `flush` that has not come yet.
+            self.wake();
             space.await;
         }
     }
@@ -368,25 +437,42 @@ impl Outbox {
         self.dropped_total.load(Ordering::Relaxed)
     }
 
-    /// Swaps the queue into `batch` (which must be empty) if anything is queued;
-    /// `Err(Closed)` once the queue is closed and drained.
+    /// Swaps the queue into `batch` (which must be empty) and takes the pen if anything
+    /// is queued and nobody is writing; `Err(Closed)` once the queue is closed and
+    /// drained.
     fn try_take(&self, batch: &mut VecDeque<Entry>) -> Result<bool, Closed> {
         debug_assert!(batch.is_empty(), "the writer hands back an empty queue");
         let mut st = self.lock();
+        if st.writing {
+            // A direct writer wakes the writer task when it puts the pen down.
+            return Ok(false);
+        }
         if st.frames == 0 {
             return if st.closed { Err(Closed) } else { Ok(false) };
         }
-        std::mem::swap(&mut st.entries, batch);
-        st.bytes = 0;
-        st.frames = 0;
+        Self::take_locked(&mut st, batch);
         self.backlog.store(false, Ordering::Relaxed);
         drop(st);
         self.space.notify_waiters();
         Ok(true)
     }
 
-    /// Waits for work and swaps the queue into `batch` (which must be empty); `None`
-    /// once the queue is closed and drained.
+    /// Swaps the queue into `batch` and takes the pen.
+    fn take_locked(st: &mut State, batch: &mut VecDeque<Entry>) {
+        std::mem::swap(&mut st.entries, batch);
+        st.bytes = 0;
+        st.frames = 0;
+        st.writing = true;
+    }
+
+    /// Puts the pen down after writing a batch taken with [`Outbox::take`].
+    fn done_writing(&self) {
+        self.lock().writing = false;
+    }
+
+    /// Waits for work and swaps the queue into `batch` (which must be empty), taking the
+    /// pen (put it down with [`Outbox::done_writing`]); `None` once the queue is closed
+    /// and drained.
     pub(crate) async fn take(&self, batch: &mut VecDeque<Entry>) -> Option<()> {
         loop {
             let ready = self.ready.notified();
@@ -420,18 +506,20 @@ impl Outbox {
         drop(spares);
     }
 
-    /// Drops everything queued and every spare chunk: for a closed queue whose writer has
-    /// stopped. An `Outbox` may outlive its connection for a while (a publisher's match
+    /// Drops everything queued, every spare chunk and the socket: for a closed queue whose
+    /// writer has stopped. An `Outbox` may outlive its connection for a while (a publisher's match
     /// cache holds it until the next subscribe or unsubscribe anywhere), and should not
     /// keep buffers meanwhile.
     fn release_all(&self) {
         let mut st = self.lock();
         let entries = std::mem::take(&mut st.entries);
         let spares = std::mem::take(&mut st.spares);
+        let spare_queue = std::mem::take(&mut st.spare_queue);
+        let direct = st.direct.take();
         st.bytes = 0;
         st.frames = 0;
         drop(st);
-        drop((entries, spares));
+        drop((entries, spares, spare_queue, direct));
     }
 
     /// Everything queued, in order, as the writer would write it.
@@ -446,99 +534,10 @@ impl Outbox {
                     Entry::Shared { sub_id, message } => encode_deliver(sub_id, &message, &mut all),
                 }
             }
+            self.done_writing();
         }
         all
     }
-}
-
-/// Drains `outbox` into `writer` until the outbox is closed and empty or the socket fails,
-/// then shuts the writer down.
-pub(crate) async fn write_loop<W>(outbox: std::sync::Arc<Outbox>, mut writer: W)
-where
-    W: AsyncWrite + Unpin,
-{
-    let mut batch = VecDeque::new();
-    // Shared deliveries (and the slow-consumer notice) are encoded here.
-    let mut out = BytesMut::new();
-    loop {
-        let holds_memory = outbox.has_spares()
-            || out.capacity() > KEEP
-            || batch.capacity() * std::mem::size_of::<Entry>() > KEEP;
-        let taken = if holds_memory {
-            match tokio::time::timeout(TRIM_AFTER, outbox.take(&mut batch)).await {
-                Ok(taken) => taken,
-                Err(_idle) => {
-                    // Nothing was taken (`take` swaps only when it returns).
-                    outbox.release_spares();
-                    out = BytesMut::new();
-                    batch = VecDeque::new();
-                    continue;
-                }
-            }
-        } else {
-            outbox.take(&mut batch).await
-        };
-        if taken.is_none() {
-            break;
-        }
-        let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let _ = encode_frame(
-                &Frame::slow_consumer(dropped),
-                outbox.max_frame_size,
-                &mut out,
-            );
-        }
-        if write_batch(&outbox, &mut batch, &mut out, &mut writer)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    outbox.close();
-    outbox.release_all();
-    let _ = writer.shutdown().await;
-}
-
-/// Writes a batch in order (chunks as they are, shared deliveries encoded into `out`
-/// first), then flushes. Leaves `batch` and `out` empty.
-async fn write_batch<W>(
-    outbox: &Outbox,
-    batch: &mut VecDeque<Entry>,
-    out: &mut BytesMut,
-    writer: &mut W,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    // Whatever happens, the batch is not kept.
-    let mut entries = batch.drain(..);
-    for entry in entries.by_ref() {
-        match entry {
-            Entry::Shared { sub_id, message } => {
-                encode_deliver(sub_id, &message, out);
-                if out.len() >= CHUNK {
-                    writer.write_all(out).await?;
-                    out.clear();
-                }
-            }
-            Entry::Chunk(buf) => {
-                if !out.is_empty() {
-                    writer.write_all(out).await?;
-                    out.clear();
-                }
-                writer.write_all(&buf).await?;
-                outbox.recycle(buf);
-            }
-        }
-    }
-    drop(entries);
-    if !out.is_empty() {
-        writer.write_all(out).await?;
-        out.clear();
-    }
-    writer.flush().await
 }
 
 #[cfg(test)]

@@ -1,0 +1,104 @@
+//! The writer task of a connection: takes its [`Outbox`]'s whole queue whenever there is
+//! something in it and nobody else holds the pen, writes it in order (chunks as they
+//! are, shared deliveries behind their own `Deliver` header) and flushes once per batch.
+//! It stops when the outbox is closed and drained or the socket fails, and then releases
+//! the outbox's buffers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use rtc_proto::codec::{encode_deliver, encode_frame};
+use rtc_proto::Frame;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{Entry, Outbox, CHUNK, KEEP, TRIM_AFTER};
+
+/// Drains `outbox` into `writer` until the outbox is closed and empty or the socket fails,
+/// then shuts the writer down.
+pub(crate) async fn write_loop<W>(outbox: std::sync::Arc<Outbox>, mut writer: W)
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut batch = VecDeque::new();
+    // Shared deliveries (and the slow-consumer notice) are encoded here.
+    let mut out = BytesMut::new();
+    loop {
+        let holds_memory = outbox.has_spares()
+            || out.capacity() > KEEP
+            || batch.capacity() * std::mem::size_of::<Entry>() > KEEP;
+        let taken = if holds_memory {
+            match tokio::time::timeout(TRIM_AFTER, outbox.take(&mut batch)).await {
+                Ok(taken) => taken,
+                Err(_idle) => {
+                    // Nothing was taken (`take` swaps only when it returns).
+                    outbox.release_spares();
+                    out = BytesMut::new();
+                    batch = VecDeque::new();
+                    continue;
+                }
+            }
+        } else {
+            outbox.take(&mut batch).await
+        };
+        if taken.is_none() {
+            break;
+        }
+        let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = encode_frame(
+                &Frame::slow_consumer(dropped),
+                outbox.max_frame_size,
+                &mut out,
+            );
+        }
+        let written = write_batch(&outbox, &mut batch, &mut out, &mut writer).await;
+        outbox.done_writing();
+        if written.is_err() {
+            break;
+        }
+    }
+    outbox.close();
+    outbox.release_all();
+    let _ = writer.shutdown().await;
+}
+
+/// Writes a batch in order (chunks as they are, shared deliveries encoded into `out`
+/// first), then flushes. Leaves `batch` and `out` empty.
+async fn write_batch<W>(
+    outbox: &Outbox,
+    batch: &mut VecDeque<Entry>,
+    out: &mut BytesMut,
+    writer: &mut W,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    // Whatever happens, the batch is not kept.
+    let mut entries = batch.drain(..);
+    for entry in entries.by_ref() {
+        match entry {
+            Entry::Shared { sub_id, message } => {
+                encode_deliver(sub_id, &message, out);
+                if out.len() >= CHUNK {
+                    writer.write_all(out).await?;
+                    out.clear();
+                }
+            }
+            Entry::Chunk(buf) => {
+                if !out.is_empty() {
+                    writer.write_all(out).await?;
+                    out.clear();
+                }
+                writer.write_all(&buf).await?;
+                outbox.recycle(buf);
+            }
+        }
+    }
+    drop(entries);
+    if !out.is_empty() {
+        writer.write_all(out).await?;
+        out.clear();
+    }
+    writer.flush().await
+}
