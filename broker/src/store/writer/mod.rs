@@ -87,7 +87,8 @@ enum Outcome {
 struct Undo {
     stats: HashMap<String, TopicStats>,
     created: Vec<String>,
-    dedup: Vec<(String, String)>,
+    /// Appends (their index in the pass) that added a dedup entry.
+    dedup: Vec<usize>,
     next_id: Option<TopicId>,
     settings: HashMap<String, (TopicSettings, bool)>,
 }
@@ -268,8 +269,11 @@ impl Writer {
         let now = now_ms();
         for request in batch.drain(..) {
             match request {
-                Request::Append(a) => {
-                    let outcome = self.append(&a, now, &mut ops, &mut undo);
+                Request::Append(mut a) => {
+                    let outcome = self.append(&mut a, now, &mut ops, &mut undo);
+                    if matches!(outcome, Outcome::Stored { .. }) && !a.msg_id.is_empty() {
+                        undo.dedup.push(appends.len());
+                    }
                     appends.push((a, outcome));
                 }
                 Request::CreateTopic {
@@ -325,7 +329,7 @@ impl Writer {
             Ok(()) if self.fsync == FsyncPolicy::Always && self.dirty => self.flush(),
             Ok(()) => Ok(()),
             Err(e) => {
-                self.rollback(undo);
+                self.rollback(undo, &appends);
                 Err(e)
             }
         };
@@ -386,7 +390,15 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, a: &Append, now: i64, ops: &mut Vec<WriteOp>, undo: &mut Undo) -> Outcome {
+    /// Assigns `a` its seq and queues its write; `a` is handed back as it came (its
+    /// fields are lent to the encoder, not copied).
+    fn append(
+        &mut self,
+        a: &mut Append,
+        now: i64,
+        ops: &mut Vec<WriteOp>,
+        undo: &mut Undo,
+    ) -> Outcome {
         if !self.topics.contains_key(&a.topic) {
             let settings = self.registry.resolve(&a.topic);
             if let Err(refusal) = self.new_log(&a.topic, settings, false, ops, undo) {
@@ -408,17 +420,22 @@ impl Writer {
                 return Outcome::Duplicate { seq };
             }
         }
-        undo.stats.entry(a.topic.clone()).or_insert(log.stats);
+        if !undo.stats.contains_key(&a.topic) {
+            undo.stats.insert(a.topic.clone(), log.stats);
+        }
         let seq = log.stats.last_seq + 1;
-        let message = rtc_proto::codec::encode_message(&v1::Message {
-            topic: a.topic.clone(),
+        // Moved into the message to encode it and back out: no copies.
+        let stored = v1::Message {
+            topic: std::mem::take(&mut a.topic),
             payload: a.payload.clone(),
-            headers: a.headers.clone(),
+            headers: std::mem::take(&mut a.headers),
             seq,
             timestamp_ms: ts,
-            msg_id: a.msg_id.clone(),
+            msg_id: std::mem::take(&mut a.msg_id),
             delivery_count: 1,
-        });
+        };
+        let message = rtc_proto::codec::encode_message(&stored);
+        (a.topic, a.headers, a.msg_id) = (stored.topic, stored.headers, stored.msg_id);
         let s = &mut log.stats;
         if s.messages == 0 {
             s.first_seq = seq;
@@ -429,7 +446,6 @@ impl Writer {
         s.last_ts_ms = ts;
         if !a.msg_id.is_empty() {
             log.dedup.insert(&a.msg_id, seq, ts);
-            undo.dedup.push((a.topic.clone(), a.msg_id.clone()));
         }
         ops.push(WriteOp::Append {
             id: log.id,
@@ -530,15 +546,17 @@ impl Writer {
         Ok(())
     }
 
-    fn rollback(&mut self, undo: Undo) {
+    /// Undoes a pass whose write failed; `appends` are the pass's appends.
+    fn rollback(&mut self, undo: Undo, appends: &[(Append, Outcome)]) {
         for (name, stats) in undo.stats {
             if let Some(log) = self.topics.get_mut(&name) {
                 log.stats = stats;
             }
         }
-        for (topic, id) in undo.dedup.iter().rev() {
-            if let Some(log) = self.topics.get_mut(topic) {
-                log.dedup.remove_newest(id);
+        for &i in undo.dedup.iter().rev() {
+            let a = &appends[i].0;
+            if let Some(log) = self.topics.get_mut(&a.topic) {
+                log.dedup.remove_newest(&a.msg_id);
             }
         }
         for name in undo.created {
