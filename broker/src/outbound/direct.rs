@@ -114,6 +114,7 @@ impl Outbox {
                 return;
             }
         };
+        let had_spares = !st.spares.is_empty();
         let mut batch = std::mem::take(&mut st.spare_queue);
         Self::take_locked(&mut st, &mut batch);
         self.backlog.store(false, Ordering::Relaxed);
@@ -141,7 +142,10 @@ impl Outbox {
         }
         st.spare_queue = batch;
         st.writing = false;
-        let wake = st.frames > 0 || st.closed;
+        // The writer task releases spare chunks after a while idle, but only times that
+        // when it knows they are there: it is told when the first one appears.
+        let first_spares = !had_spares && !st.spares.is_empty();
+        let wake = st.frames > 0 || st.closed || first_spares;
         drop(st);
         if wake {
             self.wake();
@@ -201,6 +205,13 @@ impl Outbox {
     }
 }
 
+/// How many outboxes a [`Flushes`] list holds for direct writes; the writers of any more
+/// are woken at once. Writing to thousands of connections from one thread, after queuing
+/// to all of them, took ~35 % longer to reach them all (a broadcast to 9 000) than
+/// waking their writers as they were queued to, which then run on every worker while
+/// the rest is queued.
+const DIRECT_BUDGET: usize = 16;
+
 /// Outboxes queued to with their wake left to the caller (their queue was empty), to be
 /// flushed together once the caller has queued everything it has: a session at the end
 /// of the frames of one read, the storage thread at the end of a pass. Anything still
@@ -209,12 +220,18 @@ impl Outbox {
 pub struct Flushes(Vec<Arc<Outbox>>);
 
 impl Flushes {
-    /// Lists an outbox to flush.
+    /// Lists an outbox to flush; once [`DIRECT_BUDGET`] are listed, wakes its writer
+    /// instead.
     pub fn push(&mut self, outbox: Arc<Outbox>) {
-        self.0.push(outbox);
+        if self.0.len() < DIRECT_BUDGET {
+            self.0.push(outbox);
+        } else {
+            outbox.wake();
+        }
     }
 
-    /// Flushes every listed outbox, in the order listed, and empties the list.
+    /// Flushes every listed outbox ([`Outbox::flush`]), in the order listed, and empties
+    /// the list.
     pub fn flush_all(&mut self) {
         self.0.drain(..).for_each(|outbox| outbox.flush());
     }

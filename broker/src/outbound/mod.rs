@@ -471,16 +471,23 @@ impl Outbox {
     }
 
     /// Waits for work and swaps the queue into `batch` (which must be empty), taking the
-    /// pen (put it down with [`Outbox::done_writing`]); `None` once the queue is closed
-    /// and drained.
-    pub(crate) async fn take(&self, batch: &mut VecDeque<Entry>) -> Option<()> {
+    /// pen (put it down with [`Outbox::done_writing`]): `Some(true)`. `None` once the
+    /// queue is closed and drained. With `until_spares`, returns `Some(false)` without
+    /// taking anything once spare chunks are kept (a direct writer recycled some), so
+    /// that the writer can time their release.
+    pub(crate) async fn take(
+        &self,
+        batch: &mut VecDeque<Entry>,
+        until_spares: bool,
+    ) -> Option<bool> {
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             match self.try_take(batch) {
-                Ok(true) => return Some(()),
+                Ok(true) => return Some(true),
                 Err(Closed) => return None,
+                Ok(false) if until_spares && self.has_spares() => return Some(false),
                 Ok(false) => ready.await,
             }
         }
@@ -500,10 +507,13 @@ impl Outbox {
         !self.lock().spares.is_empty()
     }
 
-    /// Releases the spare chunks.
+    /// Releases the spare chunks (and the direct writers' spare queue).
     fn release_spares(&self) {
-        let spares = std::mem::take(&mut self.lock().spares);
-        drop(spares);
+        let mut st = self.lock();
+        let spares = std::mem::take(&mut st.spares);
+        let spare_queue = std::mem::take(&mut st.spare_queue);
+        drop(st);
+        drop((spares, spare_queue));
     }
 
     /// Drops everything queued, every spare chunk and the socket: for a closed queue whose

@@ -28,7 +28,7 @@ where
             || out.capacity() > KEEP
             || batch.capacity() * std::mem::size_of::<Entry>() > KEEP;
         let taken = if holds_memory {
-            match tokio::time::timeout(TRIM_AFTER, outbox.take(&mut batch)).await {
+            match tokio::time::timeout(TRIM_AFTER, outbox.take(&mut batch, false)).await {
                 Ok(taken) => taken,
                 Err(_idle) => {
                     // Nothing was taken (`take` swaps only when it returns).
@@ -39,10 +39,13 @@ where
                 }
             }
         } else {
-            outbox.take(&mut batch).await
+            outbox.take(&mut batch, true).await
         };
-        if taken.is_none() {
-            break;
+        match taken {
+            None => break,
+            // Direct writes left spare chunks: wait again, timed.
+            Some(false) => continue,
+            Some(true) => {}
         }
         let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {

@@ -200,3 +200,24 @@ fn a_slow_consumer_notice_is_left_to_the_writer_task() {
     );
     assert_eq!(outbox.drain().len(), delivery_len(1, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn spare_chunks_left_by_direct_writes_are_released_once_idle() {
+    let socket = FakeSocket::new(usize::MAX, usize::MAX);
+    let outbox = outbox_on(&socket);
+    let (writer, _reader) = tokio::io::duplex(1 << 16);
+    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), writer));
+    // The writer task waits with nothing to time: it holds no memory.
+    tokio::task::yield_now().await;
+    push(&outbox, 0, 10, &mut BytesMut::new());
+    outbox.flush();
+    assert!(outbox.has_spares(), "the written chunk is kept for reuse");
+    tokio::time::sleep(crate::outbound::TRIM_AFTER * 2).await;
+    assert!(
+        !outbox.has_spares(),
+        "and released once the connection is idle"
+    );
+    assert!(socket.taken().len() > 0);
+    outbox.close();
+    writer_task.await.unwrap();
+}
