@@ -217,7 +217,7 @@ async fn spare_chunks_left_by_direct_writes_are_released_once_idle() {
         !outbox.has_spares(),
         "and released once the connection is idle"
     );
-    assert!(socket.taken().len() > 0);
+    assert!(!socket.taken().is_empty());
     outbox.close();
     writer_task.await.unwrap();
 }
