@@ -357,3 +357,37 @@ async fn stalled_subscriber_does_not_stall_publisher_or_fast_subscriber() {
     );
     println!("stalled subscriber: {delivered} delivered, {dropped} dropped and reported");
 }
+
+/// The client decodes each read whole: frames the network cut at any point, and many
+/// in one read, must each reach their subscription or request once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cut_anywhere_on_the_way_in_are_each_handled_once_in_order() {
+    const N: usize = 60;
+    let b = start_with(|c| c.topic = vec![ephemeral_rule("cut.>")]).await;
+    let addr: std::net::SocketAddr = b.url.trim_start_matches("tcp://").parse().unwrap();
+    let proxy = common::proxy::Proxy::start(addr).await;
+    let client = Client::connect(&proxy.url()).await.unwrap();
+    proxy.chop_replies(true);
+    let mut sub = client.subscribe("cut.>").await.unwrap();
+    let publisher = b.connect().await;
+    for i in 0..N {
+        // Deliveries arrive cut up; so do the PubAcks of the chopped client's own
+        // publishes, interleaved with them.
+        publisher.publish("cut.a", i.to_string()).await.unwrap();
+        let ack = client.publish("cut.b", i.to_string()).await.unwrap();
+        assert_eq!(ack.seq, 0, "an ephemeral topic");
+    }
+    let (mut a, mut bs) = (Vec::new(), Vec::new());
+    while a.len() + bs.len() < 2 * N {
+        let m = next(&mut sub).await;
+        let text = String::from_utf8(m.payload.to_vec()).unwrap();
+        match m.topic.as_str() {
+            "cut.a" => a.push(text),
+            "cut.b" => bs.push(text),
+            other => panic!("unexpected topic {other}"),
+        }
+    }
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(a, want, "every delivery once, in order");
+    assert_eq!(bs, want);
+}
