@@ -7,7 +7,9 @@
 //!   how many deliveries were lost (dropped for slow consumers).
 //! - **latency**: one publisher sends at a fixed rate, one subscriber receives; each
 //!   payload carries its send time, so the one-way latency of every message is measured
-//!   (same process, same clock); reports p50 / p99 / p99.9 / max.
+//!   (same process, same clock); reports p50 / p99 / p99.9 / max. Half a second of
+//!   messages at the same rate goes first, unmeasured, so that neither the new
+//!   connections nor what the previous workload left running count against a system.
 
 use std::time::{Duration, Instant};
 
@@ -266,6 +268,9 @@ async fn latency_run(
     payload: usize,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
     let topic = "bench.lat";
+    // Warm-up messages carry this instead of a send time and are not measured.
+    const WARM_UP: u64 = u64::MAX;
+    let warm_up = rate / 2;
     let base = Instant::now();
     let (mut stream, keep) = subscribe(system, target, peers, topic).await?;
     let receiver = tokio::spawn(async move {
@@ -274,6 +279,9 @@ async fn latency_run(
             match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
                 Ok(Some(p)) if p.len() >= 8 => {
                     let sent = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
+                    if sent == WARM_UP {
+                        continue;
+                    }
                     let now = base.elapsed().as_micros() as u64;
                     lat.push(now.saturating_sub(sent));
                 }
@@ -287,7 +295,7 @@ async fn latency_run(
     let mut publisher = Publisher::connect(system, target, peers).await?;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
-    for i in 0..count {
+    for i in 0..warm_up + count {
         // Pace by the schedule, not by sleeps that drift.
         let due = start + interval * i as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -296,7 +304,11 @@ async fn latency_run(
             }
         }
         let mut buf = BytesMut::with_capacity(payload);
-        buf.put_u64(base.elapsed().as_micros() as u64);
+        buf.put_u64(if i < warm_up {
+            WARM_UP
+        } else {
+            base.elapsed().as_micros() as u64
+        });
         buf.resize(payload, b'x');
         publisher.send(topic, buf.freeze()).await?;
         if matches!(system, System::Redis) {
