@@ -402,6 +402,46 @@ async fn storage_failure_is_an_error_never_an_ack_and_a_retry_is_stored_once() {
 }
 
 #[tokio::test]
+async fn a_failed_write_forgets_exactly_the_message_ids_it_was_storing() {
+    let (handle, storage, _dir) = start_faulty().await;
+    let c = Client::connect(&format!("tcp://{}", handle.tcp_addr()))
+        .await
+        .unwrap();
+    let kept = PublishMessage::new("g.x", "kept").msg_id("kept");
+    assert_eq!(c.publish_message(kept.clone()).await.unwrap().seq, 1);
+
+    // Sent together, so the storage thread takes them in one or a few passes: new IDs
+    // and, among them, a repeat of one already stored.
+    storage.fail.store(true, Ordering::SeqCst);
+    let attempts = (0..20).map(|i| {
+        let c = c.clone();
+        async move {
+            let m = PublishMessage::new("g.x", format!("m{i}")).msg_id(format!("id-{i}"));
+            c.publish_message(m).await
+        }
+    });
+    let (failed, repeat) = tokio::join!(
+        futures_util::future::join_all(attempts),
+        c.publish_message(kept.clone())
+    );
+    for r in failed {
+        assert_eq!(r.unwrap_err().code(), Some(ErrorCode::Storage));
+    }
+    assert_eq!(repeat.unwrap_err().code(), Some(ErrorCode::Storage));
+
+    // Every ID of the failed writes is forgotten, and only those: each is stored now,
+    // once, with no gap in seqs; the ID stored before is still known.
+    storage.fail.store(false, Ordering::SeqCst);
+    for i in 0..20u64 {
+        let m = PublishMessage::new("g.x", format!("m{i}")).msg_id(format!("id-{i}"));
+        let ack = c.publish_message(m).await.unwrap();
+        assert_eq!((ack.seq, ack.duplicate), (2 + i, false), "id-{i}");
+    }
+    let ack = c.publish_message(kept).await.unwrap();
+    assert_eq!((ack.seq, ack.duplicate), (1, true));
+}
+
+#[tokio::test]
 async fn ephemeral_topics_write_nothing() {
     let (handle, storage, _dir) = start_faulty().await;
     let c = Client::connect(&format!("tcp://{}", handle.tcp_addr()))
