@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use rtc_proto::codec::encode_deliver;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::{Entry, Outbox, CHUNK};
+use super::{encode_shared_run, Entry, Outbox, CHUNK};
 
 /// A socket that can be written without waiting, from any thread.
 pub trait DirectWrite: Send + Sync + std::fmt::Debug {
@@ -173,16 +172,10 @@ impl Outbox {
                     }
                 }
                 Entry::Shared { .. } => {
-                    // Consecutive shared deliveries, encoded together up to a chunk.
+                    // Taken off the batch: on a failed write the caller drops the batch
+                    // anyway, and what the socket does not take goes back as a chunk.
                     scratch.clear();
-                    let mut encoded = 0;
-                    while let Some(Entry::Shared { sub_id, message }) = batch.get(encoded) {
-                        encode_deliver(*sub_id, message, scratch);
-                        encoded += 1;
-                        if scratch.len() >= CHUNK {
-                            break;
-                        }
-                    }
+                    encode_shared_run(batch, scratch);
                     let n = write_some(socket, scratch);
                     let rest = match &n {
                         Ok(n) if *n < scratch.len() => Some(BytesMut::from(&scratch[*n..])),
@@ -193,7 +186,6 @@ impl Outbox {
                         *scratch = BytesMut::new();
                     }
                     n?;
-                    batch.drain(..encoded);
                     if let Some(rest) = rest {
                         batch.push_front(Entry::Chunk(rest));
                         return Ok(());

@@ -80,6 +80,23 @@ fn delivery_len(sub_id: u64, message_len: usize) -> usize {
     LEN_PREFIX + deliver_frame_len(sub_id, message_len)
 }
 
+/// Takes the run of shared deliveries at the front of `batch` (at least one, if the front
+/// is one) and encodes them into `out` until it holds a chunk's worth; how many it took.
+/// The writer task and direct writers both write shared deliveries this way.
+fn encode_shared_run(batch: &mut VecDeque<Entry>, out: &mut BytesMut) -> usize {
+    let mut taken = 0;
+    while matches!(batch.front(), Some(Entry::Shared { .. })) {
+        if let Some(Entry::Shared { sub_id, message }) = batch.pop_front() {
+            encode_deliver(sub_id, &message, out);
+            taken += 1;
+        }
+        if out.len() >= CHUNK {
+            break;
+        }
+    }
+    taken
+}
+
 /// One queue entry.
 #[derive(Debug)]
 pub(crate) enum Entry {
@@ -331,11 +348,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// [`Outbox::push_frame_now`] without waking the writer: returns whether the caller
-    /// must call [`Outbox::wake`] once it has queued the rest of its answers. The
-    /// storage thread answers a whole pass this way, so the writer takes the pass's
-    /// answers in one batch instead of waking after the first (each fragment became
-    /// one write for the broker and one read, and one refill, for the client).
+    /// [`Outbox::push_frame_now`] without waking the writer: returns whether the queue
+    /// was empty, so that the caller must [`Outbox::flush`] once it has queued the rest
+    /// of its answers. The storage thread answers a whole pass this way, so each
+    /// connection gets the pass's answers in one write instead of a write after the
+    /// first (each fragment became one write for the broker and one read, and one
+    /// refill, for the client).
     ///
     /// A response above the connection's frame limit cannot be sent; it is logged and
     /// left out.

@@ -8,11 +8,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use rtc_proto::codec::{encode_deliver, encode_frame};
+use rtc_proto::codec::encode_frame;
 use rtc_proto::Frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{Entry, Outbox, CHUNK, KEEP, TRIM_AFTER};
+use super::{encode_shared_run, Entry, Outbox, CHUNK, KEEP, TRIM_AFTER};
 
 /// Drains `outbox` into `writer` until the outbox is closed and empty or the socket fails,
 /// then shuts the writer down.
@@ -66,8 +66,9 @@ where
     let _ = writer.shutdown().await;
 }
 
-/// Writes a batch in order (chunks as they are, shared deliveries encoded into `out`
-/// first), then flushes. Leaves `batch` and `out` empty.
+/// Writes a batch in order (chunks as they are, runs of shared deliveries encoded into
+/// `out` first, after whatever `out` already holds), then flushes. Leaves `batch` and
+/// `out` empty, whatever happens.
 async fn write_batch<W>(
     outbox: &Outbox,
     batch: &mut VecDeque<Entry>,
@@ -77,28 +78,39 @@ async fn write_batch<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    // Whatever happens, the batch is not kept.
-    let mut entries = batch.drain(..);
-    for entry in entries.by_ref() {
-        match entry {
-            Entry::Shared { sub_id, message } => {
-                encode_deliver(sub_id, &message, out);
-                if out.len() >= CHUNK {
-                    writer.write_all(out).await?;
-                    out.clear();
-                }
+    let result = write_entries(outbox, batch, out, writer).await;
+    batch.clear();
+    out.clear();
+    result
+}
+
+async fn write_entries<W>(
+    outbox: &Outbox,
+    batch: &mut VecDeque<Entry>,
+    out: &mut BytesMut,
+    writer: &mut W,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while !batch.is_empty() {
+        if encode_shared_run(batch, out) > 0 {
+            if out.len() >= CHUNK {
+                writer.write_all(out).await?;
+                out.clear();
             }
-            Entry::Chunk(buf) => {
-                if !out.is_empty() {
-                    writer.write_all(out).await?;
-                    out.clear();
-                }
-                writer.write_all(&buf).await?;
-                outbox.recycle(buf);
+            continue;
+        }
+        // The front is a chunk: what `out` holds goes first.
+        if let Some(Entry::Chunk(buf)) = batch.pop_front() {
+            if !out.is_empty() {
+                writer.write_all(out).await?;
+                out.clear();
             }
+            writer.write_all(&buf).await?;
+            outbox.recycle(buf);
         }
     }
-    drop(entries);
     if !out.is_empty() {
         writer.write_all(out).await?;
         out.clear();

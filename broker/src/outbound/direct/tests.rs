@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use rtc_proto::codec::encode_deliver;
 
 use super::*;
 use crate::outbound::{delivery_len, Share};
