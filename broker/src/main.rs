@@ -12,6 +12,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use rtc_broker::{Broker, BrokerHandle, Config};
 
+/// mimalloc rather than glibc's malloc: buffers are allocated on one thread and freed on
+/// another (a session's frames by the storage thread, chunks by writers), which glibc
+/// serves with arena locks and `malloc_consolidate`; with mimalloc acknowledged publish
+/// at 256 in flight went from 84 k to 94 k msgs/s (5 alternating runs each).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The rtc message broker.
 #[derive(Debug, Parser)]
 #[command(name = "rtc-broker", version, about)]

@@ -113,7 +113,6 @@ impl Outbox {
                 return;
             }
         };
-        let had_spares = !st.spares.is_empty();
         let mut batch = std::mem::take(&mut st.spare_queue);
         Self::take_locked(&mut st, &mut batch);
         self.backlog.store(false, Ordering::Relaxed);
@@ -142,9 +141,10 @@ impl Outbox {
         st.spare_queue = batch;
         st.writing = false;
         // The writer task releases spare chunks after a while idle, but only times that
-        // when it knows they are there: it is told when the first one appears.
-        let first_spares = !had_spares && !st.spares.is_empty();
-        let wake = st.frames > 0 || st.closed || first_spares;
+        // when it knows they are there: it is told when they appear (not on every direct
+        // write, which would cost the wake-up that direct writes exist to save).
+        let untimed_spares = !st.spares_timed && !st.spares.is_empty();
+        let wake = st.frames > 0 || st.closed || untimed_spares;
         drop(st);
         if wake {
             self.wake();

@@ -127,6 +127,9 @@ struct State {
     entries: VecDeque<Entry>,
     /// Empty chunks handed back by the writer.
     spares: Vec<BytesMut>,
+    /// The writer task knows spares are kept and is timing their release: a direct
+    /// writer that recycles a chunk need not wake it.
+    spares_timed: bool,
     /// Bytes queued, as they will be written.
     bytes: usize,
     /// Frames queued (a remainder a direct write handed back counts as one per entry).
@@ -525,9 +528,19 @@ impl Outbox {
         !self.lock().spares.is_empty()
     }
 
+    /// Whether spare chunks are kept; if so, notes that the writer task is timing their
+    /// release (until [`Outbox::release_spares`]), so direct writers stop waking it for
+    /// them.
+    fn time_spares(&self) -> bool {
+        let mut st = self.lock();
+        st.spares_timed = !st.spares.is_empty();
+        st.spares_timed
+    }
+
     /// Releases the spare chunks (and the direct writers' spare queue).
     fn release_spares(&self) {
         let mut st = self.lock();
+        st.spares_timed = false;
         let spares = std::mem::take(&mut st.spares);
         let spare_queue = std::mem::take(&mut st.spare_queue);
         drop(st);

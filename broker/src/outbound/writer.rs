@@ -24,7 +24,7 @@ where
     // Shared deliveries (and the slow-consumer notice) are encoded here.
     let mut out = BytesMut::new();
     loop {
-        let holds_memory = outbox.has_spares()
+        let holds_memory = outbox.time_spares()
             || out.capacity() > KEEP
             || batch.capacity() * std::mem::size_of::<Entry>() > KEEP;
         let taken = if holds_memory {

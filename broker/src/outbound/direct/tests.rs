@@ -222,3 +222,40 @@ async fn spare_chunks_left_by_direct_writes_are_released_once_idle() {
     outbox.close();
     writer_task.await.unwrap();
 }
+
+/// Whether the writer task has been woken since the last look (a stored permit).
+fn woken(outbox: &Outbox) -> bool {
+    use futures_util::FutureExt;
+    outbox.ready.notified().now_or_never().is_some()
+}
+
+#[test]
+fn direct_writes_wake_the_writer_for_spares_only_until_it_times_them() {
+    let socket = FakeSocket::new(usize::MAX, usize::MAX);
+    let outbox = outbox_on(&socket);
+    let mut expected = BytesMut::new();
+    // Copied deliveries (`push` copies those not divisible by 3): each goes into a
+    // chunk, which the direct write hands back as a spare.
+    push(&outbox, 1, 1, &mut expected);
+    outbox.flush();
+    assert!(
+        woken(&outbox),
+        "the first spare chunk is news to the writer"
+    );
+
+    // The writer task starts timing their release; from now on a direct write that
+    // takes the spare chunk and hands it back must not wake it.
+    assert!(outbox.time_spares());
+    for i in [2, 4, 5] {
+        push(&outbox, i, 1, &mut expected);
+        outbox.flush();
+        assert!(!woken(&outbox), "write {i} woke the writer for nothing");
+    }
+
+    // Released after idling: the next spare chunk is news again.
+    outbox.release_spares();
+    push(&outbox, 7, 1, &mut expected);
+    outbox.flush();
+    assert!(woken(&outbox));
+    assert_eq!(socket.taken(), expected, "everything was written directly");
+}
