@@ -39,13 +39,6 @@ enum Workload {
     Connections(connections::ConnectionsArgs),
 }
 
-/// mimalloc, like the broker daemon, for every system's client alike. With glibc's
-/// malloc the rtc client's acknowledged publishes at 256 in flight were bound by
-/// cross-thread frees (98-112 k msgs/s; 122-135 k with mimalloc), while JetStream's
-/// client measured the same either way (65-74 k msgs/s).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
