@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rtc_proto::publish::PublishRef;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::Frame;
 use tokio::sync::{oneshot, watch};
@@ -125,10 +126,6 @@ impl Inner {
         )
     }
 
-    fn check_size(&self, frame: &Frame) -> Result<(), Error> {
-        self.check_len(rtc_proto::codec::frame_len(frame))
-    }
-
     /// Refuses a frame whose length prefix would be `len`, if above the broker's limit.
     fn check_len(&self, len: usize) -> Result<(), Error> {
         if len > self.max_frame_size {
@@ -150,25 +147,33 @@ impl Inner {
     /// Sends a request built around a fresh req_id and waits for its answer.
     pub(crate) async fn request(&self, build: impl FnOnce(u64) -> Frame) -> Result<Op, Error> {
         let req_id = self.next_id();
-        self.send_request(req_id, build(req_id), None).await
+        let frame = build(req_id);
+        let len = rtc_proto::codec::frame_len(&frame);
+        self.send_request(req_id, Outgoing::Frame(frame), len, None)
+            .await
     }
 
     /// Publishes and waits for the acknowledgement; the publish stays in the outbox
     /// (and is resent after a reconnect) until it has one, even if this call times out.
     async fn publish(&self, message: PublishMessage) -> Result<Op, Error> {
         let req_id = self.next_id();
-        let publish = message.into_publish(req_id);
-        let frame = Frame::from_op(Op::Publish(publish.clone()));
-        self.send_request(req_id, frame, Some(publish)).await
+        // One copy, shared by the outbox and the writer (which encodes it in place).
+        let publish = Arc::new(message.into_publish(req_id));
+        let len = PublishRef::from(&*publish).frame_len();
+        self.send_request(req_id, Outgoing::Acked(publish.clone()), len, Some(publish))
+            .await
     }
 
+    /// Registers `req_id`, keeps `publish` in the outbox, queues `item` (whose length
+    /// prefix will be `frame_len`) and waits for the answer.
     async fn send_request(
         &self,
         req_id: u64,
-        frame: Frame,
-        publish: Option<v1::Publish>,
+        item: Outgoing,
+        frame_len: usize,
+        publish: Option<Arc<v1::Publish>>,
     ) -> Result<Op, Error> {
-        self.check_size(&frame)?;
+        self.check_len(frame_len)?;
         let (tx, rx) = oneshot::channel();
         self.shared.register(req_id, tx)?;
         if let Some(p) = publish {
@@ -178,7 +183,7 @@ impl Inner {
                 return Err(e);
             }
         }
-        if self.tx.send(Outgoing::Frame(frame)).await.is_err() {
+        if self.tx.send(item).await.is_err() {
             self.shared.unregister(req_id);
             return Err(self.closed_error());
         }

@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use rtc_proto::codec::encode_frame;
 use rtc_proto::codec::{ClientCodec, Incoming};
+use rtc_proto::publish::PublishRef;
 use rtc_proto::silence::{Silence, SILENT_INTERVALS};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
@@ -43,6 +44,8 @@ pub(crate) enum Outgoing {
     /// A fire-and-forget publish, encoded straight from its fields (no `v1::Publish`
     /// with an owned topic is built).
     Publish(PublishMessage),
+    /// An acknowledged publish, shared with the outbox that keeps it until its answer.
+    Acked(Arc<v1::Publish>),
     /// Flush what is queued, close the write side, stop.
     Close,
 }
@@ -349,10 +352,9 @@ pub(crate) async fn run(
             match next {
                 Some(Outgoing::Frame(frame)) => encode(&frame, max_frame_size, &mut buf),
                 Some(Outgoing::Publish(m)) => {
-                    if let Err(e) = m.as_publish(0).encode(max_frame_size, &mut buf) {
-                        tracing::error!(error = %e, "dropping an unencodable publish");
-                    }
+                    encode_publish(m.as_publish(0), max_frame_size, &mut buf)
                 }
+                Some(Outgoing::Acked(p)) => encode_publish((&*p).into(), max_frame_size, &mut buf),
                 Some(Outgoing::Close) | None => {
                     let _ = writer.write_all(&buf).await;
                     let _ = writer.shutdown().await;
@@ -382,6 +384,12 @@ pub(crate) async fn run(
 fn encode(frame: &Frame, max_frame_size: usize, buf: &mut BytesMut) {
     if let Err(e) = encode_frame(frame, max_frame_size, buf) {
         tracing::error!(error = %e, "dropping an unencodable frame");
+    }
+}
+
+fn encode_publish(p: PublishRef<'_>, max_frame_size: usize, buf: &mut BytesMut) {
+    if let Err(e) = p.encode(max_frame_size, buf) {
+        tracing::error!(error = %e, "dropping an unencodable publish");
     }
 }
 

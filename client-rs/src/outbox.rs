@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message as _;
 use rtc_proto::v1;
@@ -37,7 +38,8 @@ struct Journal {
 /// Unacknowledged publishes, resent after a reconnect.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    entries: BTreeMap<u64, v1::Publish>,
+    /// Shared with the writer while it is being sent.
+    entries: BTreeMap<u64, Arc<v1::Publish>>,
     capacity: usize,
     journal: Option<Journal>,
 }
@@ -96,7 +98,7 @@ impl Outbox {
     }
 
     /// Keeps `publish` (sent with `req_id`) until it is acknowledged.
-    pub(crate) fn add(&mut self, req_id: u64, publish: v1::Publish) -> Result<(), Error> {
+    pub(crate) fn add(&mut self, req_id: u64, publish: Arc<v1::Publish>) -> Result<(), Error> {
         if self.entries.len() >= self.capacity {
             return Err(Error::OutboxFull(self.capacity));
         }
@@ -112,7 +114,7 @@ impl Outbox {
 
     /// Puts back an entry loaded by [`Outbox::open`] (already in the journal).
     pub(crate) fn restore(&mut self, req_id: u64, publish: v1::Publish) {
-        self.entries.insert(req_id, publish);
+        self.entries.insert(req_id, Arc::new(publish));
     }
 
     /// Whether the publish sent with `req_id` is waiting for its acknowledgement.
@@ -164,7 +166,7 @@ impl Outbox {
     pub(crate) fn pending(&self) -> Vec<(u64, v1::Publish)> {
         self.entries
             .iter()
-            .map(|(id, p)| (*id, p.clone()))
+            .map(|(id, p)| (*id, (**p).clone()))
             .collect()
     }
 
@@ -233,11 +235,14 @@ mod tests {
     #[test]
     fn bounded() {
         let mut o = Outbox::new(2);
-        o.add(1, publish("a")).unwrap();
-        o.add(2, publish("b")).unwrap();
-        assert!(matches!(o.add(3, publish("c")), Err(Error::OutboxFull(2))));
+        o.add(1, Arc::new(publish("a"))).unwrap();
+        o.add(2, Arc::new(publish("b"))).unwrap();
+        assert!(matches!(
+            o.add(3, Arc::new(publish("c"))),
+            Err(Error::OutboxFull(2))
+        ));
         o.remove(1);
-        o.add(3, publish("c")).unwrap();
+        o.add(3, Arc::new(publish("c"))).unwrap();
         assert_eq!(
             o.pending().iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             vec![2, 3]
@@ -252,7 +257,7 @@ mod tests {
             let (mut o, left) = Outbox::open(&path, 10).unwrap();
             assert!(left.is_empty());
             for (i, id) in ["a", "b", "c"].iter().enumerate() {
-                o.add(i as u64 + 1, publish(id)).unwrap();
+                o.add(i as u64 + 1, Arc::new(publish(id))).unwrap();
             }
             o.remove(2);
         }
