@@ -91,6 +91,7 @@ pub(crate) async fn run<R, W>(
         known_topics: TopicCache::default(),
         matches: MatchCache::default(),
         read_ms: now_ms(),
+        lone: false,
         later: Flushes::default(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
@@ -128,6 +129,11 @@ struct Session {
     /// epoch): the timestamp of the messages published in them. Read from the clock once
     /// per read, not per message.
     read_ms: i64,
+    /// The frame being handled is the only one its read brought, with nothing after it
+    /// in the buffer: a lone publish may be stored inline (see
+    /// [`crate::store::writer::SharedWriter`]); one of a stream goes to the storage
+    /// thread, which stores what arrives together in one pass.
+    lone: bool,
     /// Other connections' outboxes this session queued deliveries to since it last
     /// flushed ([`Session::flush`]).
     later: Flushes,
@@ -217,12 +223,14 @@ impl Session {
         let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut first = true;
             loop {
                 let frame = match codec.decode(&mut buf) {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(e) => return self.codec_error(e).await,
                 };
+                self.lone = std::mem::take(&mut first) && buf.is_empty();
                 if !matches!(frame.op, Some(Op::Publish(_))) {
                     // Anything but a publish may wait (for the storage thread, a
                     // consumer, …): what is queued goes out first.

@@ -145,6 +145,16 @@ impl Session {
                 permit,
             },
         };
+        // A lone publish is stored right here when the storage thread is idle; others
+        // are queued for it.
+        let append = if self.lone {
+            match self.shared.log.append_inline(append) {
+                None => return Ok(()),
+                Some(append) => append,
+            }
+        } else {
+            append
+        };
         if self.shared.log.send(Request::Append(append)).is_err() {
             let msg = "the storage thread has stopped; the message was not stored".to_string();
             return self.send(reply(ErrorCode::Storage, msg)).await;

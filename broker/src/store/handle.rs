@@ -11,6 +11,7 @@ use rtc_proto::ErrorCode;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::view::{LogView, TopicView};
+use super::writer::SharedWriter;
 use super::{Storage, TopicId};
 use crate::outbound::Outbox;
 
@@ -84,6 +85,9 @@ pub enum Request {
     },
     /// Apply retention limits and expire dedup entries.
     Enforce,
+    /// Nothing to do but look at the flush timer again: an inline append left the
+    /// store unflushed under an `interval` policy.
+    Wake,
     /// Flush and stop.
     Shutdown,
 }
@@ -96,6 +100,8 @@ pub struct Stopped;
 #[derive(Debug)]
 pub struct LogHandle {
     pub(super) tx: Sender<Request>,
+    /// The writer, for inline appends, and the count of requests sent.
+    pub(super) shared: Arc<SharedWriter>,
     /// Topics and their stats.
     pub view: Arc<LogView>,
     /// For replays, which read directly.
@@ -121,7 +127,13 @@ impl LogHandle {
 
     /// Queues a request; fails only if the storage thread has stopped.
     pub fn send(&self, request: Request) -> Result<(), Stopped> {
-        self.tx.send(request).map_err(|_| Stopped)
+        self.shared.send(&self.tx, request)
+    }
+
+    /// Stores and answers `append` right here when the storage thread is idle (see
+    /// [`SharedWriter`]): `None`. Otherwise hands it back, for [`LogHandle::send`].
+    pub fn append_inline(&self, append: Append) -> Option<Append> {
+        self.shared.append_inline(&self.tx, append)
     }
 
     /// Creates or updates a topic and returns its view.

@@ -1,6 +1,8 @@
 //! The storage thread: the only writer of the store.
 //!
-//! Sessions hand it requests over a crossbeam channel ([`LogHandle`]). Each pass it takes
+//! Sessions hand it requests over a crossbeam channel ([`LogHandle`]); a lone publish
+//! may instead be stored by its session while the thread is idle, under the same lock
+//! and through the same pass (see `writer/shared.rs`: the loop, the lock and that rule). Each pass it takes
 //! every request waiting (up to [`MAX_BATCH`]), and for the appends among them:
 //! assigns the next sequence number of the topic and a broker timestamp (never earlier
 //! than the topic's previous one), checks the message ID against the topic's dedup
@@ -30,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rtc_proto::v1::{self, frame::Op, TopicSettings};
 use rtc_proto::{ErrorCode, Frame};
 use tokio::sync::Semaphore;
@@ -43,10 +44,12 @@ use crate::session::now_ms;
 use crate::topic::{is_durable, normalize, TopicRegistry};
 
 mod retention;
+mod shared;
 
 pub use super::handle::{Append, LogHandle, Refusal, Request, Responder, Stopped};
 pub use super::view::{LogView, TopicView};
 pub use retention::first_at_or_after;
+pub use shared::SharedWriter;
 
 use super::dedup::Dedup;
 
@@ -109,6 +112,8 @@ struct Writer {
     /// Written but not yet flushed.
     dirty: bool,
     last_flush: Instant,
+    /// The storage thread has stopped: nothing more may be written (inline either).
+    stopped: bool,
 }
 
 /// Loads the store, rebuilds the dedup windows, and starts the storage thread.
@@ -131,15 +136,19 @@ pub fn start(
         max_topics,
         dirty: false,
         last_flush: Instant::now(),
+        stopped: false,
     };
     writer.recover(storage.load_topics()?)?;
     let (tx, rx) = crossbeam_channel::unbounded();
+    let shared = Arc::new(SharedWriter::new(writer));
+    let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name("rtc-storage".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || shared::run(&thread_shared, rx))
         .map_err(|e| StoreError::Engine(format!("cannot start the storage thread: {e}")))?;
     Ok(LogHandle {
         tx,
+        shared,
         view,
         storage,
         permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -197,46 +206,6 @@ impl Writer {
             self.storage.flush()?;
         }
         Ok(())
-    }
-
-    fn run(mut self, rx: Receiver<Request>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let first = match self.flush_deadline() {
-                Some(deadline) => {
-                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(r) => r,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.flush_logged();
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                None => match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                },
-            };
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
-            let shutdown = batch.iter().any(|r| matches!(r, Request::Shutdown));
-            let enforce = batch.iter().any(|r| matches!(r, Request::Enforce));
-            self.process(&mut batch);
-            if enforce {
-                self.enforce_retention();
-            }
-            if shutdown {
-                break;
-            }
-        }
-        self.flush_logged();
-        tracing::debug!("storage thread stopped");
     }
 
     /// When an `interval` policy owes a flush.
@@ -307,7 +276,7 @@ impl Writer {
                     consumers.insert((id, name), record);
                     saved.extend(stored);
                 }
-                Request::Enforce | Request::Shutdown => {}
+                Request::Enforce | Request::Shutdown | Request::Wake => {}
             }
         }
         for name in undo.stats.keys() {

@@ -1,0 +1,151 @@
+//! Who runs the writer: the storage thread, or a session appending inline.
+//!
+//! The [`Writer`] sits behind one lock ([`SharedWriter`]). The storage thread's loop
+//! ([`run`]) takes every request waiting on the channel and processes them as one pass
+//! under that lock. A session with a publish for a durable topic may instead process it
+//! itself, as a pass of one ([`SharedWriter::append_inline`]), but only when nothing
+//! is waiting for the storage thread and nobody holds the lock: a lone publish then
+//! costs no hand-over to another thread and back (two wake-ups, a large part of its
+//! round trip on a small machine). Under load, requests queue for the thread and are
+//! batched as before.
+//!
+//! Order: a connection's publishes are stored in the order it sent them. Requests
+//! sent to the thread are counted ([`SharedWriter::queued`]) from before they are sent
+//! until the pass that processed them is done, under the lock; a session appends inline
+//! only while that count is zero under the lock, so never ahead of one of its own
+//! publishes still on its way through the channel.
+//!
+//! Inline appends are off with fsync `always`: the flush would block a runtime worker
+//! for milliseconds. With `interval:N`, the first inline append after a flush tells the
+//! thread ([`Request::Wake`]), which owns the flush timer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{Append, Request, Stopped, Writer, MAX_BATCH};
+use crate::config::FsyncPolicy;
+
+/// The writer and the count of requests on their way to the storage thread.
+pub struct SharedWriter {
+    writer: Mutex<Writer>,
+    /// Requests sent to the storage thread whose pass has not finished.
+    queued: AtomicUsize,
+    /// Whether sessions may append inline (not with fsync `always`).
+    inline: bool,
+}
+
+impl std::fmt::Debug for SharedWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWriter")
+            .field("queued", &self.queued)
+            .field("inline", &self.inline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedWriter {
+    pub(super) fn new(writer: Writer) -> Self {
+        SharedWriter {
+            inline: writer.fsync != FsyncPolicy::Always,
+            writer: Mutex::new(writer),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `request` for the storage thread, counted until its pass is done; fails
+    /// only if the thread has stopped.
+    pub(crate) fn send(&self, tx: &Sender<Request>, request: Request) -> Result<(), Stopped> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        tx.send(request).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            Stopped
+        })
+    }
+
+    /// Stores `append` and answers it from the calling thread, if the storage thread
+    /// has nothing waiting and is not in a pass (`None`); otherwise hands `append` back,
+    /// to be sent to the thread. `tx` is for telling the thread about a flush it owes.
+    pub(crate) fn append_inline(&self, tx: &Sender<Request>, append: Append) -> Option<Append> {
+        if !self.inline || self.queued.load(Ordering::SeqCst) != 0 {
+            return Some(append);
+        }
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return Some(append);
+        };
+        // Checked again under the lock: the thread's pass ends (and the count drops)
+        // under it, so a zero here means every earlier request has been processed.
+        if writer.stopped || self.queued.load(Ordering::SeqCst) != 0 {
+            return Some(append);
+        }
+        let was_dirty = writer.dirty;
+        let mut batch = vec![Request::Append(append)];
+        writer.process(&mut batch);
+        let owes_timed_flush =
+            !was_dirty && writer.dirty && matches!(writer.fsync, FsyncPolicy::IntervalMs(_));
+        drop(writer);
+        if owes_timed_flush {
+            // If the thread has stopped, it flushed on the way out.
+            let _ = self.send(tx, Request::Wake);
+        }
+        None
+    }
+}
+
+/// The storage thread: passes over what the channel holds until it is told to stop or
+/// every sender is gone; then a last flush.
+pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let deadline = shared.lock().flush_deadline();
+        let first = match deadline {
+            Some(deadline) => {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => {
+                        shared.lock().flush_logged();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            None => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let taken = batch.len();
+        let shutdown = batch.iter().any(|r| matches!(r, Request::Shutdown));
+        let enforce = batch.iter().any(|r| matches!(r, Request::Enforce));
+        let mut writer = shared.lock();
+        writer.process(&mut batch);
+        if enforce {
+            writer.enforce_retention();
+        }
+        if shutdown {
+            writer.stopped = true;
+        }
+        shared.queued.fetch_sub(taken, Ordering::SeqCst);
+        drop(writer);
+        if shutdown {
+            break;
+        }
+    }
+    let mut writer = shared.lock();
+    writer.stopped = true;
+    writer.flush_logged();
+    tracing::debug!("storage thread stopped");
+}
