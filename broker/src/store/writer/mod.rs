@@ -53,6 +53,9 @@ pub use shared::SharedWriter;
 
 use super::dedup::Dedup;
 
+/// How often (ms) a topic's stats are written while it is appended to.
+const STATS_EVERY_MS: i64 = 1000;
+
 /// Most requests handled in one pass (one write, one flush).
 pub const MAX_BATCH: usize = 4096;
 /// Appends accepted but not yet answered, across all connections. Beyond it, publishers
@@ -66,6 +69,10 @@ struct TopicLog {
     explicit: bool,
     stats: TopicStats,
     dedup: Dedup,
+    /// When (pass time, ms) its stats were last written.
+    stats_saved_ms: i64,
+    /// Messages were appended since its stats were last written.
+    stats_stale: bool,
 }
 
 impl TopicLog {
@@ -183,6 +190,8 @@ impl Writer {
                 explicit: t.explicit,
                 stats: t.stats,
                 dedup: Dedup::default(),
+                stats_saved_ms: 0,
+                stats_stale: false,
             };
             if t.id != 0 && log.stats.messages > 0 {
                 let since = now - log.settings.dedup_window_ms as i64;
@@ -206,6 +215,31 @@ impl Writer {
             self.storage.flush()?;
         }
         Ok(())
+    }
+
+    /// Writes the stats of topics appended to since theirs were last written (by the
+    /// retention timer, and before the last flush on shutdown).
+    fn save_stale_stats(&mut self) {
+        let now = now_ms();
+        let ops: Vec<WriteOp> = self
+            .topics
+            .values()
+            .filter(|log| log.stats_stale)
+            .map(|log| WriteOp::PutStats(log.id, log.stats))
+            .collect();
+        if ops.is_empty() {
+            return;
+        }
+        match self.storage.write(ops) {
+            Ok(()) => {
+                self.dirty = true;
+                for log in self.topics.values_mut().filter(|log| log.stats_stale) {
+                    log.stats_saved_ms = now;
+                    log.stats_stale = false;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "writing topic stats failed"),
+        }
     }
 
     /// When an `interval` policy owes a flush.
@@ -279,9 +313,17 @@ impl Writer {
                 Request::Enforce | Request::Shutdown | Request::Wake => {}
             }
         }
+        // A topic's stats are written at most once a second while it is appended to
+        // (the log is the authority: a restart counts in messages stored after the last
+        // stats written, see `load_topics`); the retention timer writes stale ones.
+        let mut stats_saved = Vec::new();
         for name in undo.stats.keys() {
-            let log = &self.topics[name];
-            ops.push(WriteOp::PutStats(log.id, log.stats));
+            let log = self.topics.get_mut(name).expect("appended to");
+            log.stats_stale = true;
+            if now - log.stats_saved_ms >= STATS_EVERY_MS {
+                ops.push(WriteOp::PutStats(log.id, log.stats));
+                stats_saved.push(name.clone());
+            }
         }
         for ((id, name), record) in consumers {
             ops.push(WriteOp::PutConsumer { id, name, record });
@@ -319,6 +361,12 @@ impl Writer {
         if result.is_ok() {
             for done in saved {
                 let _ = done.send(());
+            }
+            for name in stats_saved {
+                if let Some(log) = self.topics.get_mut(&name) {
+                    log.stats_saved_ms = now;
+                    log.stats_stale = false;
+                }
             }
         }
         // Fan out in sequence order, then answer: a subscription made after a publisher
@@ -473,6 +521,8 @@ impl Writer {
                 explicit,
                 stats: TopicStats::default(),
                 dedup: Dedup::default(),
+                stats_saved_ms: 0,
+                stats_stale: false,
             },
         );
         Ok(())
@@ -552,6 +602,8 @@ impl Writer {
                             explicit,
                             stats: TopicStats::default(),
                             dedup: Dedup::default(),
+                            stats_saved_ms: 0,
+                            stats_stale: false,
                         },
                     );
                 }

@@ -134,6 +134,7 @@ pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
         writer.process(&mut batch);
         if enforce {
             writer.enforce_retention();
+            writer.save_stale_stats();
         }
         if shutdown {
             writer.stopped = true;
@@ -146,6 +147,7 @@ pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
     }
     let mut writer = shared.lock();
     writer.stopped = true;
+    writer.save_stale_stats();
     writer.flush_logged();
     tracing::debug!("storage thread stopped");
 }
