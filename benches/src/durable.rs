@@ -53,7 +53,8 @@ pub struct DurableArgs {
     /// [default: always, interval:10, never].
     #[arg(long)]
     fsync: Vec<FsyncPolicy>,
-    /// Messages per run [default: 2000 when W = 1, else 20000].
+    /// Messages per run [default: 5000 when W = 1, else 100000: long enough (about a
+    /// second per system) that one scheduling stall does not decide the figure].
     #[arg(long)]
     count: Option<u64>,
     /// Payload size in bytes (at least 8: each carries its index).
@@ -178,7 +179,7 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
     for &window in &windows {
         let count = args
             .count
-            .unwrap_or(if window == 1 { 2_000 } else { 20_000 });
+            .unwrap_or(if window == 1 { 5_000 } else { 100_000 });
         // The last rtc row of this window, which rival rows are compared with.
         let mut rtc: Option<(f64, f64)> = None;
         for &system in &systems {
