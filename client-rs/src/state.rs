@@ -22,6 +22,10 @@ use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::queue;
 
+/// A map keyed by this client's request or subscription IDs, looked up per answer and per
+/// delivery: foldhash rather than SipHash (~2 % of a subscribing client at 1 × 128 B).
+type IdMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+
 /// Where a broker answer is routed.
 pub(crate) type Reply = Result<Op, Error>;
 
@@ -108,7 +112,7 @@ impl SubEntry {
 }
 
 /// [`Shared::route`] with the subscriptions locked.
-fn route_in(subs: &mut HashMap<u64, SubEntry>, sub_id: u64, m: Message) -> Routed {
+fn route_in(subs: &mut IdMap<SubEntry>, sub_id: u64, m: Message) -> Routed {
     let Some(entry) = subs.get_mut(&sub_id) else {
         return Routed::Skipped;
     };
@@ -138,9 +142,9 @@ pub(crate) enum Routed {
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pending: Mutex<IdMap<oneshot::Sender<Reply>>>,
     pub(crate) outbox: Mutex<Outbox>,
-    subs: Mutex<HashMap<u64, SubEntry>>,
+    subs: Mutex<IdMap<SubEntry>>,
     closed: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
     /// Messages the broker reported dropping for this client (SLOW_CONSUMER).
@@ -159,9 +163,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(outbox: Outbox) -> Self {
         Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(IdMap::default()),
             outbox: Mutex::new(outbox),
-            subs: Mutex::new(HashMap::new()),
+            subs: Mutex::new(IdMap::default()),
             closed: Mutex::new(None),
             last_error: Mutex::new(None),
             dropped: AtomicU64::new(0),
