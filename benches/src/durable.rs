@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rtc_broker::FsyncPolicy;
-use rtc_client::{ConsumerOptions, StartAt, SubscribeOptions};
+use rtc_client::{ConsumerOptions, PublishMessage, StartAt, SubscribeOptions};
 
 use crate::durable_peers::{self, Rival};
 use crate::harness::Target;
@@ -251,14 +251,17 @@ async fn rtc_run(target: &Target, plan: &Plan) -> anyhow::Result<Measured> {
     // Not under `bench.>`, which benches/compare.sh makes ephemeral for the live runs.
     let topic = format!("durable.bench.{}.{}", client.connection_id(), plan.run_id);
 
+    // Like the JetStream run: each publish is queued, and only the future of its
+    // acknowledgement is kept in flight.
     let started = Instant::now();
+    let topic_ref = rtc_client::Topic::from(topic.as_str());
     let mut seqs = Vec::with_capacity(plan.count as usize);
     let mut in_flight = FuturesUnordered::new();
     let mut sent = 0;
     while sent < plan.count || !in_flight.is_empty() {
         while sent < plan.count && in_flight.len() < plan.window {
-            let (c, t, b) = (client.clone(), topic.clone(), plan.payload(sent));
-            in_flight.push(async move { c.publish(&t, b).await });
+            let m = PublishMessage::new(topic_ref.clone(), plan.payload(sent));
+            in_flight.push(client.publish_queued(m).await.context("publish")?);
             sent += 1;
         }
         if let Some(ack) = in_flight.next().await {

@@ -7,6 +7,7 @@
 //! it. A publish that wants an acknowledgement is also kept in the outbox until it gets
 //! one, and resent after a reconnect.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::message::{PubAck, PublishMessage};
 use crate::options::{IdGen, SubscribeOptions};
 use crate::outbox::Outbox;
 use crate::queue;
-use crate::state::{ConnectionState, Shared, SubEntry};
+use crate::state::{ConnectionState, Reply, Shared, SubEntry};
 use crate::subscription::Subscription;
 use crate::supervisor::{self, Dial, ReconnectPolicy};
 
@@ -153,19 +154,24 @@ impl Inner {
             .await
     }
 
-    /// Publishes and waits for the acknowledgement; the publish stays in the outbox
-    /// (and is resent after a reconnect) until it has one, even if this call times out.
-    async fn publish(&self, message: PublishMessage) -> Result<Op, Error> {
+    /// Queues an acknowledged publish; the publish stays in the outbox (and is resent
+    /// after a reconnect) until it has an answer, even if waiting for it times out.
+    /// Returns its req_id and where the answer will arrive.
+    async fn start_publish(
+        &self,
+        message: PublishMessage,
+    ) -> Result<(u64, oneshot::Receiver<Reply>), Error> {
         let req_id = self.next_id();
         // One copy, shared by the outbox and the writer (which encodes it in place).
         let publish = Arc::new(message.into_publish(req_id));
         let len = PublishRef::from(&*publish).frame_len();
-        self.send_request(req_id, Outgoing::Acked(publish.clone()), len, Some(publish))
-            .await
+        let rx = self
+            .start_request(req_id, Outgoing::Acked(publish.clone()), len, Some(publish))
+            .await?;
+        Ok((req_id, rx))
     }
 
-    /// Registers `req_id`, keeps `publish` in the outbox, queues `item` (whose length
-    /// prefix will be `frame_len`) and waits for the answer.
+    /// Sends a request and waits for its answer.
     async fn send_request(
         &self,
         req_id: u64,
@@ -173,6 +179,19 @@ impl Inner {
         frame_len: usize,
         publish: Option<Arc<v1::Publish>>,
     ) -> Result<Op, Error> {
+        let rx = self.start_request(req_id, item, frame_len, publish).await?;
+        self.answer(req_id, rx).await
+    }
+
+    /// Registers `req_id`, keeps `publish` in the outbox and queues `item` (whose
+    /// length prefix will be `frame_len`); returns where the answer will arrive.
+    async fn start_request(
+        &self,
+        req_id: u64,
+        item: Outgoing,
+        frame_len: usize,
+        publish: Option<Arc<v1::Publish>>,
+    ) -> Result<oneshot::Receiver<Reply>, Error> {
         self.check_len(frame_len)?;
         let (tx, rx) = oneshot::channel();
         self.shared.register(req_id, tx)?;
@@ -187,6 +206,11 @@ impl Inner {
             self.shared.unregister(req_id);
             return Err(self.closed_error());
         }
+        Ok(rx)
+    }
+
+    /// Waits up to the request timeout for the answer to `req_id`.
+    async fn answer(&self, req_id: u64, rx: oneshot::Receiver<Reply>) -> Result<Op, Error> {
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(self.closed_error()),
@@ -195,6 +219,17 @@ impl Inner {
                 Err(Error::Timeout(self.request_timeout))
             }
         }
+    }
+}
+
+/// The broker's answer to an acknowledged publish, as a `PubAck`.
+fn pub_ack(op: Op) -> Result<PubAck, Error> {
+    match op {
+        Op::PubAck(a) => Ok(PubAck {
+            seq: a.seq,
+            duplicate: a.duplicate,
+        }),
+        other => Err(unexpected("PubAck", other)),
     }
 }
 
@@ -280,14 +315,38 @@ impl Client {
     /// Publishes a message with headers and/or message ID and waits for the
     /// acknowledgement.
     pub async fn publish_message(&self, message: PublishMessage) -> Result<PubAck, Error> {
-        let message = self.with_id(message);
-        match self.inner.publish(message).await? {
-            Op::PubAck(a) => Ok(PubAck {
-                seq: a.seq,
-                duplicate: a.duplicate,
-            }),
-            other => Err(unexpected("PubAck", other)),
-        }
+        let (req_id, rx) = self.inner.start_publish(self.with_id(message)).await?;
+        pub_ack(self.inner.answer(req_id, rx).await?)
+    }
+
+    /// Queues an acknowledged publish and returns as soon as it is queued, with a
+    /// future of its acknowledgement: for keeping many publishes in flight from one task
+    /// without a large future per publish (the returned one holds little more than a
+    /// channel). The publish is in the outbox from the moment this returns, exactly as
+    /// with [`Client::publish_message`]; dropping the future does not withdraw it. The
+    /// request timeout runs from the first poll of the future.
+    ///
+    /// ```no_run
+    /// # async fn f(client: rtc_client::Client) -> Result<(), rtc_client::Error> {
+    /// use rtc_client::PublishMessage;
+    /// let mut acks = Vec::new();
+    /// for i in 0..100u32 {
+    ///     let m = PublishMessage::new("orders.created", i.to_be_bytes().to_vec());
+    ///     acks.push(client.publish_queued(m).await?);
+    /// }
+    /// for ack in acks {
+    ///     println!("stored as {}", ack.await?.seq);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish_queued(
+        &self,
+        message: PublishMessage,
+    ) -> Result<impl Future<Output = Result<PubAck, Error>> + Send + 'static, Error> {
+        let (req_id, rx) = self.inner.start_publish(self.with_id(message)).await?;
+        let inner = self.inner.clone();
+        Ok(async move { pub_ack(inner.answer(req_id, rx).await?) })
     }
 
     /// Publishes without asking for an acknowledgement (fire-and-forget, at most once).

@@ -664,3 +664,40 @@ async fn a_topic_made_durable_after_publishing_to_it_stores_the_next_publish() {
     let info = admin.topic_info("conv.x").await.unwrap();
     assert_eq!(info.messages, 1);
 }
+
+/// `publish_queued` keeps many publishes in flight from one task: each is stored in the
+/// order queued, answered through its own future, and one whose future is dropped is
+/// stored all the same (it is in the outbox from the start).
+#[tokio::test]
+async fn queued_publishes_are_stored_in_order_and_a_dropped_ack_future_withdraws_nothing() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    let mut acks = Vec::new();
+    for i in 0..300u64 {
+        let m = PublishMessage::new("queued.t", format!("m{i}"));
+        acks.push(c.publish_queued(m).await.unwrap());
+    }
+    let dropped = c
+        .publish_queued(PublishMessage::new("queued.t", "dropped"))
+        .await
+        .unwrap();
+    drop(dropped);
+    let mut got = Vec::new();
+    for ack in acks {
+        got.push(tokio::time::timeout(WAIT, ack).await.unwrap().unwrap().seq);
+    }
+    assert_eq!(
+        got,
+        (1..=300).collect::<Vec<_>>(),
+        "stored in the order queued"
+    );
+    let mut sub = sub_from(&c, "queued.t", StartAt::First).await;
+    let stored = take(&mut sub, 301).await;
+    assert_eq!(stored[300].payload, "dropped".as_bytes());
+    assert_eq!(stored[299].payload, "m299".as_bytes());
+    assert_eq!(
+        c.outbox_len(),
+        0,
+        "every answer arrived, the dropped one too"
+    );
+}
