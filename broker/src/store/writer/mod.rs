@@ -2,8 +2,8 @@
 //!
 //! Sessions hand it requests over a crossbeam channel ([`LogHandle`]); a lone publish
 //! may instead be stored by its session while the thread is idle, under the same lock
-//! and through the same pass (see `writer/shared.rs`: the loop, the lock and that rule). Each pass it takes
-//! every request waiting (up to [`MAX_BATCH`]), and for the appends among them:
+//! and through the same pass (`writer/shared.rs`: the loop, the lock and that rule).
+//! Each pass it takes every request waiting (up to [`MAX_BATCH`]), and for the appends among them:
 //! assigns the next sequence number of the topic and a broker timestamp (never earlier
 //! than the topic's previous one), checks the message ID against the topic's dedup
 //! window, and adds the message to the pass's one write (messages, then the updated topic
@@ -45,6 +45,7 @@ use crate::topic::{is_durable, normalize, TopicRegistry};
 
 mod retention;
 mod shared;
+mod stats;
 
 pub use super::handle::{Append, LogHandle, Refusal, Request, Responder, Stopped};
 pub use super::view::{LogView, TopicView};
@@ -52,9 +53,6 @@ pub use retention::first_at_or_after;
 pub use shared::SharedWriter;
 
 use super::dedup::Dedup;
-
-/// How often (ms) a topic's stats are written while it is appended to.
-const STATS_EVERY_MS: i64 = 1000;
 
 /// Most requests handled in one pass (one write, one flush).
 pub const MAX_BATCH: usize = 4096;
@@ -76,6 +74,18 @@ struct TopicLog {
 }
 
 impl TopicLog {
+    fn new(id: TopicId, settings: TopicSettings, explicit: bool, stats: TopicStats) -> Self {
+        TopicLog {
+            id,
+            settings,
+            explicit,
+            stats,
+            dedup: Dedup::default(),
+            stats_saved_ms: 0,
+            stats_stale: false,
+        }
+    }
+
     fn view(&self) -> TopicView {
         TopicView {
             id: self.id,
@@ -184,15 +194,7 @@ impl Writer {
                 }
                 current
             };
-            let mut log = TopicLog {
-                id: t.id,
-                settings,
-                explicit: t.explicit,
-                stats: t.stats,
-                dedup: Dedup::default(),
-                stats_saved_ms: 0,
-                stats_stale: false,
-            };
+            let mut log = TopicLog::new(t.id, settings, t.explicit, t.stats);
             if t.id != 0 && log.stats.messages > 0 {
                 let since = now - log.settings.dedup_window_ms as i64;
                 let from = first_at_or_after(
@@ -215,31 +217,6 @@ impl Writer {
             self.storage.flush()?;
         }
         Ok(())
-    }
-
-    /// Writes the stats of topics appended to since theirs were last written (by the
-    /// retention timer, and before the last flush on shutdown).
-    fn save_stale_stats(&mut self) {
-        let now = now_ms();
-        let ops: Vec<WriteOp> = self
-            .topics
-            .values()
-            .filter(|log| log.stats_stale)
-            .map(|log| WriteOp::PutStats(log.id, log.stats))
-            .collect();
-        if ops.is_empty() {
-            return;
-        }
-        match self.storage.write(ops) {
-            Ok(()) => {
-                self.dirty = true;
-                for log in self.topics.values_mut().filter(|log| log.stats_stale) {
-                    log.stats_saved_ms = now;
-                    log.stats_stale = false;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "writing topic stats failed"),
-        }
     }
 
     /// When an `interval` policy owes a flush.
@@ -313,18 +290,7 @@ impl Writer {
                 Request::Enforce | Request::Shutdown | Request::Wake => {}
             }
         }
-        // A topic's stats are written at most once a second while it is appended to
-        // (the log is the authority: a restart counts in messages stored after the last
-        // stats written, see `load_topics`); the retention timer writes stale ones.
-        let mut stats_saved = Vec::new();
-        for name in undo.stats.keys() {
-            let log = self.topics.get_mut(name).expect("appended to");
-            log.stats_stale = true;
-            if now - log.stats_saved_ms >= STATS_EVERY_MS {
-                ops.push(WriteOp::PutStats(log.id, log.stats));
-                stats_saved.push(name.clone());
-            }
-        }
+        let stats_saved = self.stats_due(undo.stats.keys(), now, &mut ops);
         for ((id, name), record) in consumers {
             ops.push(WriteOp::PutConsumer { id, name, record });
         }
@@ -362,12 +328,7 @@ impl Writer {
             for done in saved {
                 let _ = done.send(());
             }
-            for name in stats_saved {
-                if let Some(log) = self.topics.get_mut(&name) {
-                    log.stats_saved_ms = now;
-                    log.stats_stale = false;
-                }
-            }
+            self.stats_written(stats_saved, now);
         }
         // Fan out in sequence order, then answer: a subscription made after a publisher
         // saw its ack must not receive that message live (answering first let a quick
@@ -515,15 +476,7 @@ impl Writer {
         undo.created.push(name.to_string());
         self.topics.insert(
             name.to_string(),
-            TopicLog {
-                id,
-                settings,
-                explicit,
-                stats: TopicStats::default(),
-                dedup: Dedup::default(),
-                stats_saved_ms: 0,
-                stats_stale: false,
-            },
+            TopicLog::new(id, settings, explicit, TopicStats::default()),
         );
         Ok(())
     }
@@ -596,15 +549,7 @@ impl Writer {
                 None => {
                     self.topics.insert(
                         name,
-                        TopicLog {
-                            id: 0,
-                            settings,
-                            explicit,
-                            stats: TopicStats::default(),
-                            dedup: Dedup::default(),
-                            stats_saved_ms: 0,
-                            stats_stale: false,
-                        },
+                        TopicLog::new(0, settings, explicit, TopicStats::default()),
                     );
                 }
             }

@@ -1,14 +1,18 @@
+//! Acknowledged publishes kept in flight, and where they are stored.
+//!
 //! Inline appends (fsync `never` / `interval`): a lone publish is stored by its session
-//! when the storage thread is idle, the rest by the storage thread. These tests mix the
-//! two paths and check what must not change: each connection's publishes are stored in
-//! the order it sent them, every acknowledged message is stored once under its seq, and
-//! an `interval` policy still flushes inline appends on time (checked with SIGKILL).
+//! when the storage thread is idle, the rest by the storage thread. The first two tests
+//! mix the two paths and check what must not change: each connection's publishes are
+//! stored in the order it sent them, every acknowledged message is stored once under its
+//! seq, and an `interval` policy still flushes inline appends on time (checked with
+//! SIGKILL). The last checks `Client::publish_queued`, which returns once a publish is
+//! queued, with a future of its ack.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{start_with, take};
+use common::{start, start_with, take, WAIT};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rtc_broker::FsyncPolicy;
 use rtc_client::{Client, PublishMessage, StartAt, SubscribeOptions};
@@ -45,6 +49,16 @@ async fn publish_all(
     seqs
 }
 
+/// The first `n` messages stored in `topic`, replayed from its first.
+async fn stored(client: &Client, topic: &str, n: usize) -> Vec<rtc_client::Message> {
+    let from_first = SubscribeOptions {
+        start: StartAt::First,
+        ..Default::default()
+    };
+    let mut sub = client.subscribe_with(topic, from_first).await.unwrap();
+    take(&mut sub, n).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_and_streamed_publishes_keep_each_connections_order() {
     let broker = start_with(|c| c.fsync = FsyncPolicy::Never).await;
@@ -79,12 +93,7 @@ async fn lone_and_streamed_publishes_keep_each_connections_order() {
     assert_eq!(acked.len(), total);
 
     let client = Client::connect(&broker.url).await.unwrap();
-    let from_first = SubscribeOptions {
-        start: StartAt::First,
-        ..Default::default()
-    };
-    let mut sub = client.subscribe_with("mix.t", from_first).await.unwrap();
-    let stored = take(&mut sub, total).await;
+    let stored = stored(&client, "mix.t", total).await;
     for (i, m) in stored.iter().enumerate() {
         assert_eq!(m.seq, i as u64 + 1, "seqs without gaps");
         assert_eq!(
@@ -136,16 +145,47 @@ async fn an_interval_policy_flushes_inline_appends_in_time() {
             acked.len(),
             "round {round}: acknowledged messages lost to the kill"
         );
-        let from_first = SubscribeOptions {
-            start: StartAt::First,
-            ..Default::default()
-        };
-        let mut sub = client.subscribe_with("flush.t", from_first).await.unwrap();
-        let stored = take(&mut sub, acked.len()).await;
+        let stored = stored(&client, "flush.t", acked.len()).await;
         for (m, (id, seq)) in stored.iter().zip(&acked) {
             assert_eq!((&m.msg_id, m.seq), (id, *seq), "round {round}");
         }
         client.close().await;
         broker.kill();
     }
+}
+
+/// `publish_queued` keeps many publishes in flight from one task: each is stored in the
+/// order queued, answered through its own future, and one whose future is dropped is
+/// stored all the same (it is in the outbox from the start).
+#[tokio::test]
+async fn queued_publishes_are_stored_in_order_and_a_dropped_ack_future_withdraws_nothing() {
+    let b = start().await;
+    let c = Client::connect(&b.url).await.unwrap();
+    let mut acks = Vec::new();
+    for i in 0..300u64 {
+        let m = PublishMessage::new("queued.t", format!("m{i}"));
+        acks.push(c.publish_queued(m).await.unwrap());
+    }
+    let dropped = c
+        .publish_queued(PublishMessage::new("queued.t", "dropped"))
+        .await
+        .unwrap();
+    drop(dropped);
+    let mut got = Vec::new();
+    for ack in acks {
+        got.push(tokio::time::timeout(WAIT, ack).await.unwrap().unwrap().seq);
+    }
+    assert_eq!(
+        got,
+        (1..=300).collect::<Vec<_>>(),
+        "stored in the order queued"
+    );
+    let stored = stored(&c, "queued.t", 301).await;
+    assert_eq!(stored[300].payload, "dropped".as_bytes());
+    assert_eq!(stored[299].payload, "m299".as_bytes());
+    assert_eq!(
+        c.outbox_len(),
+        0,
+        "every answer arrived, the dropped one too"
+    );
 }
