@@ -384,7 +384,8 @@ async fn accept_tcp(
             None => {
                 let (reader, writer) = stream.into_split();
                 let writer = crate::outbound::TcpWriter::new(writer);
-                let direct = Some(writer.direct());
+                let direct: Option<Arc<dyn crate::outbound::DirectWrite>> =
+                    Some(Arc::new(writer.clone()));
                 tracker.spawn(async move {
                     crate::session::run(shared, reader, writer, peer, cancel, None, direct).await;
                     drop(permit);

@@ -184,7 +184,9 @@ impl Inner {
     }
 
     /// Registers `req_id`, keeps `publish` in the outbox and queues `item` (whose
-    /// length prefix will be `frame_len`); returns where the answer will arrive.
+    /// length prefix will be `frame_len`), or writes it to the socket directly if it is
+    /// the only request waiting and the writer is idle (`crate::direct`); returns where
+    /// the answer will arrive.
     async fn start_request(
         &self,
         req_id: u64,
@@ -194,7 +196,7 @@ impl Inner {
     ) -> Result<oneshot::Receiver<Reply>, Error> {
         self.check_len(frame_len)?;
         let (tx, rx) = oneshot::channel();
-        self.shared.register(req_id, tx)?;
+        let alone = self.shared.register(req_id, tx)?;
         if let Some(p) = publish {
             let added = crate::state::lock(&self.shared.outbox).add(req_id, p);
             if let Err(e) = added {
@@ -202,6 +204,14 @@ impl Inner {
                 return Err(e);
             }
         }
+        let item = if alone {
+            match crate::direct::write(&self.tx, item, self.max_frame_size) {
+                None => return Ok(rx),
+                Some(item) => item,
+            }
+        } else {
+            item
+        };
         if self.tx.send(item).await.is_err() {
             self.shared.unregister(req_id);
             return Err(self.closed_error());

@@ -16,12 +16,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use rtc_proto::codec::encode_frame;
 use rtc_proto::codec::{ClientCodec, Incoming};
 use rtc_proto::publish::PublishRef;
 use rtc_proto::silence::{Silence, SILENT_INTERVALS};
+use rtc_proto::tcp::TcpWriter;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,6 +47,9 @@ pub(crate) enum Outgoing {
     Publish(PublishMessage),
     /// An acknowledged publish, shared with the outbox that keeps it until its answer.
     Acked(Arc<v1::Publish>),
+    /// The end of a frame a direct write began, which the socket did not take
+    /// (`crate::direct`): written first, as it is.
+    Rest(Bytes),
     /// Flush what is queued, close the write side, stop.
     Close,
 }
@@ -117,6 +121,8 @@ pub(crate) struct Session {
     pub(crate) writer: BoxWrite,
     /// The QUIC connection, for its datagrams.
     pub(crate) datagrams: Option<quinn::Connection>,
+    /// The socket again, for direct writes (TCP only).
+    pub(crate) direct: Option<TcpWriter>,
 }
 
 async fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
@@ -210,6 +216,7 @@ pub(crate) async fn handshake(
         reason,
     };
     let mut datagrams = None;
+    let mut direct = None;
     let (read_half, mut writer): (BoxRead, BoxWrite) = match (endpoint.scheme, tls) {
         (Scheme::Quic, Some(config)) => {
             let opened = tokio::time::timeout(timeout, quic_connect(endpoint, config))
@@ -222,6 +229,8 @@ pub(crate) async fn handshake(
         (Scheme::Tcp, _) => {
             let stream = tcp_connect(addr, timeout).await.map_err(connect_err)?;
             let (r, w) = stream.into_split();
+            let w = TcpWriter::new(w);
+            direct = Some(w.clone());
             (Box::new(r), Box::new(w))
         }
         (_, None) => {
@@ -276,6 +285,7 @@ pub(crate) async fn handshake(
                 reader,
                 writer,
                 datagrams,
+                direct,
             })
         }
         Some(Ok(Frame {
@@ -305,8 +315,21 @@ pub(crate) enum Ended {
 
 /// Runs one connection: writes `restore` first, then drains `rx` into the socket
 /// (batching, one write per batch) with a `Ping` every heartbeat, while a reader task
-/// routes what arrives. Returns when either side ends.
+/// routes what arrives. Returns when either side ends. While it runs, the application's
+/// tasks may write a lone request to a TCP socket themselves (`crate::direct`).
 pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    rx: &mut queue::Receiver<Outgoing>,
+    mut session: Session,
+    restore: Vec<Frame>,
+) -> Ended {
+    rx.attach(session.direct.take());
+    let ended = write_loop(shared, rx, session, restore).await;
+    rx.detach();
+    ended
+}
+
+async fn write_loop(
     shared: &Arc<Shared>,
     rx: &mut queue::Receiver<Outgoing>,
     session: Session,
@@ -344,17 +367,14 @@ pub(crate) async fn run(
             cmd = rx.recv() => cmd,
             _ = ping.tick() => {
                 nonce += 1;
-                Some(Outgoing::Frame(Frame::from_op(Op::Ping(v1::Ping { nonce }))))
+                // Queued, not written here: a direct writer may hold the socket.
+                rx.push_own(Outgoing::Frame(Frame::from_op(Op::Ping(v1::Ping { nonce }))));
+                continue;
             }
         };
         let mut next = first;
         loop {
             match next {
-                Some(Outgoing::Frame(frame)) => encode(&frame, max_frame_size, &mut buf),
-                Some(Outgoing::Publish(m)) => {
-                    encode_publish(m.as_publish(0), max_frame_size, &mut buf)
-                }
-                Some(Outgoing::Acked(p)) => encode_publish((&*p).into(), max_frame_size, &mut buf),
                 Some(Outgoing::Close) | None => {
                     let _ = writer.write_all(&buf).await;
                     let _ = writer.shutdown().await;
@@ -368,6 +388,7 @@ pub(crate) async fn run(
                     }
                     return Ended::Closed;
                 }
+                Some(item) => encode_outgoing(&item, max_frame_size, &mut buf),
             }
             if buf.len() >= WRITE_CHUNK {
                 break;
@@ -378,6 +399,17 @@ pub(crate) async fn run(
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
         }
+    }
+}
+
+/// Appends `item`'s bytes to `buf` (`Close` has none).
+pub(crate) fn encode_outgoing(item: &Outgoing, max_frame_size: usize, buf: &mut BytesMut) {
+    match item {
+        Outgoing::Frame(frame) => encode(frame, max_frame_size, buf),
+        Outgoing::Publish(m) => encode_publish(m.as_publish(0), max_frame_size, buf),
+        Outgoing::Acked(p) => encode_publish((&**p).into(), max_frame_size, buf),
+        Outgoing::Rest(bytes) => buf.extend_from_slice(bytes),
+        Outgoing::Close => {}
     }
 }
 

@@ -39,6 +39,7 @@
 //! - `supervisor`: keeps the client connected: reconnect with backoff and jitter
 //!   ([`ReconnectPolicy`]), then restore subscriptions and resend the outbox.
 //! - `connection`: URL parsing, handshake, one connection's writer and reader.
+//! - `direct`: a lone request written to the socket by its caller, not the writer task.
 //! - `queue`: the bounded queues from API calls to the writer and from the reader to
 //!   each subscription.
 //! - `state`: what the API and the connection tasks share: waiting requests,
@@ -48,6 +49,7 @@
 
 mod client;
 mod connection;
+mod direct;
 mod error;
 mod message;
 mod options;

@@ -13,6 +13,12 @@
 //! waiting in the queue; the batch the receiver took is its own, so up to twice
 //! `capacity` items may be held in all.
 //!
+//! The writer's queue also keeps the *pen* for direct writes ([`Sender::take_pen`],
+//! `crate::direct`): while the writer waits with nothing in hand and nothing is queued,
+//! one sender at a time may write to the connection's TCP socket itself; the writer takes
+//! nothing from the queue until the pen is put back, with the unwritten end of the frame
+//! (if any) at the front of the queue.
+//!
 //! [`Outgoing`]: crate::connection::Outgoing
 //! [`Subscription`]: crate::Subscription
 
@@ -20,6 +26,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use rtc_proto::tcp::TcpWriter;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::Notify;
 
@@ -31,6 +38,19 @@ struct State<T> {
     receiver_gone: bool,
     /// Set while the receiver waits for an item.
     waiting: Option<Waker>,
+    pen: Pen,
+}
+
+/// Direct writes to the connection's socket (the writer's queue only).
+#[derive(Debug, Default)]
+struct Pen {
+    /// The socket of the connection the receiver is writing to, if it allows direct
+    /// writes (TCP; not TLS or QUIC).
+    socket: Option<TcpWriter>,
+    /// A sender holds the pen: the receiver takes nothing until it is put back.
+    out: bool,
+    /// The receiver waits with nothing in hand: everything it took is written.
+    idle: bool,
 }
 
 #[derive(Debug)]
@@ -109,6 +129,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             senders: 1,
             receiver_gone: false,
             waiting: None,
+            pen: Pen::default(),
         }),
         freed: Notify::new(),
         capacity: capacity.max(1),
@@ -165,6 +186,47 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Takes the pen if the receiver is idle, nothing is queued and its connection
+    /// allows direct writes: the caller may then write one frame to the returned
+    /// socket, and must hand the pen back with [`Sender::put_pen_back`].
+    pub(crate) fn take_pen(&self) -> Option<TcpWriter> {
+        let mut st = self.shared.lock();
+        if !st.pen.idle || st.pen.out || !st.items.is_empty() || st.receiver_gone {
+            return None;
+        }
+        let socket = st.pen.socket.clone()?;
+        st.pen.out = true;
+        Some(socket)
+    }
+
+    /// Hands the pen back after a direct write to `socket`, with `rest` (what the socket
+    /// did not take) to go first. If the connection changed meanwhile, `rest` is
+    /// dropped: the end of a frame begun on another socket must not be written to this
+    /// one. Wakes the receiver if anything is queued.
+    pub(crate) fn put_pen_back(&self, socket: &TcpWriter, rest: Option<T>) {
+        let mut st = self.shared.lock();
+        st.pen.out = false;
+        let same = st
+            .pen
+            .socket
+            .as_ref()
+            .is_some_and(|s| s.same_socket(socket));
+        if let (Some(rest), true) = (rest, same) {
+            st.items.push_front(rest);
+        }
+        let wake = if st.items.is_empty() {
+            None
+        } else {
+            st.waiting.take()
+        };
+        drop(st);
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+}
+
 impl<T> Receiver<T> {
     /// The next item; `None` once every sender is gone and the queue is empty.
     pub(crate) async fn recv(&mut self) -> Option<T> {
@@ -178,9 +240,11 @@ impl<T> Receiver<T> {
             Err(TryRecvError::Disconnected) => Poll::Ready(None),
             Err(TryRecvError::Empty) => {
                 let mut st = self.shared.lock();
-                // Rechecked under the lock a sender pushes under: nothing is missed.
-                if st.items.is_empty() && st.senders > 0 {
+                // Rechecked under the lock a sender pushes under: nothing is missed. While
+                // a sender holds the pen, putting it back wakes us if anything is queued.
+                if st.pen.out || (st.items.is_empty() && st.senders > 0) {
                     st.waiting = Some(cx.waker().clone());
+                    st.pen.idle = true;
                     return Poll::Pending;
                 }
                 drop(st);
@@ -189,14 +253,14 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// The next item if one is queued.
+    /// The next item if one is queued (and no sender holds the pen).
     pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
         if let Some(item) = self.batch.pop_front() {
             return Ok(item);
         }
         let mut st = self.shared.lock();
-        if st.items.is_empty() {
-            return Err(if st.senders == 0 {
+        if st.items.is_empty() || st.pen.out {
+            return Err(if st.senders == 0 && !st.pen.out {
                 TryRecvError::Disconnected
             } else {
                 TryRecvError::Empty
@@ -204,12 +268,34 @@ impl<T> Receiver<T> {
         }
         let was_full = st.items.len() >= self.shared.capacity;
         std::mem::swap(&mut st.items, &mut self.batch);
+        st.pen.idle = false;
         drop(st);
         if was_full {
             self.shared.freed.notify_waiters();
         }
         // Not empty: the queue it was swapped with was not.
         self.batch.pop_front().ok_or(TryRecvError::Empty)
+    }
+
+    /// Starts writing to a connection: `socket` is where senders may write directly
+    /// (`None`: not on this connection). The receiver is busy until it next waits.
+    pub(crate) fn attach(&mut self, socket: Option<TcpWriter>) {
+        let mut st = self.shared.lock();
+        st.pen.socket = socket;
+        st.pen.idle = false;
+    }
+
+    /// The connection ended: no more direct writes to its socket.
+    pub(crate) fn detach(&mut self) {
+        let mut st = self.shared.lock();
+        st.pen.socket = None;
+        st.pen.idle = false;
+    }
+
+    /// Queues an item of the receiver's own (the writer's heartbeat), behind what is
+    /// queued; it is taken like any other, once no sender holds the pen.
+    pub(crate) fn push_own(&mut self, item: T) {
+        self.shared.lock().items.push_back(item);
     }
 
     /// Whether every sender is gone.

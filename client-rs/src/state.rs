@@ -227,16 +227,21 @@ impl Shared {
         }
     }
 
-    /// Registers a waiting request; fails at once if the client is closed.
-    pub(crate) fn register(&self, req_id: u64, tx: oneshot::Sender<Reply>) -> Result<(), Error> {
-        lock(&self.pending).insert(req_id, tx);
+    /// Registers a waiting request; fails at once if the client is closed. Returns
+    /// whether it is the only request waiting.
+    pub(crate) fn register(&self, req_id: u64, tx: oneshot::Sender<Reply>) -> Result<bool, Error> {
+        let alone = {
+            let mut pending = lock(&self.pending);
+            pending.insert(req_id, tx);
+            pending.len() == 1
+        };
         // `close` sets the reason before draining `pending`, so checking after inserting
         // means a request is either drained by `close` or sees the reason here.
         if let Some(reason) = self.closed_reason() {
             lock(&self.pending).remove(&req_id);
             return Err(Error::Closed(reason));
         }
-        Ok(())
+        Ok(alone)
     }
 
     pub(crate) fn unregister(&self, req_id: u64) {

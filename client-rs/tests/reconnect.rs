@@ -416,3 +416,24 @@ async fn a_silent_broker_is_detected_by_the_heartbeat() {
     wait_for_state(&mut state, |s| s == ConnectionState::Connected).await;
     client.publish("hb.x", "alive again").await.unwrap();
 }
+
+/// An idle client keeps its connection: its writer pings every heartbeat interval the
+/// broker announced, so the broker (which closes a connection silent for three
+/// intervals) never takes it for dead; lone requests before and after (written by their
+/// callers, not the writer) share the connection with the pings.
+#[tokio::test]
+async fn an_idle_client_keeps_its_connection_with_pings() {
+    let b = common::start_with(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
+    let client = b.connect().await;
+    client.publish("idle.x", "before").await.unwrap();
+    let mut state = client.state();
+    // Ten heartbeat intervals with nothing to send but pings.
+    let idle = tokio::time::timeout(Duration::from_millis(1000), state.changed()).await;
+    assert!(
+        idle.is_err(),
+        "the connection changed state while idle: {:?}",
+        *state.borrow()
+    );
+    assert_eq!(client.publish("idle.x", "after").await.unwrap().seq, 2);
+    assert_eq!(*state.borrow(), ConnectionState::Connected);
+}

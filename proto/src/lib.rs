@@ -13,8 +13,10 @@
 //! - [`position`]: the text form of replay start positions (`first`, `seq:N`, `time:-5m`).
 //! - [`frames`]: small constructors for the frames every peer builds.
 //! - [`silence`]: noticing a peer that has sent nothing for three heartbeat intervals.
+//! - `tcp` (feature `tcp`): the TCP write half shared by a writer task and direct
+//!   writers, in the broker and the client alike.
 //!
-//! This crate does no networking and depends on no other rtc crate.
+//! Apart from `tcp`, this crate does no networking; it depends on no other rtc crate.
 
 pub mod codec;
 pub mod frames;
@@ -23,6 +25,8 @@ pub mod hot;
 pub mod position;
 pub mod publish;
 pub mod silence;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 pub mod topic;
 
 /// Types generated from `proto/rtc.proto` (package `rtc.v1`).

@@ -8,19 +8,17 @@
 //! the socket did not take (to the front of the queue, ahead of anything queued
 //! meanwhile), puts the pen down and wakes the writer task if anything is left. The
 //! writer task, which waits for the socket to become writable, finishes the job. The
-//! socket is the same one the writer task writes through ([`TcpWriter`]).
+//! socket is the same one the writer task writes through ([`TcpWriter`], from
+//! `rtc_proto::tcp`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWrite;
-use tokio::net::tcp::OwnedWriteHalf;
+pub use rtc_proto::tcp::TcpWriter;
 
 use super::{encode_shared_run, Entry, Outbox, CHUNK};
 
@@ -31,55 +29,9 @@ pub trait DirectWrite: Send + Sync + std::fmt::Debug {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
-impl DirectWrite for OwnedWriteHalf {
+impl DirectWrite for TcpWriter {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        OwnedWriteHalf::try_write(self, buf)
-    }
-}
-
-/// The write half of a TCP connection, shared by the writer task (which writes through
-/// `AsyncWrite`) and direct writers ([`TcpWriter::direct`]).
-#[derive(Debug, Clone)]
-pub struct TcpWriter(Arc<OwnedWriteHalf>);
-
-impl TcpWriter {
-    /// Wraps the write half of a TCP stream.
-    pub fn new(half: OwnedWriteHalf) -> Self {
-        TcpWriter(half.into())
-    }
-
-    /// The same socket, for direct writes.
-    pub fn direct(&self) -> Arc<dyn DirectWrite> {
-        self.0.clone()
-    }
-}
-
-impl AsyncWrite for TcpWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.as_ref().as_ref().poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                // The readiness was stale; `try_write` cleared it, so the next poll
-                // registers for the socket's next writable event.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Nothing is buffered here.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Sends FIN now, though a direct writer may still hold the half for a moment.
-        let socket = socket2::SockRef::from(self.0.as_ref().as_ref());
-        Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
+        TcpWriter::try_write(self, buf)
     }
 }
 
