@@ -24,6 +24,9 @@ use bytes::{Bytes, BytesMut};
 use crate::connection::{encode_outgoing, Outgoing};
 use crate::queue;
 
+/// The most scratch capacity a thread keeps between direct writes.
+const KEEP_SCRATCH: usize = 64 * 1024;
+
 thread_local! {
     /// Where direct writers encode (one small buffer per thread).
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -53,7 +56,13 @@ pub(crate) fn write(
                 Err(_) => break,
             }
         }
-        (done < buf.len()).then(|| Outgoing::Rest(Bytes::copy_from_slice(&buf[done..])))
+        let rest =
+            (done < buf.len()).then(|| Outgoing::Rest(Bytes::copy_from_slice(&buf[done..])));
+        if buf.capacity() > KEEP_SCRATCH {
+            // A large frame's buffer is not kept for the thread's lifetime.
+            *buf = BytesMut::new();
+        }
+        rest
     });
     tx.put_pen_back(&socket, rest);
     None
