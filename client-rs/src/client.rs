@@ -104,6 +104,8 @@ pub struct Client {
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     pub(crate) tx: queue::Sender<Outgoing>,
+    /// When fire-and-forget frames may be written directly.
+    quiet: crate::direct::QuietSpell,
     next_id: AtomicU64,
     max_frame_size: usize,
     request_timeout: Duration,
@@ -138,10 +140,24 @@ impl Inner {
         Ok(())
     }
 
-    /// Queues an item for the writer without waiting for an answer; `frame_len` is the
-    /// length prefix it will be written with.
+    /// Queues an item for the writer without waiting for an answer, or writes it to the
+    /// socket directly after a quiet spell (`crate::direct`); `frame_len` is the length
+    /// prefix it will be written with.
     async fn send(&self, item: Outgoing, frame_len: usize) -> Result<(), Error> {
         self.check_len(frame_len)?;
+        let item = match self.tx.try_send_or_take_pen(item) {
+            Ok(queue::Pen::Queued) => return Ok(()),
+            Ok(queue::Pen::Taken(socket, item)) => {
+                if self.quiet.passed() {
+                    crate::direct::write_with_pen(&self.tx, socket, &item, self.max_frame_size);
+                    return Ok(());
+                }
+                self.tx.put_pen_back(&socket, None);
+                item
+            }
+            Err(queue::TrySendError::Full(item)) => item,
+            Err(queue::TrySendError::Closed(_)) => return Err(self.closed_error()),
+        };
         self.tx.send(item).await.map_err(|_| self.closed_error())
     }
 
@@ -303,6 +319,7 @@ impl Client {
             inner: Arc::new(Inner {
                 shared,
                 tx,
+                quiet: crate::direct::QuietSpell::new(),
                 next_id,
                 max_frame_size: welcome.max_frame_size as usize,
                 request_timeout: options.request_timeout,

@@ -7,9 +7,10 @@
 //! with nothing queued, and the connection is plain TCP, the caller takes the queue's
 //! pen ([`crate::queue::Sender::take_pen`]), encodes the frame and writes it with a
 //! non-blocking `try_write`. What the socket does not take goes back to the front of the
-//! queue, for the writer task, which waits for the socket as usual. Requests made while
-//! others are in flight, fire-and-forget publishes, TLS and QUIC all go through the
-//! writer task, which batches them into one write.
+//! queue, for the writer task, which waits for the socket as usual. A fire-and-forget
+//! publish is written the same way when it follows a quiet spell ([`QuietSpell`]).
+//! Requests made while others are in flight, streams of publishes, TLS and QUIC all go
+//! through the writer task, which batches them into one write.
 //!
 //! Nothing changes for delivery guarantees: a frame written directly to a connection
 //! that then drops is in the same state as one the writer task wrote (an acknowledged
@@ -18,8 +19,11 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use rtc_proto::tcp::TcpWriter;
 
 use crate::connection::{encode_outgoing, Outgoing};
 use crate::queue;
@@ -42,10 +46,22 @@ pub(crate) fn write(
     let Some(socket) = tx.take_pen() else {
         return Some(item);
     };
+    write_with_pen(tx, socket, &item, max_frame_size);
+    None
+}
+
+/// Writes `item` to `socket`, whose pen the caller took from `tx`, and hands the pen
+/// back (with what the socket did not take).
+pub(crate) fn write_with_pen(
+    tx: &queue::Sender<Outgoing>,
+    socket: TcpWriter,
+    item: &Outgoing,
+    max_frame_size: usize,
+) {
     let rest = SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
         buf.clear();
-        encode_outgoing(&item, max_frame_size, &mut buf);
+        encode_outgoing(item, max_frame_size, &mut buf);
         let mut done = 0;
         while done < buf.len() {
             match socket.try_write(&buf[done..]) {
@@ -56,8 +72,7 @@ pub(crate) fn write(
                 Err(_) => break,
             }
         }
-        let rest =
-            (done < buf.len()).then(|| Outgoing::Rest(Bytes::copy_from_slice(&buf[done..])));
+        let rest = (done < buf.len()).then(|| Outgoing::Rest(Bytes::copy_from_slice(&buf[done..])));
         if buf.capacity() > KEEP_SCRATCH {
             // A large frame's buffer is not kept for the thread's lifetime.
             *buf = BytesMut::new();
@@ -65,7 +80,49 @@ pub(crate) fn write(
         rest
     });
     tx.put_pen_back(&socket, rest);
-    None
+}
+
+/// Fire-and-forget frames (`publish_nowait`) are written directly only after a quiet
+/// spell: at least [`QUIET`] since the last one written that way. Sparse traffic (a
+/// publish every 100 µs, say) then costs no wake-up of the writer task, while a stream
+/// of publishes still goes through the queue and is written in batches: once a direct
+/// write has just happened, the next frame is queued, which wakes the writer, which
+/// stays busy while the stream lasts.
+#[derive(Debug)]
+pub(crate) struct QuietSpell {
+    start: Instant,
+    /// When (ns after `start`) the last fire-and-forget frame was written directly.
+    last_ns: AtomicU64,
+}
+
+/// How long since the last direct fire-and-forget write before the next may be direct.
+pub(crate) const QUIET: Duration = Duration::from_micros(50);
+
+impl QuietSpell {
+    pub(crate) fn new() -> Self {
+        QuietSpell {
+            start: Instant::now(),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether [`QUIET`] has passed since the last direct write; if so, counts this
+    /// moment as the last. Reads the clock, so call it only when the pen is free.
+    pub(crate) fn passed(&self) -> bool {
+        self.passed_at(self.start.elapsed())
+    }
+
+    /// [`QuietSpell::passed`] at `now` (time since the spell tracker was made).
+    fn passed_at(&self, now: Duration) -> bool {
+        // Offset by one spell, so that the first frame (`last_ns` 0) qualifies.
+        let now = (now + QUIET).as_nanos() as u64;
+        let last = self.last_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < QUIET.as_nanos() as u64 {
+            return false;
+        }
+        self.last_ns.store(now, Ordering::Relaxed);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -74,7 +131,6 @@ mod tests {
     use std::sync::Arc;
     use std::task::{Context, Wake, Waker};
 
-    use rtc_proto::tcp::TcpWriter;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpSocket, TcpStream};
     use tokio::sync::mpsc::error::TryRecvError;
@@ -204,5 +260,19 @@ mod tests {
         rx.detach();
         wait(&mut rx);
         assert!(tx.take_pen().is_none());
+    }
+
+    #[test]
+    fn a_direct_fire_and_forget_write_needs_a_quiet_spell_since_the_last() {
+        let quiet = QuietSpell::new();
+        let us = Duration::from_micros;
+        assert!(quiet.passed_at(us(3)), "the first qualifies");
+        assert!(!quiet.passed_at(us(4)), "right after one: queued");
+        assert!(!quiet.passed_at(us(3) + QUIET - us(1)), "not quite a spell");
+        assert!(quiet.passed_at(us(3) + QUIET), "after a quiet spell");
+        assert!(
+            !quiet.passed_at(us(4) + QUIET),
+            "counted from the last direct one"
+        );
     }
 }

@@ -38,12 +38,12 @@ struct State<T> {
     receiver_gone: bool,
     /// Set while the receiver waits for an item.
     waiting: Option<Waker>,
-    pen: Pen,
+    pen: PenState,
 }
 
 /// Direct writes to the connection's socket (the writer's queue only).
 #[derive(Debug, Default)]
-struct Pen {
+struct PenState {
     /// The socket of the connection the receiver is writing to, if it allows direct
     /// writes (TCP; not TLS or QUIC).
     socket: Option<TcpWriter>,
@@ -108,6 +108,15 @@ pub(crate) struct Receiver<T> {
     batch: VecDeque<T>,
 }
 
+/// What [`Sender::try_send_or_take_pen`] did.
+#[derive(Debug)]
+pub(crate) enum Pen<T> {
+    /// The item is queued.
+    Queued,
+    /// The caller holds the pen, for a direct write of the item to the socket.
+    Taken(TcpWriter, T),
+}
+
 /// The receiver is gone; the item comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Closed<T>(pub T);
@@ -129,7 +138,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             senders: 1,
             receiver_gone: false,
             waiting: None,
-            pen: Pen::default(),
+            pen: PenState::default(),
         }),
         freed: Notify::new(),
         capacity: capacity.max(1),
@@ -169,7 +178,11 @@ impl<T> Sender<T> {
 
     /// Queues `item` unless the queue is full.
     pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        let mut st = self.shared.lock();
+        self.push(self.shared.lock(), item)
+    }
+
+    /// Queues `item` under the lock `st` holds, then wakes the receiver if it waits.
+    fn push(&self, mut st: MutexGuard<'_, State<T>>, item: T) -> Result<(), TrySendError<T>> {
         if st.receiver_gone {
             return Err(TrySendError::Closed(item));
         }
@@ -191,13 +204,17 @@ impl<T> Sender<T> {
     /// allows direct writes: the caller may then write one frame to the returned
     /// socket, and must hand the pen back with [`Sender::put_pen_back`].
     pub(crate) fn take_pen(&self) -> Option<TcpWriter> {
+        take_pen(&mut self.shared.lock())
+    }
+
+    /// Queues `item` like [`Sender::try_send`], unless the pen is free (as for
+    /// [`Sender::take_pen`]): then takes it and hands `item` back with the socket.
+    pub(crate) fn try_send_or_take_pen(&self, item: T) -> Result<Pen<T>, TrySendError<T>> {
         let mut st = self.shared.lock();
-        if !st.pen.idle || st.pen.out || !st.items.is_empty() || st.receiver_gone {
-            return None;
+        match take_pen(&mut st) {
+            Some(socket) => Ok(Pen::Taken(socket, item)),
+            None => self.push(st, item).map(|()| Pen::Queued),
         }
-        let socket = st.pen.socket.clone()?;
-        st.pen.out = true;
-        Some(socket)
     }
 
     /// Hands the pen back after a direct write to `socket`, with `rest` (what the socket
@@ -225,6 +242,17 @@ impl<T> Sender<T> {
             w.wake();
         }
     }
+}
+
+/// Takes the pen if the receiver is idle, nothing is queued and its connection allows
+/// direct writes.
+fn take_pen<T>(st: &mut State<T>) -> Option<TcpWriter> {
+    if !st.pen.idle || st.pen.out || !st.items.is_empty() || st.receiver_gone {
+        return None;
+    }
+    let socket = st.pen.socket.clone()?;
+    st.pen.out = true;
+    Some(socket)
 }
 
 impl<T> Receiver<T> {
