@@ -47,9 +47,13 @@ pub(crate) enum Outgoing {
     Publish(PublishMessage),
     /// An acknowledged publish, shared with the outbox that keeps it until its answer.
     Acked(Arc<v1::Publish>),
-    /// The end of a frame a direct write began, which the socket did not take
-    /// (`crate::direct`): written first, as it is.
-    Rest(Bytes),
+    /// The end of a frame a direct write began on `socket`, which it did not take
+    /// (`crate::direct`): written first, as it is — to that socket only. If the
+    /// connection was lost meanwhile, it is dropped.
+    Rest {
+        bytes: Bytes,
+        socket: TcpWriter,
+    },
     /// Flush what is queued, close the write side, stop.
     Close,
 }
@@ -323,8 +327,9 @@ pub(crate) async fn run(
     mut session: Session,
     restore: Vec<Frame>,
 ) -> Ended {
-    rx.attach(session.direct.take());
-    let ended = write_loop(shared, rx, session, restore).await;
+    let socket = session.direct.take();
+    rx.attach(socket.clone());
+    let ended = write_loop(shared, rx, session, socket, restore).await;
     rx.detach();
     ended
 }
@@ -333,6 +338,7 @@ async fn write_loop(
     shared: &Arc<Shared>,
     rx: &mut queue::Receiver<Outgoing>,
     session: Session,
+    socket: Option<TcpWriter>,
     restore: Vec<Frame>,
 ) -> Ended {
     let heartbeat =
@@ -388,6 +394,9 @@ async fn write_loop(
                     }
                     return Ended::Closed;
                 }
+                Some(item) if crate::direct::is_stale(&item, socket.as_ref()) => {
+                    tracing::debug!("dropping the end of a frame begun on a lost connection");
+                }
                 Some(item) => encode_outgoing(&item, max_frame_size, &mut buf),
             }
             if buf.len() >= WRITE_CHUNK {
@@ -408,7 +417,7 @@ pub(crate) fn encode_outgoing(item: &Outgoing, max_frame_size: usize, buf: &mut 
         Outgoing::Frame(frame) => encode(frame, max_frame_size, buf),
         Outgoing::Publish(m) => encode_publish(m.as_publish(0), max_frame_size, buf),
         Outgoing::Acked(p) => encode_publish((&**p).into(), max_frame_size, buf),
-        Outgoing::Rest(bytes) => buf.extend_from_slice(bytes),
+        Outgoing::Rest { bytes, .. } => buf.extend_from_slice(bytes),
         Outgoing::Close => {}
     }
 }

@@ -72,7 +72,10 @@ pub(crate) fn write_with_pen(
                 Err(_) => break,
             }
         }
-        let rest = (done < buf.len()).then(|| Outgoing::Rest(Bytes::copy_from_slice(&buf[done..])));
+        let rest = (done < buf.len()).then(|| Outgoing::Rest {
+            bytes: Bytes::copy_from_slice(&buf[done..]),
+            socket: socket.clone(),
+        });
         if buf.capacity() > KEEP_SCRATCH {
             // A large frame's buffer is not kept for the thread's lifetime.
             *buf = BytesMut::new();
@@ -80,6 +83,18 @@ pub(crate) fn write_with_pen(
         rest
     });
     tx.put_pen_back(&socket, rest);
+}
+
+/// Whether `item` is the end of a frame begun on a socket other than `current` (the
+/// connection it was begun on is gone): writing it would corrupt the new connection's
+/// stream. [`queue::Sender::put_pen_back`] drops such an end if the connection changed
+/// while the pen was out; this catches one handed back just before the connection was
+/// lost, still queued when the next one starts.
+pub(crate) fn is_stale(item: &Outgoing, current: Option<&TcpWriter>) -> bool {
+    match item {
+        Outgoing::Rest { socket, .. } => !current.is_some_and(|c| c.same_socket(socket)),
+        _ => false,
+    }
 }
 
 /// Fire-and-forget frames (`publish_nowait`) are written directly only after a quiet
@@ -202,7 +217,7 @@ mod tests {
             woken.0.load(Ordering::SeqCst),
             "the rest was handed to the writer"
         );
-        let Ok(Outgoing::Rest(rest)) = rx.try_recv() else {
+        let Ok(Outgoing::Rest { bytes: rest, .. }) = rx.try_recv() else {
             panic!("the unwritten end of the frame comes first");
         };
         assert!(
@@ -244,18 +259,25 @@ mod tests {
     async fn the_rest_of_a_frame_begun_on_a_lost_connection_is_dropped() {
         let (old, _old_server) = small_pipe().await;
         let (new, _new_server) = small_pipe().await;
+        let rest = |socket: &TcpWriter| Outgoing::Rest {
+            bytes: Bytes::from_static(b"end of frame"),
+            socket: socket.clone(),
+        };
         let (tx, mut rx) = queue::bounded(16);
-        rx.attach(Some(old));
+        rx.attach(Some(old.clone()));
         wait(&mut rx);
         let pen = tx.take_pen().expect("idle writer");
         // The connection drops and the next one starts while the pen is out.
         rx.detach();
-        rx.attach(Some(new));
-        tx.put_pen_back(
-            &pen,
-            Some(Outgoing::Rest(Bytes::from_static(b"end of frame"))),
-        );
+        rx.attach(Some(new.clone()));
+        tx.put_pen_back(&pen, Some(rest(&pen)));
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        // An end handed back just before the connection dropped is still queued when
+        // the next one starts: the writer of the new one must not write it.
+        assert!(is_stale(&rest(&old), Some(&new)));
+        assert!(is_stale(&rest(&old), None));
+        assert!(!is_stale(&rest(&new), Some(&new)));
+        assert!(!is_stale(&ping(3), Some(&new)));
         // No direct writes without a socket (TLS, QUIC, between connections).
         rx.detach();
         wait(&mut rx);
