@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Append, Request, Stopped, Writer, MAX_BATCH};
+use super::{Append, Request, Stopped, Writer, MAX_BATCH, MAX_PASS_UNSYNCED};
 use crate::config::FsyncPolicy;
 
 /// The writer and the count of requests on their way to the storage thread.
@@ -101,7 +101,13 @@ impl SharedWriter {
 /// The storage thread: passes over what the channel holds until it is told to stop or
 /// every sender is gone; then a last flush.
 pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // `inline` is on exactly when passes do not fsync.
+    let max_pass = if shared.inline {
+        MAX_PASS_UNSYNCED
+    } else {
+        MAX_BATCH
+    };
+    let mut batch = Vec::with_capacity(max_pass);
     loop {
         let deadline = shared.lock().flush_deadline();
         let first = match deadline {
@@ -121,7 +127,7 @@ pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
             },
         };
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_pass {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
