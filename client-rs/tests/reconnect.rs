@@ -423,12 +423,12 @@ async fn a_silent_broker_is_detected_by_the_heartbeat() {
 /// callers, not the writer) share the connection with the pings.
 #[tokio::test]
 async fn an_idle_client_keeps_its_connection_with_pings() {
-    let b = common::start_with(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
+    let b = common::start_with(|c| c.heartbeat_interval = Duration::from_millis(200)).await;
     let client = b.connect().await;
     client.publish("idle.x", "before").await.unwrap();
     let mut state = client.state();
-    // Ten heartbeat intervals with nothing to send but pings.
-    let idle = tokio::time::timeout(Duration::from_millis(1000), state.changed()).await;
+    // Six heartbeat intervals (twice the broker's limit) with nothing to send but pings.
+    let idle = tokio::time::timeout(Duration::from_millis(1200), state.changed()).await;
     assert!(
         idle.is_err(),
         "the connection changed state while idle: {:?}",
