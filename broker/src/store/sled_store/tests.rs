@@ -245,3 +245,54 @@ fn other_format_version_is_refused() {
     let err = SledStorage::open(dir.path(), BackgroundFlush::Off).unwrap_err();
     assert!(err.contains("version 99"), "{err}");
 }
+
+/// The storage thread writes a topic's stats at most once a second while it is
+/// appended to; a graceful shutdown writes the stale ones, so the stats record on disk is
+/// current (a restart would otherwise have to recount the log past it).
+#[tokio::test]
+async fn a_graceful_shutdown_writes_stale_stats() {
+    use std::sync::Arc;
+
+    use crate::config::FsyncPolicy;
+    use crate::router::Router;
+    use crate::store::Storage;
+    use crate::topic::TopicRegistry;
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage: Arc<dyn Storage> = Arc::new(open(dir.path()));
+        let log = crate::store::writer::start(
+            storage,
+            Arc::new(Router::new()),
+            Arc::new(TopicRegistry::new(&[])),
+            FsyncPolicy::Never,
+            100,
+        )
+        .unwrap();
+        for i in 0..5u8 {
+            let seq = log
+                .append_internal("stats.x".into(), Bytes::from(vec![i]), Default::default())
+                .await
+                .unwrap();
+            assert_eq!(seq, u64::from(i) + 1);
+        }
+        log.shutdown();
+    }
+    let s = open(dir.path());
+    let topic = s
+        .load_topics()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "stats.x")
+        .expect("the topic is stored");
+    let raw =
+        s.db.get(stats_key(topic.id))
+            .unwrap()
+            .expect("stats stored");
+    let stats = TopicStats::decode(&raw).unwrap();
+    assert_eq!(
+        (stats.messages, stats.last_seq),
+        (5, 5),
+        "the stats record as written, before any recount"
+    );
+}
