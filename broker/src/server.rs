@@ -385,7 +385,7 @@ async fn accept_tcp(
                 let (reader, writer) = stream.into_split();
                 let writer = crate::outbound::TcpWriter::new(writer);
                 let direct: Option<Arc<dyn crate::outbound::DirectWrite>> =
-                    Some(Arc::new(writer.clone()));
+                    Some(writer.half().clone());
                 tracker.spawn(async move {
                     crate::session::run(shared, reader, writer, peer, cancel, None, direct).await;
                     drop(permit);

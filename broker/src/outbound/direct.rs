@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 pub use rtc_proto::tcp::TcpWriter;
+use tokio::net::tcp::OwnedWriteHalf;
 
 use super::{encode_shared_run, Entry, Outbox, CHUNK};
 
@@ -29,9 +30,11 @@ pub trait DirectWrite: Send + Sync + std::fmt::Debug {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
-impl DirectWrite for TcpWriter {
+/// The socket behind a [`TcpWriter`] ([`TcpWriter::half`]), written to directly without
+/// going through the writer's own `Arc`.
+impl DirectWrite for OwnedWriteHalf {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        TcpWriter::try_write(self, buf)
+        OwnedWriteHalf::try_write(self, buf)
     }
 }
 

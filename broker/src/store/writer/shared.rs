@@ -101,11 +101,10 @@ impl SharedWriter {
 /// The storage thread: passes over what the channel holds until it is told to stop or
 /// every sender is gone; then a last flush.
 pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
-    // `inline` is on exactly when passes do not fsync.
-    let max_pass = if shared.inline {
-        MAX_PASS_UNSYNCED
-    } else {
+    let max_pass = if shared.lock().fsync == FsyncPolicy::Always {
         MAX_BATCH
+    } else {
+        MAX_PASS_UNSYNCED
     };
     let mut batch = Vec::with_capacity(max_pass);
     loop {
