@@ -6,7 +6,8 @@
 # workloads (fan-out with 1 and 10 subscribers at 16 B, 128 B and 1 KiB; latency at
 # 10 000 msgs/s) against rtc, NATS core and Redis pub/sub, and the durable workload
 # (acknowledged publish with 1 and 256 in flight, then consume with acks) against rtc,
-# JetStream and Redis streams at two durability settings; stops what it started, and
+# JetStream and Redis streams at two durability settings, in three alternating rounds
+# (medians; the durable runs are short and this VM stalls); stops what it started, and
 # writes a markdown report (default target/compare.md) with every figure and the ratio
 # rtc / rival. rtc runs as its own process too (the release rtc-broker binary over TCP,
 # `bench.>` ephemeral, no publish rate limit), so every server shares the 2 cores with
@@ -133,11 +134,11 @@ mkdir -p "$(dirname "$report")"
   echo
   "$bench" durable --system rtc --system jetstream --system redis --server "tcp://127.0.0.1:$RTC_PORT" \
     --nats-url "nats://127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-    --durability "about 1 s" --window 1 --window 256
+    --durability "about 1 s" --window 1 --window 256 --rounds 3
   echo
   echo "Durability always (fsync before the acknowledgement): rtc fsync always, Redis appendfsync always; JetStream 2.9 cannot."
   echo
   "$bench" durable --system rtc --system redis --server "tcp://127.0.0.1:$RTC_ALWAYS_PORT" \
-    --redis-url "redis://127.0.0.1:$REDIS_ALWAYS_PORT" --durability always --window 1 --window 256
+    --redis-url "redis://127.0.0.1:$REDIS_ALWAYS_PORT" --durability always --window 1 --window 256 --rounds 3
 } | tee "$report"
 echo "compare.sh: report written to $report" >&2

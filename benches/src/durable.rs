@@ -60,6 +60,12 @@ pub struct DurableArgs {
     /// Payload size in bytes (at least 8: each carries its index).
     #[arg(long, default_value_t = 128)]
     payload: usize,
+    /// Alternating rounds: each round runs every system once, in turn, and the table
+    /// gives the median of each figure and of each round's ratio, with the range of the
+    /// ratios. On a noisy machine a single run can catch one system in a stall; more
+    /// rounds make that matter less.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 /// One run's shape.
@@ -173,6 +179,21 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
         (None, false) => args.fsync.iter().copied().map(Some).collect(),
     };
     let size = args.payload.max(8);
+    // Every configuration measured per window, in order; rival rows are compared with
+    // the last rtc configuration before them.
+    let configs: Vec<(DurableSystem, Option<FsyncPolicy>)> = systems
+        .iter()
+        .flat_map(|&system| match system {
+            DurableSystem::Rtc => policies.iter().map(|&p| (system, p)).collect(),
+            _ => vec![(system, None)],
+        })
+        .collect();
+    if args.rounds > 1 {
+        println!(
+            "Median of {} alternating rounds; the ratio is the median of the rounds' ratios, their range in brackets.\n",
+            args.rounds
+        );
+    }
     println!("| system | durability | W | messages | payload B | publish msgs/s | consume + ack msgs/s | replay msgs/s | rtc / this: publish, consume | lost |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut run_id = 0;
@@ -180,15 +201,13 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
         let count = args
             .count
             .unwrap_or(if window == 1 { 5_000 } else { 100_000 });
-        // The last rtc row of this window, which rival rows are compared with.
-        let mut rtc: Option<(f64, f64)> = None;
-        for &system in &systems {
-            let configs = if system == DurableSystem::Rtc {
-                policies.clone()
-            } else {
-                vec![None]
-            };
-            for policy in configs {
+        let mut measured: Vec<Vec<Measured>> = configs.iter().map(|_| Vec::new()).collect();
+        // Per configuration, each round's (publish, consume) ratio rtc / this.
+        let mut ratios: Vec<Vec<(f64, f64)>> = configs.iter().map(|_| Vec::new()).collect();
+        for _ in 0..args.rounds {
+            // This round's last rtc figures, which rival runs are compared with.
+            let mut rtc: Option<(f64, f64)> = None;
+            for (i, &(system, policy)) in configs.iter().enumerate() {
                 run_id += 1;
                 let plan = Plan {
                     window: window.max(1),
@@ -196,51 +215,95 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
                     size,
                     run_id,
                 };
-                let m = match system {
-                    DurableSystem::Rtc => {
-                        let target = Target::new(args.server.as_deref(), args.transport, |c| {
-                            if let Some(p) = policy {
-                                c.fsync = p;
-                            }
-                        })
-                        .await?;
-                        let m = rtc_run(&target, &plan).await;
-                        target.stop().await;
-                        m?
-                    }
-                    DurableSystem::Jetstream => {
-                        durable_peers::run(Rival::JetStream, &args.peers, &plan).await?
-                    }
-                    DurableSystem::Redis => {
-                        durable_peers::run(Rival::RedisStreams, &args.peers, &plan).await?
-                    }
-                };
-                let (name, ratio) = match system {
-                    DurableSystem::Rtc => {
-                        rtc = Some((m.publish_rate, m.consume_rate));
-                        ("rtc", "—".to_string())
-                    }
-                    other => (
-                        if other == DurableSystem::Jetstream {
-                            "nats jetstream"
-                        } else {
-                            "redis streams"
-                        },
-                        rtc.map_or("—".to_string(), |(p, c)| {
-                            format!("{:.2}, {:.2}", p / m.publish_rate, c / m.consume_rate)
-                        }),
-                    ),
-                };
-                let durability = policy.map_or(args.durability.clone(), |p| format!("fsync {p}"));
-                let replay = m.replay_rate.map_or("—".to_string(), |r| format!("{r:.0}"));
-                println!(
-                    "| {name} | {durability} | {window} | {count} | {size} | {:.0} | {:.0} | {replay} | {ratio} | 0 |",
-                    m.publish_rate, m.consume_rate
-                );
+                let m = measure(&args, system, policy, &plan).await?;
+                match (system, rtc) {
+                    (DurableSystem::Rtc, _) => rtc = Some((m.publish_rate, m.consume_rate)),
+                    (_, Some((p, c))) => ratios[i].push((p / m.publish_rate, c / m.consume_rate)),
+                    (_, None) => {}
+                }
+                measured[i].push(m);
             }
+        }
+        for (i, &(system, policy)) in configs.iter().enumerate() {
+            let name = match system {
+                DurableSystem::Rtc => "rtc",
+                DurableSystem::Jetstream => "nats jetstream",
+                DurableSystem::Redis => "redis streams",
+            };
+            let runs = &measured[i];
+            let publish = median(runs.iter().map(|m| m.publish_rate));
+            let consume = median(runs.iter().map(|m| m.consume_rate));
+            let replay = runs
+                .iter()
+                .map(|m| m.replay_rate)
+                .collect::<Option<Vec<f64>>>()
+                .map_or("—".to_string(), |r| format!("{:.0}", median(r)));
+            let ratio = ratio_cell(&ratios[i]);
+            let durability = policy.map_or(args.durability.clone(), |p| format!("fsync {p}"));
+            println!(
+                "| {name} | {durability} | {window} | {count} | {size} | {publish:.0} | {consume:.0} | {replay} | {ratio} | 0 |"
+            );
         }
     }
     Ok(())
+}
+
+/// One run of `system` (with `policy`, for an in-process rtc broker).
+async fn measure(
+    args: &DurableArgs,
+    system: DurableSystem,
+    policy: Option<FsyncPolicy>,
+    plan: &Plan,
+) -> anyhow::Result<Measured> {
+    match system {
+        DurableSystem::Rtc => {
+            let target = Target::new(args.server.as_deref(), args.transport, |c| {
+                if let Some(p) = policy {
+                    c.fsync = p;
+                }
+            })
+            .await?;
+            let m = rtc_run(&target, plan).await;
+            target.stop().await;
+            m
+        }
+        DurableSystem::Jetstream => durable_peers::run(Rival::JetStream, &args.peers, plan).await,
+        DurableSystem::Redis => durable_peers::run(Rival::RedisStreams, &args.peers, plan).await,
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count; 0 for none).
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The ratio column: `publish, consume` medians of the rounds' ratios, with their
+/// ranges when there was more than one round; `—` for rtc's own rows.
+fn ratio_cell(ratios: &[(f64, f64)]) -> String {
+    let one = |values: Vec<f64>| {
+        let mid = median(values.iter().copied());
+        match (
+            values.iter().copied().reduce(f64::min),
+            values.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) if values.len() > 1 => format!("{mid:.2} ({lo:.2}–{hi:.2})"),
+            _ => format!("{mid:.2}"),
+        }
+    };
+    if ratios.is_empty() {
+        return "—".to_string();
+    }
+    format!(
+        "{}, {}",
+        one(ratios.iter().map(|r| r.0).collect()),
+        one(ratios.iter().map(|r| r.1).collect())
+    )
 }
 
 /// Publishes with `plan.window` in flight, replays from the first message, then
@@ -330,4 +393,46 @@ async fn next(
         .await
         .with_context(|| format!("{phase} stalled"))?
         .with_context(|| format!("connection closed during {phase}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole workload, twice over, against an in-process broker: every message of
+    /// every round must come back exactly once (the run fails otherwise).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_run_every_system_each_round() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: DurableArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "durable", "--window", "1", "--window", "8", "--count", "40", "--rounds", "2",
+            "--fsync", "never", "--fsync", "always",
+        ])
+        .expect("valid arguments");
+        assert_eq!(cli.args.rounds, 2);
+        run(cli.args)
+            .await
+            .expect("every message back exactly once");
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["durable", "--rounds", "0"]).is_err(),
+            "no rounds is refused"
+        );
+    }
+
+    #[test]
+    fn medians_and_ratio_cells() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median([]), 0.0);
+        assert_eq!(ratio_cell(&[]), "—");
+        assert_eq!(ratio_cell(&[(2.0, 4.0)]), "2.00, 4.00");
+        assert_eq!(
+            ratio_cell(&[(2.5, 4.0), (1.5, 3.0), (2.0, 5.0)]),
+            "2.00 (1.50–2.50), 4.00 (3.00–5.00)"
+        );
+    }
 }
