@@ -6,8 +6,9 @@
 # workloads (fan-out with 1 and 10 subscribers at 16 B, 128 B and 1 KiB; latency at
 # 10 000 msgs/s) against rtc, NATS core and Redis pub/sub, and the durable workload
 # (acknowledged publish with 1 and 256 in flight, then consume with acks) against rtc,
-# JetStream and Redis streams at two durability settings, in three alternating rounds
-# (medians; the durable runs are short and this VM stalls); stops what it started, and
+# JetStream and Redis streams at two durability settings. Every table comes from three
+# alternating rounds (medians, and each ratio's range: single runs are short and a
+# shared VM stalls); stops what it started, and
 # writes a markdown report (default target/compare.md) with every figure and the ratio
 # rtc / rival. rtc runs as its own process too (the release rtc-broker binary over TCP,
 # `bench.>` ephemeral, no publish rate limit), so every server shares the 2 cores with
@@ -122,11 +123,11 @@ mkdir -p "$(dirname "$report")"
   echo "## Fan-out (100 000 messages, fire-and-forget)"
   echo
   "$bench" fanout "${systems[@]}" "${peers[@]}" --subscribers 1 --subscribers 10 \
-    --payload 16 --payload 128 --payload 1024 --count 100000
+    --payload 16 --payload 128 --payload 1024 --count 100000 --rounds 3
   echo
   echo "## Latency (10 000 msgs/s, 128 B)"
   echo
-  "$bench" latency "${systems[@]}" "${peers[@]}" --rate 10000 --count 50000
+  "$bench" latency "${systems[@]}" "${peers[@]}" --rate 10000 --count 50000 --rounds 3
   echo
   echo "## Durable: acknowledged publish with W in flight, then consume with acks (128 B)"
   echo

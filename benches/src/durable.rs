@@ -16,6 +16,7 @@ use rtc_client::{ConsumerOptions, PublishMessage, StartAt, SubscribeOptions};
 
 use crate::durable_peers::{self, Rival};
 use crate::harness::Target;
+use crate::rounds::{median, spread, Rounds};
 use crate::systems::PeerUrls;
 
 /// A system the durable workload runs against.
@@ -60,12 +61,8 @@ pub struct DurableArgs {
     /// Payload size in bytes (at least 8: each carries its index).
     #[arg(long, default_value_t = 128)]
     payload: usize,
-    /// Alternating rounds: each round runs every system once, in turn, and the table
-    /// gives the median of each figure and of each round's ratio, with the range of the
-    /// ratios. On a noisy machine a single run can catch one system in a stall; more
-    /// rounds make that matter less.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
-    rounds: u32,
+    #[command(flatten)]
+    rounds: Rounds,
 }
 
 /// One run's shape.
@@ -188,11 +185,8 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
             _ => vec![(system, None)],
         })
         .collect();
-    if args.rounds > 1 {
-        println!(
-            "Median of {} alternating rounds; the ratio is the median of the rounds' ratios, their range in brackets.\n",
-            args.rounds
-        );
+    if let Some(caption) = args.rounds.caption() {
+        println!("{caption}");
     }
     println!("| system | durability | W | messages | payload B | publish msgs/s | consume + ack msgs/s | replay msgs/s | rtc / this: publish, consume | lost |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -204,7 +198,7 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
         let mut measured: Vec<Vec<Measured>> = configs.iter().map(|_| Vec::new()).collect();
         // Per configuration, each round's (publish, consume) ratio rtc / this.
         let mut ratios: Vec<Vec<(f64, f64)>> = configs.iter().map(|_| Vec::new()).collect();
-        for _ in 0..args.rounds {
+        for _ in 0..args.rounds.count {
             // This round's last rtc figures, which rival runs are compared with.
             let mut rtc: Option<(f64, f64)> = None;
             for (i, &(system, policy)) in configs.iter().enumerate() {
@@ -272,38 +266,15 @@ async fn measure(
     }
 }
 
-/// The median of `values` (the mean of the middle two for an even count; 0 for none).
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The ratio column: `publish, consume` medians of the rounds' ratios, with their
-/// ranges when there was more than one round; `—` for rtc's own rows.
+/// The ratio column: `publish, consume`, each summarised over the rounds; `—` for
+/// rtc's own rows.
 fn ratio_cell(ratios: &[(f64, f64)]) -> String {
-    let one = |values: Vec<f64>| {
-        let mid = median(values.iter().copied());
-        match (
-            values.iter().copied().reduce(f64::min),
-            values.iter().copied().reduce(f64::max),
-        ) {
-            (Some(lo), Some(hi)) if values.len() > 1 => format!("{mid:.2} ({lo:.2}–{hi:.2})"),
-            _ => format!("{mid:.2}"),
-        }
-    };
     if ratios.is_empty() {
         return "—".to_string();
     }
-    format!(
-        "{}, {}",
-        one(ratios.iter().map(|r| r.0).collect()),
-        one(ratios.iter().map(|r| r.1).collect())
-    )
+    let publish: Vec<f64> = ratios.iter().map(|r| r.0).collect();
+    let consume: Vec<f64> = ratios.iter().map(|r| r.1).collect();
+    format!("{}, {}", spread(&publish), spread(&consume))
 }
 
 /// Publishes with `plan.window` in flight, replays from the first message, then
@@ -403,31 +374,25 @@ mod tests {
     /// every round must come back exactly once (the run fails otherwise).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rounds_run_every_system_each_round() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: DurableArgs,
-        }
-        let cli = <Cli as clap::Parser>::try_parse_from([
-            "durable", "--window", "1", "--window", "8", "--count", "40", "--rounds", "2",
-            "--fsync", "never", "--fsync", "always",
+        let parse = |args: &[&str]| {
+            let all = ["rtc-bench", "durable"].iter().chain(args).copied();
+            match <crate::Cli as clap::Parser>::try_parse_from(all)?.workload {
+                crate::Workload::Durable(args) => Ok::<_, clap::Error>(args),
+                _ => unreachable!("a durable command line"),
+            }
+        };
+        let args: DurableArgs = parse(&[
+            "--window", "1", "--window", "8", "--count", "40", "--rounds", "2", "--fsync", "never",
+            "--fsync", "always",
         ])
         .expect("valid arguments");
-        assert_eq!(cli.args.rounds, 2);
-        run(cli.args)
-            .await
-            .expect("every message back exactly once");
-        assert!(
-            <Cli as clap::Parser>::try_parse_from(["durable", "--rounds", "0"]).is_err(),
-            "no rounds is refused"
-        );
+        assert_eq!(args.rounds.count, 2);
+        run(args).await.expect("every message back exactly once");
+        assert!(parse(&["--rounds", "0"]).is_err(), "no rounds is refused");
     }
 
     #[test]
-    fn medians_and_ratio_cells() {
-        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median([]), 0.0);
+    fn ratio_cells() {
         assert_eq!(ratio_cell(&[]), "—");
         assert_eq!(ratio_cell(&[(2.0, 4.0)]), "2.00, 4.00");
         assert_eq!(

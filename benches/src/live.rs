@@ -10,6 +10,9 @@
 //!   (same process, same clock); reports p50 / p99 / p99.9 / max. Half a second of
 //!   messages at the same rate goes first, unmeasured, so that neither the new
 //!   connections nor what the previous workload left running count against a system.
+//!
+//! With `--rounds N` each shape runs every system once per round, in turn, and the
+//! table gives medians (`lost`: the most in one round); see [`crate::rounds`].
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use rtc_broker::topic::TopicRule;
 
 use crate::harness::{Target, Transport};
+use crate::rounds::{median, spread, Rounds};
 use crate::systems::{subscribe, PeerUrls, Publisher, System};
 
 /// Which systems a live workload runs against (shared by both workloads).
@@ -38,6 +42,8 @@ pub struct Systems {
     /// Transports to rtc; repeat for several [default: tcp].
     #[arg(long, value_enum)]
     transport: Vec<Transport>,
+    #[command(flatten)]
+    rounds: Rounds,
 }
 
 /// Arguments of `rtc-bench fanout`.
@@ -104,39 +110,53 @@ fn label(system: System, transport: Transport) -> String {
     }
 }
 
-/// `rtc / figure` for a rival's row ("—" for rtc's own rows or without an rtc figure).
-fn ratio(rtc: Option<f64>, figure: f64, system: System) -> String {
-    match rtc {
-        Some(r) if system != System::Rtc && figure > 0.0 => format!("{:.2}", r / figure),
-        _ => "—".to_string(),
-    }
+/// A new in-process broker (`bench.>` ephemeral) for one run, or the one at `--rtc-url`.
+async fn target(on: &Systems, transport: Transport) -> anyhow::Result<Target> {
+    Target::new(on.rtc_url.as_deref(), transport, |c| {
+        c.topic = vec![TopicRule::ephemeral("bench.>")]
+    })
+    .await
 }
 
 /// Runs the fan-out matrix and prints a markdown table.
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    if let Some(caption) = args.on.rounds.caption() {
+        println!("{caption}");
+    }
     println!("| system | subscribers | payload B | published msgs/s | delivered msgs/s | delivered MB/s | lost | rtc / this, delivered |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let runs = runs(&args.on.system, &args.on.transport);
     for subs in or(&args.subscribers, &[1, 10]) {
         for payload in or(&args.payload, &[128]) {
-            // The last rtc row of this shape, which rival rows are compared with.
-            let mut rtc = None;
-            for (system, transport) in runs(&args.on.system, &args.on.transport) {
-                let target = Target::new(args.on.rtc_url.as_deref(), transport, |c| {
-                    c.topic = vec![TopicRule::ephemeral("bench.>")]
-                })
-                .await?;
-                let r =
-                    fanout_run(&target, system, &args.on.peers, subs, payload, args.count).await;
-                target.stop().await;
-                let (published, delivered, lost) = r?;
-                if system == System::Rtc {
-                    rtc = Some(delivered);
+            // Per run, each round's (published, delivered, lost) and ratio rtc / this.
+            let mut figures: Vec<Vec<(f64, f64, u64)>> = runs.iter().map(|_| vec![]).collect();
+            let mut ratios: Vec<Vec<f64>> = runs.iter().map(|_| vec![]).collect();
+            for _ in 0..args.on.rounds.count {
+                // This round's last rtc figure, which rival runs are compared with.
+                let mut rtc = None;
+                for (i, &(system, transport)) in runs.iter().enumerate() {
+                    let target = target(&args.on, transport).await?;
+                    let r = fanout_run(&target, system, &args.on.peers, subs, payload, args.count)
+                        .await;
+                    target.stop().await;
+                    let (published, delivered, lost) = r?;
+                    match (system, rtc) {
+                        (System::Rtc, _) => rtc = Some(delivered),
+                        (_, Some(r)) if delivered > 0.0 => ratios[i].push(r / delivered),
+                        _ => {}
+                    }
+                    figures[i].push((published, delivered, lost));
                 }
+            }
+            for (i, &(system, transport)) in runs.iter().enumerate() {
+                let published = median(figures[i].iter().map(|f| f.0));
+                let delivered = median(figures[i].iter().map(|f| f.1));
+                let lost = figures[i].iter().map(|f| f.2).max().unwrap_or(0);
                 println!(
                     "| {} | {subs} | {payload} | {published:.0} | {delivered:.0} | {:.1} | {lost} | {} |",
                     label(system, transport),
                     delivered * payload as f64 / 1e6,
-                    ratio(rtc, delivered, system)
+                    spread(&ratios[i])
                 );
             }
         }
@@ -214,46 +234,57 @@ async fn fanout_run(
 
 /// Runs the latency workload per system and prints a markdown table.
 pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
+    if let Some(caption) = args.on.rounds.caption() {
+        println!("{caption}");
+    }
     println!("| system | rate msgs/s | messages | payload B | p50 µs | p99 µs | p99.9 µs | max µs | lost | rtc / this, p99 |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut rtc = None;
-    for (system, transport) in runs(&args.on.system, &args.on.transport) {
-        let target = Target::new(args.on.rtc_url.as_deref(), transport, |c| {
-            c.topic = vec![TopicRule::ephemeral("bench.>")]
-        })
-        .await?;
-        let r = latency_run(
-            &target,
-            system,
-            &args.on.peers,
-            args.rate,
-            args.count,
-            args.payload.max(8),
-        )
-        .await;
-        target.stop().await;
-        let (mut lat, lost) = r?;
-        lat.sort_unstable();
-        let pct = |p: f64| {
-            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
-        let p99 = pct(0.99);
-        if system == System::Rtc {
-            rtc = Some(p99 as f64);
+    let runs = runs(&args.on.system, &args.on.transport);
+    let payload = args.payload.max(8);
+    // Per run, each round's (p50, p99, p99.9, max) and lost, and ratio rtc / this of p99.
+    let mut figures: Vec<Vec<([f64; 4], u64)>> = runs.iter().map(|_| vec![]).collect();
+    let mut ratios: Vec<Vec<f64>> = runs.iter().map(|_| vec![]).collect();
+    for _ in 0..args.on.rounds.count {
+        let mut rtc = None;
+        for (i, &(system, transport)) in runs.iter().enumerate() {
+            let target = target(&args.on, transport).await?;
+            let r = latency_run(
+                &target,
+                system,
+                &args.on.peers,
+                args.rate,
+                args.count,
+                payload,
+            )
+            .await;
+            target.stop().await;
+            let (mut lat, lost) = r?;
+            lat.sort_unstable();
+            let pct = |p: f64| {
+                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+            };
+            let max = lat.last().copied().unwrap_or(0) as f64;
+            let p99 = pct(0.99);
+            match (system, rtc) {
+                (System::Rtc, _) => rtc = Some(p99),
+                (_, Some(r)) if p99 > 0.0 => ratios[i].push(r / p99),
+                _ => {}
+            }
+            figures[i].push(([pct(0.50), p99, pct(0.999), max], lost));
         }
+    }
+    for (i, &(system, transport)) in runs.iter().enumerate() {
+        let [p50, p99, p999, max] =
+            std::array::from_fn(|k| median(figures[i].iter().map(|f| f.0[k])));
+        let lost = figures[i].iter().map(|f| f.1).max().unwrap_or(0);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {lost} | {} |",
+            "| {} | {} | {} | {payload} | {p50:.0} | {p99:.0} | {p999:.0} | {max:.0} | {lost} | {} |",
             label(system, transport),
             args.rate,
             args.count,
-            args.payload.max(8),
-            pct(0.50),
-            p99,
-            pct(0.999),
-            lat.last().copied().unwrap_or(0),
-            ratio(rtc, p99 as f64, system)
+            spread(&ratios[i])
         );
     }
     Ok(())
@@ -319,4 +350,44 @@ async fn latency_run(
     let lat = receiver.await?;
     let lost = count - lat.len() as u64;
     Ok((lat, lost))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::{Cli, Workload};
+
+    fn parse(args: &[&str]) -> Workload {
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .expect("valid arguments")
+            .workload
+    }
+
+    /// Both live workloads in two rounds against in-process brokers: every message
+    /// must arrive (a lost or damaged one fails the run).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_workloads_run_in_rounds() {
+        let Workload::Fanout(args) = parse(&[
+            "fanout",
+            "--subscribers",
+            "2",
+            "--payload",
+            "16",
+            "--count",
+            "300",
+            "--rounds",
+            "2",
+        ]) else {
+            unreachable!()
+        };
+        assert_eq!(args.on.rounds.count, 2);
+        fanout(args).await.expect("fan-out in two rounds");
+        let Workload::Latency(args) = parse(&[
+            "latency", "--rate", "2000", "--count", "100", "--rounds", "2",
+        ]) else {
+            unreachable!()
+        };
+        latency(args).await.expect("latency in two rounds");
+    }
 }

@@ -15,6 +15,7 @@ mod durable;
 mod durable_peers;
 mod harness;
 mod live;
+mod rounds;
 mod systems;
 
 use clap::{Parser, Subcommand};
@@ -52,4 +53,12 @@ fn main() -> anyhow::Result<()> {
             Workload::Connections(args) => connections::run(args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }
