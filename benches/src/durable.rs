@@ -16,7 +16,7 @@ use rtc_client::{ConsumerOptions, PublishMessage, StartAt, SubscribeOptions};
 
 use crate::durable_peers::{self, Rival};
 use crate::harness::Target;
-use crate::rounds::{median, spread, Rounds};
+use crate::rounds::{self, median, spread, Rounds};
 use crate::systems::PeerUrls;
 
 /// A system the durable workload runs against.
@@ -195,29 +195,20 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
         let count = args
             .count
             .unwrap_or(if window == 1 { 5_000 } else { 100_000 });
-        let mut measured: Vec<Vec<Measured>> = configs.iter().map(|_| Vec::new()).collect();
-        // Per configuration, each round's (publish, consume) ratio rtc / this.
-        let mut ratios: Vec<Vec<(f64, f64)>> = configs.iter().map(|_| Vec::new()).collect();
-        for _ in 0..args.rounds.count {
-            // This round's last rtc figures, which rival runs are compared with.
-            let mut rtc: Option<(f64, f64)> = None;
-            for (i, &(system, policy)) in configs.iter().enumerate() {
-                run_id += 1;
-                let plan = Plan {
-                    window: window.max(1),
-                    count,
-                    size,
-                    run_id,
-                };
-                let m = measure(&args, system, policy, &plan).await?;
-                match (system, rtc) {
-                    (DurableSystem::Rtc, _) => rtc = Some((m.publish_rate, m.consume_rate)),
-                    (_, Some((p, c))) => ratios[i].push((p / m.publish_rate, c / m.consume_rate)),
-                    (_, None) => {}
-                }
-                measured[i].push(m);
-            }
-        }
+        let measured = rounds::alternate(&args.rounds, &configs, async |&(system, policy)| {
+            run_id += 1;
+            let plan = Plan {
+                window: window.max(1),
+                count,
+                size,
+                run_id,
+            };
+            measure(&args, system, policy, &plan).await
+        })
+        .await?;
+        let is_rtc = |c: &(DurableSystem, _)| c.0 == DurableSystem::Rtc;
+        let publish_ratios = rounds::ratios(&configs, &measured, is_rtc, |m| m.publish_rate);
+        let consume_ratios = rounds::ratios(&configs, &measured, is_rtc, |m| m.consume_rate);
         for (i, &(system, policy)) in configs.iter().enumerate() {
             let name = match system {
                 DurableSystem::Rtc => "rtc",
@@ -232,7 +223,7 @@ pub async fn run(args: DurableArgs) -> anyhow::Result<()> {
                 .map(|m| m.replay_rate)
                 .collect::<Option<Vec<f64>>>()
                 .map_or("—".to_string(), |r| format!("{:.0}", median(r)));
-            let ratio = ratio_cell(&ratios[i]);
+            let ratio = ratio_cell(&publish_ratios[i], &consume_ratios[i]);
             let durability = policy.map_or(args.durability.clone(), |p| format!("fsync {p}"));
             println!(
                 "| {name} | {durability} | {window} | {count} | {size} | {publish:.0} | {consume:.0} | {replay} | {ratio} | 0 |"
@@ -268,13 +259,11 @@ async fn measure(
 
 /// The ratio column: `publish, consume`, each summarised over the rounds; `—` for
 /// rtc's own rows.
-fn ratio_cell(ratios: &[(f64, f64)]) -> String {
-    if ratios.is_empty() {
+fn ratio_cell(publish: &[f64], consume: &[f64]) -> String {
+    if publish.is_empty() && consume.is_empty() {
         return "—".to_string();
     }
-    let publish: Vec<f64> = ratios.iter().map(|r| r.0).collect();
-    let consume: Vec<f64> = ratios.iter().map(|r| r.1).collect();
-    format!("{}, {}", spread(&publish), spread(&consume))
+    format!("{}, {}", spread(publish), spread(consume))
 }
 
 /// Publishes with `plan.window` in flight, replays from the first message, then
@@ -373,7 +362,7 @@ mod tests {
     /// The whole workload, twice over, against an in-process broker: every message of
     /// every round must come back exactly once (the run fails otherwise).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rounds_run_every_system_each_round() {
+    async fn every_round_gets_every_message_back_exactly_once() {
         let parse = |args: &[&str]| {
             let all = ["rtc-bench", "durable"].iter().chain(args).copied();
             match <crate::Cli as clap::Parser>::try_parse_from(all)?.workload {
@@ -393,10 +382,10 @@ mod tests {
 
     #[test]
     fn ratio_cells() {
-        assert_eq!(ratio_cell(&[]), "—");
-        assert_eq!(ratio_cell(&[(2.0, 4.0)]), "2.00, 4.00");
+        assert_eq!(ratio_cell(&[], &[]), "—");
+        assert_eq!(ratio_cell(&[2.0], &[4.0]), "2.00, 4.00");
         assert_eq!(
-            ratio_cell(&[(2.5, 4.0), (1.5, 3.0), (2.0, 5.0)]),
+            ratio_cell(&[2.5, 1.5, 2.0], &[4.0, 3.0, 5.0]),
             "2.00 (1.50–2.50), 4.00 (3.00–5.00)"
         );
     }

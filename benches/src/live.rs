@@ -24,7 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use rtc_broker::topic::TopicRule;
 
 use crate::harness::{Target, Transport};
-use crate::rounds::{median, spread, Rounds};
+use crate::rounds::{self, median, spread, Rounds};
 use crate::systems::{subscribe, PeerUrls, Publisher, System};
 
 /// Which systems a live workload runs against (shared by both workloads).
@@ -102,6 +102,11 @@ fn runs(systems: &[System], transports: &[Transport]) -> Vec<(System, Transport)
     out
 }
 
+/// Whether a run is rtc's, which rival runs are compared with.
+fn is_rtc(run: &(System, Transport)) -> bool {
+    run.0 == System::Rtc
+}
+
 fn label(system: System, transport: Transport) -> String {
     match system {
         System::Rtc => format!("rtc {transport:?}").to_lowercase(),
@@ -128,26 +133,17 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let runs = runs(&args.on.system, &args.on.transport);
     for subs in or(&args.subscribers, &[1, 10]) {
         for payload in or(&args.payload, &[128]) {
-            // Per run, each round's (published, delivered, lost) and ratio rtc / this.
-            let mut figures: Vec<Vec<(f64, f64, u64)>> = runs.iter().map(|_| vec![]).collect();
-            let mut ratios: Vec<Vec<f64>> = runs.iter().map(|_| vec![]).collect();
-            for _ in 0..args.on.rounds.count {
-                // This round's last rtc figure, which rival runs are compared with.
-                let mut rtc = None;
-                for (i, &(system, transport)) in runs.iter().enumerate() {
+            // Per run, each round's (published, delivered, lost).
+            let figures =
+                rounds::alternate(&args.on.rounds, &runs, async |&(system, transport)| {
                     let target = target(&args.on, transport).await?;
                     let r = fanout_run(&target, system, &args.on.peers, subs, payload, args.count)
                         .await;
                     target.stop().await;
-                    let (published, delivered, lost) = r?;
-                    match (system, rtc) {
-                        (System::Rtc, _) => rtc = Some(delivered),
-                        (_, Some(r)) if delivered > 0.0 => ratios[i].push(r / delivered),
-                        _ => {}
-                    }
-                    figures[i].push((published, delivered, lost));
-                }
-            }
+                    r
+                })
+                .await?;
+            let ratios = rounds::ratios(&runs, &figures, is_rtc, |f| f.1);
             for (i, &(system, transport)) in runs.iter().enumerate() {
                 let published = median(figures[i].iter().map(|f| f.0));
                 let delivered = median(figures[i].iter().map(|f| f.1));
@@ -241,40 +237,31 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let runs = runs(&args.on.system, &args.on.transport);
     let payload = args.payload.max(8);
-    // Per run, each round's (p50, p99, p99.9, max) and lost, and ratio rtc / this of p99.
-    let mut figures: Vec<Vec<([f64; 4], u64)>> = runs.iter().map(|_| vec![]).collect();
-    let mut ratios: Vec<Vec<f64>> = runs.iter().map(|_| vec![]).collect();
-    for _ in 0..args.on.rounds.count {
-        let mut rtc = None;
-        for (i, &(system, transport)) in runs.iter().enumerate() {
-            let target = target(&args.on, transport).await?;
-            let r = latency_run(
-                &target,
-                system,
-                &args.on.peers,
-                args.rate,
-                args.count,
-                payload,
-            )
-            .await;
-            target.stop().await;
-            let (mut lat, lost) = r?;
-            lat.sort_unstable();
-            let pct = |p: f64| {
-                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0) as f64
-            };
-            let max = lat.last().copied().unwrap_or(0) as f64;
-            let p99 = pct(0.99);
-            match (system, rtc) {
-                (System::Rtc, _) => rtc = Some(p99),
-                (_, Some(r)) if p99 > 0.0 => ratios[i].push(r / p99),
-                _ => {}
-            }
-            figures[i].push(([pct(0.50), p99, pct(0.999), max], lost));
-        }
-    }
+    // Per run, each round's (p50, p99, p99.9, max) in µs and lost.
+    let figures = rounds::alternate(&args.on.rounds, &runs, async |&(system, transport)| {
+        let target = target(&args.on, transport).await?;
+        let r = latency_run(
+            &target,
+            system,
+            &args.on.peers,
+            args.rate,
+            args.count,
+            payload,
+        )
+        .await;
+        target.stop().await;
+        let (mut lat, lost) = r?;
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+        };
+        let max = lat.last().copied().unwrap_or(0) as f64;
+        Ok(([pct(0.50), pct(0.99), pct(0.999), max], lost))
+    })
+    .await?;
+    let ratios = rounds::ratios(&runs, &figures, is_rtc, |f| f.0[1]);
     for (i, &(system, transport)) in runs.iter().enumerate() {
         let [p50, p99, p999, max] =
             std::array::from_fn(|k| median(figures[i].iter().map(|f| f.0[k])));

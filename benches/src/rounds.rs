@@ -27,6 +27,52 @@ impl Rounds {
     }
 }
 
+/// Measures every configuration once per round, in turn (a, b, c, a, b, c, …), and
+/// returns each configuration's figures, one per round, in order.
+pub async fn alternate<C, M>(
+    rounds: &Rounds,
+    configs: &[C],
+    mut measure: impl AsyncFnMut(&C) -> anyhow::Result<M>,
+) -> anyhow::Result<Vec<Vec<M>>> {
+    let mut figures: Vec<Vec<M>> = configs.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds.count {
+        for (config, own) in configs.iter().zip(&mut figures) {
+            own.push(measure(config).await?);
+        }
+    }
+    Ok(figures)
+}
+
+/// Per configuration, each round's ratio rtc / this of `figure`, against the last rtc
+/// configuration listed before it; empty for rtc's own configurations, for a rival with
+/// no rtc before it, and for rounds where the rival's figure is 0.
+pub fn ratios<C, M>(
+    configs: &[C],
+    figures: &[Vec<M>],
+    is_rtc: impl Fn(&C) -> bool,
+    figure: impl Fn(&M) -> f64,
+) -> Vec<Vec<f64>> {
+    let mut rtc = None;
+    configs
+        .iter()
+        .zip(figures)
+        .map(|(config, own)| {
+            if is_rtc(config) {
+                rtc = Some(own);
+                return Vec::new();
+            }
+            rtc.map_or_else(Vec::new, |rtc: &Vec<M>| {
+                rtc.iter()
+                    .zip(own)
+                    .map(|(r, m)| (figure(r), figure(m)))
+                    .filter(|&(_, m)| m > 0.0)
+                    .map(|(r, m)| r / m)
+                    .collect()
+            })
+        })
+        .collect()
+}
+
 /// The median of `values` (the mean of the middle two for an even count; 0 for none).
 pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.into_iter().collect();
@@ -55,6 +101,53 @@ pub fn spread(ratios: &[f64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rounds alternate the configurations, and each rival's ratios come from the same
+    /// rounds of the rtc configuration listed last before it.
+    #[tokio::test]
+    async fn rounds_alternate_and_ratios_pair_the_same_round() {
+        let configs = ["rtc", "rival", "rtc", "rival"];
+        let mut calls = Vec::new();
+        let mut n = 0.0;
+        let figures = alternate(&Rounds { count: 2 }, &configs, async |c: &&str| {
+            calls.push(*c);
+            n += 1.0;
+            Ok(n)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            calls,
+            ["rtc", "rival", "rtc", "rival", "rtc", "rival", "rtc", "rival"]
+        );
+        assert_eq!(figures, [[1.0, 5.0], [2.0, 6.0], [3.0, 7.0], [4.0, 8.0]]);
+        let r = ratios(&configs, &figures, |c| *c == "rtc", |m| *m);
+        assert_eq!(
+            r,
+            [
+                vec![],
+                vec![1.0 / 2.0, 5.0 / 6.0],
+                vec![],
+                vec![3.0 / 4.0, 7.0 / 8.0]
+            ]
+        );
+        let none_before = ratios(&["rival", "rtc"], &figures[..2], |c| *c == "rtc", |m| *m);
+        assert_eq!(none_before, [Vec::<f64>::new(), vec![]]);
+
+        let mut seen = 0;
+        let failed = alternate(&Rounds { count: 3 }, &configs, async |_: &&str| {
+            seen += 1;
+            if seen == 2 {
+                anyhow::bail!("stalled")
+            }
+            Ok(0.0)
+        })
+        .await;
+        assert!(
+            failed.is_err() && seen == 2,
+            "a failed run ends the workload"
+        );
+    }
 
     #[test]
     fn medians_and_spreads() {
