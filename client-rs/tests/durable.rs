@@ -323,6 +323,12 @@ impl Storage for Faulty {
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }
+    fn seal_due(&self) -> Option<std::time::Instant> {
+        self.inner.seal_due()
+    }
+    fn seal(&self) -> Result<(), StoreError> {
+        self.inner.seal()
+    }
     fn read(
         &self,
         id: TopicId,

@@ -45,10 +45,28 @@ impl ChunkBuilder {
     /// Whether message `seq` of `len` bytes belongs at the end of this chunk: it follows
     /// on, and the chunk has room.
     pub fn takes(&self, seq: u64, len: usize) -> bool {
+        self.takes_run(seq, 1, len)
+    }
+
+    /// Whether `count` consecutive messages from `seq` on, of `len` bytes in all, belong
+    /// at the end of this chunk: they follow on, and the chunk has room for all of them
+    /// (an empty chunk always takes a single message, however large).
+    pub fn takes_run(&self, seq: u64, count: usize, len: usize) -> bool {
+        let held = (self.next_seq - self.first_seq) as usize;
         seq == self.next_seq
-            && (self.buf.is_empty()
-                || ((self.next_seq - self.first_seq) < MAX_MESSAGES as u64
-                    && self.buf.len() + HEADER + len <= MAX_BYTES))
+            && ((self.buf.is_empty() && count == 1)
+                || (held + count <= MAX_MESSAGES
+                    && self.buf.len() + count * HEADER + len <= MAX_BYTES))
+    }
+
+    /// Whether the chunk holds no message yet.
+    pub fn is_empty(&self) -> bool {
+        self.next_seq == self.first_seq
+    }
+
+    /// The chunk's first seq and its encoded value so far.
+    pub fn value(&self) -> (u64, &[u8]) {
+        (self.first_seq, &self.buf)
     }
 
     /// Appends the next message (the caller checked [`ChunkBuilder::takes`]).
@@ -176,6 +194,33 @@ mod tests {
         );
         b.push(0, &vec![0; MAX_BYTES * 2]);
         assert!(!b.takes(2, 1), "byte cap");
+    }
+
+    #[test]
+    fn runs_are_taken_whole_or_not_at_all() {
+        let b = ChunkBuilder::new(1);
+        assert!(b.is_empty());
+        assert!(b.takes_run(1, MAX_MESSAGES, MAX_MESSAGES));
+        assert!(!b.takes_run(1, MAX_MESSAGES + 1, 0), "message cap");
+        assert!(!b.takes_run(2, 1, 1), "not the next seq");
+        assert!(b.takes_run(1, 1, MAX_BYTES * 2), "one large message alone");
+        assert!(!b.takes_run(1, 2, MAX_BYTES), "byte cap");
+        let mut b = ChunkBuilder::new(1);
+        b.push(0, b"x");
+        assert!(!b.is_empty());
+        assert!(b.takes_run(2, MAX_MESSAGES - 1, 0));
+        assert!(
+            !b.takes_run(2, MAX_MESSAGES, 0),
+            "message cap with one held"
+        );
+        assert!(
+            !b.takes_run(2, 1, MAX_BYTES - 2 * HEADER),
+            "byte cap counts the held message"
+        );
+        assert_eq!(
+            b.value(),
+            (1, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'x'][..])
+        );
     }
 
     #[test]

@@ -270,13 +270,24 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn load_topics(&self) -> Result<Vec<StoredTopic>, StoreError>;
     /// The next topic id to assign (1 for a new store).
     fn next_topic_id(&self) -> Result<TopicId, StoreError>;
-    /// Applies `ops`. After a crash, a prefix of them is present: none, some or all —
-    /// all or none when any op creates a topic or removes messages ([`WriteOp::is_in_order_safe`]
-    /// is false for one of them). [`Storage::load_topics`] counts messages whose stats
-    /// were cut off.
+    /// Applies `ops`; on failure, none of them. After a crash, a prefix of them is
+    /// present: none, some or all — all or none when any op creates a topic or removes
+    /// messages ([`WriteOp::is_in_order_safe`] is false for one of them).
+    /// [`Storage::load_topics`] counts messages whose stats were cut off.
+    ///
+    /// The store may hold a write of appends only in memory (readable at once) and hand
+    /// it to the engine later: at [`Storage::seal_due`] at the latest, on every flush,
+    /// and before any write that is not appends only. A crash loses what is held; it
+    /// still keeps a prefix of each topic's messages, and never stats or consumer state
+    /// without the messages written before them.
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
-    /// Makes everything written so far durable on disk.
+    /// Makes everything written so far durable on disk (held appends included).
     fn flush(&self) -> Result<(), StoreError>;
+    /// When appends held in memory are due to be handed to the engine
+    /// ([`Storage::seal`]); `None` while none are held.
+    fn seal_due(&self) -> Option<std::time::Instant>;
+    /// Hands every held append to the engine, without flushing it.
+    fn seal(&self) -> Result<(), StoreError>;
     /// Up to `max_msgs` messages (and about `max_bytes`, at least one) of topic `id` with
     /// `seq >= from`, in order.
     fn read(

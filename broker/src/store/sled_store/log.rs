@@ -1,13 +1,14 @@
 //! The message log inside [`SledStorage`]: how appends become chunks ([`chunk`]) and
 //! removals rewrite them, and how stored messages are walked in seq order (reads,
-//! timestamps, sizes, and counting in messages a crash left beyond their stats).
+//! timestamps, sizes, and counting in messages a crash left beyond their stats) — first
+//! those in sled, then those still held in their topic's open chunk.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use super::{encode_single, engine, msg_key, seq_of, SledStorage};
 use crate::store::chunk::{self, ChunkBuilder, Record};
-use crate::store::{StoreError, TopicId, TopicStats, WriteOp};
+use crate::store::{LogEntry, StoreError, TopicId, TopicStats, WriteOp};
 
 /// What a write turns into in sled, in order.
 pub(super) enum Entry {
@@ -19,6 +20,82 @@ pub(super) enum Entry {
 pub(super) struct Chunk {
     pub(super) first_seq: u64,
     pub(super) value: sled::IVec,
+}
+
+/// A stored message met by [`SledStorage::for_each_record`].
+#[derive(Clone, Copy)]
+pub(super) enum At<'a> {
+    /// In a chunk in sled.
+    Chunk(&'a Chunk, Record),
+    /// Held in its topic's open chunk.
+    Held(&'a LogEntry),
+}
+
+impl At<'_> {
+    pub(super) fn seq(&self) -> u64 {
+        match self {
+            At::Chunk(_, r) => r.seq,
+            At::Held(e) => e.seq,
+        }
+    }
+
+    pub(super) fn ts_ms(&self) -> i64 {
+        match self {
+            At::Chunk(_, r) => r.ts_ms,
+            At::Held(e) => e.ts_ms,
+        }
+    }
+
+    /// The encoded `rtc.v1.Message`.
+    pub(super) fn message(&self) -> &[u8] {
+        match self {
+            At::Chunk(c, r) => &c.value[r.start..r.start + r.len],
+            At::Held(e) => &e.message,
+        }
+    }
+}
+
+/// The appends of one topic in a write of appends only.
+pub(super) struct Run {
+    pub(super) id: TopicId,
+    /// Seq of its first message.
+    pub(super) first: u64,
+    /// How many messages.
+    pub(super) count: usize,
+    /// Their bytes in all.
+    pub(super) len: usize,
+    /// Whether their seqs count up without a gap.
+    pub(super) contiguous: bool,
+}
+
+/// Each topic's run of appends in `ops`, in order of first appearance; `None` if `ops`
+/// holds anything but appends.
+pub(super) fn append_runs(ops: &[WriteOp]) -> Option<Vec<Run>> {
+    let mut runs: Vec<Run> = Vec::new();
+    for op in ops {
+        let WriteOp::Append {
+            id, seq, message, ..
+        } = op
+        else {
+            return None;
+        };
+        // Writes touch few topics: a scan beats a map.
+        match runs.iter_mut().find(|r| r.id == *id) {
+            Some(run) => {
+                run.contiguous &= *seq == run.first + run.count as u64;
+                run.count += 1;
+                run.len += message.len();
+            }
+            None => runs.push(Run {
+                id: *id,
+                first: *seq,
+                count: 1,
+                len: message.len(),
+                contiguous: true,
+            }),
+        }
+    }
+    Some(runs)
 }
 
 /// The chunk `builder` as an entry.
@@ -36,20 +113,21 @@ impl SledStorage {
         id: TopicId,
         stats: &mut TopicStats,
     ) -> Result<(), StoreError> {
-        self.for_each_record(id, stats.last_seq + 1, |_, r| {
-            if r.seq != stats.last_seq + 1 {
+        self.for_each_record(id, stats.last_seq + 1, |at| {
+            if at.seq() != stats.last_seq + 1 {
                 return Err(StoreError::Corrupt(format!(
                     "topic {name:?}: message {} is stored after {} with a gap",
-                    r.seq, stats.last_seq
+                    at.seq(),
+                    stats.last_seq
                 )));
             }
             if stats.messages == 0 {
-                stats.first_seq = r.seq;
+                stats.first_seq = at.seq();
             }
-            stats.last_seq = r.seq;
+            stats.last_seq = at.seq();
             stats.messages += 1;
-            stats.bytes += r.len as u64;
-            stats.last_ts_ms = stats.last_ts_ms.max(r.ts_ms);
+            stats.bytes += at.message().len() as u64;
+            stats.last_ts_ms = stats.last_ts_ms.max(at.ts_ms());
             Ok(ControlFlow::Continue(()))
         })
     }
@@ -82,16 +160,20 @@ impl SledStorage {
         }
     }
 
-    /// Calls `f` with each stored message of topic `id` from seq `from` on, in order, with
-    /// the chunk it is in, until `f` breaks.
+    /// Calls `f` with each stored message of topic `id` from seq `from` on, in order,
+    /// until `f` breaks: those in sled, then those held in the topic's open chunk.
     pub(super) fn for_each_record(
         &self,
         id: TopicId,
         from: u64,
-        mut f: impl FnMut(&Chunk, Record) -> Result<ControlFlow<()>, StoreError>,
+        mut f: impl FnMut(At<'_>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
+        // Held first: everything before the first held message is in sled by then, and
+        // whatever is sealed meanwhile is read from the snapshot, not twice.
+        let held = self.open_chunks().snapshot(id, from);
+        let sealed_below = held.first().map_or(u64::MAX, |e| e.seq);
         let start = self.first_chunk_key(id, from)?;
-        for item in self.db.range(start..=msg_key(id, u64::MAX).to_vec()) {
+        'sled: for item in self.db.range(start..=msg_key(id, u64::MAX).to_vec()) {
             let (k, v) = item.map_err(engine)?;
             let chunk = Chunk {
                 first_seq: seq_of(&k)?,
@@ -102,9 +184,17 @@ impl SledStorage {
                 if r.seq < from {
                     continue;
                 }
-                if f(&chunk, r)?.is_break() {
+                if r.seq >= sealed_below {
+                    break 'sled;
+                }
+                if f(At::Chunk(&chunk, r))?.is_break() {
                     return Ok(());
                 }
+            }
+        }
+        for e in &held {
+            if f(At::Held(e))?.is_break() {
+                break;
             }
         }
         Ok(())

@@ -1,14 +1,21 @@
 //! [`SledStorage`]: the [`Storage`] trait on sled 0.34, with the key layout documented in
 //! the parent module. Opening checks the format version and turns sled's lock, corruption
 //! and version errors into one clear message naming the path.
+//!
+//! A write of appends only holds each topic's newest messages in an open chunk
+//! (`open_chunks`), sealed into sled later as one insert; every other write, and every
+//! flush, seals them first. Reads walk sled, then the held messages (`log.rs`).
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use prost::Message as _;
 
 mod log;
+mod open_chunks;
 #[cfg(test)]
 mod tests;
 
@@ -16,7 +23,9 @@ use super::{
     ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp,
     FORMAT_VERSION,
 };
-use log::Entry;
+use log::{At, Entry};
+use open_chunks::OpenChunks;
+pub use open_chunks::HOLD;
 
 const VERSION_KEY: &[u8] = b"v";
 const NEXT_ID_KEY: &[u8] = b"n";
@@ -89,11 +98,12 @@ fn engine(e: sled::Error) -> StoreError {
     }
 }
 
-/// The sled-backed store. Cloning shares the same database.
+/// The sled-backed store. Cloning shares the same database and open chunks.
 #[derive(Debug, Clone)]
 pub struct SledStorage {
     db: sled::Db,
     path: PathBuf,
+    open: Arc<Mutex<OpenChunks>>,
 }
 
 /// How sled's own background flusher is set.
@@ -172,9 +182,53 @@ impl SledStorage {
             })?,
         }
         Ok(SledStorage {
+            open: Arc::new(Mutex::new(OpenChunks::new(db.clone()))),
             db,
             path: dir.to_path_buf(),
         })
+    }
+
+    fn open_chunks(&self) -> MutexGuard<'_, OpenChunks> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `ops` to sled as they are, none held: in order, or as one atomic batch
+    /// when any of them must be all-or-nothing (see [`Storage::write`]).
+    fn write_through(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let in_order = ops.iter().all(WriteOp::is_in_order_safe);
+        let entries = self.entries(ops)?;
+        if in_order {
+            // In order, without a sled batch: a batch rolls sled's IO buffer twice (two
+            // buffer writes per pass, which cost more CPU than the appends themselves
+            // at one message per pass). sled recovers a prefix of what was written, so a
+            // crash keeps the chunks of a prefix of this pass, maybe without the stats
+            // that follow them; `load_topics` counts such messages back in.
+            let mut written = Vec::new();
+            for entry in entries {
+                let Entry::Put(k, v) = entry else {
+                    unreachable!("in-order writes only put")
+                };
+                if let Err(e) = self.db.insert(&k, v) {
+                    // The writer reuses these seqs after a failed pass: take back what
+                    // this pass wrote (best effort; sled refuses all writes after an IO
+                    // error, so then none of it reaches the disk either).
+                    for k in written {
+                        let _ = self.db.remove::<Vec<u8>>(k);
+                    }
+                    return Err(engine(e));
+                }
+                written.push(k);
+            }
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            match entry {
+                Entry::Put(k, v) => batch.insert(k, v),
+                Entry::Remove(k) => batch.remove(k),
+            }
+        }
+        self.db.apply_batch(batch).map_err(engine)
     }
 
     /// The directory the database lives in.
@@ -225,6 +279,8 @@ fn describe_open_error(dir: &Path, e: sled::Error) -> String {
 
 impl Storage for SledStorage {
     fn load_topics(&self) -> Result<Vec<StoredTopic>, StoreError> {
+        // The reconciliation below reads sled alone.
+        self.seal()?;
         let mut topics = Vec::new();
         for item in self.db.scan_prefix([TOPIC_PREFIX]) {
             let (k, v) = item.map_err(engine)?;
@@ -277,44 +333,60 @@ impl Storage for SledStorage {
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        let in_order = ops.iter().all(WriteOp::is_in_order_safe);
-        let entries = self.entries(ops)?;
-        if in_order {
-            // In order, without a sled batch: a batch rolls sled's IO buffer twice (two
-            // buffer writes per pass, which cost more CPU than the appends themselves
-            // at one message per pass). sled recovers a prefix of what was written, so a
-            // crash keeps the chunks of a prefix of this pass, maybe without the stats
-            // that follow them; `load_topics` counts such messages back in.
-            let mut written = Vec::new();
-            for entry in entries {
-                let Entry::Put(k, v) = entry else {
-                    unreachable!("in-order writes only put")
-                };
-                if let Err(e) = self.db.insert(&k, v) {
-                    // The writer reuses these seqs after a failed pass: take back what
-                    // this pass wrote (best effort; sled refuses all writes after an IO
-                    // error, so then none of it reaches the disk either).
-                    for k in written {
-                        let _ = self.db.remove::<Vec<u8>>(k);
-                    }
-                    return Err(engine(e));
-                }
-                written.push(k);
+        let mut open = self.open_chunks();
+        let Some(runs) = log::append_runs(&ops) else {
+            // Stats, consumer state, topics and removals never get ahead of the
+            // messages written before them.
+            open.seal_all()?;
+            return self.write_through(ops);
+        };
+        // A topic's run is held when its open chunk (sealed first if full, so that its
+        // messages reach sled in seq order) takes all of it; otherwise it is written
+        // through as chunks of its own. Seals and write-through come before anything
+        // is held, so a failed write leaves nothing of itself behind.
+        let mut held = Vec::with_capacity(runs.len());
+        for run in &runs {
+            let takes = |open: &OpenChunks| {
+                run.contiguous && open.takes(run.id, run.first, run.count, run.len)
+            };
+            if !takes(&open) {
+                open.seal(run.id)?;
             }
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            match entry {
-                Entry::Put(k, v) => batch.insert(k, v),
-                Entry::Remove(k) => batch.remove(k),
+            if takes(&open) {
+                held.push(run.id);
             }
         }
-        self.db.apply_batch(batch).map_err(engine)
+        let (hold, through): (Vec<WriteOp>, Vec<WriteOp>) = ops
+            .into_iter()
+            .partition(|op| matches!(op, WriteOp::Append { id, .. } if held.contains(id)));
+        if !through.is_empty() {
+            self.write_through(through)?;
+        }
+        for op in hold {
+            if let WriteOp::Append {
+                id,
+                seq,
+                ts_ms,
+                message,
+            } = op
+            {
+                open.hold(id, seq, ts_ms, message);
+            }
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.seal()?;
         self.db.flush().map(|_| ()).map_err(engine)
+    }
+
+    fn seal_due(&self) -> Option<Instant> {
+        self.open_chunks().due()
+    }
+
+    fn seal(&self) -> Result<(), StoreError> {
+        self.open_chunks().seal_all()
     }
 
     fn read(
@@ -328,20 +400,26 @@ impl Storage for SledStorage {
         let mut bytes = 0;
         // Messages share their chunk's buffer: no copy.
         let mut shared: Option<(u64, Bytes)> = None;
-        self.for_each_record(id, from, |chunk, r| {
-            let whole = match &shared {
-                Some((first, b)) if *first == chunk.first_seq => b.clone(),
-                _ => {
-                    let b = Bytes::from_owner(chunk.value.clone());
-                    shared = Some((chunk.first_seq, b.clone()));
-                    b
+        self.for_each_record(id, from, |at| {
+            let message = match at {
+                At::Chunk(chunk, r) => {
+                    let whole = match &shared {
+                        Some((first, b)) if *first == chunk.first_seq => b.clone(),
+                        _ => {
+                            let b = Bytes::from_owner(chunk.value.clone());
+                            shared = Some((chunk.first_seq, b.clone()));
+                            b
+                        }
+                    };
+                    whole.slice(r.start..r.start + r.len)
                 }
+                At::Held(e) => e.message.clone(),
             };
-            bytes += r.len;
+            bytes += message.len();
             out.push(LogEntry {
-                seq: r.seq,
-                ts_ms: r.ts_ms,
-                message: whole.slice(r.start..r.start + r.len),
+                seq: at.seq(),
+                ts_ms: at.ts_ms(),
+                message,
             });
             Ok(if out.len() >= max_msgs || bytes >= max_bytes {
                 ControlFlow::Break(())
@@ -354,9 +432,9 @@ impl Storage for SledStorage {
 
     fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
         let mut ts = None;
-        self.for_each_record(id, seq, |_, r| {
-            if r.seq == seq {
-                ts = Some(r.ts_ms);
+        self.for_each_record(id, seq, |at| {
+            if at.seq() == seq {
+                ts = Some(at.ts_ms());
             }
             Ok(ControlFlow::Break(()))
         })?;
@@ -365,11 +443,11 @@ impl Storage for SledStorage {
 
     fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError> {
         let mut out = Vec::new();
-        self.for_each_record(id, from, |chunk, r| {
-            let m = rtc_proto::v1::Message::decode(&chunk.value[r.start..r.start + r.len])
-                .map_err(|e| StoreError::Corrupt(format!("stored message {}: {e}", r.seq)))?;
+        self.for_each_record(id, from, |at| {
+            let m = rtc_proto::v1::Message::decode(at.message())
+                .map_err(|e| StoreError::Corrupt(format!("stored message {}: {e}", at.seq())))?;
             if !m.msg_id.is_empty() {
-                out.push((m.msg_id, r.seq, r.ts_ms));
+                out.push((m.msg_id, at.seq(), at.ts_ms()));
             }
             Ok(ControlFlow::Continue(()))
         })?;
@@ -394,11 +472,11 @@ impl Storage for SledStorage {
         if from >= to {
             return Ok(out);
         }
-        self.for_each_record(id, from, |_, r| {
-            if r.seq >= to {
+        self.for_each_record(id, from, |at| {
+            if at.seq() >= to {
                 return Ok(ControlFlow::Break(()));
             }
-            out.push((r.seq, r.len as u64));
+            out.push((at.seq(), at.message().len() as u64));
             Ok(ControlFlow::Continue(()))
         })?;
         Ok(out)

@@ -296,3 +296,274 @@ async fn a_graceful_shutdown_writes_stale_stats() {
         "the stats record as written, before any recount"
     );
 }
+
+fn numbered(id: TopicId, seq: u64) -> WriteOp {
+    WriteOp::Append {
+        id,
+        seq,
+        ts_ms: seq as i64 * 10,
+        message: format!("message {seq}").into_bytes().into(),
+    }
+}
+
+fn seqs_read(s: &SledStorage, id: TopicId, from: u64) -> Vec<u64> {
+    s.read(id, from, usize::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+fn chunks_in_sled(s: &SledStorage) -> usize {
+    s.db.scan_prefix([MSG_PREFIX]).count()
+}
+
+/// One append per write, as with a publisher waiting for each acknowledgement: the
+/// messages are held in an open chunk (one sled insert per full chunk, not per message)
+/// and read back the same before and after they are sealed.
+#[test]
+fn held_appends_are_read_the_same_before_and_after_sealing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.seal_due(), None);
+    let n = 2 * chunk::MAX_MESSAGES as u64 + 44;
+    for seq in 1..=n {
+        s.write(vec![numbered(1, seq)]).unwrap();
+    }
+    assert_eq!(chunks_in_sled(&s), 2, "only the full chunks are in sled");
+    assert!(s.seal_due().is_some(), "the rest is held");
+    let check = |s: &SledStorage| {
+        for from in [0, 1, 128, 129, 256, 257, 258, n - 1, n, n + 1] {
+            let got = s.read(1, from, usize::MAX, usize::MAX).unwrap();
+            let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (from.max(1)..=n).collect::<Vec<_>>(), "from {from}");
+            for e in &got {
+                assert_eq!(e.message, format!("message {}", e.seq).into_bytes());
+                assert_eq!(e.ts_ms, e.seq as i64 * 10);
+            }
+        }
+        let limited: Vec<u64> = s
+            .read(1, 250, 10, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(
+            limited,
+            (250..260).collect::<Vec<_>>(),
+            "max_msgs across sled and held"
+        );
+        assert_eq!(s.timestamp(1, n).unwrap(), Some(n as i64 * 10));
+        assert_eq!(s.timestamp(1, n + 1).unwrap(), None);
+        let sizes = s.sizes(1, 250, n + 1).unwrap();
+        assert_eq!(sizes.len() as u64, n + 1 - 250);
+        assert_eq!(
+            sizes.last(),
+            Some(&(n, format!("message {n}").len() as u64))
+        );
+    };
+    check(&s);
+    s.seal().unwrap();
+    assert_eq!(s.seal_due(), None);
+    assert_eq!(chunks_in_sled(&s), 3);
+    check(&s);
+}
+
+/// Stats, consumer state, topics and removals are never written ahead of held
+/// messages: any write but appends seals them first, and so does a flush.
+#[test]
+fn a_write_of_another_kind_or_a_flush_seals_held_messages_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let others = [
+        WriteOp::PutStats(1, TopicStats::default()),
+        WriteOp::PutConsumer {
+            id: 1,
+            name: "c".into(),
+            record: ConsumerRecord::default(),
+        },
+        WriteOp::PutNextTopicId(9),
+        WriteOp::RemoveRange {
+            id: 1,
+            from: 1,
+            to: 2,
+        },
+    ];
+    let mut seq = 0;
+    for other in others {
+        seq += 1;
+        s.write(vec![numbered(1, seq), numbered(2, seq)]).unwrap();
+        assert!(s.seal_due().is_some());
+        let before = chunks_in_sled(&s);
+        s.write(vec![other.clone()]).unwrap();
+        assert_eq!(s.seal_due(), None, "{other:?} sealed first");
+        assert!(chunks_in_sled(&s) > before, "{other:?}");
+    }
+    assert_eq!(
+        seqs_read(&s, 1, 0),
+        (2..=seq).collect::<Vec<_>>(),
+        "the removal saw the sealed message"
+    );
+    s.write(vec![numbered(1, seq + 1)]).unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.seal_due(), None, "a flush seals");
+    assert_eq!(seqs_read(&s, 2, 0), (1..=seq).collect::<Vec<_>>());
+}
+
+/// A run that does not fit the open chunk seals it and starts a new one; a run too
+/// large for any chunk, or with a gap, is written through — always after the held
+/// messages before it, so sled has each topic's messages in seq order.
+#[test]
+fn runs_that_do_not_fit_are_written_in_seq_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.write(vec![numbered(1, 1), numbered(1, 2)]).unwrap();
+    let big: Vec<WriteOp> = (3..=3 + chunk::MAX_MESSAGES as u64)
+        .map(|q| numbered(1, q))
+        .collect();
+    let last = 3 + chunk::MAX_MESSAGES as u64;
+    s.write(big).unwrap();
+    assert_eq!(
+        s.seal_due(),
+        None,
+        "held messages sealed before the run written through"
+    );
+    // After a write-through a new open chunk starts; a gap in a run writes it through.
+    s.write(vec![numbered(1, last + 1)]).unwrap();
+    assert!(s.seal_due().is_some());
+    s.write(vec![numbered(1, last + 2), numbered(1, last + 4)])
+        .unwrap();
+    assert_eq!(s.seal_due(), None);
+    let stored: Vec<u64> =
+        s.db.scan_prefix([MSG_PREFIX])
+            .map(|kv| seq_of(&kv.unwrap().0).unwrap())
+            .collect();
+    assert_eq!(
+        stored,
+        vec![
+            1,
+            3,
+            3 + chunk::MAX_MESSAGES as u64,
+            last + 1,
+            last + 2,
+            last + 4
+        ]
+    );
+    let mut want: Vec<u64> = (1..=last + 2).collect();
+    want.push(last + 4);
+    assert_eq!(seqs_read(&s, 1, 0), want);
+}
+
+/// Dropping the store without a flush (an embedding application that never shut the
+/// broker down) still keeps what was held.
+#[test]
+fn held_messages_are_sealed_when_the_store_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        for seq in 1..=3 {
+            s.write(vec![numbered(4, seq)]).unwrap();
+        }
+        assert!(s.seal_due().is_some());
+    }
+    let s = open(dir.path());
+    assert_eq!(seqs_read(&s, 4, 0), vec![1, 2, 3]);
+}
+
+/// A reader racing the writer's seals sees every message once, in order.
+#[test]
+fn reads_racing_seals_see_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let n = 3000u64;
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for seq in 1..=n {
+                s.write(vec![numbered(1, seq)]).unwrap();
+                if seq % 7 == 0 {
+                    s.seal().unwrap();
+                }
+            }
+        });
+        let mut reads = 0;
+        while !writer.is_finished() && reads < 100_000 {
+            reads += 1;
+            let from = (reads as u64 * 37) % n + 1;
+            let seqs = seqs_read(&s, 1, from);
+            if let Some(&first) = seqs.first() {
+                assert_eq!(first, from, "read from {from}");
+                assert!(
+                    seqs.windows(2).all(|w| w[1] == w[0] + 1),
+                    "read from {from}: a gap or a repeat"
+                );
+            }
+        }
+        writer.join().unwrap();
+    });
+    assert_eq!(seqs_read(&s, 1, 1), (1..=n).collect::<Vec<_>>());
+}
+
+/// With fsync `never` nothing else makes the storage thread act, yet held messages reach
+/// sled within about [`HOLD`]: the thread sleeps until the store's seal is due.
+#[tokio::test]
+async fn the_storage_thread_seals_held_messages_when_they_are_due() {
+    use std::sync::Arc;
+
+    use crate::config::FsyncPolicy;
+    use crate::router::Router;
+    use crate::topic::TopicRegistry;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let log = crate::store::writer::start(
+        Arc::new(s.clone()),
+        Arc::new(Router::new()),
+        Arc::new(TopicRegistry::new(&[])),
+        FsyncPolicy::Never,
+        100,
+    )
+    .unwrap();
+    // The first append creates the topic (written through); the next ones are held.
+    for i in 0..3u8 {
+        log.append_internal("held.x".into(), Bytes::from(vec![i]), Default::default())
+            .await
+            .unwrap();
+    }
+    assert!(s.seal_due().is_some(), "the last appends are held");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.seal_due().is_some() {
+        assert!(std::time::Instant::now() < deadline, "never sealed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let id = s.load_topics().unwrap()[0].id;
+    let in_sled: Vec<u64> =
+        s.db.scan_prefix(&msg_key(id, 0)[..5])
+            .map(|kv| seq_of(&kv.unwrap().0).unwrap())
+            .collect();
+    assert_eq!(in_sled, vec![1, 2], "message 1, then the chunk of 2 and 3");
+
+    // A publish a session stores itself while the thread sleeps without a deadline:
+    // it wakes the thread to set one.
+    let inline = crate::store::handle::Append {
+        topic: "held.x".into(),
+        payload: Bytes::from_static(b"inline"),
+        headers: Default::default(),
+        msg_id: String::new(),
+        responder: crate::store::handle::Responder::Client {
+            req_id: 1,
+            outbox: Arc::new(crate::outbound::Outbox::new(1 << 20, 16, 1 << 20)),
+            permit: log.permit().await,
+        },
+    };
+    assert!(log.append_inline(inline).is_none(), "stored inline");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.seal_due().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the inline append never sealed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(seqs_read(&s, id, 0), vec![1, 2, 3, 4]);
+    log.shutdown();
+}

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rtc_proto::v1::{self, frame::Op, TopicSettings};
@@ -44,6 +44,7 @@ use crate::router::Router;
 use crate::session::now_ms;
 use crate::topic::{is_durable, normalize, TopicRegistry};
 
+mod flush;
 mod retention;
 mod shared;
 mod stats;
@@ -225,31 +226,6 @@ impl Writer {
             self.storage.flush()?;
         }
         Ok(())
-    }
-
-    /// When an `interval` policy owes a flush.
-    fn flush_deadline(&self) -> Option<Instant> {
-        match self.fsync {
-            FsyncPolicy::IntervalMs(ms) if self.dirty => {
-                Some(self.last_flush + Duration::from_millis(ms))
-            }
-            _ => None,
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.storage.flush()?;
-        self.dirty = false;
-        self.last_flush = Instant::now();
-        Ok(())
-    }
-
-    fn flush_logged(&mut self) {
-        if self.dirty {
-            if let Err(e) = self.flush() {
-                tracing::error!(error = %e, "storage flush failed");
-            }
-        }
     }
 
     fn process(&mut self, batch: &mut Vec<Request>) {

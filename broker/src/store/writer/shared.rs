@@ -16,8 +16,9 @@
 //! publishes still on its way through the channel.
 //!
 //! Inline appends are off with fsync `always`: the flush would block a runtime worker
-//! for milliseconds. With `interval:N`, the first inline append after a flush tells the
-//! thread ([`Request::Wake`]), which owns the flush timer.
+//! for milliseconds. The thread owns the timers (`writer/flush.rs`): with
+//! `interval:N`, the first inline append after a flush tells it ([`Request::Wake`]), and
+//! so does an inline append that leaves the store holding messages when it held none.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -85,13 +86,15 @@ impl SharedWriter {
             return Some(append);
         }
         let was_dirty = writer.dirty;
+        let was_holding = writer.storage.seal_due().is_some();
         let mut batch = vec![Request::Append(append)];
         writer.process(&mut batch);
         let owes_timed_flush =
             !was_dirty && writer.dirty && matches!(writer.fsync, FsyncPolicy::IntervalMs(_));
+        let owes_seal = !was_holding && writer.storage.seal_due().is_some();
         drop(writer);
-        if owes_timed_flush {
-            // If the thread has stopped, it flushed on the way out.
+        if owes_timed_flush || owes_seal {
+            // The thread sets its timer. If it has stopped, it flushed on the way out.
             let _ = self.send(tx, Request::Wake);
         }
         None
@@ -108,13 +111,13 @@ pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
     };
     let mut batch = Vec::with_capacity(max_pass);
     loop {
-        let deadline = shared.lock().flush_deadline();
+        let deadline = shared.lock().deadline();
         let first = match deadline {
             Some(deadline) => {
                 match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Ok(r) => r,
                     Err(RecvTimeoutError::Timeout) => {
-                        shared.lock().flush_logged();
+                        shared.lock().deadline_passed();
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,

@@ -1,0 +1,59 @@
+//! When the writer flushes, and what else it owes the store on a timer: the storage
+//! thread sleeps until [`Writer::deadline`] when no request comes, then calls
+//! [`Writer::deadline_passed`]. Two things set a deadline: an `interval:MS` policy's
+//! flush once something was written, and the store's appends held in memory
+//! ([`Storage::seal_due`](crate::store::Storage::seal_due)), which must reach the
+//! storage engine within a bounded time even if nothing else is written.
+
+use std::time::{Duration, Instant};
+
+use super::Writer;
+use crate::config::FsyncPolicy;
+use crate::store::StoreError;
+
+impl Writer {
+    /// When an `interval` policy owes a flush.
+    fn flush_deadline(&self) -> Option<Instant> {
+        match self.fsync {
+            FsyncPolicy::IntervalMs(ms) if self.dirty => {
+                Some(self.last_flush + Duration::from_millis(ms))
+            }
+            _ => None,
+        }
+    }
+
+    /// When the storage thread must next act without a request: the earlier of the
+    /// flush an `interval` policy owes and the sealing of held appends.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match (self.flush_deadline(), self.storage.seal_due()) {
+            (Some(flush), Some(seal)) => Some(flush.min(seal)),
+            (flush, seal) => flush.or(seal),
+        }
+    }
+
+    /// The [`Writer::deadline`] has passed: flushes if the flush is due (which seals
+    /// too), else seals the held appends.
+    pub(super) fn deadline_passed(&mut self) {
+        if self.flush_deadline().is_some_and(|d| d <= Instant::now()) {
+            self.flush_logged();
+        } else if let Err(e) = self.storage.seal() {
+            // The store retries on its own schedule (seal_due moves on).
+            tracing::error!(error = %e, "handing held messages to the storage engine failed");
+        }
+    }
+
+    pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        self.storage.flush()?;
+        self.dirty = false;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    pub(super) fn flush_logged(&mut self) {
+        if self.dirty {
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "storage flush failed");
+            }
+        }
+    }
+}
