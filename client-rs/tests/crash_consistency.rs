@@ -99,7 +99,6 @@ async fn consumer(client: Client, confirmed: Arc<Mutex<BTreeSet<u64>>>, stop: Ar
             continue;
         }
         // An ack lost with the connection just means a redelivery later.
-        // An ack lost with the connection just means a redelivery later.
         if sub.ack(&m).await.is_ok() {
             confirmed
                 .lock()
