@@ -232,6 +232,7 @@ async fn a_sigkill_under_fsync_interval_keeps_a_prefix_with_consumers_behind_it(
             .await
             .unwrap();
         let acked: Acked = Arc::default();
+        let started = std::time::Instant::now();
         let publisher = tokio::spawn(publish_forever(
             client.clone(),
             TOPIC,
@@ -264,6 +265,7 @@ async fn a_sigkill_under_fsync_interval_keeps_a_prefix_with_consumers_behind_it(
         tokio::time::timeout(Duration::from_secs(60), progressed)
             .await
             .expect("publishing progresses");
+        let publishing = started.elapsed();
         broker.kill();
         tokio::time::timeout(Duration::from_secs(30), publisher)
             .await
@@ -327,11 +329,11 @@ async fn a_sigkill_under_fsync_interval_keeps_a_prefix_with_consumers_behind_it(
             c.next_seq,
             info.last_seq
         );
+        let lost = acked.values().filter(|seq| **seq > info.last_seq).count();
         println!(
-            "round {round}: {} acknowledged, {} consumed; {} stored after the kill, consumer floor {}",
+            "round {round}: {} acknowledged in {publishing:?}, {lost} of them lost (about {:.0} ms of publishing); {consumed} consumed, consumer floor {}",
             acked.len(),
-            consumed,
-            info.messages,
+            lost as f64 * publishing.as_secs_f64() * 1000.0 / acked.len() as f64,
             c.ack_floor
         );
         // The sequence continues where the log ends, and the consumer gets it.

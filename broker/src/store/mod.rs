@@ -14,10 +14,12 @@
 //! directly from blocking tasks; they never go through the storage thread.
 //!
 //! # Key layout
-//! One sled tree holds everything. A pass that only appends messages (and updates stats
-//! and consumer state) is written in order, messages first, and a crash keeps a prefix
-//! of it; opening the store counts back in messages stored beyond their topic's recorded
-//! stats. A pass that creates topics or removes messages is one atomic sled batch. Numbers are big-endian so that keys sort in numeric
+//! One sled tree holds everything. A pass of appends only may be held in memory, in each
+//! topic's open chunk, until the chunk is sealed into sled (`sled_store/open_chunks.rs`:
+//! when full, before any other write, on flush, within 50 ms). A pass that also updates
+//! stats and consumer state is written in order, held messages and its messages first,
+//! and a crash keeps a prefix of it; opening the store counts back in messages stored
+//! beyond their topic's recorded stats. A pass that creates topics or removes messages is one atomic sled batch. Numbers are big-endian so that keys sort in numeric
 //! order and range scans run in sequence order.
 //!
 //! | key | value |
