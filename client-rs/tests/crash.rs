@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{next, take};
+use common::{next, replay_all, take};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rtc_client::{
-    Client, ConnectOptions, ConsumerOptions, PublishMessage, StartAt, SubscribeOptions,
+    Client, ConnectOptions, ConsumerOptions, PublishMessage, SubscribeOptions, Subscription,
 };
 use rtc_testkit::{temp_dir, workspace_bin, BrokerProcess};
 
@@ -49,6 +49,32 @@ async fn publish_forever(
             Some((_, Err(_))) | None => return,
         }
     }
+}
+
+/// Checks what a restarted broker stores of `topic`: seqs 1..N without gaps, payloads
+/// equal to their message IDs, none stored twice. Returns the topic's info and the
+/// stored message IDs with their seqs.
+async fn stored_after_restart(
+    client: &Client,
+    topic: &str,
+    round: usize,
+) -> (rtc_client::TopicInfo, HashMap<String, u64>, Subscription) {
+    let (info, stored, replay) = replay_all(client, topic).await;
+    let mut ids = HashMap::new();
+    for (i, m) in stored.iter().enumerate() {
+        assert_eq!(
+            m.seq,
+            i as u64 + 1,
+            "round {round}: seqs are 1.. without gaps"
+        );
+        assert_eq!(m.payload, m.msg_id.as_bytes(), "payload intact");
+        assert!(
+            ids.insert(m.msg_id.clone(), m.seq).is_none(),
+            "{} stored twice",
+            m.msg_id
+        );
+    }
+    (info, ids, replay)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,32 +118,7 @@ async fn acknowledged_publishes_survive_sigkill() {
 
         let broker = BrokerProcess::start(&bin, &data, &[]);
         let client = Client::connect(&broker.url()).await.unwrap();
-        let info = client.topic_info("crash.t").await.unwrap();
-        let mut sub = client
-            .subscribe_with(
-                "crash.t",
-                SubscribeOptions {
-                    start: StartAt::First,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let stored = take(&mut sub, info.messages as usize).await;
-        let mut ids = HashMap::new();
-        for (i, m) in stored.iter().enumerate() {
-            assert_eq!(
-                m.seq,
-                i as u64 + 1,
-                "round {round}: seqs are 1.. without gaps"
-            );
-            assert_eq!(m.payload, m.msg_id.as_bytes(), "payload intact");
-            assert!(
-                ids.insert(m.msg_id.clone(), m.seq).is_none(),
-                "{} stored twice",
-                m.msg_id
-            );
-        }
+        let (info, ids, mut sub) = stored_after_restart(&client, "crash.t", round).await;
         assert_eq!(
             info.last_seq, info.messages,
             "nothing beyond the last stored seq"
@@ -132,7 +133,7 @@ async fn acknowledged_publishes_survive_sigkill() {
         println!(
             "round {round}: {} acknowledged in all, {} stored (unacknowledged in-flight ones may be stored too)",
             acked_now.len(),
-            stored.len()
+            ids.len()
         );
         // A retry of an acknowledged message is recognised as a duplicate.
         let (id, seq) = acked_now
@@ -279,37 +280,14 @@ async fn a_sigkill_under_fsync_interval_keeps_a_prefix_with_consumers_behind_it(
 
         let broker = BrokerProcess::start(&bin, &data, &args);
         let client = Client::connect(&broker.url()).await.unwrap();
-        let info = client.topic_info(TOPIC).await.unwrap();
+        let (info, ids, _) = stored_after_restart(&client, TOPIC, round).await;
         assert_eq!(
             info.last_seq, info.messages,
             "round {round}: stats match the log"
         );
-        let mut replay = client
-            .subscribe_with(
-                TOPIC,
-                SubscribeOptions {
-                    start: StartAt::First,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let stored = take(&mut replay, info.messages as usize).await;
-        let mut ids = HashMap::new();
-        for (i, m) in stored.iter().enumerate() {
-            assert_eq!(
-                m.seq,
-                i as u64 + 1,
-                "round {round}: seqs are 1.. without gaps"
-            );
-            assert_eq!(m.payload, m.msg_id.as_bytes(), "payload intact");
-            assert!(
-                ids.insert(m.msg_id.clone(), m.seq).is_none(),
-                "{} stored twice",
-                m.msg_id
-            );
-            if let Some(seq) = acked.get(&m.msg_id) {
-                assert_eq!(*seq, m.seq, "round {round}: {} moved", m.msg_id);
+        for (id, seq) in &ids {
+            if let Some(acked_seq) = acked.get(id) {
+                assert_eq!(acked_seq, seq, "round {round}: {id} moved");
             }
         }
         for (id, seq) in acked.iter().chain(&kept) {

@@ -19,11 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::take;
+use common::replay_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rtc_client::{
-    Client, ConnectOptions, ConsumerOptions, PublishMessage, ReconnectPolicy, StartAt,
-    SubscribeOptions,
+    Client, ConnectOptions, ConsumerOptions, PublishMessage, ReconnectPolicy, SubscribeOptions,
 };
 use rtc_testkit::{temp_dir, workspace_bin, BrokerProcess};
 
@@ -232,18 +231,7 @@ async fn random_sigkills_under_load_lose_nothing_acknowledged_and_store_nothing_
         .unwrap();
     let acks = acks.lock().unwrap().clone();
     let check = Client::connect(&url).await.unwrap();
-    let info = check.topic_info(TOPIC).await.unwrap();
-    let mut replay = check
-        .subscribe_with(
-            TOPIC,
-            SubscribeOptions {
-                start: StartAt::First,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let stored = take(&mut replay, info.messages as usize).await;
+    let (info, stored, _) = replay_all(&check, TOPIC).await;
     assert_eq!(
         info.last_seq, info.messages,
         "no gaps: last seq equals the count"

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use common::proxy::Proxy;
-use common::{next, seqs, start, take};
+use common::{next, replay_all, seqs, start, take};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rtc_client::{
     Client, ConnectOptions, ConnectionState, ConsumerOptions, Error, PublishMessage,
@@ -321,18 +321,7 @@ async fn repeated_link_cuts_lose_nothing_and_store_nothing_twice() {
     assert!(cuts >= 5, "the links were cut only {cuts} times");
 
     let observer = Client::connect(&b.url).await.unwrap();
-    let info = observer.topic_info("fault.x").await.unwrap();
-    let mut replay = observer
-        .subscribe_with(
-            "fault.x",
-            SubscribeOptions {
-                start: StartAt::First,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let stored = take(&mut replay, info.messages as usize).await;
+    let (info, stored, _) = replay_all(&observer, "fault.x").await;
     let payloads: BTreeSet<String> = stored
         .iter()
         .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())

@@ -16,7 +16,8 @@
 
 use super::StoreError;
 
-/// Most messages in one chunk.
+/// Most messages in one chunk. Readers rely on it to find the chunk holding a seq (it
+/// starts at most `MAX_MESSAGES - 1` before it): raising it needs a new format version.
 pub const MAX_MESSAGES: usize = 128;
 /// A chunk is closed once its records reach this many bytes (a larger message gets a
 /// chunk of its own).

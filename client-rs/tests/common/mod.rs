@@ -176,6 +176,27 @@ pub async fn take(sub: &mut Subscription, n: usize) -> Vec<Message> {
     got
 }
 
+/// `topic`'s info and every message it stores, replayed from the first, with the
+/// subscription that replayed them (live from there on).
+pub async fn replay_all(
+    client: &rtc_client::Client,
+    topic: &str,
+) -> (rtc_client::TopicInfo, Vec<Message>, Subscription) {
+    let info = client.topic_info(topic).await.unwrap();
+    let mut replay = client
+        .subscribe_with(
+            topic,
+            rtc_client::SubscribeOptions {
+                start: rtc_client::StartAt::First,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let stored = take(&mut replay, info.messages as usize).await;
+    (info, stored, replay)
+}
+
 pub fn seqs(msgs: &[Message]) -> Vec<u64> {
     msgs.iter().map(|m| m.seq).collect()
 }

@@ -132,32 +132,22 @@ impl SledStorage {
         })
     }
 
-    /// The highest stored seq of topic `id`.
-    pub(super) fn last_key_seq(&self, id: TopicId) -> Result<Option<u64>, StoreError> {
-        let lo = msg_key(id, 0);
-        let hi = msg_key(id, u64::MAX);
-        let Some(last) = self.db.range(lo..=hi).next_back() else {
-            return Ok(None);
-        };
-        let (k, v) = last.map_err(engine)?;
-        let mut seq = None;
-        for r in chunk::records(seq_of(&k)?, &v) {
-            seq = Some(r?.seq);
-        }
-        Ok(seq)
-    }
-
     /// Where a scan of topic `id` from seq `from` starts: the key of the chunk holding
     /// `from` (the last one starting at or before it), else `from`'s own key.
+    ///
+    /// Found by a forward scan of the keys a chunk holding `from` can have (it starts at
+    /// most [`chunk::MAX_MESSAGES`] - 1 before it). sled 0.34's reverse scan
+    /// (`next_back`), used here before, was seen coming back empty with chunks in range
+    /// while another thread inserted, and the read then started a chunk late. Reads no
+    /// longer overlap writes (see `SledStorage`), but the forward scan costs little and
+    /// does not depend on that.
     fn first_chunk_key(&self, id: TopicId, from: u64) -> Result<Vec<u8>, StoreError> {
-        match self
-            .db
-            .range(msg_key(id, 0)..=msg_key(id, from))
-            .next_back()
-        {
-            Some(item) => Ok(item.map_err(engine)?.0.to_vec()),
-            None => Ok(msg_key(id, from).to_vec()),
+        let lowest = from.saturating_sub(chunk::MAX_MESSAGES as u64 - 1);
+        let mut start = None;
+        for item in self.db.range(msg_key(id, lowest)..=msg_key(id, from)) {
+            start = Some(item.map_err(engine)?.0);
         }
+        Ok(start.map_or_else(|| msg_key(id, from).to_vec(), |k| k.to_vec()))
     }
 
     /// Calls `f` with each stored message of topic `id` from seq `from` on, in order,
@@ -168,9 +158,10 @@ impl SledStorage {
         from: u64,
         mut f: impl FnMut(At<'_>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        // Held first: everything before the first held message is in sled by then, and
-        // whatever is sealed meanwhile is read from the snapshot, not twice.
-        let held = self.open_chunks().snapshot(id, from);
+        // No write runs while sled is walked (see `SledStorage`). Held messages are read
+        // from the snapshot; everything stored before the first of them is in sled.
+        let shared = self.open_chunks_shared();
+        let held = shared.snapshot(id, from);
         let sealed_below = held.first().map_or(u64::MAX, |e| e.seq);
         let start = self.first_chunk_key(id, from)?;
         'sled: for item in self.db.range(start..=msg_key(id, u64::MAX).to_vec()) {
@@ -192,6 +183,7 @@ impl SledStorage {
                 }
             }
         }
+        drop(shared);
         for e in &held {
             if f(At::Held(e))?.is_break() {
                 break;

@@ -6,10 +6,10 @@
 //! largest part of the broker's CPU per publish) into one per chunk.
 //!
 //! Readers see held messages. [`OpenChunks::snapshot`] hands out a topic's held
-//! messages from a seq on (their `Bytes` shared, not copied), and sled holds every
-//! message before the first of them: a chunk is inserted into sled before it leaves the
-//! map, under the same lock, so a reader that takes the snapshot first and then walks
-//! sled up to it misses nothing and reads nothing twice.
+//! messages from a seq on (their `Bytes` shared, not copied). A chunk is inserted into
+//! sled before it leaves the map, and readers walk sled under the same lock (shared,
+//! see `SledStorage`), so a reader that takes the snapshot and walks sled up to its
+//! first message misses nothing and reads nothing twice.
 //!
 //! What a crash keeps: held messages are lost with the process, like a write sled has
 //! not flushed yet. Each topic's chunks are sealed in seq order, and every write of

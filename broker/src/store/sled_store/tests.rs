@@ -16,6 +16,18 @@ fn append(id: TopicId, seq: u64, ts_ms: i64, body: &'static [u8]) -> WriteOp {
     }
 }
 
+/// The storage thread on `storage`, with fsync `never`.
+fn start_writer(storage: SledStorage) -> crate::store::handle::LogHandle {
+    crate::store::writer::start(
+        std::sync::Arc::new(storage),
+        std::sync::Arc::new(crate::router::Router::new()),
+        std::sync::Arc::new(crate::topic::TopicRegistry::new(&[])),
+        crate::config::FsyncPolicy::Never,
+        100,
+    )
+    .unwrap()
+}
+
 #[test]
 fn write_read_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +138,6 @@ fn chunked_log_reads_and_removes_at_any_seq() {
         assert_eq!(s.timestamp(1, seq).unwrap(), Some(seq as i64 * 10));
     }
     assert_eq!(s.timestamp(1, n + 1).unwrap(), None);
-    assert_eq!(s.last_key_seq(1).unwrap(), Some(n));
     let sizes = s.sizes(1, 100, 300).unwrap();
     assert_eq!(sizes.len(), 200);
     assert_eq!(sizes[0], (100, body(100).len() as u64));
@@ -251,24 +262,9 @@ fn other_format_version_is_refused() {
 /// current (a restart would otherwise have to recount the log past it).
 #[tokio::test]
 async fn a_graceful_shutdown_writes_stale_stats() {
-    use std::sync::Arc;
-
-    use crate::config::FsyncPolicy;
-    use crate::router::Router;
-    use crate::store::Storage;
-    use crate::topic::TopicRegistry;
-
     let dir = tempfile::tempdir().unwrap();
     {
-        let storage: Arc<dyn Storage> = Arc::new(open(dir.path()));
-        let log = crate::store::writer::start(
-            storage,
-            Arc::new(Router::new()),
-            Arc::new(TopicRegistry::new(&[])),
-            FsyncPolicy::Never,
-            100,
-        )
-        .unwrap();
+        let log = start_writer(open(dir.path()));
         for i in 0..5u8 {
             let seq = log
                 .append_internal("stats.x".into(), Bytes::from(vec![i]), Default::default())
@@ -470,20 +466,34 @@ fn held_messages_are_sealed_when_the_store_is_dropped() {
     assert_eq!(seqs_read(&s, 4, 0), vec![1, 2, 3]);
 }
 
-/// A reader racing the writer's seals sees every message once, in order.
+/// A reader racing the writer sees every message from where it starts, once, in
+/// order: with held messages being sealed, and with runs written through. (Before reads
+/// and writes were kept apart, such a read could miss the chunk holding its first seq
+/// and start at the next one: 3 of 60 runs of a test like this one.)
 #[test]
-fn reads_racing_seals_see_each_message_once() {
+fn reads_racing_writes_see_each_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let n = 3000u64;
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
-            for seq in 1..=n {
+            let mut seq = 1;
+            while seq <= n {
+                if seq % 500 == 0 {
+                    // Too many for a chunk: written through, after the held ones.
+                    let run = chunk::MAX_MESSAGES as u64 + 1;
+                    s.write((seq..seq + run).map(|q| numbered(1, q)).collect())
+                        .unwrap();
+                    seq += run;
+                    continue;
+                }
                 s.write(vec![numbered(1, seq)]).unwrap();
                 if seq % 7 == 0 {
                     s.seal().unwrap();
                 }
+                seq += 1;
             }
+            seq - 1
         });
         let mut reads = 0;
         while !writer.is_finished() && reads < 100_000 {
@@ -498,9 +508,12 @@ fn reads_racing_seals_see_each_message_once() {
                 );
             }
         }
-        writer.join().unwrap();
+        let last = writer.join().unwrap();
+        assert!(last >= n);
     });
-    assert_eq!(seqs_read(&s, 1, 1), (1..=n).collect::<Vec<_>>());
+    let stored = seqs_read(&s, 1, 1);
+    assert_eq!(stored, (1..=*stored.last().unwrap()).collect::<Vec<_>>());
+    assert!(stored.len() as u64 >= n);
 }
 
 /// With fsync `never` nothing else makes the storage thread act, yet held messages reach
@@ -509,20 +522,9 @@ fn reads_racing_seals_see_each_message_once() {
 async fn the_storage_thread_seals_held_messages_when_they_are_due() {
     use std::sync::Arc;
 
-    use crate::config::FsyncPolicy;
-    use crate::router::Router;
-    use crate::topic::TopicRegistry;
-
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let log = crate::store::writer::start(
-        Arc::new(s.clone()),
-        Arc::new(Router::new()),
-        Arc::new(TopicRegistry::new(&[])),
-        FsyncPolicy::Never,
-        100,
-    )
-    .unwrap();
+    let log = start_writer(s.clone());
     // The first append creates the topic (written through); the next ones are held.
     for i in 0..3u8 {
         log.append_internal("held.x".into(), Bytes::from(vec![i]), Default::default())
