@@ -25,6 +25,19 @@ pub const MAX_BYTES: usize = 32 * 1024;
 
 const HEADER: usize = 8 + 4;
 
+/// The bytes a message of `len` bytes takes in a chunk (with its record header).
+pub fn record_len(len: usize) -> usize {
+    HEADER + len
+}
+
+/// Whether `count` more messages of `len` bytes in all fit in a chunk that already holds
+/// `held` messages in `held_len` bytes of records (an empty chunk always takes a single
+/// message, however large).
+pub fn run_fits(held: usize, held_len: usize, count: usize, len: usize) -> bool {
+    (held == 0 && count == 1)
+        || (held + count <= MAX_MESSAGES && held_len + count * HEADER + len <= MAX_BYTES)
+}
+
 /// Collects consecutive messages of one topic into a chunk.
 #[derive(Debug)]
 pub struct ChunkBuilder {
@@ -43,6 +56,16 @@ impl ChunkBuilder {
         }
     }
 
+    /// An empty chunk whose first message will be `first_seq`, with room for `len`
+    /// bytes of records.
+    pub fn with_capacity(first_seq: u64, len: usize) -> Self {
+        ChunkBuilder {
+            first_seq,
+            next_seq: first_seq,
+            buf: Vec::with_capacity(len),
+        }
+    }
+
     /// Whether message `seq` of `len` bytes belongs at the end of this chunk: it follows
     /// on, and the chunk has room.
     pub fn takes(&self, seq: u64, len: usize) -> bool {
@@ -54,20 +77,7 @@ impl ChunkBuilder {
     /// (an empty chunk always takes a single message, however large).
     pub fn takes_run(&self, seq: u64, count: usize, len: usize) -> bool {
         let held = (self.next_seq - self.first_seq) as usize;
-        seq == self.next_seq
-            && ((self.buf.is_empty() && count == 1)
-                || (held + count <= MAX_MESSAGES
-                    && self.buf.len() + count * HEADER + len <= MAX_BYTES))
-    }
-
-    /// Whether the chunk holds no message yet.
-    pub fn is_empty(&self) -> bool {
-        self.next_seq == self.first_seq
-    }
-
-    /// The chunk's first seq and its encoded value so far.
-    pub fn value(&self) -> (u64, &[u8]) {
-        (self.first_seq, &self.buf)
+        seq == self.next_seq && run_fits(held, self.buf.len(), count, len)
     }
 
     /// Appends the next message (the caller checked [`ChunkBuilder::takes`]).
@@ -200,7 +210,7 @@ mod tests {
     #[test]
     fn runs_are_taken_whole_or_not_at_all() {
         let b = ChunkBuilder::new(1);
-        assert!(b.is_empty());
+        assert!(ChunkBuilder::new(1).finish().1.is_empty());
         assert!(b.takes_run(1, MAX_MESSAGES, MAX_MESSAGES));
         assert!(!b.takes_run(1, MAX_MESSAGES + 1, 0), "message cap");
         assert!(!b.takes_run(2, 1, 1), "not the next seq");
@@ -208,7 +218,6 @@ mod tests {
         assert!(!b.takes_run(1, 2, MAX_BYTES), "byte cap");
         let mut b = ChunkBuilder::new(1);
         b.push(0, b"x");
-        assert!(!b.is_empty());
         assert!(b.takes_run(2, MAX_MESSAGES - 1, 0));
         assert!(
             !b.takes_run(2, MAX_MESSAGES, 0),
@@ -218,9 +227,11 @@ mod tests {
             !b.takes_run(2, 1, MAX_BYTES - 2 * HEADER),
             "byte cap counts the held message"
         );
+        assert!(run_fits(1, record_len(1), MAX_MESSAGES - 1, 0));
+        assert!(!run_fits(1, record_len(1), 1, MAX_BYTES - 2 * HEADER));
         assert_eq!(
-            b.value(),
-            (1, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'x'][..])
+            b.finish(),
+            (1, vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'x'])
         );
     }
 

@@ -366,12 +366,18 @@ impl Storage for SledStorage {
                 held.push(run.id);
             }
         }
-        let (hold, through): (Vec<WriteOp>, Vec<WriteOp>) = ops
-            .into_iter()
-            .partition(|op| matches!(op, WriteOp::Append { id, .. } if held.contains(id)));
-        if !through.is_empty() {
-            self.write_through(through)?;
-        }
+        // Usually every run is held: then the ops need no sorting out.
+        let hold = if held.len() == runs.len() {
+            ops
+        } else {
+            let (hold, through): (Vec<WriteOp>, Vec<WriteOp>) = ops
+                .into_iter()
+                .partition(|op| matches!(op, WriteOp::Append { id, .. } if held.contains(id)));
+            if !through.is_empty() {
+                self.write_through(through)?;
+            }
+            hold
+        };
         for op in hold {
             if let WriteOp::Append {
                 id,

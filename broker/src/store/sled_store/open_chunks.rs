@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{engine, msg_key};
-use crate::store::chunk::ChunkBuilder;
+use crate::store::chunk::{self, ChunkBuilder};
 use crate::store::{LogEntry, StoreError, TopicId};
 
 /// Longest a message is held before it is sealed into sled. Well inside the loss
@@ -40,10 +40,11 @@ pub(super) struct OpenChunks {
     since: Option<Instant>,
 }
 
-/// One topic's open chunk: its encoded value so far, and its messages for readers.
+/// One topic's open chunk: its messages, in seq order without gaps (never empty), and
+/// the bytes their records will take. The chunk's value is built when it is sealed.
 struct Tail {
-    builder: ChunkBuilder,
     entries: Vec<LogEntry>,
+    len: usize,
 }
 
 impl std::fmt::Debug for OpenChunks {
@@ -69,19 +70,22 @@ impl OpenChunks {
     /// consecutive messages from `seq` on, of `len` bytes in all.
     pub(super) fn takes(&self, id: TopicId, seq: u64, count: usize, len: usize) -> bool {
         match self.tails.get(&id) {
-            Some(tail) => tail.builder.takes_run(seq, count, len),
-            None => ChunkBuilder::new(seq).takes_run(seq, count, len),
+            Some(tail) => {
+                let next = tail.entries.last().map_or(seq, |e| e.seq + 1);
+                seq == next && chunk::run_fits(tail.entries.len(), tail.len, count, len)
+            }
+            None => chunk::run_fits(0, 0, count, len),
         }
     }
 
     /// Holds message `seq` of topic `id`; the caller checked [`OpenChunks::takes`].
     pub(super) fn hold(&mut self, id: TopicId, seq: u64, ts_ms: i64, message: Bytes) {
         let tail = self.tails.entry(id).or_insert_with(|| Tail {
-            builder: ChunkBuilder::new(seq),
             entries: Vec::new(),
+            len: 0,
         });
-        debug_assert!(tail.builder.takes(seq, message.len()));
-        tail.builder.push(ts_ms, &message);
+        debug_assert!(tail.entries.last().is_none_or(|e| e.seq + 1 == seq));
+        tail.len += chunk::record_len(message.len());
         tail.entries.push(LogEntry {
             seq,
             ts_ms,
@@ -95,7 +99,12 @@ impl OpenChunks {
         let Some(tail) = self.tails.get(&id) else {
             return Ok(());
         };
-        let (first, value) = tail.builder.value();
+        let first = tail.entries.first().map_or(0, |e| e.seq);
+        let mut builder = ChunkBuilder::with_capacity(first, tail.len);
+        for e in &tail.entries {
+            builder.push(e.ts_ms, &e.message);
+        }
+        let (first, value) = builder.finish();
         if let Err(e) = self.db.insert(msg_key(id, first), value) {
             // Try again a whole HOLD later, not at once.
             self.since = Some(Instant::now());
