@@ -6,12 +6,18 @@
 //! `try_write` (as rtc-client's direct write does), and a reader task on a runtime
 //! worker reads the answer and completes a oneshot, which wakes the caller.
 //!
+//! `client ADDR COUNT blocking` is the floor under any client at all: the same requests
+//! from a plain blocking `std::net::TcpStream` on one thread (write, then read the
+//! answer), no runtime and no second thread. Where it is no faster than the tokio client,
+//! the round trip is the kernel's and the machine's wake-ups, not the client's threads.
+//!
 //! Run the server and the client as two processes, like a broker and its client:
 //!
 //! ```sh
 //! cargo build --release -p rtc-benches --example rtt_floor
 //! target/release/examples/rtt_floor server 127.0.0.1:17500 &
 //! target/release/examples/rtt_floor client 127.0.0.1:17500 20000
+//! target/release/examples/rtt_floor client 127.0.0.1:17500 20000 blocking
 //! ```
 
 use std::sync::Arc;
@@ -27,7 +33,7 @@ const ANSWER: usize = 24;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: rtt_floor server ADDR | rtt_floor client ADDR [COUNT]";
+    let usage = "usage: rtt_floor server ADDR | rtt_floor client ADDR [COUNT [blocking]]";
     let addr = args.get(2).context(usage)?.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -39,7 +45,11 @@ fn main() -> anyhow::Result<()> {
                 Some(n) => n.parse().context("COUNT must be a number")?,
                 None => 20_000,
             };
-            let rate = runtime.block_on(requests(&addr, count))?;
+            let rate = match args.get(4).map(String::as_str) {
+                None => runtime.block_on(requests(&addr, count))?,
+                Some("blocking") => blocking_requests(&addr, count)?,
+                Some(_) => bail!(usage),
+            };
             println!("{rate:.0} requests/s");
             Ok(())
         }
@@ -94,6 +104,22 @@ async fn requests(addr: &str, count: u64) -> anyhow::Result<f64> {
             bail!("the socket took {written} of {REQUEST} bytes");
         }
         answered.await.context("connection closed")?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The same requests from a blocking socket on this thread alone; returns requests per
+/// second.
+fn blocking_requests(addr: &str, count: u64) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr)?;
+    socket.set_nodelay(true)?;
+    let request = [1u8; REQUEST];
+    let mut answer = [0u8; ANSWER];
+    let started = Instant::now();
+    for _ in 0..count {
+        socket.write_all(&request)?;
+        socket.read_exact(&mut answer)?;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
