@@ -6,9 +6,10 @@
 # workloads (fan-out with 1 and 10 subscribers at 16 B, 128 B and 1 KiB; latency at
 # 10 000 msgs/s) against rtc, NATS core and Redis pub/sub, and the durable workload
 # (acknowledged publish with 1 and 256 in flight, then consume with acks) against rtc,
-# JetStream and Redis streams at two durability settings. Every table comes from three
+# JetStream and Redis streams at two durability settings. Every table comes from five
 # alternating rounds (medians, and each ratio's range: single runs are short and a
-# shared VM stalls); stops what it started, and
+# shared VM stalls; a median of five stands two stalled rounds, of three only one);
+# stops what it started, and
 # writes a markdown report (default target/compare.md) with every figure and the ratio
 # rtc / rival. rtc runs as its own process too (the release rtc-broker binary over TCP,
 # `bench.>` ephemeral, no publish rate limit), so every server shares the 2 cores with
@@ -123,11 +124,11 @@ mkdir -p "$(dirname "$report")"
   echo "## Fan-out (100 000 messages, fire-and-forget)"
   echo
   "$bench" fanout "${systems[@]}" "${peers[@]}" --subscribers 1 --subscribers 10 \
-    --payload 16 --payload 128 --payload 1024 --count 100000 --rounds 3
+    --payload 16 --payload 128 --payload 1024 --count 100000 --rounds 5
   echo
   echo "## Latency (10 000 msgs/s, 128 B)"
   echo
-  "$bench" latency "${systems[@]}" "${peers[@]}" --rate 10000 --count 50000 --rounds 3
+  "$bench" latency "${systems[@]}" "${peers[@]}" --rate 10000 --count 50000 --rounds 5
   echo
   echo "## Durable: acknowledged publish with W in flight, then consume with acks (128 B)"
   echo
@@ -135,11 +136,11 @@ mkdir -p "$(dirname "$report")"
   echo
   "$bench" durable --system rtc --system jetstream --system redis --server "tcp://127.0.0.1:$RTC_PORT" \
     --nats-url "nats://127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-    --durability "about 1 s" --window 1 --window 256 --rounds 3
+    --durability "about 1 s" --window 1 --window 256 --rounds 5
   echo
   echo "Durability always (fsync before the acknowledgement): rtc fsync always, Redis appendfsync always; JetStream 2.9 cannot."
   echo
   "$bench" durable --system rtc --system redis --server "tcp://127.0.0.1:$RTC_ALWAYS_PORT" \
-    --redis-url "redis://127.0.0.1:$REDIS_ALWAYS_PORT" --durability always --window 1 --window 256 --rounds 3
+    --redis-url "redis://127.0.0.1:$REDIS_ALWAYS_PORT" --durability always --window 1 --window 256 --rounds 5
 } | tee "$report"
 echo "compare.sh: report written to $report" >&2

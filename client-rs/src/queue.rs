@@ -181,6 +181,38 @@ impl<T> Sender<T> {
         self.push(self.shared.lock(), item)
     }
 
+    /// Queues the items `next` yields under one lock and wakes the receiver once, until
+    /// `next` yields none or an item does not go in; that one is handed back as
+    /// [`Sender::try_send`] would. For the reader task, which hands each subscription the
+    /// run of deliveries one read brought: a lock per delivery, contended by the
+    /// receiver's swaps, cost more than the push itself.
+    pub(crate) fn try_send_run(
+        &self,
+        mut next: impl FnMut() -> Option<T>,
+    ) -> Result<(), TrySendError<T>> {
+        let mut st = self.shared.lock();
+        let result = loop {
+            let Some(item) = next() else { break Ok(()) };
+            if st.receiver_gone {
+                break Err(TrySendError::Closed(item));
+            }
+            if st.items.len() >= self.shared.capacity {
+                break Err(TrySendError::Full(item));
+            }
+            st.items.push_back(item);
+        };
+        let wake = if st.items.is_empty() {
+            None
+        } else {
+            st.waiting.take()
+        };
+        drop(st);
+        if let Some(w) = wake {
+            w.wake();
+        }
+        result
+    }
+
     /// Queues `item` under the lock `st` holds, then wakes the receiver if it waits.
     fn push(&self, mut st: MutexGuard<'_, State<T>>, item: T) -> Result<(), TrySendError<T>> {
         if st.receiver_gone {
@@ -423,6 +455,41 @@ mod tests {
         }
         assert_eq!(n, 300);
         assert!(rx.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_run_goes_in_until_the_queue_is_full_and_hands_back_the_first_that_does_not() {
+        let (q, mut rx) = bounded::<u64>(3);
+        let receiver = tokio::spawn(async move {
+            let first = rx.recv().await;
+            (first, rx)
+        });
+        tokio::task::yield_now().await;
+        let mut items = 0..5u64;
+        assert!(matches!(
+            q.try_send_run(|| items.next()),
+            Err(TrySendError::Full(3))
+        ));
+        assert_eq!(items.next(), Some(4), "nothing drawn past the one refused");
+        let (first, mut rx) = tokio::time::timeout(Duration::from_secs(5), receiver)
+            .await
+            .expect("the waiting receiver is woken by the run")
+            .unwrap();
+        assert_eq!(first, Some(0));
+        assert_eq!((rx.try_recv().ok(), rx.try_recv().ok()), (Some(1), Some(2)));
+        assert!(rx.try_recv().is_err(), "three went in");
+        assert!(q.try_send_run(|| None).is_ok(), "an empty run");
+        let mut more = 10..12u64;
+        assert!(q.try_send_run(|| more.next()).is_ok());
+        assert_eq!(
+            (rx.try_recv().ok(), rx.try_recv().ok()),
+            (Some(10), Some(11))
+        );
+        drop(rx);
+        assert!(matches!(
+            q.try_send_run(|| Some(7)),
+            Err(TrySendError::Closed(7))
+        ));
     }
 
     #[tokio::test]

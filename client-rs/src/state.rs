@@ -51,10 +51,8 @@ pub(crate) struct SubEntry {
     pub(crate) request: v1::Subscribe,
     /// Confirmed by the broker (restored after a reconnect only then).
     pub(crate) active: bool,
-    /// Highest seq delivered per topic, to drop repeats after a resume.
-    seen: HashMap<String, u64>,
-    /// Broker timestamp of the last delivery, where a resume starts.
-    last_ts: Option<i64>,
+    /// What was delivered, to resume after and to drop repeats.
+    resume: Resume,
     /// When the broker confirmed it, for a resume with nothing received yet.
     since: Instant,
 }
@@ -65,8 +63,7 @@ impl SubEntry {
             tx,
             request,
             active: false,
-            seen: HashMap::new(),
-            last_ts: None,
+            resume: Resume::default(),
             since: Instant::now(),
         }
     }
@@ -83,7 +80,7 @@ impl SubEntry {
         let mut s = self.request.clone();
         s.req_id = 0;
         if !self.is_consumer() {
-            let position = match self.last_ts {
+            let position = match self.resume.last_ts {
                 Some(ts) => Position::TimeMs(ts),
                 None => Position::RelativeMs(-(self.since.elapsed().as_millis() as i64) - 1000),
             };
@@ -93,10 +90,22 @@ impl SubEntry {
         }
         s
     }
+}
 
-    /// Whether `m` is new for this subscription (not a repeat from a resume).
-    fn accept(&mut self, m: &Message) -> bool {
-        if m.seq == 0 || self.is_consumer() {
+/// What a plain subscription on durable topics was delivered, for [`SubEntry::restore`].
+#[derive(Debug, Default)]
+struct Resume {
+    /// Highest seq delivered per topic, to drop repeats after a resume.
+    seen: HashMap<String, u64>,
+    /// Broker timestamp of the last delivery, where a resume starts.
+    last_ts: Option<i64>,
+}
+
+impl Resume {
+    /// Whether `m` is new for a subscription (not a repeat from a resume); a durable
+    /// consumer's deliveries always are (the broker tracks what it acknowledged).
+    fn accept(&mut self, consumer: bool, m: &Message) -> bool {
+        if m.seq == 0 || consumer {
             return true;
         }
         match self.seen.get_mut(m.topic.as_str()) {
@@ -116,13 +125,14 @@ fn route_in(subs: &mut IdMap<SubEntry>, sub_id: u64, m: Message) -> Routed {
     let Some(entry) = subs.get_mut(&sub_id) else {
         return Routed::Skipped;
     };
-    if !entry.accept(&m) {
+    let consumer = entry.is_consumer();
+    if !entry.resume.accept(consumer, &m) {
         return Routed::Skipped;
     }
     // Most deliveries find room: no sender clone, no await.
     match entry.tx.try_send(m) {
         Ok(()) => Routed::Queued,
-        Err(queue::TrySendError::Full(m)) => Routed::Full(entry.tx.clone(), m),
+        Err(queue::TrySendError::Full(_)) => Routed::Full,
         Err(queue::TrySendError::Closed(_)) => Routed::Closed,
     }
 }
@@ -133,8 +143,8 @@ pub(crate) enum Routed {
     Queued,
     /// Not wanted: an unknown subscription, or a repeat.
     Skipped,
-    /// The subscription's queue is full: wait with this sender.
-    Full(queue::Sender<Message>, Message),
+    /// The subscription's queue is full: the delivery was dropped.
+    Full,
     /// The application dropped the subscription.
     Closed,
 }
@@ -277,26 +287,43 @@ impl Shared {
         lock(&self.subs).remove(&sub_id);
     }
 
-    /// Hands a delivery to its subscription's channel, unless it is a repeat after a
-    /// resume. If the channel is full, returns it with a sender to wait on.
+    /// Hands a delivery to its subscription's channel unless it is a repeat after a
+    /// resume or the channel is full, without waiting (for QUIC datagrams, unreliable
+    /// anyway).
     pub(crate) fn route(&self, sub_id: u64, m: Message) -> Routed {
         route_in(&mut lock(&self.subs), sub_id, m)
     }
 
-    /// Routes `batch` in order under one lock (a read brings many deliveries). A
-    /// subscription the application dropped is forgotten. Stops at the first delivery
-    /// whose subscription's queue is full and returns it, with the sender to wait on;
-    /// the rest stays in `batch`.
+    /// Routes `batch` in order under one lock (a read brings many deliveries), each run
+    /// of deliveries to one subscription pushed into its queue under one lock of that
+    /// queue. A subscription the application dropped is forgotten. Stops at the first
+    /// delivery whose subscription's queue is full and returns it, with the sender to
+    /// wait on; the rest stays in `batch`.
     pub(crate) fn route_batch(
         &self,
         batch: &mut VecDeque<(u64, Message)>,
     ) -> Option<(u64, queue::Sender<Message>, Message)> {
         let mut subs = lock(&self.subs);
-        while let Some((sub_id, m)) = batch.pop_front() {
-            match route_in(&mut subs, sub_id, m) {
-                Routed::Queued | Routed::Skipped => {}
-                Routed::Full(tx, m) => return Some((sub_id, tx, m)),
-                Routed::Closed => {
+        while let Some(&(sub_id, _)) = batch.front() {
+            let Some(entry) = subs.get_mut(&sub_id) else {
+                batch.pop_front();
+                continue;
+            };
+            let consumer = entry.is_consumer();
+            let SubEntry { tx, resume, .. } = entry;
+            let run = tx.try_send_run(|| {
+                while batch.front().is_some_and(|(id, _)| *id == sub_id) {
+                    let (_, m) = batch.pop_front()?;
+                    if resume.accept(consumer, &m) {
+                        return Some(m);
+                    }
+                }
+                None
+            });
+            match run {
+                Ok(()) => {}
+                Err(queue::TrySendError::Full(m)) => return Some((sub_id, tx.clone(), m)),
+                Err(queue::TrySendError::Closed(_)) => {
                     subs.remove(&sub_id);
                 }
             }
