@@ -14,6 +14,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use prost::Message as _;
 
+#[cfg(test)]
+mod fault_tests;
 mod log;
 mod open_chunks;
 #[cfg(test)]
@@ -112,6 +114,57 @@ pub struct SledStorage {
     db: sled::Db,
     path: PathBuf,
     open: Arc<RwLock<OpenChunks>>,
+    fail: Arc<FailPoint>,
+}
+
+/// Where the tests make sled writes fail on purpose, to check that a failed write leaves
+/// nothing of itself behind (sled 0.34 cannot be made to fail one). Every message insert
+/// and batch of the store asks it first; outside `cfg(test)` it holds nothing and always
+/// lets the write through.
+#[derive(Debug)]
+pub(super) struct FailPoint {
+    /// Writes still to succeed before each one fails; `usize::MAX` when off.
+    #[cfg(test)]
+    ok_left: std::sync::atomic::AtomicUsize,
+}
+
+impl FailPoint {
+    fn new() -> Self {
+        FailPoint {
+            #[cfg(test)]
+            ok_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// An error if this write is to fail.
+    pub(super) fn check(&self) -> Result<(), sled::Error> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            let left = self.ok_left.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(sled::Error::Io(std::io::Error::other(
+                    "injected write failure",
+                )));
+            }
+            if left != usize::MAX {
+                self.ok_left.store(left - 1, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets `ok` more writes through, then fails every one until [`FailPoint::off`].
+    #[cfg(test)]
+    pub(super) fn fail_after(&self, ok: usize) {
+        self.ok_left.store(ok, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes go through again.
+    #[cfg(test)]
+    pub(super) fn off(&self) {
+        self.fail_after(usize::MAX);
+    }
 }
 
 /// How sled's own background flusher is set.
@@ -189,10 +242,12 @@ impl SledStorage {
                 )
             })?,
         }
+        let fail = Arc::new(FailPoint::new());
         Ok(SledStorage {
-            open: Arc::new(RwLock::new(OpenChunks::new(db.clone()))),
+            open: Arc::new(RwLock::new(OpenChunks::new(db.clone(), fail.clone()))),
             db,
             path: dir.to_path_buf(),
+            fail,
         })
     }
 
@@ -222,7 +277,7 @@ impl SledStorage {
                 let Entry::Put(k, v) = entry else {
                     unreachable!("in-order writes only put")
                 };
-                if let Err(e) = self.db.insert(&k, v) {
+                if let Err(e) = self.fail.check().and_then(|()| self.db.insert(&k, v)) {
                     // The writer reuses these seqs after a failed pass: take back what
                     // this pass wrote (best effort; sled refuses all writes after an IO
                     // error, so then none of it reaches the disk either).
@@ -242,7 +297,10 @@ impl SledStorage {
                 Entry::Remove(k) => batch.remove(k),
             }
         }
-        self.db.apply_batch(batch).map_err(engine)
+        self.fail
+            .check()
+            .and_then(|()| self.db.apply_batch(batch))
+            .map_err(engine)
     }
 
     /// The directory the database lives in.

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{engine, msg_key};
+use std::sync::Arc;
+
+use super::{engine, msg_key, FailPoint};
 use crate::store::chunk::{self, ChunkBuilder};
 use crate::store::{LogEntry, StoreError, TopicId};
 
@@ -34,6 +36,7 @@ pub const HOLD: Duration = Duration::from_millis(50);
 /// The open chunk of every topic with held messages.
 pub(super) struct OpenChunks {
     db: sled::Db,
+    fail: Arc<FailPoint>,
     tails: HashMap<TopicId, Tail, foldhash::fast::RandomState>,
     /// When the oldest held message was written, or the last seal failed: sealing is
     /// due [`HOLD`] later.
@@ -58,9 +61,10 @@ impl std::fmt::Debug for OpenChunks {
 
 impl OpenChunks {
     /// No chunk open; sealed chunks go into `db`.
-    pub(super) fn new(db: sled::Db) -> Self {
+    pub(super) fn new(db: sled::Db, fail: Arc<FailPoint>) -> Self {
         OpenChunks {
             db,
+            fail,
             tails: HashMap::default(),
             since: None,
         }
@@ -105,7 +109,11 @@ impl OpenChunks {
             builder.push(e.ts_ms, &e.message);
         }
         let (first, value) = builder.finish();
-        if let Err(e) = self.db.insert(msg_key(id, first), value) {
+        let inserted = self
+            .fail
+            .check()
+            .and_then(|()| self.db.insert(msg_key(id, first), value));
+        if let Err(e) = inserted {
             // Try again a whole HOLD later, not at once.
             self.since = Some(Instant::now());
             return Err(engine(e));
