@@ -193,28 +193,23 @@ impl<T> Sender<T> {
         let mut st = self.shared.lock();
         let result = loop {
             let Some(item) = next() else { break Ok(()) };
-            if st.receiver_gone {
-                break Err(TrySendError::Closed(item));
+            if let Err(refused) = self.push_locked(&mut st, item) {
+                break Err(refused);
             }
-            if st.items.len() >= self.shared.capacity {
-                break Err(TrySendError::Full(item));
-            }
-            st.items.push_back(item);
         };
-        let wake = if st.items.is_empty() {
-            None
-        } else {
-            st.waiting.take()
-        };
-        drop(st);
-        if let Some(w) = wake {
-            w.wake();
-        }
+        wake_if_queued(st);
         result
     }
 
     /// Queues `item` under the lock `st` holds, then wakes the receiver if it waits.
     fn push(&self, mut st: MutexGuard<'_, State<T>>, item: T) -> Result<(), TrySendError<T>> {
+        self.push_locked(&mut st, item)?;
+        wake_if_queued(st);
+        Ok(())
+    }
+
+    /// Queues `item` unless the receiver is gone or the queue is full.
+    fn push_locked(&self, st: &mut State<T>, item: T) -> Result<(), TrySendError<T>> {
         if st.receiver_gone {
             return Err(TrySendError::Closed(item));
         }
@@ -222,12 +217,20 @@ impl<T> Sender<T> {
             return Err(TrySendError::Full(item));
         }
         st.items.push_back(item);
-        let wake = st.waiting.take();
-        drop(st);
-        if let Some(w) = wake {
-            w.wake();
-        }
         Ok(())
+    }
+}
+
+/// Releases the lock `st` holds, waking the receiver if it waits and anything is queued.
+fn wake_if_queued<T>(mut st: MutexGuard<'_, State<T>>) {
+    let wake = if st.items.is_empty() {
+        None
+    } else {
+        st.waiting.take()
+    };
+    drop(st);
+    if let Some(w) = wake {
+        w.wake();
     }
 }
 
@@ -264,15 +267,7 @@ impl<T> Sender<T> {
         if let (Some(rest), true) = (rest, same) {
             st.items.push_front(rest);
         }
-        let wake = if st.items.is_empty() {
-            None
-        } else {
-            st.waiting.take()
-        };
-        drop(st);
-        if let Some(w) = wake {
-            w.wake();
-        }
+        wake_if_queued(st);
     }
 }
 

@@ -2,34 +2,12 @@
 //! nothing of itself behind, and what was held before it stays held. sled 0.34 cannot
 //! be made to fail a write, so these use the store's [`FailPoint`].
 
+use super::tests::{chunks_in_sled, numbered as append, open, seqs_read};
 use super::*;
-
-fn open(dir: &Path) -> SledStorage {
-    SledStorage::open(dir, BackgroundFlush::Off).unwrap()
-}
-
-fn append(id: TopicId, seq: u64) -> WriteOp {
-    WriteOp::Append {
-        id,
-        seq,
-        ts_ms: seq as i64,
-        message: Bytes::from(format!("message {seq}")),
-    }
-}
 
 /// The seqs `storage` reads back for topic `id`, from the first.
 fn seqs(storage: &SledStorage, id: TopicId) -> Vec<u64> {
-    storage
-        .read(id, 1, usize::MAX, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect()
-}
-
-/// How many message chunks sled itself holds.
-fn chunks_in_sled(storage: &SledStorage) -> usize {
-    storage.db.scan_prefix([MSG_PREFIX]).count()
+    seqs_read(storage, id, 1)
 }
 
 fn stats(last_seq: u64) -> TopicStats {

@@ -3,7 +3,7 @@
 use super::*;
 use crate::store::chunk;
 
-fn open(dir: &Path) -> SledStorage {
+pub(super) fn open(dir: &Path) -> SledStorage {
     SledStorage::open(dir, BackgroundFlush::Off).unwrap()
 }
 
@@ -293,7 +293,7 @@ async fn a_graceful_shutdown_writes_stale_stats() {
     );
 }
 
-fn numbered(id: TopicId, seq: u64) -> WriteOp {
+pub(super) fn numbered(id: TopicId, seq: u64) -> WriteOp {
     WriteOp::Append {
         id,
         seq,
@@ -302,7 +302,7 @@ fn numbered(id: TopicId, seq: u64) -> WriteOp {
     }
 }
 
-fn seqs_read(s: &SledStorage, id: TopicId, from: u64) -> Vec<u64> {
+pub(super) fn seqs_read(s: &SledStorage, id: TopicId, from: u64) -> Vec<u64> {
     s.read(id, from, usize::MAX, usize::MAX)
         .unwrap()
         .iter()
@@ -310,7 +310,7 @@ fn seqs_read(s: &SledStorage, id: TopicId, from: u64) -> Vec<u64> {
         .collect()
 }
 
-fn chunks_in_sled(s: &SledStorage) -> usize {
+pub(super) fn chunks_in_sled(s: &SledStorage) -> usize {
     s.db.scan_prefix([MSG_PREFIX]).count()
 }
 
