@@ -18,11 +18,10 @@
 //! that came after a message without the message.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-
-use std::sync::Arc;
 
 use super::{engine, msg_key, FailPoint};
 use crate::store::chunk::{self, ChunkBuilder};
