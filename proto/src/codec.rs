@@ -10,8 +10,6 @@
 //! each subscriber's `Deliver` frame is only a few header bytes (length, tags, `sub_id`)
 //! written in front of those bytes. A `Publish` is encoded by [`crate::publish`].
 
-use std::mem::MaybeUninit;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message as _;
@@ -20,33 +18,13 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::publish::PublishRef;
 use crate::v1::frame::Op;
 use crate::v1::{Frame, Message};
-
-/// Size of the length prefix in bytes.
-pub const LEN_PREFIX: usize = 4;
+use crate::wire::{check_frame_len, key_len, write_exactly};
+pub use crate::wire::{CodecError, LEN_PREFIX};
 
 /// Field number of `Frame.deliver` and of `Deliver`'s fields in `rtc.proto`.
 const FRAME_DELIVER_FIELD: u32 = 7;
 const DELIVER_SUB_ID_FIELD: u32 = 1;
 const DELIVER_MESSAGE_FIELD: u32 = 2;
-
-/// Why a frame could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    /// The length prefix (or an outgoing frame) is above the limit.
-    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
-    FrameTooLarge {
-        /// The length that was announced or would be written.
-        len: usize,
-        /// The limit in force.
-        max: usize,
-    },
-    /// The bytes are not a valid `Frame`.
-    #[error("undecodable frame: {0}")]
-    Decode(#[from] prost::DecodeError),
-    /// The underlying transport failed.
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// tokio-util codec for rtc frames. See the module docs for the format.
 #[derive(Debug, Clone)]
@@ -233,46 +211,6 @@ pub fn encode_frame(
     Ok(())
 }
 
-/// `len` as a frame's length prefix, unless it is above `max_frame_size`.
-pub(crate) fn check_frame_len(len: usize, max_frame_size: usize) -> Result<(), CodecError> {
-    if len > max_frame_size {
-        return Err(CodecError::FrameTooLarge {
-            len,
-            max: max_frame_size,
-        });
-    }
-    Ok(())
-}
-
-/// Appends exactly `len` bytes to `dst`, written by `encode` into a plain slice of its
-/// spare capacity.
-///
-/// prost writes a varint a byte at a time; into a `BytesMut`, every byte is an
-/// `extend_from_slice` with its own capacity check and `memmove` call (~10 % of the
-/// broker's and the client's CPU when streaming small messages). Into a slice, each is a
-/// store; and writing into the uninitialized spare capacity spares zeroing the frame
-/// (payload included) first. `len` must be what `encode` writes, as computed from the
-/// same value; otherwise this panics and appends nothing.
-pub(crate) fn write_exactly(
-    dst: &mut BytesMut,
-    len: usize,
-    encode: impl FnOnce(&mut &mut [MaybeUninit<u8>]),
-) {
-    dst.reserve(len);
-    let start = dst.len();
-    let mut out = &mut dst.spare_capacity_mut()[..len];
-    encode(&mut out);
-    assert!(
-        out.is_empty(),
-        "encoded length differs from the computed one"
-    );
-    // SAFETY: `reserve` made room for `len` bytes after `start`, and `encode` has
-    // initialized all of them: a `BufMut` over a `MaybeUninit` slice only advances over
-    // bytes written (or that an unsafe `advance_mut` caller promises are), and nothing
-    // of the slice is left.
-    unsafe { dst.set_len(start + len) };
-}
-
 /// Encodes a [`Message`] once, for sharing among all the `Deliver` frames that carry it.
 pub fn encode_message(message: &Message) -> Bytes {
     encode_message_sized(message, message.encoded_len())
@@ -299,10 +237,6 @@ fn deliver_body_len(sub_id: u64, message_len: usize) -> usize {
         + key_len(DELIVER_MESSAGE_FIELD)
         + encoded_len_varint(message_len as u64)
         + message_len
-}
-
-pub(crate) fn key_len(field: u32) -> usize {
-    encoded_len_varint(u64::from(field << 3))
 }
 
 /// Appends a complete `Frame{deliver: Deliver{sub_id, message}}` with its length prefix to

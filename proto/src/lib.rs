@@ -8,6 +8,7 @@
 //!   `Deliver` around a message encoded once and shared by all its subscribers.
 //! - [`publish`]: [`publish::PublishRef`], encoding a `Publish` frame from borrowed fields.
 //! - [`hot`]: hand-written decoders for `Publish` and `Deliver` frames (the codec's fast path).
+//! - `wire`: what those three share: the length prefix, the size check, [`CodecError`].
 //! - [`topic`]: validation of topic names and patterns and wildcard matching.
 //! - [`headers`]: the rules for message headers.
 //! - [`position`]: the text form of replay start positions (`first`, `seq:N`, `time:-5m`).
@@ -28,6 +29,7 @@ pub mod silence;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 pub mod topic;
+mod wire;
 
 /// Types generated from `proto/rtc.proto` (package `rtc.v1`).
 #[allow(missing_docs, clippy::all)]
