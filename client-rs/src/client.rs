@@ -13,19 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rtc_proto::publish::PublishRef;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::Frame;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
-use crate::connection::{self, Outgoing};
+use crate::connection;
 use crate::error::Error;
 use crate::message::{PubAck, PublishMessage};
 use crate::options::{IdGen, SubscribeOptions};
 use crate::outbox::Outbox;
+use crate::outgoing::Outgoing;
 use crate::queue;
-use crate::state::{ConnectionState, Reply, Shared, SubEntry};
+use crate::requests::{unexpected, Inner};
+use crate::state::{ConnectionState, Shared, SubEntry};
 use crate::subscription::Subscription;
 use crate::supervisor::{self, Dial, ReconnectPolicy};
 
@@ -98,154 +98,6 @@ impl Default for ConnectOptions {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) tx: queue::Sender<Outgoing>,
-    /// When fire-and-forget frames may be written directly.
-    quiet: crate::direct::QuietSpell,
-    next_id: AtomicU64,
-    max_frame_size: usize,
-    request_timeout: Duration,
-    subscription_capacity: usize,
-    server_version: String,
-    connection_id: u64,
-    ids: IdGen,
-    supervisor: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Inner {
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn closed_error(&self) -> Error {
-        Error::Closed(
-            self.shared
-                .closed_reason()
-                .unwrap_or_else(|| "the client was closed".to_string()),
-        )
-    }
-
-    /// Refuses a frame whose length prefix would be `len`, if above the broker's limit.
-    fn check_len(&self, len: usize) -> Result<(), Error> {
-        if len > self.max_frame_size {
-            return Err(Error::TooLarge {
-                len,
-                max: self.max_frame_size,
-            });
-        }
-        Ok(())
-    }
-
-    /// Queues an item for the writer without waiting for an answer, or writes it to the
-    /// socket directly after a quiet spell (`crate::direct`); `frame_len` is the length
-    /// prefix it will be written with.
-    async fn send(&self, item: Outgoing, frame_len: usize) -> Result<(), Error> {
-        self.check_len(frame_len)?;
-        let item = match self.tx.try_send_or_take_pen(item) {
-            Ok(queue::Pen::Queued) => return Ok(()),
-            Ok(queue::Pen::Taken(socket, item)) => {
-                if self.quiet.passed() {
-                    crate::direct::write_with_pen(&self.tx, socket, &item, self.max_frame_size);
-                    return Ok(());
-                }
-                self.tx.put_pen_back(&socket, None);
-                item
-            }
-            Err(queue::TrySendError::Full(item)) => item,
-            Err(queue::TrySendError::Closed(_)) => return Err(self.closed_error()),
-        };
-        self.tx.send(item).await.map_err(|_| self.closed_error())
-    }
-
-    /// Sends a request built around a fresh req_id and waits for its answer.
-    pub(crate) async fn request(&self, build: impl FnOnce(u64) -> Frame) -> Result<Op, Error> {
-        let req_id = self.next_id();
-        let frame = build(req_id);
-        let len = rtc_proto::codec::frame_len(&frame);
-        self.send_request(req_id, Outgoing::Frame(frame), len, None)
-            .await
-    }
-
-    /// Queues an acknowledged publish; the publish stays in the outbox (and is resent
-    /// after a reconnect) until it has an answer, even if waiting for it times out.
-    /// Returns its req_id and where the answer will arrive.
-    async fn start_publish(
-        &self,
-        message: PublishMessage,
-    ) -> Result<(u64, oneshot::Receiver<Reply>), Error> {
-        let req_id = self.next_id();
-        // One copy, shared by the outbox and the writer (which encodes it in place).
-        let publish = Arc::new(message.into_publish(req_id));
-        let len = PublishRef::from(&*publish).frame_len();
-        let rx = self
-            .start_request(req_id, Outgoing::Acked(publish.clone()), len, Some(publish))
-            .await?;
-        Ok((req_id, rx))
-    }
-
-    /// Sends a request and waits for its answer.
-    async fn send_request(
-        &self,
-        req_id: u64,
-        item: Outgoing,
-        frame_len: usize,
-        publish: Option<Arc<v1::Publish>>,
-    ) -> Result<Op, Error> {
-        let rx = self.start_request(req_id, item, frame_len, publish).await?;
-        self.answer(req_id, rx).await
-    }
-
-    /// Registers `req_id`, keeps `publish` in the outbox and queues `item` (whose
-    /// length prefix will be `frame_len`), or writes it to the socket directly if it is
-    /// the only request waiting and the writer is idle (`crate::direct`); returns where
-    /// the answer will arrive.
-    async fn start_request(
-        &self,
-        req_id: u64,
-        item: Outgoing,
-        frame_len: usize,
-        publish: Option<Arc<v1::Publish>>,
-    ) -> Result<oneshot::Receiver<Reply>, Error> {
-        self.check_len(frame_len)?;
-        let (tx, rx) = oneshot::channel();
-        let alone = self.shared.register(req_id, tx)?;
-        if let Some(p) = publish {
-            let added = crate::state::lock(&self.shared.outbox).add(req_id, p);
-            if let Err(e) = added {
-                self.shared.unregister(req_id);
-                return Err(e);
-            }
-        }
-        let item = if alone {
-            match crate::direct::write(&self.tx, item, self.max_frame_size) {
-                None => return Ok(rx),
-                Some(item) => item,
-            }
-        } else {
-            item
-        };
-        if self.tx.send(item).await.is_err() {
-            self.shared.unregister(req_id);
-            return Err(self.closed_error());
-        }
-        Ok(rx)
-    }
-
-    /// Waits up to the request timeout for the answer to `req_id`.
-    async fn answer(&self, req_id: u64, rx: oneshot::Receiver<Reply>) -> Result<Op, Error> {
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => {
-                self.shared.unregister(req_id);
-                Err(Error::Timeout(self.request_timeout))
-            }
-        }
-    }
 }
 
 /// The broker's answer to an acknowledged publish, as a `PubAck`.
@@ -518,11 +370,4 @@ impl Client {
             .shared
             .close("closed by the application".to_string());
     }
-}
-
-pub(crate) fn unexpected(wanted: &str, got: Op) -> Error {
-    Error::Closed(format!(
-        "protocol error: expected {wanted}, got {}",
-        Frame { op: Some(got) }.op_name()
-    ))
 }

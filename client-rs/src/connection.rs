@@ -16,11 +16,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use rtc_proto::codec::encode_frame;
 use rtc_proto::codec::{ClientCodec, Incoming};
-use rtc_proto::publish::PublishRef;
 use rtc_proto::silence::{Silence, SILENT_INTERVALS};
 use rtc_proto::tcp::TcpWriter;
 use rtc_proto::v1::{self, frame::Op};
@@ -31,32 +30,13 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::error::Error;
-use crate::message::{Message, PublishMessage};
+use crate::message::Message;
+use crate::outgoing::{encode, encode_outgoing, Outgoing};
 use crate::queue;
 use crate::state::{Routed, Shared};
 
 /// The writer hands its buffer to the socket once it holds this much.
 const WRITE_CHUNK: usize = 256 * 1024;
-
-/// What the writer task is asked to do.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Frame(Frame),
-    /// A fire-and-forget publish, encoded straight from its fields (no `v1::Publish`
-    /// with an owned topic is built).
-    Publish(PublishMessage),
-    /// An acknowledged publish, shared with the outbox that keeps it until its answer.
-    Acked(Arc<v1::Publish>),
-    /// The end of a frame a direct write began on `socket`, which it did not take
-    /// (`crate::direct`): written first, as it is — to that socket only. If the
-    /// connection was lost meanwhile, it is dropped.
-    Rest {
-        bytes: Bytes,
-        socket: TcpWriter,
-    },
-    /// Flush what is queued, close the write side, stop.
-    Close,
-}
 
 /// The transport a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,29 +388,6 @@ async fn write_loop(
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
         }
-    }
-}
-
-/// Appends `item`'s bytes to `buf` (`Close` has none).
-pub(crate) fn encode_outgoing(item: &Outgoing, max_frame_size: usize, buf: &mut BytesMut) {
-    match item {
-        Outgoing::Frame(frame) => encode(frame, max_frame_size, buf),
-        Outgoing::Publish(m) => encode_publish(m.as_publish(0), max_frame_size, buf),
-        Outgoing::Acked(p) => encode_publish((&**p).into(), max_frame_size, buf),
-        Outgoing::Rest { bytes, .. } => buf.extend_from_slice(bytes),
-        Outgoing::Close => {}
-    }
-}
-
-fn encode(frame: &Frame, max_frame_size: usize, buf: &mut BytesMut) {
-    if let Err(e) = encode_frame(frame, max_frame_size, buf) {
-        tracing::error!(error = %e, "dropping an unencodable frame");
-    }
-}
-
-fn encode_publish(p: PublishRef<'_>, max_frame_size: usize, buf: &mut BytesMut) {
-    if let Err(e) = p.encode(max_frame_size, buf) {
-        tracing::error!(error = %e, "dropping an unencodable publish");
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rtc_proto::tcp::TcpWriter;
 
-use crate::connection::{encode_outgoing, Outgoing};
+use crate::outgoing::{encode_outgoing, Outgoing};
 use crate::queue;
 
 /// The most scratch capacity a thread keeps between direct writes.

@@ -31,7 +31,9 @@
 //! [`rtc_proto::ErrorCode`]; the connection stays up.
 //!
 //! # Layout
-//! - `client`: [`Client`] and [`ConnectOptions`]: requests and their answers.
+//! - `client`: [`Client`] and [`ConnectOptions`]: the public API.
+//! - `requests`: what a client and its subscriptions share: how a request travels and
+//!   meets its answer.
 //! - `subscription`: [`Subscription`], a `Stream` of [`Message`]s.
 //! - `message`: [`Message`], [`PublishMessage`], [`PubAck`].
 //! - `options`: [`SubscribeOptions`] and [`StartAt`] (replay positions); message IDs.
@@ -39,6 +41,7 @@
 //! - `supervisor`: keeps the client connected: reconnect with backoff and jitter
 //!   ([`ReconnectPolicy`]), then restore subscriptions and resend the outbox.
 //! - `connection`: URL parsing, handshake, one connection's writer and reader.
+//! - `outgoing`: what the API hands the writer, and how each item is encoded.
 //! - `direct`: a lone request written to the socket by its caller, not the writer task.
 //! - `queue`: the bounded queues from API calls to the writer and from the reader to
 //!   each subscription.
@@ -54,7 +57,9 @@ mod error;
 mod message;
 mod options;
 mod outbox;
+mod outgoing;
 mod queue;
+mod requests;
 mod state;
 mod subscription;
 mod supervisor;

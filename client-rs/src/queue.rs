@@ -19,7 +19,7 @@
 //! nothing from the queue until the pen is put back, with the unwritten end of the frame
 //! (if any) at the front of the queue.
 //!
-//! [`Outgoing`]: crate::connection::Outgoing
+//! [`Outgoing`]: crate::outgoing::Outgoing
 //! [`Subscription`]: crate::Subscription
 
 use std::collections::VecDeque;
@@ -371,7 +371,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::connection::Outgoing;
+    use crate::outgoing::Outgoing;
 
     fn ping() -> Outgoing {
         numbered(0)

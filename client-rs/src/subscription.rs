@@ -12,10 +12,10 @@ use crate::queue;
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::Frame;
 
-use crate::client::{unexpected, Inner};
-use crate::connection::Outgoing;
 use crate::error::Error;
 use crate::message::Message;
+use crate::outgoing::Outgoing;
+use crate::requests::{unexpected, Inner};
 
 /// Messages for one subscription, in delivery order. Ends when the connection closes.
 #[derive(Debug)]

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use rtc_proto::Frame;
 
-use crate::connection::{self, Ended, Outgoing, Session};
+use crate::connection::{self, Ended, Session};
+use crate::outgoing::Outgoing;
 use crate::queue;
 use crate::state::{ConnectionState, Shared};
 

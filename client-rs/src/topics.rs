@@ -6,8 +6,9 @@ use std::time::Duration;
 use rtc_proto::v1::{self, frame::Op, StorageClass};
 use rtc_proto::Frame;
 
-use crate::client::{unexpected, Client};
+use crate::client::Client;
 use crate::error::Error;
+use crate::requests::unexpected;
 
 /// Settings for [`Client::create_topic`]. `Default` is a durable topic with no retention
 /// limit and the broker's default dedup window (2 minutes).
