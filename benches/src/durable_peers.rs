@@ -7,10 +7,10 @@
 //!   concurrent requests on one connection); then a consumer group reads with
 //!   `XREADGROUP COUNT 1000` and acknowledges each batch with one `XACK`.
 //!
-//! Both check what they got back with [`crate::durable::Checker`], exactly as the rtc
+//! Both check what they got back with [`crate::durable_plan::Checker`], exactly as the rtc
 //! run does: every message exactly once.
 
-use crate::durable::{Measured, Plan};
+use crate::durable_plan::{Measured, Plan};
 use crate::systems::PeerUrls;
 
 /// A rival for the durable workload.
@@ -39,7 +39,7 @@ mod imp {
     use redis::AsyncCommands;
 
     use super::Rival;
-    use crate::durable::{Checker, Measured, Plan};
+    use crate::durable_plan::{Checker, Measured, Plan};
     use crate::systems::PeerUrls;
 
     /// How long the consume phase may wait for one more message.
@@ -194,7 +194,7 @@ mod imp {
 #[cfg(not(feature = "peers"))]
 mod imp {
     use super::Rival;
-    use crate::durable::{Measured, Plan};
+    use crate::durable_plan::{Measured, Plan};
     use crate::systems::PeerUrls;
 
     pub async fn run(_: Rival, _: &PeerUrls, _: &Plan) -> anyhow::Result<Measured> {

@@ -13,6 +13,7 @@
 mod connections;
 mod durable;
 mod durable_peers;
+mod durable_plan;
 mod harness;
 mod live;
 mod rounds;
