@@ -1,5 +1,5 @@
 //! The properties each fuzz target checks, one function per target. The targets in
-//! `fuzz_targets/` call these under libFuzzer; `broker/tests/fuzz_regressions.rs`
+//! `fuzz_targets/` call these under libFuzzer; `testkit/tests/fuzz_regressions.rs`
 //! includes this file too and replays every saved input in `fuzz/regressions/` with the
 //! normal test suite, so a crash once found stays fixed.
 
@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use prost::Message;
-use rtc_broker::outbound::Outbox;
-use rtc_broker::router::{Router, Subscriber};
+use rtc_broker::outbound::{Outbox, Subscription};
+use rtc_broker::router::Router;
 use rtc_proto::headers::{validate_headers, MAX_HEADERS, MAX_KEY_LEN, MAX_VALUE_LEN};
 use rtc_proto::topic::{pattern_matches, validate_pattern, validate_publish_topic, validate_topic};
 use rtc_proto::v1::start_position::Position;
@@ -49,18 +49,10 @@ pub fn topic(data: &[u8]) {
         return;
     }
     let router = Router::new();
-    router.subscribe(
-        pattern,
-        Subscriber {
-            conn_id: 1,
-            sub_id: 1,
-            outbox: Arc::new(Outbox::new(1 << 20, 16, 1 << 20)),
-            gate: None,
-            datagrams: None,
-        },
-    );
+    let outbox = Arc::new(Outbox::new(1 << 20, 16, 1 << 20));
+    router.subscribe(pattern, 1, 1, Arc::new(Subscription::new(1, outbox)));
     let mut hits = 0;
-    router.for_each_match(topic, |_| hits += 1);
+    router.for_each_match(topic, |_, _, _| hits += 1);
     assert_eq!(
         hits == 1,
         pattern_matches(pattern, topic),

@@ -2,7 +2,7 @@
 # Runs every fuzz target for SECONDS each (default 60) with cargo-fuzz (libFuzzer) on the
 # nightly toolchain, installing cargo-fuzz first if it is missing. Crashing inputs land in
 # fuzz/artifacts/<target>/; copy each into fuzz/regressions/<target>/ and fix the bug: the
-# normal test suite replays every file there (broker/tests/fuzz_regressions.rs).
+# normal test suite replays every file there (testkit/tests/fuzz_regressions.rs).
 #
 #   fuzz/run.sh            # 60 s per target
 #   fuzz/run.sh 10 topic   # 10 s, one target

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rtc_broker::outbound::Outbox;
-use rtc_broker::router::{Router, Subscriber};
+use rtc_broker::outbound::{Outbox, Subscription};
+use rtc_broker::router::Router;
 
 fn router(c: &mut Criterion) {
     let router = Router::new();
@@ -20,19 +20,15 @@ fn router(c: &mut Criterion) {
         };
         router.subscribe(
             &pattern,
-            Subscriber {
-                conn_id: i,
-                sub_id: 1,
-                outbox: outbox.clone(),
-                gate: None,
-                datagrams: None,
-            },
+            i,
+            1,
+            Arc::new(Subscription::new(1, outbox.clone())),
         );
     }
     c.bench_function("match one topic among 10k subscriptions", |b| {
         b.iter(|| {
             let mut n = 0;
-            router.for_each_match("game.room42.position", |_| n += 1);
+            router.for_each_match("game.room42.position", |_, _, _| n += 1);
             n
         })
     });

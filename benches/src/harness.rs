@@ -72,7 +72,7 @@ impl Target {
             Transport::Tls => (handle.url(), tls.map(|(cert, _)| cert)),
             Transport::Quic => (
                 format!("quic://{}", handle.quic_addr().expect("QUIC is on")),
-                Some(dir.path().join(rtc_broker::quic::GENERATED_CERT)),
+                Some(dir.path().join(rtc_broker::transport::quic::GENERATED_CERT)),
             ),
         };
         Ok(Target {

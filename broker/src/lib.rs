@@ -14,43 +14,63 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: settings, defaults, TOML file, validation.
-//! - [`auth`]: users, token hashes, per-topic permissions.
-//! - [`tls`]: the TLS acceptor for the TCP listener.
-//! - [`quic`]: the QUIC listener (one bidirectional stream per connection).
-//! - [`server`]: listeners, accept loop, connection limit, shutdown; the public
-//!   [`Broker`] / [`BrokerBuilder`] / [`BrokerHandle`].
-//! - `session`: one per connection: handshake, read loop, dispatch of requests.
-//! - [`outbound`]: each connection's bounded outbound queue and its writer task; the
-//!   slow-consumer policy.
-//! - [`router`]: the subscription trie and live fan-out.
-//! - [`replay`]: subscriptions that start in the past; the switch-over to live.
-//! - [`consumer`]: durable consumers: acks, redelivery, dead letters, shared work.
-//! - [`store`]: the sled store and the storage thread (group commit).
-//! - [`topic`]: topic settings, `[[topic]]` rules.
-//! - [`topic_cache`]: what a publishing session remembers about the topics it uses.
-//! - [`error`]: [`BrokerError`], why the broker could not start.
+//! The layers, top to bottom (docs/architecture.md has the whole picture, the path of a
+//! publish and of a delivery, and what never imports what):
 //!
-//! Data path of a publish: `session` decodes `Publish` → validates the topic (once per
-//! topic, remembered in a `topic_cache`) → `router` finds matching subscriptions (also
-//! remembered until the subscriptions change) and pushes the message, encoded once, into
-//! each one's `Outbox` → each connection's writer drains its queue into its socket.
+//! - [`server`]: the broker put together; the public [`Broker`] / [`BrokerBuilder`] /
+//!   [`BrokerHandle`].
+//! - [`transport`]: TCP, TLS and QUIC listeners, and the seam a new transport plugs
+//!   into; `accept`: the one accept path (connection limit, handshake timeout).
+//! - `session`: one per connection, transport- and encoding-neutral: handshake, auth,
+//!   limits, dispatch, heartbeats.
+//! - `replay` (subscriptions that start in the past), `consumer` (durable consumers).
+//! - `delivery`: what happens to a committed pass: fan-out, then answers to publishers.
+//! - `router` (the subscription trie and its subscriber seam), `outbound` (each
+//!   connection's bounded queue and writer task).
+//! - `store`: the local log engine (sled, one storage thread, group commit).
+//! - `engine`: the log engine seam the store implements.
+//! - Leaves: [`config`], [`auth`], [`topic`], [`refusal`], `clock`, `topic_cache`,
+//!   [`error`].
+//!
+//! The modules marked in code as internal (`router`, `outbound`, `store`, `engine`) are
+//! public only with the `internals` feature, for benchmarks, fuzzing and fault-injection
+//! tests; they are not a stable API.
 
+/// Declares modules that are public with the `internals` feature and private otherwise.
+macro_rules! internal {
+    ($($(#[$meta:meta])* $name:ident;)*) => {$(
+        $(#[$meta])*
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        $(#[$meta])*
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
+
+mod accept;
 pub mod auth;
+mod clock;
 pub mod config;
-pub mod consumer;
+mod consumer;
+mod delivery;
 pub mod error;
-pub mod outbound;
-pub mod quic;
-pub mod replay;
-pub mod router;
+pub mod refusal;
+mod replay;
 pub mod server;
 mod session;
-pub mod store;
-pub mod tls;
 pub mod topic;
-pub mod topic_cache;
+mod topic_cache;
+pub mod transport;
+
+internal! {
+    engine;
+    outbound;
+    router;
+    store;
+}
 
 pub use config::{Config, FsyncPolicy};
 pub use error::BrokerError;
+pub use refusal::Refusal;
 pub use server::{Broker, BrokerBuilder, BrokerHandle};

@@ -2,7 +2,7 @@
 //! delivery with no gap and no duplicate.
 //!
 //! How the switch-over works. A replaying subscription is registered in the router at
-//! once, with a [`Gate`]. While the gate is *catching up*, live messages for it are held
+//! once as a [`Gate`] (its [`Subscriber`]). While the gate is *catching up*, live messages for it are held
 //! in the gate's buffer instead of being delivered. The replay task ([`run`]) then reads
 //! each matching durable topic's log from the start position to its end and delivers
 //! what it reads, remembering per topic the next seq it owes (its cursor). Then it drains
@@ -10,8 +10,8 @@
 //! buffer is empty it opens the gate: from then on live messages go straight to the
 //! client, still skipping seqs below the cursors.
 //!
-//! Why nothing is missed: the storage thread fans a message out only after it is
-//! committed. A message not fanned out to the gate was fanned out before the
+//! Why nothing is missed: delivery fans a message out only after the engine committed
+//! it. A message not fanned out to the gate was fanned out before the
 //! subscription existed, so it was committed before the replay began reading and the
 //! replay reads it. Why nothing repeats: every delivery, replayed or live, is checked
 //! against the topic's cursor.
@@ -27,12 +27,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rtc_proto::v1::start_position::Position;
-use rtc_proto::{ErrorCode, Frame};
 
+use crate::engine::{start_seq, Log, StoreError};
 use crate::outbound::{Closed, Outbox};
-use crate::session::now_ms;
-use crate::store::writer::{first_at_or_after, LogView, TopicView};
-use crate::store::{LogEntry, Storage, StoreError, TopicId};
+use crate::refusal::Refusal;
+use crate::router::{Flushes, Live, Share, Subscriber};
 
 /// Bytes of live messages held per catching-up subscription before it falls back to
 /// re-reading the log (the message cap is `Config::replay_buffer`).
@@ -98,7 +97,7 @@ impl Gate {
             }
             drop(st);
             self.outbox
-                .push_deliver(self.sub_id, message, crate::outbound::Share::Reference);
+                .push_deliver(self.sub_id, message, Share::Reference);
             return;
         }
         if st.overflowed {
@@ -119,28 +118,31 @@ impl Gate {
     }
 }
 
-/// What the replay task needs from the broker.
-pub struct ReplayContext {
-    /// Topics and stats.
-    pub view: Arc<LogView>,
-    /// The store, read from blocking tasks.
-    pub storage: Arc<dyn Storage>,
+/// Live messages reach a replaying subscription through its gate.
+impl Subscriber for Gate {
+    fn deliver(&self, live: &Live<'_>, _later: &mut Flushes) -> bool {
+        self.offer(live.topic, live.seq, live.message);
+        true
+    }
+
+    fn is_backlogged(&self) -> bool {
+        self.outbox.is_backlogged()
+    }
 }
 
-/// Replays `pattern` from `start` into the gate's subscription, then opens the gate.
-/// Ends early if the connection closes. A storage failure is reported to the client as
-/// `Error{STORAGE}` for this subscription, which then continues live.
-pub async fn run(gate: Arc<Gate>, ctx: ReplayContext, pattern: String, start: Position) {
-    match catch_up(&gate, &ctx, &pattern, start).await {
+/// Replays `pattern` from `start` into the gate's subscription, reading `log`, then
+/// opens the gate. Ends early if the connection closes. A storage failure is reported to
+/// the client as `Error{STORAGE}` for this subscription, which then continues live.
+pub async fn run(gate: Arc<Gate>, log: Arc<dyn Log>, pattern: String, start: Position) {
+    match catch_up(&gate, &*log, &pattern, start).await {
         Ok(()) | Err(Failure::Closed) => {}
         Err(Failure::Store(e)) => {
             tracing::error!(sub_id = gate.sub_id, error = %e, "replay failed; continuing live");
             open_gate(&gate, HashMap::new());
-            let msg =
-                format!("replay stopped by a storage error, continuing with live messages: {e}");
-            let _ =
-                gate.outbox
-                    .push_frame_now(Frame::sub_error(gate.sub_id, ErrorCode::Storage, msg));
+            let refusal = Refusal::Storage(format!(
+                "replay stopped by a storage error, continuing with live messages: {e}"
+            ));
+            let _ = gate.outbox.push_frame_now(refusal.sub_frame(gate.sub_id));
         }
     }
 }
@@ -164,21 +166,21 @@ impl From<StoreError> for Failure {
 
 async fn catch_up(
     gate: &Gate,
-    ctx: &ReplayContext,
+    log: &dyn Log,
     pattern: &str,
     start: Position,
 ) -> Result<(), Failure> {
     let mut cursors: HashMap<String, u64> = HashMap::new();
     let mut first_pass = true;
     loop {
-        for (name, topic) in ctx.view.durable_matching(pattern) {
+        for (name, topic) in log.durable_matching(pattern) {
             let from = match cursors.get(&name) {
                 Some(&c) => c,
-                None if first_pass => start_seq(ctx, &topic, &start).await?,
+                None if first_pass => start_seq(log, &name, &topic, &start).await?,
                 // A topic that appeared after the subscription: all of it is new.
                 None => 1,
             };
-            let next = replay_topic(gate, ctx, topic.id, from).await?;
+            let next = replay_topic(gate, log, &name, from).await?;
             cursors.insert(name, next);
         }
         first_pass = false;
@@ -228,16 +230,11 @@ fn open(st: &mut GateState, cursors: HashMap<String, u64>) {
     st.bytes = 0;
 }
 
-/// Delivers topic `id` from seq `from` to the end of its log; returns the next seq owed.
-async fn replay_topic(
-    gate: &Gate,
-    ctx: &ReplayContext,
-    id: TopicId,
-    from: u64,
-) -> Result<u64, Failure> {
+/// Delivers `topic` from seq `from` to the end of its log; returns the next seq owed.
+async fn replay_topic(gate: &Gate, log: &dyn Log, topic: &str, from: u64) -> Result<u64, Failure> {
     let mut cursor = from;
     loop {
-        let entries = read(ctx, id, cursor).await?;
+        let entries = log.read(topic, cursor, READ_MSGS, READ_BYTES).await?;
         if entries.is_empty() {
             return Ok(cursor);
         }
@@ -248,41 +245,4 @@ async fn replay_topic(
                 .await?;
         }
     }
-}
-
-async fn read(ctx: &ReplayContext, id: TopicId, from: u64) -> Result<Vec<LogEntry>, StoreError> {
-    let storage = ctx.storage.clone();
-    blocking(move || storage.read(id, from, READ_MSGS, READ_BYTES)).await
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Engine(format!("read task failed: {e}"))))
-}
-
-/// The first seq to replay for `topic` from `start`.
-pub(crate) async fn start_seq(
-    ctx: &ReplayContext,
-    topic: &TopicView,
-    start: &Position,
-) -> Result<u64, StoreError> {
-    let s = topic.stats;
-    let after_last = s.last_seq + 1;
-    let at_time = |ts: i64| {
-        let storage = ctx.storage.clone();
-        let (id, lo, hi) = (topic.id, s.first_seq.max(1), s.last_seq);
-        blocking(move || first_at_or_after(&*storage, id, lo, hi, ts))
-    };
-    Ok(match *start {
-        Position::New(_) => after_last,
-        Position::First(_) => s.first_seq.max(1),
-        Position::Last(_) if s.messages > 0 => s.last_seq,
-        Position::Last(_) => after_last,
-        Position::Seq(n) => n,
-        Position::TimeMs(ts) => at_time(ts).await?,
-        Position::RelativeMs(delta) => at_time(now_ms().saturating_add(delta)).await?,
-    })
 }

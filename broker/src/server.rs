@@ -1,66 +1,44 @@
-//! Listeners, the accept loop, the connection limit and graceful shutdown, and the public
-//! embedding API ([`Broker`], [`BrokerBuilder`], [`BrokerHandle`]).
+//! The broker put together, and the public embedding API ([`Broker`], [`BrokerBuilder`],
+//! [`BrokerHandle`]).
 //!
 //! [`BrokerBuilder::start`] validates the [`Config`], prepares the data directory, binds
-//! every listener (so the caller learns the real addresses, port 0 included) and spawns
-//! one accept loop per listener. Each accepted connection runs a
-//! `crate::session` on a shared [`TaskTracker`]. [`BrokerHandle::shutdown`] cancels one
-//! [`CancellationToken`]: accept loops stop, each session sends
-//! `Error{SHUTTING_DOWN}` and lets its writer flush, and `shutdown` returns once every
-//! task has finished (or after a grace period).
+//! every listener (so the caller learns the real addresses, port 0 included), opens the
+//! log engine with delivery as its commit sink, and hands each listener to the one
+//! accept path ([`Acceptor`]). Every task — accept loops, sessions, replays, durable
+//! consumers, the retention timer — runs on one [`TaskTracker`].
+//! [`BrokerHandle::shutdown`] cancels one [`CancellationToken`]: accept loops stop, each
+//! session sends `Error{SHUTTING_DOWN}` and lets its writer flush; once every task has
+//! finished (or after a grace period) the engine finishes its reads, flushes and stops.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtc_proto::codec::encode_frame;
-use rtc_proto::{ErrorCode, Frame};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::{Acceptor, AnyListener, Listener};
 use crate::auth::Auth;
 use crate::config::{Config, FsyncPolicy};
 use crate::consumer::Consumers;
+use crate::delivery::{Delivery, Publishes};
+use crate::engine::Log;
 use crate::error::BrokerError;
 use crate::router::Router;
+use crate::session::Shared;
 use crate::store::sled_store::{BackgroundFlush, SledStorage};
-use crate::store::writer::{self, LogHandle, Request};
-use crate::store::Storage;
-use crate::topic::TopicRegistry;
+use crate::store::{LocalEngine, Storage};
+use crate::topic::TopicRules;
+use crate::transport::quic::{self, Quic};
+use crate::transport::tcp::{Tcp, Tls};
 
 /// How long `shutdown` waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// How often retention limits are applied.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Subdirectory of the data dir holding the sled database.
 pub const STORE_DIR: &str = "store";
-
-/// State shared by every connection.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) router: Arc<Router>,
-    pub(crate) topics: Arc<TopicRegistry>,
-    pub(crate) log: Arc<LogHandle>,
-    pub(crate) consumers: Consumers,
-    pub(crate) auth: Auth,
-    next_conn_id: AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
-}
 
 /// Entry point of the embeddable broker.
 ///
@@ -86,10 +64,20 @@ impl Broker {
 }
 
 /// Configures and starts a broker. Setters override single fields of the [`Config`].
-#[derive(Debug, Clone)]
 pub struct BrokerBuilder {
     config: Config,
     storage: Option<Arc<dyn Storage>>,
+    listeners: Vec<Box<dyn AnyListener>>,
+}
+
+impl std::fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("config", &self.config)
+            .field("storage", &self.storage)
+            .field("listeners", &self.listeners.len())
+            .finish()
+    }
 }
 
 impl BrokerBuilder {
@@ -98,13 +86,23 @@ impl BrokerBuilder {
         BrokerBuilder {
             config,
             storage: None,
+            listeners: Vec::new(),
         }
     }
 
-    /// Uses `storage` instead of opening sled in the data directory. For other storage
-    /// engines and for tests that inject faults.
+    /// Uses `storage` under the local engine instead of opening sled in the data
+    /// directory: for tests that inject faults.
+    #[cfg(feature = "internals")]
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Serves `listener` too, through the same accept path as the broker's own
+    /// (connection limit, handshake timeout, sessions): a transport of the embedding
+    /// program's, such as a Unix socket. See [`crate::transport`].
+    pub fn listener(mut self, listener: impl Listener) -> Self {
+        self.listeners.push(Box::new(listener));
         self
     }
 
@@ -141,18 +139,14 @@ impl BrokerBuilder {
             path: config.data_dir.clone(),
             source,
         })?;
-        let listener = TcpListener::bind(config.tcp)
-            .await
-            .map_err(|source| BrokerError::Bind {
-                transport: "tcp",
-                addr: config.tcp,
-                source,
-            })?;
-        let tcp_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-            transport: "tcp",
-            addr: config.tcp,
-            source,
-        })?;
+        // The TCP listener speaks TLS when a certificate is configured.
+        let tcp = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let acceptor = crate::transport::tls::acceptor(cert, key)?;
+                TcpListener::Tls(Tls::bind(config.tcp, acceptor).await?)
+            }
+            _ => TcpListener::Plain(Tcp::bind(config.tcp).await?),
+        };
         let storage: Arc<dyn Storage> = match self.storage {
             Some(s) => s,
             None => {
@@ -164,26 +158,26 @@ impl BrokerBuilder {
                 Arc::new(SledStorage::open(&dir, background).map_err(BrokerError::Storage)?)
             }
         };
+        let in_data_dir = |e: crate::engine::StoreError| {
+            BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
+        };
         let router = Arc::new(Router::new());
-        let topics = Arc::new(TopicRegistry::new(&config.topic));
-        let log = Arc::new(
-            writer::start(
+        let delivery = Arc::new(Delivery::new(router.clone()));
+        let engine = Arc::new(
+            LocalEngine::open(
                 storage,
-                router.clone(),
-                topics.clone(),
+                delivery.clone(),
+                TopicRules::new(&config.topic),
                 config.fsync,
                 config.max_topics,
             )
-            .map_err(|e| {
-                BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
-            })?,
+            .map_err(in_data_dir)?,
         );
-        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let log: Arc<dyn Log> = engine.clone();
+        let publishes: Arc<Publishes> = engine;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let stored_consumers = log.storage.load_consumers().map_err(|e| {
-            BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
-        })?;
+        let stored_consumers = log.consumers().map_err(in_data_dir)?;
         let consumers = Consumers::new(
             log.clone(),
             tracker.clone(),
@@ -191,61 +185,59 @@ impl BrokerBuilder {
             stored_consumers,
         );
         let auth = Auth::new(&config.user);
-        let shared = Arc::new(Shared {
-            auth,
+        let quic_config = config.quic;
+        let shared = Arc::new(Shared::new(
             config,
             router,
-            topics,
             log,
+            publishes,
+            delivery,
             consumers,
-            next_conn_id: AtomicU64::new(1),
-        });
-        let tls = match (&shared.config.tls_cert, &shared.config.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-            _ => None,
-        };
-        let scheme = if tls.is_some() { "tls" } else { "tcp" };
-        let quic = match shared.config.quic {
+            auth,
+            tracker.clone(),
+        ));
+        let acceptor = Acceptor::new(shared.clone(), cancel.clone(), tracker.clone());
+        let quic = match quic_config {
             None => None,
             Some(addr) => {
                 let c = &shared.config;
                 let tls_files = c.tls_cert.as_deref().zip(c.tls_key.as_deref());
-                let identity = crate::quic::identity(tls_files, &c.data_dir)?;
-                let fingerprint = crate::quic::fingerprint(&identity.0[0]);
-                let endpoint = crate::quic::endpoint(
+                let identity = quic::identity(tls_files, &c.data_dir)?;
+                let fingerprint = quic::fingerprint(&identity.0[0]);
+                let listener = Quic::bind(
                     addr,
                     identity,
                     c.heartbeat_interval * 3 + Duration::from_secs(5),
                 )?;
-                let bound = endpoint.local_addr().map_err(|source| BrokerError::Bind {
-                    transport: "quic",
-                    addr,
-                    source,
-                })?;
-                tracker.spawn(crate::quic::accept(
-                    endpoint,
-                    shared.clone(),
-                    limit.clone(),
-                    cancel.clone(),
-                    tracker.clone(),
-                ));
+                let bound = listener.local_addr();
+                acceptor.spawn(listener);
                 Some((bound, fingerprint))
             }
         };
-        tracker.spawn(accept_tcp(
-            listener,
-            tls,
-            shared.clone(),
-            limit,
-            cancel.clone(),
-            tracker.clone(),
-        ));
+        let (scheme, tcp_addr) = match tcp {
+            TcpListener::Plain(l) => {
+                let addr = l.local_addr();
+                acceptor.spawn(l);
+                ("tcp", addr)
+            }
+            TcpListener::Tls(l) => {
+                let addr = l.local_addr();
+                acceptor.spawn(l);
+                ("tls", addr)
+            }
+        };
+        let mut listeners = Vec::new();
+        for listener in self.listeners {
+            listeners.push((listener.transport(), listener.address()));
+            listener.spawn(&acceptor);
+        }
         tracker.spawn(retention_timer(shared.clone(), cancel.clone()));
         tracing::info!(%tcp_addr, fsync = %shared.config.fsync, "broker started");
         Ok(BrokerHandle {
             tcp_addr,
             scheme,
             quic,
+            listeners,
             cancel,
             tracker,
             shared: Some(shared),
@@ -253,18 +245,20 @@ impl BrokerBuilder {
     }
 }
 
-/// Asks the storage thread to apply retention limits every second.
+/// The broker's own TCP listener, with or without TLS.
+enum TcpListener {
+    Plain(Tcp),
+    Tls(Tls),
+}
+
+/// Asks the engine to apply retention limits every second.
 async fn retention_timer(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(RETENTION_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {
-                if shared.log.send(Request::Enforce).is_err() {
-                    return;
-                }
-            }
+            _ = tick.tick() => shared.log.enforce_retention(),
         }
     }
 }
@@ -277,6 +271,8 @@ pub struct BrokerHandle {
     scheme: &'static str,
     /// The QUIC address and its certificate's SHA-256 fingerprint.
     quic: Option<(SocketAddr, String)>,
+    /// The listeners added with [`BrokerBuilder::listener`]: transport and address.
+    listeners: Vec<(&'static str, String)>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     shared: Option<Arc<Shared>>,
@@ -303,6 +299,11 @@ impl BrokerHandle {
         self.quic.as_ref().map(|(_, f)| f.as_str())
     }
 
+    /// The listeners added with [`BrokerBuilder::listener`]: `(transport, address)`.
+    pub fn extra_listeners(&self) -> &[(&'static str, String)] {
+        &self.listeners
+    }
+
     /// The URL clients use: `tcp://ADDR` or `tls://ADDR`.
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.tcp_addr)
@@ -321,13 +322,14 @@ impl BrokerHandle {
             tracing::warn!("some connections did not finish within {SHUTDOWN_GRACE:?}");
         }
         if let Some(shared) = self.shared.take() {
-            let store = Arc::downgrade(&shared.log.storage);
-            let _ = tokio::task::spawn_blocking(move || shared.log.shutdown()).await;
-            // Replay reads still running on blocking threads hold the store briefly.
-            let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-            while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            // Every task is done (or given up on): the engine's reads finish, then its
+            // thread flushes and stops.
+            shared.log.shutdown().await;
+            if Arc::strong_count(&shared) > 1 {
+                tracing::warn!("the store closes only when the last unfinished connection ends");
             }
+            // The last reference closes the store, which flushes: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || drop(shared)).await;
         }
         tracing::info!("broker stopped");
     }
@@ -337,90 +339,4 @@ impl Drop for BrokerHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
-}
-
-async fn accept_tcp(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-) {
-    // Failed accepts in a row: logged when they start and when they end, not each retry.
-    let mut failing = 0u64;
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE/ENFILE and friends: keep serving the connections we have; new
-                // ones wait in the listen backlog until descriptors are free again.
-                if failing == 0 {
-                    tracing::error!(error = %e, "cannot accept connections (out of file descriptors?): serving the open ones, retrying every {ACCEPT_BACKOFF:?}");
-                }
-                failing += 1;
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                }
-            }
-        };
-        if failing > 0 {
-            tracing::warn!(failed_attempts = failing, "accepting connections again");
-            failing = 0;
-        }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracker.spawn(refuse(stream, shared.config.max_connections));
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (shared, cancel) = (shared.clone(), cancel.clone());
-        let peer = peer.to_string();
-        match tls.clone() {
-            None => {
-                let (reader, writer) = stream.into_split();
-                let writer = crate::outbound::TcpWriter::new(writer);
-                let direct: Option<Arc<dyn crate::outbound::DirectWrite>> =
-                    Some(writer.half().clone());
-                tracker.spawn(async move {
-                    crate::session::run(shared, reader, writer, peer, cancel, None, direct).await;
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
-                tracker.spawn(async move {
-                    // The TLS handshake gets the same time limit as rtc's own.
-                    let limit = shared.config.handshake_timeout;
-                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let (reader, writer) = tokio::io::split(tls);
-                            crate::session::run(shared, reader, writer, peer, cancel, None, None)
-                                .await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                    drop(permit);
-                });
-            }
-        }
-    }
-}
-
-/// Tells a connection over the limit why it is closed.
-async fn refuse(mut stream: TcpStream, max: usize) {
-    let frame = Frame::error(
-        0,
-        ErrorCode::LimitExceeded,
-        format!("the broker serves at most {max} connections"),
-    );
-    let mut buf = bytes::BytesMut::new();
-    if encode_frame(&frame, usize::MAX, &mut buf).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
-    }
-    let _ = stream.shutdown().await;
 }

@@ -3,13 +3,9 @@
 //!
 //! A topic's settings come from, in order: an explicit `topic create` (kept in the store),
 //! the first `[[topic]]` rule in the config whose pattern matches the name, or the
-//! defaults (durable, no retention limit, 2-minute dedup window). [`TopicRegistry`] answers
-//! that question on every publish; it holds only the explicit topics and the rules, so it
-//! does not grow with the number of topics published to.
+//! defaults (durable, no retention limit, 2-minute dedup window). [`TopicRules`] holds the
+//! rules; the log engine, which owns the topics, answers the whole question.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
 use std::time::Duration;
 
 use rtc_proto::topic::pattern_matches;
@@ -120,22 +116,18 @@ pub fn default_settings() -> TopicSettings {
     normalize(TopicSettings::default())
 }
 
-/// Answers "what are this topic's settings?" for every publish.
-#[derive(Debug)]
-pub struct TopicRegistry {
-    explicit: RwLock<HashMap<String, TopicSettings>>,
+/// The config's `[[topic]]` rules, in file order: the settings a topic gets unless it was
+/// created explicitly. Holds no state of its own; the topics themselves, explicit ones
+/// included, belong to the log engine (`crate::store::catalog` in the local engine).
+#[derive(Debug, Clone, Default)]
+pub struct TopicRules {
     rules: Vec<(String, TopicSettings)>,
-    /// Bumped by every change to `explicit`: settings a session cached at an older
-    /// generation are stale (see [`crate::topic_cache`]).
-    generation: AtomicU64,
 }
 
-impl TopicRegistry {
-    /// A registry with the config's rules, in file order.
+impl TopicRules {
+    /// The rules of a config, in file order.
     pub fn new(rules: &[TopicRule]) -> Self {
-        TopicRegistry {
-            explicit: RwLock::new(HashMap::new()),
-            generation: AtomicU64::new(0),
+        TopicRules {
             rules: rules
                 .iter()
                 .map(|r| (r.pattern.clone(), r.settings()))
@@ -143,38 +135,13 @@ impl TopicRegistry {
         }
     }
 
-    /// Settings from the config rules or the defaults, ignoring explicit topics.
+    /// The settings of the first rule whose pattern matches `name`, or the defaults.
     pub fn configured(&self, name: &str) -> TopicSettings {
         self.rules
             .iter()
             .find(|(pattern, _)| pattern_matches(pattern, name))
             .map(|(_, s)| *s)
             .unwrap_or_else(default_settings)
-    }
-
-    /// The settings in force for `name`.
-    pub fn resolve(&self, name: &str) -> TopicSettings {
-        if let Some(s) = self
-            .explicit
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            return *s;
-        }
-        self.configured(name)
-    }
-
-    /// Records the settings of a topic created with `topic create`.
-    pub fn set_explicit(&self, name: &str, settings: TopicSettings) {
-        let mut explicit = self.explicit.write().unwrap_or_else(|p| p.into_inner());
-        explicit.insert(name.to_string(), settings);
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    /// The current generation: it changes whenever a topic's settings may have.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -214,20 +181,15 @@ mod tests {
 
     #[test]
     fn resolution_order() {
-        let reg = TopicRegistry::new(&rules());
-        assert!(!is_durable(&reg.resolve("game.pos")));
-        let o = reg.resolve("orders.eu");
+        let reg = TopicRules::new(&rules());
+        assert!(!is_durable(&reg.configured("game.pos")));
+        let o = reg.configured("orders.eu");
         assert!(is_durable(&o));
         assert_eq!(o.max_age_ms, 7 * 24 * 3600 * 1000);
         assert_eq!(o.max_msgs, 10);
         assert_eq!(o.dedup_window_ms, 300_000);
-        let d = reg.resolve("anything");
+        let d = reg.configured("anything");
         assert_eq!(d, default_settings());
         assert_eq!(d.dedup_window_ms, 120_000);
-        reg.set_explicit("game.saved", default_settings());
-        assert!(
-            is_durable(&reg.resolve("game.saved")),
-            "explicit beats rules"
-        );
     }
 }

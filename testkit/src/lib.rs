@@ -3,6 +3,11 @@
 //! line it prints, send it signals, and collect its exit status and stderr.
 //!
 //! It depends on no rtc crate, so any crate can use it as a dev-dependency.
+//!
+//! [`modcycles`] finds import circles between a crate's modules; CI runs it on every
+//! crate of the workspace (`tests/import_circles.rs`).
+
+pub mod modcycles;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

@@ -30,13 +30,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::{Command, JoinSpec, DEFAULT_MAX_DELIVER};
+use crate::engine::{start_seq, ConsumerRecord, Log, LogEntry, StoreError, TopicView};
 use crate::outbound::Outbox;
-use crate::replay::{start_seq, ReplayContext};
-use crate::store::writer::{LogHandle, Request};
-use crate::store::{ConsumerRecord, LogEntry, StoreError, TopicId};
+use crate::refusal::Refusal;
 
-/// Messages read from the log at once (with at most 4 MiB of payloads).
+/// Messages read from the log at once (with at most [`READ_BYTES`] of them).
 const READ_BATCH: usize = 256;
+/// Bytes read from the log at once (at least one message).
+const READ_BYTES: usize = 4 * 1024 * 1024;
 /// How long a member whose outbox was full is skipped.
 const FULL_BACKOFF: Duration = Duration::from_millis(20);
 /// Retry delay after a failed dead-letter write.
@@ -88,8 +89,7 @@ impl Member {
 pub(super) struct Actor {
     topic: String,
     name: String,
-    id: TopicId,
-    log: Arc<LogHandle>,
+    log: Arc<dyn Log>,
     /// Position known (a stored consumer, or one that has had its first member).
     started: bool,
     floor: u64,
@@ -117,15 +117,13 @@ impl Actor {
     pub(super) fn new(
         topic: &str,
         name: &str,
-        id: TopicId,
         record: Option<ConsumerRecord>,
-        log: Arc<LogHandle>,
+        log: Arc<dyn Log>,
     ) -> Self {
-        let last_seq = log.view.watch(topic);
+        let last_seq = log.watch(topic);
         let mut actor = Actor {
             topic: topic.to_string(),
             name: name.to_string(),
-            id,
             log,
             started: record.is_some(),
             floor: 0,
@@ -240,25 +238,14 @@ impl Actor {
         }
     }
 
-    async fn join(&mut self, spec: JoinSpec) -> Result<u64, (rtc_proto::ErrorCode, String)> {
+    async fn join(&mut self, spec: JoinSpec) -> Result<u64, Refusal> {
         if !self.started {
-            let view = self
-                .log
-                .view
-                .get(&self.topic)
-                .unwrap_or(crate::store::writer::TopicView {
-                    id: self.id,
-                    settings: Default::default(),
-                    stats: Default::default(),
-                });
-            let ctx = ReplayContext {
-                view: self.log.view.clone(),
-                storage: self.log.storage.clone(),
-            };
+            let view = self.log.topic(&self.topic).unwrap_or(TopicView {
+                settings: Default::default(),
+                stats: Default::default(),
+            });
             let start = spec.start.unwrap_or(Position::First(true));
-            let next = start_seq(&ctx, &view, &start)
-                .await
-                .map_err(|e| (rtc_proto::ErrorCode::Storage, e.to_string()))?;
+            let next = start_seq(&*self.log, &self.topic, &view, &start).await?;
             self.next = next.max(1);
             self.floor = self.next - 1;
             self.started = true;
@@ -440,8 +427,8 @@ impl Actor {
                 self.settle(seq);
                 self.advance_floor();
             }
-            Err((_, msg)) => {
-                tracing::error!(consumer = %self.name, seq, error = %msg, "dead-letter write failed; will retry");
+            Err(refusal) => {
+                tracing::error!(consumer = %self.name, seq, error = %refusal, "dead-letter write failed; will retry");
                 self.retry_dead_letter(seq);
             }
         }
@@ -562,11 +549,9 @@ impl Actor {
     }
 
     async fn read(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StoreError> {
-        let storage = self.log.storage.clone();
-        let id = self.id;
-        tokio::task::spawn_blocking(move || storage.read(id, from, max.max(1), 4 * 1024 * 1024))
+        self.log
+            .read(&self.topic, from, max.max(1), READ_BYTES)
             .await
-            .unwrap_or_else(|e| Err(StoreError::Engine(format!("read task failed: {e}"))))
     }
 
     async fn read_one(&self, seq: u64) -> Result<Option<LogEntry>, StoreError> {
@@ -617,12 +602,10 @@ impl Actor {
                 .map(|(seq, p)| (*seq, p.count))
                 .collect(),
         };
-        let _ = self.log.send(Request::SaveConsumer {
-            id: self.id,
-            name: self.name.clone(),
-            record,
-            stored,
-        });
+        // Fails only once the engine has stopped: the broker is stopping.
+        let _ = self
+            .log
+            .save_consumer(&self.topic, &self.name, record, stored);
     }
 }
 

@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtc_proto::v1::{self, start_position::Position};
-use rtc_proto::{ErrorCode, Frame};
+use rtc_proto::Frame;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::engine::{Log, StoredConsumer};
 use crate::outbound::Outbox;
-use crate::store::writer::{LogHandle, Refusal};
-use crate::store::{ConsumerRecord, TopicId};
+use crate::refusal::Refusal;
 
 /// Redelivery delay when a subscription does not set `ack_wait`.
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
@@ -39,8 +39,6 @@ const COMMAND_QUEUE: usize = 1024;
 /// A connection joining a consumer.
 #[derive(Debug)]
 pub struct JoinSpec {
-    /// The member's connection.
-    pub conn_id: u64,
     /// Its subscription id (carried in every Deliver).
     pub sub_id: u64,
     /// Its outbound queue.
@@ -117,7 +115,7 @@ impl MemberRef {
 #[derive(Debug)]
 pub struct Consumers {
     actors: Mutex<HashMap<(String, String), mpsc::Sender<Command>>>,
-    log: Arc<LogHandle>,
+    log: Arc<dyn Log>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -126,10 +124,10 @@ impl Consumers {
     /// A registry whose actors run on `tracker` until `cancel`, with the consumers found
     /// in the store already started (without members).
     pub fn new(
-        log: Arc<LogHandle>,
+        log: Arc<dyn Log>,
         tracker: TaskTracker,
         cancel: CancellationToken,
-        stored: Vec<(TopicId, String, ConsumerRecord)>,
+        stored: Vec<StoredConsumer>,
     ) -> Self {
         let consumers = Consumers {
             actors: Mutex::new(HashMap::new()),
@@ -137,23 +135,8 @@ impl Consumers {
             tracker,
             cancel,
         };
-        let names: HashMap<TopicId, String> = consumers
-            .log
-            .view
-            .list()
-            .into_iter()
-            .filter(|(_, t)| t.id != 0)
-            .map(|(name, t)| (t.id, name))
-            .collect();
-        for (id, name, record) in stored {
-            match names.get(&id) {
-                Some(topic) => {
-                    consumers.spawn(topic, &name, id, Some(record));
-                }
-                None => {
-                    tracing::warn!(topic_id = id, consumer = %name, "consumer of an unknown topic ignored")
-                }
-            }
+        for c in stored {
+            consumers.spawn(&c.topic, &c.name, Some(c.record));
         }
         consumers
     }
@@ -166,11 +149,10 @@ impl Consumers {
         &self,
         topic: &str,
         name: &str,
-        id: TopicId,
-        record: Option<ConsumerRecord>,
+        record: Option<crate::engine::ConsumerRecord>,
     ) -> mpsc::Sender<Command> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let actor = actor::Actor::new(topic, name, id, record, self.log.clone());
+        let actor = actor::Actor::new(topic, name, record, self.log.clone());
         self.tracker.spawn(actor.run(rx, self.cancel.clone()));
         self.lock()
             .insert((topic.to_string(), name.to_string()), tx.clone());
@@ -186,25 +168,19 @@ impl Consumers {
         spec: JoinSpec,
     ) -> Result<MemberRef, Refusal> {
         let view = self.log.ensure_topic(topic.to_string()).await?;
-        if view.id == 0 {
-            return Err((
-                ErrorCode::Conflict,
-                format!("topic {topic:?} is ephemeral; durable consumers need a durable topic"),
-            ));
+        if !view.is_durable() {
+            return Err(Refusal::Conflict(format!(
+                "topic {topic:?} is ephemeral; durable consumers need a durable topic"
+            )));
         }
         let key = (topic.to_string(), name.to_string());
         let existing = self.lock().get(&key).cloned();
         let tx = match existing {
             Some(tx) if !tx.is_closed() => tx,
-            _ => self.spawn(topic, name, view.id, None),
+            _ => self.spawn(topic, name, None),
         };
         let (reply, rx) = oneshot::channel();
-        let stopped = || {
-            (
-                ErrorCode::ShuttingDown,
-                "the consumer has stopped".to_string(),
-            )
-        };
+        let stopped = || Refusal::ShuttingDown("the consumer has stopped".to_string());
         tx.send(Command::Join(Box::new(spec), reply))
             .await
             .map_err(|_| stopped())?;

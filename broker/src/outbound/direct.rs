@@ -15,7 +15,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 pub use rtc_proto::tcp::TcpWriter;
@@ -50,7 +49,7 @@ impl Outbox {
     /// slow-consumer notice to send first, this just wakes the writer task.
     ///
     /// For callers that queued frames with the wake left to them
-    /// ([`Outbox::push_frame_deferred`]). Never waits; never holds the lock across a
+    /// ([`Outbox::push_frame_deferred`]; see [`crate::router::Flushes`]). Never waits; never holds the lock across a
     /// write.
     pub(crate) fn flush(&self) {
         let mut st = self.lock();
@@ -149,44 +148,6 @@ impl Outbox {
             }
         }
         Ok(())
-    }
-}
-
-/// How many outboxes a [`Flushes`] list holds for direct writes; the writers of any more
-/// are woken at once. Writing to thousands of connections from one thread, after queuing
-/// to all of them, took ~35 % longer to reach them all (a broadcast to 9 000) than
-/// waking their writers as they were queued to, which then run on every worker while
-/// the rest is queued.
-const DIRECT_BUDGET: usize = 16;
-
-/// Outboxes queued to with their wake left to the caller (their queue was empty), to be
-/// flushed together once the caller has queued everything it has: a session at the end
-/// of the frames of one read, the storage thread at the end of a pass. Anything still
-/// listed when this is dropped is flushed then, so no wake is lost.
-#[derive(Debug, Default)]
-pub struct Flushes(Vec<Arc<Outbox>>);
-
-impl Flushes {
-    /// Lists an outbox to flush; once [`DIRECT_BUDGET`] are listed, wakes its writer
-    /// instead.
-    pub fn push(&mut self, outbox: Arc<Outbox>) {
-        if self.0.len() < DIRECT_BUDGET {
-            self.0.push(outbox);
-        } else {
-            outbox.wake();
-        }
-    }
-
-    /// Flushes every listed outbox ([`Outbox::flush`]), in the order listed, and empties
-    /// the list.
-    pub fn flush_all(&mut self) {
-        self.0.drain(..).for_each(|outbox| outbox.flush());
-    }
-}
-
-impl Drop for Flushes {
-    fn drop(&mut self) {
-        self.flush_all();
     }
 }
 

@@ -1,9 +1,14 @@
 //! The per-connection outbound queue ([`Outbox`]) and the writer task that drains it into
-//! the socket (`write_loop`).
+//! the connection's [`FrameSink`] (`write_loop`).
 //!
 //! Everything a connection is sent goes through its `Outbox`: responses from its own
 //! session (PubAck, SubAck, Error, Pong, …) and deliveries pushed by other connections'
-//! publishes via the router. The queue holds two kinds of entry:
+//! publishes via the router, through the connection's [`Subscription`]s (this module's
+//! implementation of [`crate::router::Subscriber`]). Frames are queued in rtc's own
+//! encoding, length-prefixed protobuf; a transport that frames messages itself (a
+//! WebSocket, one frame per message) or re-encodes them (JSON) does so in its
+//! [`FrameSink`], so the queue, its limits and its slow-consumer policy are the same for
+//! every transport. The queue holds two kinds of entry:
 //!
 //! - **chunks** of encoded frames (length prefix included, up to [`CHUNK`] bytes each):
 //!   responses, and deliveries of a message that only this connection gets, are encoded
@@ -54,10 +59,14 @@ use rtc_proto::Frame;
 use tokio::sync::Notify;
 
 mod direct;
+mod subscription;
 mod writer;
 
-pub use direct::{DirectWrite, Flushes, TcpWriter};
+pub use crate::router::Share;
+pub use direct::{DirectWrite, TcpWriter};
+pub use subscription::Subscription;
 pub(crate) use writer::write_loop;
+pub use writer::{ByteStream, FrameSink};
 
 /// Frames are encoded into chunks of this size (a larger frame gets a chunk of its own);
 /// the writer also writes shared deliveries in pieces of about this size.
@@ -205,19 +214,10 @@ pub struct Outbox {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
-/// How a delivery's message gets into the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Share {
-    /// Copied into the queue now: the message goes to this subscriber alone.
-    Copy,
-    /// Queued by reference and copied by the writer: other subscribers get the same
-    /// message, or the caller owns it anyway.
-    Reference,
-}
-
 impl Outbox {
     /// A queue capped at `max_bytes` and `max_frames` for deliveries, for a connection
-    /// that was announced `max_frame_size`.
+    /// that was announced `max_frame_size`. (Sessions use [`Outbox::with_direct`].)
+    #[cfg(any(test, feature = "internals"))]
     pub fn new(max_bytes: usize, max_frames: usize, max_frame_size: usize) -> Self {
         Self::with_direct(max_bytes, max_frames, max_frame_size, None)
     }
@@ -270,7 +270,7 @@ impl Outbox {
 
     /// [`Outbox::push_deliver`] that leaves waking the writer to the caller: `None` if
     /// the delivery was dropped, `Some(true)` if it found the queue empty, so the caller
-    /// must [`Outbox::flush`] (see [`Flushes`]) once it has queued what it has.
+    /// must [`Outbox::flush`] (see [`crate::router::Flushes`]) once it has queued what it has.
     pub(crate) fn push_deliver_deferred(
         &self,
         sub_id: u64,
@@ -449,6 +449,7 @@ impl Outbox {
     }
 
     /// Whether `Outbox::close` was called or the writer stopped.
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }

@@ -3,8 +3,14 @@
 //! are, shared deliveries behind their own `Deliver` header) and flushes once per batch.
 //! It stops when the outbox is closed and drained or the socket fails, and then releases
 //! the outbox's buffers.
+//!
+//! It writes into a [`FrameSink`], the transport seam on the way out: [`ByteStream`] for
+//! TCP, TLS and QUIC streams, which carry the frames as they are; a WebSocket sink
+//! would send each frame as one message, in binary or mapped to JSON.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
@@ -14,12 +20,42 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{encode_shared_run, Entry, Outbox, CHUNK, KEEP, TRIM_AFTER};
 
-/// Drains `outbox` into `writer` until the outbox is closed and empty or the socket fails,
-/// then shuts the writer down.
-pub(crate) async fn write_loop<W>(outbox: std::sync::Arc<Outbox>, mut writer: W)
-where
-    W: AsyncWrite + Unpin,
-{
+/// Where a connection's writer puts its frames.
+///
+/// [`FrameSink::write`] gets whole frames in rtc's encoding (a 4-byte big-endian length,
+/// then a `Frame`), one or many at a time, in order. The one exception is the remainder
+/// of a frame a direct write began (see [`crate::outbound::DirectWrite`]), which only a
+/// byte stream can be given, since only a TCP socket is written directly.
+pub trait FrameSink: Send + 'static {
+    /// Sends `frames`.
+    fn write(&mut self, frames: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Pushes out what the sink buffered (called once per batch).
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends the connection's output once everything queued is written.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A byte stream (TCP, TLS, a QUIC stream): frames go out exactly as queued.
+#[derive(Debug)]
+pub struct ByteStream<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for ByteStream<W> {
+    async fn write(&mut self, frames: &[u8]) -> io::Result<()> {
+        self.0.write_all(frames).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// Drains `outbox` into `sink` until the outbox is closed and empty or the sink fails,
+/// then closes the sink.
+pub(crate) async fn write_loop<W: FrameSink>(outbox: std::sync::Arc<Outbox>, mut writer: W) {
     let mut batch = VecDeque::new();
     // Shared deliveries (and the slow-consumer notice) are encoded here.
     let mut out = BytesMut::new();
@@ -63,40 +99,34 @@ where
     }
     outbox.close();
     outbox.release_all();
-    let _ = writer.shutdown().await;
+    writer.close().await;
 }
 
 /// Writes a batch in order (chunks as they are, runs of shared deliveries encoded into
 /// `out` first, after whatever `out` already holds), then flushes. Leaves `batch` and
 /// `out` empty, whatever happens.
-async fn write_batch<W>(
+async fn write_batch<W: FrameSink>(
     outbox: &Outbox,
     batch: &mut VecDeque<Entry>,
     out: &mut BytesMut,
     writer: &mut W,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
+) -> io::Result<()> {
     let result = write_entries(outbox, batch, out, writer).await;
     batch.clear();
     out.clear();
     result
 }
 
-async fn write_entries<W>(
+async fn write_entries<W: FrameSink>(
     outbox: &Outbox,
     batch: &mut VecDeque<Entry>,
     out: &mut BytesMut,
     writer: &mut W,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
+) -> io::Result<()> {
     while !batch.is_empty() {
         if encode_shared_run(batch, out) > 0 {
             if out.len() >= CHUNK {
-                writer.write_all(out).await?;
+                writer.write(out).await?;
                 out.clear();
             }
             continue;
@@ -104,15 +134,15 @@ where
         // The front is a chunk: what `out` holds goes first.
         if let Some(Entry::Chunk(buf)) = batch.pop_front() {
             if !out.is_empty() {
-                writer.write_all(out).await?;
+                writer.write(out).await?;
                 out.clear();
             }
-            writer.write_all(&buf).await?;
+            writer.write(&buf).await?;
             outbox.recycle(buf);
         }
     }
     if !out.is_empty() {
-        writer.write_all(out).await?;
+        writer.write(out).await?;
         out.clear();
     }
     writer.flush().await

@@ -1,24 +1,24 @@
 //! Topic administration requests: create (or re-configure) a topic, describe one, list
 //! them. Creation goes through the storage thread, which persists the settings; the
-//! descriptions come from the store's [`crate::store::writer::LogView`].
+//! descriptions come from the log engine's topic metadata ([`crate::engine::Log`]).
 
 use rtc_proto::topic::{validate_publish_topic, validate_topic};
 use rtc_proto::v1::{self, frame::Op, StorageClass};
-use rtc_proto::{ErrorCode, Frame};
+use rtc_proto::Frame;
 
 use super::Session;
 use crate::outbound::Closed;
+use crate::refusal::Refusal;
 
 /// Room left in a `TopicList` frame for its envelope.
 const LIST_MARGIN: usize = 1024;
 
 impl Session {
     pub(super) async fn topic_create(&mut self, c: v1::TopicCreate) -> Result<(), Closed> {
-        let err = |code: ErrorCode, msg: String| Frame::error(c.req_id, code, msg);
+        let req_id = c.req_id;
         if let Err(e) = validate_publish_topic(&c.name) {
-            return self
-                .send(err(ErrorCode::InvalidTopic, format!("{:?}: {e}", c.name)))
-                .await;
+            let refusal = Refusal::InvalidTopic(format!("{:?}: {e}", c.name));
+            return self.refuse(req_id, refusal).await;
         }
         if !self.identity.can_publish(&c.name) {
             let msg = format!(
@@ -26,30 +26,28 @@ impl Session {
                 self.identity.name(),
                 c.name
             );
-            return self.send(err(ErrorCode::PermissionDenied, msg)).await;
+            return self.refuse(req_id, Refusal::PermissionDenied(msg)).await;
         }
         let settings = c.settings.unwrap_or_default();
         if StorageClass::try_from(settings.storage).is_err() {
             let msg = format!("unknown storage class {}", settings.storage);
-            return self.send(err(ErrorCode::InvalidRequest, msg)).await;
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }
         match self.shared.log.create_topic(c.name.clone(), settings).await {
             Ok(view) => {
-                let info = view.info(c.req_id, &c.name);
+                let info = view.info(req_id, &c.name);
                 self.send(Frame::from_op(Op::TopicInfo(info))).await
             }
-            Err((code, msg)) => self.send(err(code, msg)).await,
+            Err(refusal) => self.refuse(req_id, refusal).await,
         }
     }
 
     pub(super) async fn topic_info(&mut self, r: v1::TopicInfoRequest) -> Result<(), Closed> {
         if let Err(e) = validate_topic(&r.name) {
             let msg = format!("{:?}: {e}", r.name);
-            return self
-                .send(Frame::error(r.req_id, ErrorCode::InvalidTopic, msg))
-                .await;
+            return self.refuse(r.req_id, Refusal::InvalidTopic(msg)).await;
         }
-        match self.shared.log.view.get(&r.name) {
+        match self.shared.log.topic(&r.name) {
             Some(view) => {
                 let info = view.info(r.req_id, &r.name);
                 self.send(Frame::from_op(Op::TopicInfo(info))).await
@@ -59,8 +57,7 @@ impl Session {
                     "no topic {:?} (created by `topic create` or a first publish)",
                     r.name
                 );
-                self.send(Frame::error(r.req_id, ErrorCode::NotFound, msg))
-                    .await
+                self.refuse(r.req_id, Refusal::NotFound(msg)).await
             }
         }
     }
@@ -73,7 +70,7 @@ impl Session {
             truncated: false,
         };
         let mut size = 0;
-        for (name, view) in self.shared.log.view.list() {
+        for (name, view) in self.shared.log.topics() {
             let info = view.info(0, &name);
             size += prost::Message::encoded_len(&info) + 4;
             if size > budget {
@@ -95,8 +92,7 @@ impl Session {
             }
             None => {
                 let msg = format!("no consumer {:?} on topic {:?}", r.name, r.topic);
-                self.send(Frame::error(r.req_id, ErrorCode::NotFound, msg))
-                    .await
+                self.refuse(r.req_id, Refusal::NotFound(msg)).await
             }
         }
     }

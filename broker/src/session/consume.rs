@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use rtc_proto::topic::{dead_letter_topic, validate_consumer_name, validate_topic};
 use rtc_proto::v1::{self, frame::Op, start_position::Position, AckMode};
-use rtc_proto::{ErrorCode, Frame};
+use rtc_proto::Frame;
 
 use super::pubsub::ActiveSub;
 use super::Session;
 use crate::consumer::{JoinSpec, DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT};
 use crate::outbound::Closed;
+use crate::refusal::Refusal;
 
 /// Deliveries one Ack/Nack/InProgress may name.
 const MAX_SEQS: usize = 10_000;
@@ -31,25 +32,24 @@ impl Session {
         s: v1::Subscribe,
         start: Option<Position>,
     ) -> Result<(), Closed> {
-        let err = |code: ErrorCode, msg: String| Frame::error(s.req_id, code, msg);
+        let req_id = s.req_id;
         if let Err(msg) = validate_consumer_name(&s.consumer) {
-            return self.send(err(ErrorCode::InvalidRequest, msg)).await;
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }
         if validate_topic(&s.pattern).is_err() {
             let msg = format!(
                 "a durable consumer reads one topic; {:?} is a pattern (no wildcards allowed)",
                 s.pattern
             );
-            return self.send(err(ErrorCode::InvalidRequest, msg)).await;
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }
         let dlq = dead_letter_topic(&s.pattern, &s.consumer);
         if let Err(e) = validate_topic(&dlq) {
             let msg = format!("its dead-letter topic {dlq:?} would be invalid: {e}");
-            return self.send(err(ErrorCode::InvalidRequest, msg)).await;
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }
         let explicit_ack = s.ack_mode != AckMode::None as i32;
         let spec = JoinSpec {
-            conn_id: self.conn_id,
             sub_id: s.sub_id,
             outbox: self.outbox.clone(),
             first_frame: Frame::from_op(Op::SubAck(v1::SubAck {
@@ -88,7 +88,7 @@ impl Session {
                 );
                 Ok(())
             }
-            Err((code, msg)) => self.send(err(code, msg)).await,
+            Err(refusal) => self.refuse(req_id, refusal).await,
         }
     }
 
@@ -103,15 +103,11 @@ impl Session {
         let member = match self.subs.get(&sub_id) {
             None => {
                 let msg = format!("sub_id {sub_id} is not an active subscription");
-                return self
-                    .send(Frame::error(req_id, ErrorCode::UnknownSubscription, msg))
-                    .await;
+                return self.refuse(req_id, Refusal::UnknownSubscription(msg)).await;
             }
             Some(ActiveSub { member: None, .. }) => {
                 let msg = format!("sub_id {sub_id} is not a durable consumer subscription; nothing to acknowledge");
-                return self
-                    .send(Frame::error(req_id, ErrorCode::InvalidRequest, msg))
-                    .await;
+                return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
             }
             Some(ActiveSub {
                 member: Some(m), ..
@@ -122,9 +118,7 @@ impl Session {
                 "{} seqs in one request; the limit is {MAX_SEQS}",
                 seqs.len()
             );
-            return self
-                .send(Frame::error(req_id, ErrorCode::InvalidRequest, msg))
-                .await;
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }
         let done = match kind {
             Settle::Ack => member.ack(seqs, req_id != 0).await,
@@ -135,9 +129,7 @@ impl Session {
             let msg =
                 "the consumer's state could not be stored; the request may not have taken effect"
                     .to_string();
-            return self
-                .send(Frame::error(req_id, ErrorCode::Storage, msg))
-                .await;
+            return self.refuse(req_id, Refusal::Storage(msg)).await;
         }
         if req_id != 0 {
             self.send(Frame::from_op(Op::Confirm(v1::Confirm { req_id })))

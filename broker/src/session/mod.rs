@@ -1,16 +1,24 @@
-//! One session per client connection: handshake, read loop and dispatch. The requests
-//! themselves are handled in [`pubsub`] (publish, subscribe, unsubscribe), [`consume`]
-//! (durable consumer subscriptions, acks) and [`admin`] (topic and consumer
-//! administration).
+//! One session per client connection: handshake, read loop and dispatch — the core every
+//! transport shares. The requests themselves are handled in [`pubsub`] (publish,
+//! subscribe, unsubscribe), [`consume`] (durable consumer subscriptions, acks) and
+//! [`admin`] (topic and consumer administration).
 //!
-//! The session is transport-agnostic: it is handed a reader and a writer. It spawns the
-//! connection's writer task ([`crate::outbound::write_loop`]) over the writer, then reads
-//! frames and handles each in turn — so one client's requests are handled in the order
-//! sent. Every answer goes through the connection's [`Outbox`]; publishes fan out through
-//! the [`crate::router::Router`] into other connections' outboxes. What one read's frames
-//! queued is flushed after them, once per outbox (`Session::flush`): written right there
-//! when the connection's writer is idle, so an answer or a delivery to a quiet
-//! connection costs no thread wake-up.
+//! # The transport seam
+//! A session knows neither the byte stream nor the frame encoding. It is handed a
+//! [`Connection`]: a [`FrameSource`] it reads decoded frames from (`source.rs`; a byte
+//! stream of length-prefixed frames is [`ByteStreamSource`]), a
+//! [`crate::outbound::FrameSink`] its writer task writes frames into, and what the
+//! transport offers besides (direct writes for TCP, datagrams for QUIC). A WebSocket
+//! connection carrying binary frames, or their JSON mapping, is one more source and sink;
+//! everything here — handshake, auth, limits, heartbeats, errors — applies unchanged.
+//!
+//! It spawns the connection's writer task ([`crate::outbound::write_loop`]) over the
+//! sink, then reads frames and handles each in turn — so one client's requests are
+//! handled in the order sent. Every answer goes through the connection's [`Outbox`];
+//! publishes fan out through the [`crate::router::Router`] into other connections'
+//! queues. What one read's frames queued is flushed after them, once per queue
+//! (`Session::flush`): written right there when the connection's writer is idle, so an
+//! answer or a delivery to a quiet connection costs no thread wake-up.
 //!
 //! Lifecycle: `Hello` must arrive within `handshake_timeout`; after `Welcome` the client
 //! must send something every `heartbeat_interval` and is closed after three silent
@@ -21,54 +29,129 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures_util::StreamExt;
-use rtc_proto::codec::{grow_read_buffer, shrink_read_buffer, CodecError};
 use rtc_proto::silence::{Silence, SILENT_INTERVALS};
 use rtc_proto::v1::{self, frame::Op};
-use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use rtc_proto::{Frame, PROTOCOL_VERSION};
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::auth::Identity;
-use crate::outbound::{write_loop, Closed, DirectWrite, Flushes, Outbox};
-use crate::router::{DatagramSink, MatchCache};
-use crate::server::Shared;
+use crate::auth::{Auth, Identity};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::consumer::Consumers;
+use crate::delivery::{Delivery, Publishes};
+use crate::engine::Log;
+use crate::outbound::{write_loop, Closed, DirectWrite, FrameSink, Outbox};
+use crate::refusal::Refusal;
+use crate::router::{Flushes, MatchCache, Router, Subscriber};
 use crate::topic_cache::TopicCache;
 
 mod admin;
 mod consume;
 mod pubsub;
+mod source;
 mod throttle;
 
 use consume::Settle;
+pub use source::{codec_refusal, ByteStreamSource, FrameSource};
 
-/// Read buffer of a quiet connection; it grows to hold a large frame, and to
-/// `STREAMING_READ_BUFFER` while frames stream in, and shrinks back when the connection
-/// has been quiet for a heartbeat interval.
-const READ_BUFFER: usize = 512;
 /// How long a closing connection's writer gets to flush what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What every session shares: the broker's settings and services.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    /// The subscription index.
+    pub router: Arc<Router>,
+    /// The log engine: topics, reads, consumer state.
+    pub log: Arc<dyn Log>,
+    /// The same engine's appends, answered through delivery.
+    pub publishes: Arc<Publishes>,
+    /// Delivery, for its bound on appends in flight.
+    pub delivery: Arc<Delivery>,
+    /// Durable consumers.
+    pub consumers: Consumers,
+    /// Users and tokens.
+    pub auth: Auth,
+    /// Where sessions run the tasks they start (replays), so shutdown waits for them.
+    pub tasks: TaskTracker,
+    next_conn_id: AtomicU64,
+}
+
+impl Shared {
+    /// The broker's services for sessions; connection ids start at 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        router: Arc<Router>,
+        log: Arc<dyn Log>,
+        publishes: Arc<Publishes>,
+        delivery: Arc<Delivery>,
+        consumers: Consumers,
+        auth: Auth,
+        tasks: TaskTracker,
+    ) -> Self {
+        Shared {
+            config,
+            router,
+            log,
+            publishes,
+            delivery,
+            consumers,
+            auth,
+            tasks,
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id (also the owner id of its subscriptions in the router).
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What a transport offers a subscription that asked for datagrams (QUIC): a subscriber
+/// that sends what fits as unreliable datagrams and the rest through `stream`.
+pub trait Datagrams: Send + Sync + std::fmt::Debug {
+    /// Subscription `sub_id`'s subscriber, falling back to `stream`.
+    fn subscriber(&self, sub_id: u64, stream: Arc<dyn Subscriber>) -> Arc<dyn Subscriber>;
+}
+
+/// One accepted connection, as a transport hands it to a session.
+pub struct Connection<S, K> {
+    /// Frames from the client.
+    pub source: S,
+    /// Where the connection's writer puts frames for the client.
+    pub sink: K,
+    /// The peer's address, for logs.
+    pub peer: String,
+    /// The socket again, when it can also be written without waiting (TCP; see
+    /// [`Outbox::flush`]).
+    pub direct: Option<Arc<dyn DirectWrite>>,
+    /// Datagrams for subscriptions that ask for them (QUIC).
+    pub datagrams: Option<Arc<dyn Datagrams>>,
+}
+
 /// Serves one connection until it closes, the client misbehaves, or `cancel` fires.
-/// `direct` is the writer's socket again when it can also be written without waiting
-/// (TCP; see [`Outbox::flush`]).
-pub(crate) async fn run<R, W>(
+pub async fn run<S: FrameSource, K: FrameSink>(
     shared: Arc<Shared>,
-    reader: R,
-    writer: W,
-    peer: String,
+    conn: Connection<S, K>,
     cancel: CancellationToken,
-    datagrams: Option<Arc<dyn DatagramSink>>,
-    direct: Option<Arc<dyn DirectWrite>>,
-) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+) {
+    let Connection {
+        source,
+        sink,
+        peer,
+        direct,
+        datagrams,
+    } = conn;
     let config = &shared.config;
     let conn_id = shared.next_conn_id();
     let outbox = Arc::new(Outbox::with_direct(
@@ -77,9 +160,7 @@ pub(crate) async fn run<R, W>(
         config.max_frame_size,
         direct,
     ));
-    let writer_task = tokio::spawn(write_loop(outbox.clone(), writer));
-    let frames =
-        FramedRead::with_capacity(reader, FrameCodec::new(config.max_frame_size), READ_BUFFER);
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), sink));
     let mut session = Session {
         conn_id,
         shared: shared.clone(),
@@ -95,7 +176,7 @@ pub(crate) async fn run<R, W>(
         later: Flushes::default(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
-    let _ = session.serve(frames, &cancel).await;
+    let _ = session.serve(source, &cancel).await;
     // Whatever the last frames queued for others (the session may end mid-read).
     session.flush();
     session.remove_all_subscriptions().await;
@@ -109,6 +190,19 @@ pub(crate) async fn run<R, W>(
     tracing::debug!(conn_id, %peer, dropped = outbox.dropped_total(), "connection closed");
 }
 
+/// The next frame from `source`, reading as needed; `None` once the peer closed.
+async fn next_frame<S: FrameSource>(source: &mut S) -> Result<Option<Frame>, Refusal> {
+    loop {
+        if let Some(frame) = source.next_frame()? {
+            return Ok(Some(frame));
+        }
+        match source.fill().await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Ok(None),
+        }
+    }
+}
+
 struct Session {
     conn_id: u64,
     shared: Arc<Shared>,
@@ -117,8 +211,8 @@ struct Session {
     identity: Identity,
     /// The publish rate limit, if any.
     throttle: Option<throttle::Throttle>,
-    /// The QUIC connection's datagram side, for subscriptions that ask for datagrams.
-    datagrams: Option<Arc<dyn DatagramSink>>,
+    /// The transport's datagrams, for subscriptions that ask for them.
+    datagrams: Option<Arc<dyn Datagrams>>,
     /// Active subscriptions by sub_id.
     subs: HashMap<u64, pubsub::ActiveSub>,
     /// Settings of the topics this client published to lately (valid and permitted).
@@ -131,7 +225,7 @@ struct Session {
     read_ms: i64,
     /// The frame being handled is the only one its read brought, with nothing after it
     /// in the buffer: a lone publish may be stored inline (see
-    /// [`crate::store::writer::SharedWriter`]); one of a stream goes to the storage
+    /// [`crate::engine::Appender::append`]); one of a stream goes to the storage
     /// thread, which stores what arrives together in one pass.
     lone: bool,
     /// Other connections' outboxes this session queued deliveries to since it last
@@ -146,6 +240,11 @@ impl Session {
         self.outbox.push_frame_unflushed(frame).await
     }
 
+    /// Answers request `req_id` (0: none) with `refusal`'s `Error`.
+    async fn refuse(&self, req_id: u64, refusal: Refusal) -> Result<(), Closed> {
+        self.send(refusal.frame(req_id)).await
+    }
+
     /// Writes (or wakes the writers of) everything this session queued since it last
     /// flushed: deliveries to other connections first, then its own answers. Done once
     /// per read rather than per frame, so a connection gets one read's worth in one
@@ -155,31 +254,32 @@ impl Session {
         self.outbox.flush();
     }
 
-    async fn serve<R: AsyncRead + Unpin>(
+    async fn serve<S: FrameSource>(
         &mut self,
-        mut frames: FramedRead<R, FrameCodec>,
+        mut source: S,
         cancel: &CancellationToken,
     ) -> Result<(), Closed> {
         let shared = self.shared.clone();
         let config = &shared.config;
+        let shutting_down = || Refusal::ShuttingDown("broker is shutting down".into());
         // Handshake.
         let first = tokio::select! {
-            _ = cancel.cancelled() => return self.close_with(ErrorCode::ShuttingDown, "broker is shutting down").await,
-            r = tokio::time::timeout(config.handshake_timeout, frames.next()) => r,
+            _ = cancel.cancelled() => return self.close_with(shutting_down()).await,
+            r = tokio::time::timeout(config.handshake_timeout, next_frame(&mut source)) => r,
         };
         let hello = match first {
             Err(_) => {
                 let msg = format!("no Hello within {:?}", config.handshake_timeout);
-                return self.close_with(ErrorCode::HandshakeTimeout, msg).await;
+                return self.close_with(Refusal::HandshakeTimeout(msg)).await;
             }
-            Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return self.codec_error(e).await,
-            Ok(Some(Ok(Frame {
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(refusal)) => return self.close_with(refusal).await,
+            Ok(Ok(Some(Frame {
                 op: Some(Op::Hello(h)),
             }))) => h,
-            Ok(Some(Ok(other))) => {
+            Ok(Ok(Some(other))) => {
                 let msg = format!("the first frame must be Hello, got {}", other.op_name());
-                return self.close_with(ErrorCode::HandshakeRequired, msg).await;
+                return self.close_with(Refusal::HandshakeRequired(msg)).await;
             }
         };
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -187,14 +287,14 @@ impl Session {
                 "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
                 hello.protocol_version
             );
-            return self.close_with(ErrorCode::UnsupportedVersion, msg).await;
+            return self.close_with(Refusal::UnsupportedVersion(msg)).await;
         }
         match self.shared.auth.authenticate(&hello.auth_token) {
             Some(identity) => self.identity = identity,
             None => {
                 tracing::info!(conn_id = self.conn_id, client = %hello.client_name, "refused: invalid or missing token");
                 let msg = "this broker requires a valid token in Hello.auth_token";
-                return self.close_with(ErrorCode::Unauthorized, msg).await;
+                return self.close_with(Refusal::Unauthorized(msg.into())).await;
             }
         }
         tracing::debug!(conn_id = self.conn_id, client = %hello.client_name, user = self.identity.name(), "handshake done");
@@ -209,13 +309,11 @@ impl Session {
         .await?;
         self.flush();
 
-        // Read loop. Each read is decoded whole and its frames handled in turn before
-        // the next read: the timers and the shutdown signal are polled once per read,
-        // not once per frame. Silence is counted in heartbeat ticks, not by reading the
+        // Read loop. Each fill is decoded whole and its frames handled in turn before
+        // the next: the timers and the shutdown signal are polled once per read, not
+        // once per frame. Silence is counted in heartbeat ticks, not by reading the
         // clock (see rtc_proto::silence).
-        let parts = frames.into_parts();
         self.read_ms = now_ms();
-        let (mut io, mut buf, mut codec) = (parts.io, parts.read_buf, parts.codec);
         let interval = config.heartbeat_interval;
         let mut silence = Silence::default();
         // The Hello just arrived: the first interval is not a silent one.
@@ -225,12 +323,12 @@ impl Session {
         loop {
             let mut first = true;
             loop {
-                let frame = match codec.decode(&mut buf) {
+                let frame = match source.next_frame() {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
-                    Err(e) => return self.codec_error(e).await,
+                    Err(refusal) => return self.close_with(refusal).await,
                 };
-                self.lone = std::mem::take(&mut first) && buf.is_empty();
+                self.lone = std::mem::take(&mut first) && source.is_drained();
                 if !matches!(frame.op, Some(Op::Publish(_))) {
                     // Anything but a publish may wait (for the storage thread, a
                     // consumer, …): what is queued goes out first.
@@ -241,52 +339,35 @@ impl Session {
                 }
             }
             self.flush();
-            grow_read_buffer(&mut buf);
-            // Room to read into: reclaims the space of the frames decoded (moving a
-            // partial one to the front) or grows, as FramedRead does.
-            buf.reserve(1);
             let read = tokio::select! {
-                _ = cancel.cancelled() => {
-                    return self.close_with(ErrorCode::ShuttingDown, "broker is shutting down").await;
-                }
+                _ = cancel.cancelled() => return self.close_with(shutting_down()).await,
                 _ = ticks.tick() => {
                     if silence.tick() {
                         let msg = format!("nothing received for {SILENT_INTERVALS} heartbeat intervals ({:?})", interval * SILENT_INTERVALS);
-                        return self.close_with(ErrorCode::HeartbeatTimeout, msg).await;
+                        return self.close_with(Refusal::HeartbeatTimeout(msg)).await;
                     }
                     if silence.is_quiet() {
-                        shrink_read_buffer(&mut buf, READ_BUFFER);
+                        source.quiet();
                     }
                     continue;
                 }
-                read = io.read_buf(&mut buf) => read,
+                read = source.fill() => read,
             };
             match read {
-                // The client closed (a partial frame left behind is dropped with it).
-                Ok(0) => return Ok(()),
-                Ok(_) => {
+                Ok(true) => {
                     silence.heard();
                     self.read_ms = now_ms();
                 }
-                Err(_) => return Ok(()),
+                // The client closed, or the connection broke.
+                Ok(false) | Err(_) => return Ok(()),
             }
         }
     }
 
     /// Sends a closing error; the caller then ends the session.
-    async fn close_with(&self, code: ErrorCode, msg: impl Into<String>) -> Result<(), Closed> {
-        let msg = msg.into();
-        tracing::debug!(conn_id = self.conn_id, ?code, %msg, "closing connection");
-        self.send(Frame::error(0, code, msg)).await
-    }
-
-    async fn codec_error(&self, e: CodecError) -> Result<(), Closed> {
-        let code = match &e {
-            CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            CodecError::Decode(_) => ErrorCode::BadFrame,
-            CodecError::Io(_) => return Ok(()),
-        };
-        self.close_with(code, e.to_string()).await
+    async fn close_with(&self, refusal: Refusal) -> Result<(), Closed> {
+        tracing::debug!(conn_id = self.conn_id, code = ?refusal.code(), msg = %refusal, "closing connection");
+        self.refuse(0, refusal).await
     }
 
     /// Handles one frame after the handshake. `Break` ends the session.
@@ -302,11 +383,9 @@ impl Session {
             }
             Some(Op::Pong(_)) => {}
             Some(Op::Hello(_)) => {
-                self.close_with(
-                    ErrorCode::HandshakeRequired,
-                    "Hello was already received on this connection",
-                )
-                .await?;
+                let msg = "Hello was already received on this connection";
+                self.close_with(Refusal::HandshakeRequired(msg.into()))
+                    .await?;
                 return Ok(ControlFlow::Break(()));
             }
             Some(Op::Error(e)) => {
@@ -325,8 +404,7 @@ impl Session {
                 | Op::ConsumerList(_),
             ) => {
                 let msg = format!("{op_name} is sent by the broker, not accepted from clients");
-                self.send(Frame::error(0, ErrorCode::Unsupported, msg))
-                    .await?;
+                self.refuse(0, Refusal::Unsupported(msg)).await?;
             }
             Some(Op::TopicCreate(c)) => self.topic_create(c).await?,
             Some(Op::TopicInfoRequest(r)) => self.topic_info(r).await?,
@@ -344,18 +422,10 @@ impl Session {
             Some(Op::ConsumerInfoRequest(r)) => self.consumer_info(r).await?,
             Some(Op::ConsumerListRequest(r)) => self.consumer_list(r).await?,
             None => {
-                self.send(Frame::error(0, ErrorCode::Unsupported, "unknown operation"))
+                self.refuse(0, Refusal::Unsupported("unknown operation".into()))
                     .await?
             }
         }
         Ok(ControlFlow::Continue(()))
     }
-}
-
-/// Milliseconds since the Unix epoch, the broker's message timestamp.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -3,28 +3,30 @@
 //! A publish's topic checks, settings and matching subscriptions are remembered per
 //! session for the few topics it publishes to (see [`crate::topic_cache`]), so a client
 //! streaming publishes pays for them once. A publish to an ephemeral topic is fanned
-//! out here, at once. A publish to a durable topic is handed to the storage thread,
-//! which answers the client and fans the message out once it is stored (see
-//! [`crate::store::writer`]); the session does not wait for it, so one connection can
-//! have many publishes in flight. A subscription with a start position other than `new`
-//! gets a [`Gate`] and a replay task (see [`crate::replay`]).
+//! out here, at once. A publish to a durable topic is handed to the log engine, and once
+//! it is stored delivery fans it out and answers the client (see [`crate::delivery`]);
+//! the session does not wait for it, so one connection can have many publishes in
+//! flight. A subscription with a start position other than `new` gets a [`Gate`] and a
+//! replay task (see [`crate::replay`]).
 
 use std::sync::Arc;
 
 use rtc_proto::codec::deliver_frame_len;
 use rtc_proto::topic::{validate_pattern, validate_publish_topic};
 use rtc_proto::v1::{self, frame::Op, start_position::Position, TopicSettings};
-use rtc_proto::{ErrorCode, Frame};
+use rtc_proto::Frame;
 use tokio::task::JoinHandle;
 
-use super::{now_ms, Session};
+use super::{Session, Shared};
 use crate::auth::Identity;
+use crate::clock::now_ms;
 use crate::consumer::MemberRef;
-use crate::outbound::Closed;
-use crate::replay::{self, Gate, ReplayContext};
+use crate::delivery::Origin;
+use crate::engine::Append;
+use crate::outbound::{Closed, Subscription};
+use crate::refusal::Refusal;
+use crate::replay::{self, Gate};
 use crate::router::Subscriber;
-use crate::server::Shared;
-use crate::store::writer::{Append, Request, Responder};
 use crate::topic::is_durable;
 
 /// Bytes the broker may add to a message when it stores it (the seq field at most).
@@ -42,26 +44,30 @@ pub(crate) struct ActiveSub {
 
 impl Session {
     pub(super) async fn publish(&mut self, p: v1::Publish) -> Result<(), Closed> {
-        let reply = |code: ErrorCode, msg: String| Frame::error(p.req_id, code, msg);
+        let v1::Publish {
+            req_id,
+            topic,
+            payload,
+            headers,
+            msg_id,
+        } = p;
         // Validity, permission and settings of the topic: checked once per topic while
-        // the topic registry does not change.
-        let generation = self.shared.topics.generation();
-        let checked = self
-            .known_topics
-            .get_or_try_insert(generation, &p.topic, || {
-                check_publish_topic(&self.shared, &self.identity, &p.topic)
-            });
+        // the settings in force do not change.
+        let generation = self.shared.log.settings_generation();
+        let checked = self.known_topics.get_or_try_insert(generation, &topic, || {
+            check_publish_topic(&self.shared, &self.identity, &topic)
+        });
         let settings = match checked {
             Ok(settings) => *settings,
-            Err((code, msg)) => return self.send(reply(code, msg)).await,
+            Err(refusal) => return self.refuse(req_id, refusal).await,
         };
         let max_payload = self.shared.config.max_payload;
-        if p.payload.len() > max_payload {
+        if payload.len() > max_payload {
             let msg = format!(
                 "payload of {} bytes; the limit is {max_payload}",
-                p.payload.len()
+                payload.len()
             );
-            return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
+            return self.refuse(req_id, Refusal::PayloadTooLarge(msg)).await;
         }
         if let Some((wait, tell)) = self.throttle.as_mut().and_then(|t| t.take()) {
             if tell {
@@ -69,24 +75,23 @@ impl Session {
                 let msg = format!(
                     "publishing faster than {rate}/s; this connection is being slowed down"
                 );
-                self.send(Frame::error(0, ErrorCode::RateLimited, msg))
-                    .await?;
+                self.refuse(0, Refusal::RateLimited(msg)).await?;
             }
             self.flush();
             tokio::time::sleep(wait).await;
             // Accepted after the wait, not when read.
             self.read_ms = now_ms();
         }
-        if let Err(msg) = rtc_proto::headers::validate_headers(&p.headers) {
-            return self.send(reply(ErrorCode::InvalidRequest, msg)).await;
+        if let Err(msg) = rtc_proto::headers::validate_headers(&headers) {
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }
         let message = v1::Message {
-            topic: p.topic,
-            payload: p.payload,
-            headers: p.headers,
+            topic,
+            payload,
+            headers,
             seq: 0,
             timestamp_ms: self.read_ms,
-            msg_id: p.msg_id,
+            msg_id,
             delivery_count: 1,
         };
         // The Deliver built from this publish must fit the frame limit we announced.
@@ -95,7 +100,7 @@ impl Session {
         let max = self.shared.config.max_frame_size;
         if len > max {
             let msg = format!("message would be a {len}-byte Deliver frame; the limit is {max}");
-            return self.send(reply(ErrorCode::PayloadTooLarge, msg)).await;
+            return self.refuse(req_id, Refusal::PayloadTooLarge(msg)).await;
         }
         if !is_durable(&settings) {
             let fanout = self.shared.router.publish_cached(
@@ -113,9 +118,9 @@ impl Session {
                 self.flush();
                 tokio::task::yield_now().await;
             }
-            if p.req_id != 0 {
+            if req_id != 0 {
                 let ack = v1::PubAck {
-                    req_id: p.req_id,
+                    req_id,
                     seq: 0,
                     duplicate: false,
                 };
@@ -123,62 +128,53 @@ impl Session {
             }
             return Ok(());
         }
-        // The storage thread queues the answer without waiting; keep this client's
-        // unread answers bounded by not reading further while its queue is full.
+        // Delivery queues the answer without waiting; keep this client's unread answers
+        // bounded by not reading further while its queue is full.
         self.outbox.wait_room().await?;
-        let permit = match self.shared.log.try_permit() {
+        let permit = match self.shared.delivery.try_permit() {
             Some(permit) => permit,
             None => {
-                // Waiting for the storage thread: what is queued goes out first.
+                // Waiting for the log engine: what is queued goes out first.
                 self.flush();
-                self.shared.log.permit().await
+                self.shared.delivery.permit().await
             }
         };
+        let v1::Message {
+            topic,
+            payload,
+            headers,
+            msg_id,
+            seq: _,
+            timestamp_ms: _,
+            delivery_count: _,
+        } = message;
         let append = Append {
-            topic: message.topic,
-            payload: message.payload,
-            headers: message.headers,
-            msg_id: message.msg_id,
-            responder: Responder::Client {
-                req_id: p.req_id,
+            topic,
+            payload,
+            headers,
+            msg_id,
+            origin: Origin {
+                req_id,
                 outbox: self.outbox.clone(),
                 permit,
             },
         };
-        // A lone publish is stored right here when the storage thread is idle; others
-        // are queued for it.
-        let append = if self.lone {
-            match self.shared.log.append_inline(append) {
-                None => return Ok(()),
-                Some(append) => append,
-            }
-        } else {
-            append
-        };
-        if self.shared.log.send(Request::Append(append)).is_err() {
+        if self.shared.publishes.append(append, self.lone).is_err() {
             let msg = "the storage thread has stopped; the message was not stored".to_string();
-            return self.send(reply(ErrorCode::Storage, msg)).await;
+            return self.refuse(req_id, Refusal::Storage(msg)).await;
         }
         Ok(())
     }
 
     pub(super) async fn subscribe(&mut self, s: v1::Subscribe) -> Result<(), Closed> {
-        let err = |code: ErrorCode, msg: String| Frame::error(s.req_id, code, msg);
+        let req_id = s.req_id;
         if s.sub_id == 0 {
-            return self
-                .send(err(
-                    ErrorCode::InvalidRequest,
-                    "sub_id must not be 0".into(),
-                ))
-                .await;
+            let refusal = Refusal::InvalidRequest("sub_id must not be 0".into());
+            return self.refuse(req_id, refusal).await;
         }
         if let Err(e) = validate_pattern(&s.pattern) {
-            return self
-                .send(err(
-                    ErrorCode::InvalidPattern,
-                    format!("{:?}: {e}", s.pattern),
-                ))
-                .await;
+            let refusal = Refusal::InvalidPattern(format!("{:?}: {e}", s.pattern));
+            return self.refuse(req_id, refusal).await;
         }
         if !self.identity.can_subscribe(&s.pattern) {
             let msg = format!(
@@ -186,30 +182,28 @@ impl Session {
                 self.identity.name(),
                 s.pattern
             );
-            return self.send(err(ErrorCode::PermissionDenied, msg)).await;
+            return self.refuse(req_id, Refusal::PermissionDenied(msg)).await;
         }
         if self.subs.contains_key(&s.sub_id) {
             let msg = format!("sub_id {} is already active on this connection", s.sub_id);
-            return self.send(err(ErrorCode::DuplicateSubscription, msg)).await;
+            return self
+                .refuse(req_id, Refusal::DuplicateSubscription(msg))
+                .await;
         }
         let limit = self.shared.config.max_subscriptions_per_connection;
         if self.subs.len() >= limit {
             let msg = format!("this connection already has {limit} subscriptions, the limit");
-            return self.send(err(ErrorCode::LimitExceeded, msg)).await;
+            return self.refuse(req_id, Refusal::LimitExceeded(msg)).await;
         }
         let start = match s.start.and_then(|p| p.position) {
             None | Some(Position::New(_)) => None,
             Some(Position::Seq(0)) => {
-                return self
-                    .send(err(
-                        ErrorCode::InvalidRequest,
-                        "start seq must be at least 1".into(),
-                    ))
-                    .await;
+                let refusal = Refusal::InvalidRequest("start seq must be at least 1".into());
+                return self.refuse(req_id, refusal).await;
             }
             Some(Position::RelativeMs(d)) if d > 0 => {
                 let msg = "a relative start time must be in the past (negative)".to_string();
-                return self.send(err(ErrorCode::InvalidRequest, msg)).await;
+                return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
             }
             Some(p) => Some(p),
         };
@@ -220,20 +214,19 @@ impl Session {
         let gate = start
             .as_ref()
             .map(|_| Arc::new(Gate::new(s.sub_id, self.outbox.clone(), held)));
-        self.shared.router.subscribe(
-            &s.pattern,
-            Subscriber {
-                conn_id: self.conn_id,
-                sub_id: s.sub_id,
-                outbox: self.outbox.clone(),
-                gate: gate.clone(),
-                datagrams: if s.datagrams {
-                    self.datagrams.clone()
-                } else {
-                    None
-                },
-            },
-        );
+        // Live messages reach the client through the gate while it replays, else
+        // straight into its queue; datagrams, if asked for and offered, come first.
+        let stream: Arc<dyn Subscriber> = match &gate {
+            Some(gate) => gate.clone(),
+            None => Arc::new(Subscription::new(s.sub_id, self.outbox.clone())),
+        };
+        let subscriber = match (&self.datagrams, s.datagrams) {
+            (Some(datagrams), true) => datagrams.subscriber(s.sub_id, stream),
+            _ => stream,
+        };
+        self.shared
+            .router
+            .subscribe(&s.pattern, self.conn_id, s.sub_id, subscriber);
         self.subs.insert(
             s.sub_id,
             ActiveSub {
@@ -248,11 +241,11 @@ impl Session {
         })))
         .await?;
         if let (Some(gate), Some(start)) = (gate, start) {
-            let ctx = ReplayContext {
-                view: self.shared.log.view.clone(),
-                storage: self.shared.log.storage.clone(),
-            };
-            let task = tokio::spawn(replay::run(gate, ctx, s.pattern, start));
+            let log = self.shared.log.clone();
+            let task = self
+                .shared
+                .tasks
+                .spawn(replay::run(gate, log, s.pattern, start));
             if let Some(sub) = self.subs.get_mut(&s.sub_id) {
                 sub.replay = Some(task);
             }
@@ -264,7 +257,7 @@ impl Session {
         let Some(sub) = self.subs.remove(&u.sub_id) else {
             let msg = format!("sub_id {} is not an active subscription", u.sub_id);
             return self
-                .send(Frame::error(u.req_id, ErrorCode::UnknownSubscription, msg))
+                .refuse(u.req_id, Refusal::UnknownSubscription(msg))
                 .await;
         };
         self.end_subscription(u.sub_id, sub).await;
@@ -302,13 +295,13 @@ fn check_publish_topic(
     shared: &Shared,
     identity: &Identity,
     topic: &str,
-) -> Result<TopicSettings, (ErrorCode, String)> {
+) -> Result<TopicSettings, Refusal> {
     if let Err(e) = validate_publish_topic(topic) {
-        return Err((ErrorCode::InvalidTopic, format!("{topic:?}: {e}")));
+        return Err(Refusal::InvalidTopic(format!("{topic:?}: {e}")));
     }
     if !identity.can_publish(topic) {
         let msg = format!("user {:?} may not publish to {topic:?}", identity.name());
-        return Err((ErrorCode::PermissionDenied, msg));
+        return Err(Refusal::PermissionDenied(msg));
     }
-    Ok(shared.topics.resolve(topic))
+    Ok(shared.log.settings(topic))
 }

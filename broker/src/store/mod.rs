@@ -1,17 +1,25 @@
-//! Durable storage: the [`Storage`] trait, its sled implementation ([`sled_store`], which
-//! keeps messages in [`chunk`]s) and the
-//! storage thread that is its only writer ([`writer`], with retention in
-//! `writer/retention.rs`). [`handle`] is the sessions' side of that thread (requests,
-//! [`handle::LogHandle`]); [`view`] is what everyone may read about topics without asking
-//! it; `dedup` is the per-topic dedup index the thread keeps.
+//! The local log engine: one storage thread over sled, with group commit. It implements
+//! the engine seam ([`crate::engine`]) as [`LocalEngine`].
 //!
-//! Data flow of a durable publish: the session sends an append request over a crossbeam
-//! channel to the storage thread; the thread takes every request waiting, assigns
-//! sequence numbers, checks message IDs against the dedup window, writes them all in one
-//! pass and flushes once per the fsync policy (group commit); then it fans each stored
-//! message out to live subscribers in sequence order and answers each publisher
-//! (`PubAck` or `Error`, straight into the connection's outbox). Replays read the storage
-//! directly from blocking tasks; they never go through the storage thread.
+//! - [`local`]: [`LocalEngine`], the engine's face: requests to the storage thread,
+//!   inline appends, reads on blocking threads (tracked, so shutdown waits for them).
+//! - [`writer`]: the storage thread and its writer, the only writer of the store and the
+//!   owner of topic state: sequence numbers, dedup (`dedup`), stats, retention.
+//! - [`catalog`]: the topics as everyone may read them, published by the writer.
+//! - [`sled_store`]: the [`Storage`] trait's sled implementation, keeping messages in
+//!   [`chunk`]s and each topic's newest appends in an open chunk until sealed.
+//!
+//! Data flow of a durable publish: the session hands the append to [`LocalEngine`],
+//! which sends it over a crossbeam channel to the storage thread (or, for a lone publish
+//! while the thread is idle, processes it on the session's thread); the thread takes
+//! every request waiting, assigns sequence numbers, checks message IDs against the dedup
+//! window, writes them all in one pass and flushes once per the fsync policy (group
+//! commit); then it reports the pass's outcomes to the [`CommitSink`] it was given
+//! (delivery: fan-out, then answers) and publishes the touched topics to the
+//! [`catalog::Catalog`]. Replays read the storage directly from blocking tasks; they
+//! never go through the storage thread.
+//!
+//! [`CommitSink`]: crate::engine::CommitSink
 //!
 //! # Key layout
 //! One sled tree holds everything. A pass of appends only may be held in memory, in each
@@ -36,14 +44,17 @@
 //! removal of every message by retention, so sequence numbers are never reused; on
 //! start the writer also checks the highest stored seq, and the larger wins.
 
+pub mod catalog;
 pub mod chunk;
 mod dedup;
-pub mod handle;
+pub mod local;
 pub mod sled_store;
-pub mod view;
 pub mod writer;
 
 use bytes::Bytes;
+
+pub use crate::engine::{ConsumerRecord, LogEntry, StoreError, TopicStats};
+pub use local::LocalEngine;
 
 /// Version of the key layout above. A data dir written with another version is refused.
 /// Version 2 stores messages in chunks (version 1 had one key per message).
@@ -51,21 +62,6 @@ pub const FORMAT_VERSION: u32 = 2;
 
 /// Compact numeric id of a topic, used in keys instead of its name.
 pub type TopicId = u32;
-
-/// Counters kept for each durable topic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TopicStats {
-    /// Oldest stored sequence number (0 when nothing is stored).
-    pub first_seq: u64,
-    /// Newest sequence number ever assigned (0 before the first message).
-    pub last_seq: u64,
-    /// Messages stored now.
-    pub messages: u64,
-    /// Bytes of the stored messages (their encoded size: payload, headers, topic, …).
-    pub bytes: u64,
-    /// Broker timestamp of the newest message; timestamps never go backwards in a topic.
-    pub last_ts_ms: i64,
-}
 
 impl TopicStats {
     /// Size of the encoded form.
@@ -113,22 +109,6 @@ pub struct StoredTopic {
     pub explicit: bool,
     /// Its counters.
     pub stats: TopicStats,
-}
-
-/// The persisted state of a durable consumer: its position and what it has delivered
-/// but not yet had acknowledged.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConsumerRecord {
-    /// Every seq at or below it is settled.
-    pub ack_floor: u64,
-    /// Next seq to deliver for the first time.
-    pub next_seq: u64,
-    /// Redeliveries made so far.
-    pub redelivered: u64,
-    /// Messages moved to the dead-letter topic so far.
-    pub dead_lettered: u64,
-    /// `(seq, delivery_count)` of the delivered, unacknowledged messages, in seq order.
-    pub pending: Vec<(u64, u32)>,
 }
 
 impl ConsumerRecord {
@@ -240,33 +220,9 @@ impl WriteOp {
     }
 }
 
-/// One stored message as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
-    /// Its sequence number.
-    pub seq: u64,
-    /// Broker timestamp.
-    pub ts_ms: i64,
-    /// The encoded `rtc.v1.Message`, ready to send.
-    pub message: Bytes,
-}
-
-/// A storage failure. The request that hit it was not carried out.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// An I/O error (disk full, permissions, …).
-    #[error("storage I/O error: {0}")]
-    Io(String),
-    /// The data on disk is damaged or not what this version expects.
-    #[error("storage data is corrupt: {0}")]
-    Corrupt(String),
-    /// Another failure inside the storage engine.
-    #[error("storage failure: {0}")]
-    Engine(String),
-}
-
-/// What the broker needs from a storage engine. Implementations are internally
-/// synchronised: the storage thread writes, blocking tasks read concurrently.
+/// What the local engine needs from the storage under it (sled, or a test's wrapper that
+/// injects faults). Implementations are internally synchronised: the storage thread
+/// writes, blocking tasks read concurrently.
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Every topic with stored metadata, with stats reconciled against the log.
     fn load_topics(&self) -> Result<Vec<StoredTopic>, StoreError>;

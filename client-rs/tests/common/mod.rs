@@ -57,7 +57,11 @@ pub async fn start_over(transport: Transport, tweak: impl FnOnce(&mut Config)) -
     b.ca = ca.map(|(cert, _)| cert);
     if transport == Transport::Quic {
         b.url = format!("quic://{}", b.handle.quic_addr().expect("QUIC is on"));
-        b.ca = Some(b.dir.path().join(rtc_broker::quic::GENERATED_CERT));
+        b.ca = Some(
+            b.dir
+                .path()
+                .join(rtc_broker::transport::quic::GENERATED_CERT),
+        );
     }
     b
 }

@@ -1,13 +1,14 @@
 //! Tests of direct writes with a socket that takes a set number of bytes.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rtc_proto::codec::encode_deliver;
 
 use super::*;
 use crate::outbound::{delivery_len, Share};
+use crate::router::Flushes;
 
 /// A socket that takes up to `room` bytes, at most `step` per call, then would block;
 /// or fails every write.
@@ -162,7 +163,7 @@ async fn without_a_direct_socket_a_flush_wakes_the_writer_task() {
     use tokio::io::AsyncReadExt;
     let outbox = Arc::new(Outbox::new(1 << 24, 1 << 20, 1 << 20));
     let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), writer));
+    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), crate::outbound::ByteStream(writer)));
     let mut expected = BytesMut::new();
     push(&outbox, 0, 10, &mut expected);
     let mut later = Flushes::default();
@@ -207,7 +208,7 @@ async fn spare_chunks_left_by_direct_writes_are_released_once_idle() {
     let socket = FakeSocket::new(usize::MAX, usize::MAX);
     let outbox = outbox_on(&socket);
     let (writer, _reader) = tokio::io::duplex(1 << 16);
-    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), writer));
+    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), crate::outbound::ByteStream(writer)));
     // The writer task waits with nothing to time: it holds no memory.
     tokio::task::yield_now().await;
     push(&outbox, 0, 10, &mut BytesMut::new());

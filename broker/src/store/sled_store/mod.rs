@@ -7,7 +7,7 @@
 //! flush, seals them first. Reads walk sled, then the held messages (`log.rs`).
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -27,7 +27,6 @@ use super::{
 };
 use log::{At, Entry};
 use open_chunks::OpenChunks;
-pub use open_chunks::HOLD;
 
 const VERSION_KEY: &[u8] = b"v";
 const NEXT_ID_KEY: &[u8] = b"n";
@@ -112,7 +111,6 @@ fn engine(e: sled::Error) -> StoreError {
 #[derive(Debug, Clone)]
 pub struct SledStorage {
     db: sled::Db,
-    path: PathBuf,
     open: Arc<RwLock<OpenChunks>>,
     fail: Arc<FailPoint>,
 }
@@ -246,7 +244,6 @@ impl SledStorage {
         Ok(SledStorage {
             open: Arc::new(RwLock::new(OpenChunks::new(db.clone(), fail.clone()))),
             db,
-            path: dir.to_path_buf(),
             fail,
         })
     }
@@ -301,11 +298,6 @@ impl SledStorage {
             .check()
             .and_then(|()| self.db.apply_batch(batch))
             .map_err(engine)
-    }
-
-    /// The directory the database lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -16,12 +16,20 @@ fn append(id: TopicId, seq: u64, ts_ms: i64, body: &'static [u8]) -> WriteOp {
     }
 }
 
-/// The storage thread on `storage`, with fsync `never`.
-fn start_writer(storage: SledStorage) -> crate::store::handle::LogHandle {
-    crate::store::writer::start(
+/// A commit sink that drops what it is told: these tests read the store itself.
+#[derive(Debug)]
+struct NoSink;
+
+impl crate::engine::CommitSink<()> for NoSink {
+    fn committed(&self, _pass: Vec<crate::engine::Committed<()>>) {}
+}
+
+/// The local engine (the storage thread) on `storage`, with fsync `never`.
+fn start_writer(storage: SledStorage) -> crate::store::LocalEngine<()> {
+    crate::store::LocalEngine::open(
         std::sync::Arc::new(storage),
-        std::sync::Arc::new(crate::router::Router::new()),
-        std::sync::Arc::new(crate::topic::TopicRegistry::new(&[])),
+        std::sync::Arc::new(NoSink),
+        crate::topic::TopicRules::default(),
         crate::config::FsyncPolicy::Never,
         100,
     )
@@ -262,6 +270,7 @@ fn other_format_version_is_refused() {
 /// current (a restart would otherwise have to recount the log past it).
 #[tokio::test]
 async fn a_graceful_shutdown_writes_stale_stats() {
+    use crate::engine::Log;
     let dir = tempfile::tempdir().unwrap();
     {
         let log = start_writer(open(dir.path()));
@@ -272,7 +281,7 @@ async fn a_graceful_shutdown_writes_stale_stats() {
                 .unwrap();
             assert_eq!(seq, u64::from(i) + 1);
         }
-        log.shutdown();
+        log.shutdown().await;
     }
     let s = open(dir.path());
     let topic = s
@@ -520,7 +529,7 @@ fn reads_racing_writes_see_each_message_once() {
 /// sled within about [`HOLD`]: the thread sleeps until the store's seal is due.
 #[tokio::test]
 async fn the_storage_thread_seals_held_messages_when_they_are_due() {
-    use std::sync::Arc;
+    use crate::engine::Log;
 
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
@@ -546,18 +555,14 @@ async fn the_storage_thread_seals_held_messages_when_they_are_due() {
 
     // A publish a session stores itself while the thread sleeps without a deadline:
     // it wakes the thread to set one.
-    let inline = crate::store::handle::Append {
+    let inline = crate::engine::Append {
         topic: "held.x".into(),
         payload: Bytes::from_static(b"inline"),
         headers: Default::default(),
         msg_id: String::new(),
-        responder: crate::store::handle::Responder::Client {
-            req_id: 1,
-            outbox: Arc::new(crate::outbound::Outbox::new(1 << 20, 16, 1 << 20)),
-            permit: log.permit().await,
-        },
+        origin: (),
     };
-    assert!(log.append_inline(inline).is_none(), "stored inline");
+    assert!(log.append_inline(inline), "stored inline");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while s.seal_due().is_some() {
         assert!(
@@ -567,5 +572,5 @@ async fn the_storage_thread_seals_held_messages_when_they_are_due() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert_eq!(seqs_read(&s, id, 0), vec![1, 2, 3, 4]);
-    log.shutdown();
+    log.shutdown().await;
 }

@@ -11,7 +11,7 @@ use super::Writer;
 use crate::config::FsyncPolicy;
 use crate::store::StoreError;
 
-impl Writer {
+impl<O> Writer<O> {
     /// When an `interval` policy owes a flush.
     fn flush_deadline(&self) -> Option<Instant> {
         match self.fsync {

@@ -1,6 +1,7 @@
 //! The storage thread: the only writer of the store.
 //!
-//! Sessions hand it requests over a crossbeam channel ([`LogHandle`]); a lone publish
+//! The engine's face ([`crate::store::LocalEngine`]) hands it requests over a crossbeam
+//! channel ([`Request`]); a lone publish
 //! may instead be stored by its session while the thread is idle, under the same lock
 //! and through the same pass (`writer/shared.rs`: the loop, the lock and that rule).
 //! Each pass it takes every request waiting (up to [`MAX_BATCH`] with fsync `always`,
@@ -9,13 +10,14 @@
 //! than the topic's previous one), checks the message ID against the topic's dedup
 //! window, and adds the message to the pass's one write (messages, then the updated topic
 //! stats: see the parent module). It then flushes once if the fsync policy says so
-//! (group commit), fans every stored message out to live subscribers in sequence order,
-//! and only then answers each publisher — `PubAck{seq}`, `PubAck{seq, duplicate}` or
-//! `Error{STORAGE}` — by pushing straight into the publisher's outbox.
+//! (group commit) and reports the pass's outcomes — stored (with its seq and message),
+//! duplicate, or refused — in order to the engine's [`CommitSink`]: delivery fans the
+//! stored messages out to live subscribers and then answers each publisher. The writer
+//! knows neither routing nor connections; an append's origin passes through untouched.
 //!
 //! If the write fails, nothing of the batch was applied: the in-memory state (sequence
 //! numbers, stats, dedup entries) is rolled back and every request in it gets
-//! `Error{STORAGE}`, so nothing is acknowledged that is not stored. If only the flush
+//! a refusal with `STORAGE`, so nothing is acknowledged that is not stored. If only the flush
 //! fails, the messages are in the store but not known to be on disk: the publishers get
 //! `Error{STORAGE}`, and a retry with the same message ID is answered as a duplicate once
 //! a later flush succeeds.
@@ -29,28 +31,26 @@
 //! chunks, and forgets dedup entries older than their window.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use rtc_proto::v1::{self, frame::Op, TopicSettings};
-use rtc_proto::{ErrorCode, Frame};
-use tokio::sync::Semaphore;
+use rtc_proto::v1::{self, TopicSettings};
 
+use super::catalog::Catalog;
 use super::{Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp};
+use crate::clock::now_ms;
 use crate::config::FsyncPolicy;
-use crate::outbound::{Flushes, Outbox};
-use crate::router::Router;
-use crate::session::now_ms;
-use crate::topic::{is_durable, normalize, TopicRegistry};
+use crate::engine::{Append, CommitSink, Committed, Outcome, TopicView};
+use crate::refusal::Refusal;
+use crate::topic::{is_durable, normalize};
 
 mod flush;
+mod request;
 mod retention;
 mod shared;
 mod stats;
 
-pub use super::handle::{Append, LogHandle, Refusal, Request, Responder, Stopped};
-pub use super::view::{LogView, TopicView};
+pub use request::{Reply, Request};
 pub use retention::first_at_or_after;
 pub use shared::SharedWriter;
 
@@ -62,12 +62,9 @@ pub const MAX_BATCH: usize = 4096;
 /// Most requests handled in one pass with fsync `never` or `interval`. A long window of
 /// acknowledged publishes (256 in flight) is then stored and answered in several passes,
 /// and the publisher refills its window while the rest is still being stored; with
-/// passes of the whole window, publisher and broker took turns instead of overlapping
-/// (W = 256: 81–118 k → 104–136 k msgs/s, nine alternating runs).
+/// passes of the whole window, publisher and broker take turns instead of overlapping
+/// (docs/benchmarks.md, "pass size").
 pub const MAX_PASS_UNSYNCED: usize = 48;
-/// Appends accepted but not yet answered, across all connections. Beyond it, publishers
-/// wait for a slot before their request is read further.
-pub const MAX_IN_FLIGHT: usize = 65_536;
 
 #[derive(Debug)]
 struct TopicLog {
@@ -97,18 +94,10 @@ impl TopicLog {
 
     fn view(&self) -> TopicView {
         TopicView {
-            id: self.id,
             settings: self.settings,
             stats: self.stats,
         }
     }
-}
-
-/// The result of one request in a batch, answered after the write.
-enum Outcome {
-    Stored { seq: u64, message: Bytes },
-    Duplicate { seq: u64 },
-    Refused(Refusal),
 }
 
 /// A map looked up per append, hashed with foldhash (std's SipHash was ~2 % of the
@@ -126,11 +115,13 @@ struct Undo {
     settings: HashMap<String, (TopicSettings, bool)>,
 }
 
-struct Writer {
+struct Writer<O> {
     storage: Arc<dyn Storage>,
-    router: Arc<Router>,
-    registry: Arc<TopicRegistry>,
-    view: Arc<LogView>,
+    /// Where each pass's outcomes go.
+    sink: Arc<dyn CommitSink<O>>,
+    /// Where each touched topic is published after a pass.
+    catalog: Arc<Catalog>,
+    /// The owner of topic state: every topic with its id, settings, stats and dedup.
     topics: FastMap<String, TopicLog>,
     next_id: TopicId,
     fsync: FsyncPolicy,
@@ -142,21 +133,31 @@ struct Writer {
     stopped: bool,
 }
 
-/// Loads the store, rebuilds the dedup windows, and starts the storage thread.
-pub fn start(
+/// The storage thread as its engine holds it: the channel to it, the writer it shares
+/// with inline appends, and the thread.
+pub struct Started<O> {
+    /// Requests to the thread.
+    pub tx: crossbeam_channel::Sender<Request<O>>,
+    /// The writer, for inline appends.
+    pub shared: Arc<SharedWriter<O>>,
+    /// The thread, joined on shutdown.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Loads the store, rebuilds the dedup windows, publishes every topic to `catalog`, and
+/// starts the storage thread.
+pub fn start<O: Send + 'static>(
     storage: Arc<dyn Storage>,
-    router: Arc<Router>,
-    registry: Arc<TopicRegistry>,
+    sink: Arc<dyn CommitSink<O>>,
+    catalog: Arc<Catalog>,
     fsync: FsyncPolicy,
     max_topics: usize,
-) -> Result<LogHandle, StoreError> {
-    let view = Arc::new(LogView::default());
+) -> Result<Started<O>, StoreError> {
     let mut writer = Writer {
         next_id: storage.next_topic_id()?,
         storage: storage.clone(),
-        router,
-        registry,
-        view: view.clone(),
+        sink,
+        catalog,
         topics: FastMap::default(),
         fsync,
         max_topics,
@@ -172,27 +173,19 @@ pub fn start(
         .name("rtc-storage".into())
         .spawn(move || shared::run(&thread_shared, rx))
         .map_err(|e| StoreError::Engine(format!("cannot start the storage thread: {e}")))?;
-    Ok(LogHandle {
-        tx,
-        shared,
-        view,
-        storage,
-        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        thread: Mutex::new(Some(thread)),
-    })
+    Ok(Started { tx, shared, thread })
 }
 
-impl Writer {
+impl<O> Writer<O> {
     fn recover(&mut self, stored: Vec<StoredTopic>) -> Result<(), StoreError> {
         let now = now_ms();
         let mut rewrites = Vec::new();
         for t in stored {
             let settings = if t.explicit {
-                self.registry.set_explicit(&t.name, t.settings);
                 t.settings
             } else {
                 // Auto-created topics follow the config as it is now.
-                let current = self.registry.configured(&t.name);
+                let current = self.catalog.rules().configured(&t.name);
                 if current != t.settings {
                     rewrites.push(WriteOp::PutTopic {
                         name: t.name.clone(),
@@ -218,7 +211,7 @@ impl Writer {
                     log.dedup.insert(hash, &id, seq, ts);
                 }
             }
-            self.view.set(&t.name, log.view());
+            self.catalog.set(&t.name, log.id, log.view());
             self.topics.insert(t.name, log);
         }
         if !rewrites.is_empty() {
@@ -228,7 +221,7 @@ impl Writer {
         Ok(())
     }
 
-    fn process(&mut self, batch: &mut Vec<Request>) {
+    fn process(&mut self, batch: &mut Vec<Request<O>>) {
         let mut ops = Vec::new();
         let mut undo = Undo::default();
         let mut appends = Vec::new();
@@ -257,19 +250,26 @@ impl Writer {
                     let outcome = if self.topics.contains_key(&name) {
                         Ok(())
                     } else {
-                        let settings = self.registry.resolve(&name);
+                        let settings = self.catalog.rules().configured(&name);
                         self.new_log(&name, settings, false, &mut ops, &mut undo)
                     };
                     creates.push((name, reply, outcome));
                 }
                 Request::SaveConsumer {
-                    id,
+                    topic,
                     name,
                     record,
                     stored,
                 } => {
-                    consumers.insert((id, name), record);
-                    saved.extend(stored);
+                    // A consumer lives on a durable topic, which has an id from its
+                    // creation on.
+                    match self.topics.get(&topic).map(|t| t.id) {
+                        Some(id) if id != 0 => {
+                            consumers.insert((id, name), record);
+                            saved.extend(stored);
+                        }
+                        _ => tracing::warn!(%topic, consumer = %name, "state of a consumer without a durable topic not saved"),
+                    }
                 }
                 Request::Enforce | Request::Shutdown | Request::Wake => {}
             }
@@ -301,7 +301,7 @@ impl Writer {
         };
         for name in &touched {
             if let Some(log) = self.topics.get(name) {
-                self.view.set(name, log.view());
+                self.catalog.set(name, log.id, log.view());
             }
         }
         if let Err(e) = &result {
@@ -314,42 +314,44 @@ impl Writer {
             }
             self.stats_written(stats_saved, now);
         }
-        // Fan out in sequence order, then answer: a subscription made after a publisher
-        // saw its ack must not receive that message live (answering first let a quick
-        // `New` subscriber get it).
-        let outcomes: Vec<_> = appends
-            .into_iter()
-            .map(|(a, outcome)| {
-                let outcome = match (&result, outcome) {
-                    (Err(e), Outcome::Stored { .. } | Outcome::Duplicate { .. }) => {
-                        Outcome::Refused((ErrorCode::Storage, format!("not stored: {e}")))
-                    }
-                    (_, other) => other,
-                };
-                (a, outcome)
-            })
-            .collect();
-        // Deliveries and answers are all queued first and written after, each outbox
-        // once per pass (directly from this thread when its writer is idle; see
-        // `Outbox::flush`), so each connection gets the pass's frames in one write. An
-        // outbox is listed when a frame finds its queue empty: once per pass, unless its
-        // writer emptied it meanwhile (a second flush is then harmless).
-        let mut later = Flushes::default();
-        for (a, outcome) in &outcomes {
-            if let Outcome::Stored { seq, message } = outcome {
-                self.router
-                    .publish(&a.topic, *seq, false, || message.clone(), &mut later);
-            }
+        // The sink fans out in sequence order, then answers: a subscription made after a
+        // publisher saw its ack must not receive that message live (answering first let
+        // a quick `New` subscriber get it). The broker's own appends are answered after.
+        let mut pass = Vec::with_capacity(appends.len());
+        let mut internal = Vec::new();
+        for (a, outcome) in appends {
+            let outcome = match (&result, outcome) {
+                (Err(e), Outcome::Stored { .. } | Outcome::Duplicate { .. }) => {
+                    Outcome::Refused(Refusal::Storage(format!("not stored: {e}")))
+                }
+                (_, other) => other,
+            };
+            let origin = match a.origin {
+                Reply::Origin(origin) => Some(origin),
+                Reply::Internal(reply) => {
+                    let answer = match &outcome {
+                        Outcome::Stored { seq, .. } | Outcome::Duplicate { seq } => Ok(*seq),
+                        Outcome::Refused(refusal) => Err(refusal.clone()),
+                    };
+                    internal.push((reply, answer));
+                    None
+                }
+            };
+            pass.push(Committed {
+                topic: a.topic,
+                outcome,
+                origin,
+            });
         }
-        for (a, outcome) in outcomes {
-            if let Some(outbox) = answer(a.responder, outcome) {
-                later.push(outbox);
-            }
+        if !pass.is_empty() {
+            self.sink.committed(pass);
         }
-        later.flush_all();
+        for (reply, answer) in internal {
+            let _ = reply.send(answer);
+        }
         for (name, reply, outcome) in creates {
             let answer = match (&result, outcome) {
-                (Err(e), Ok(())) => Err((ErrorCode::Storage, e.to_string())),
+                (Err(e), Ok(())) => Err(Refusal::Storage(e.to_string())),
                 (_, Err(refusal)) => Err(refusal),
                 (Ok(()), Ok(())) => Ok(self.topics[&name].view()),
             };
@@ -359,15 +361,15 @@ impl Writer {
 
     /// Assigns `a` its seq and queues its write; `a` is handed back as it came (its
     /// fields are lent to the encoder, not copied).
-    fn append(
+    fn append<X>(
         &mut self,
-        a: &mut Append,
+        a: &mut Append<X>,
         now: i64,
         ops: &mut Vec<WriteOp>,
         undo: &mut Undo,
     ) -> Outcome {
         if !self.topics.contains_key(&a.topic) {
-            let settings = self.registry.resolve(&a.topic);
+            let settings = self.catalog.rules().configured(&a.topic);
             if let Err(refusal) = self.new_log(&a.topic, settings, false, ops, undo) {
                 return Outcome::Refused(refusal);
             }
@@ -375,10 +377,10 @@ impl Writer {
         let log = self.topics.get_mut(&a.topic).expect("created above");
         if log.id == 0 {
             // Created as ephemeral while this publish was on its way: nothing to store.
-            return Outcome::Refused((
-                ErrorCode::Conflict,
-                format!("topic {:?} is ephemeral; publish again", a.topic),
-            ));
+            return Outcome::Refused(Refusal::Conflict(format!(
+                "topic {:?} is ephemeral; publish again",
+                a.topic
+            )));
         }
         let ts = now.max(log.stats.last_ts_ms);
         let id_hash = (!a.msg_id.is_empty()).then(|| log.dedup.hash(&a.msg_id));
@@ -438,13 +440,10 @@ impl Writer {
         if durable {
             let logs = self.topics.values().filter(|t| t.id != 0).count();
             if logs >= self.max_topics {
-                return Err((
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "the broker holds {} durable topics, its limit",
-                        self.max_topics
-                    ),
-                ));
+                return Err(Refusal::LimitExceeded(format!(
+                    "the broker holds {} durable topics, its limit",
+                    self.max_topics
+                )));
             }
             undo.next_id.get_or_insert(self.next_id);
             id = self.next_id;
@@ -474,15 +473,12 @@ impl Writer {
     ) -> Result<(), Refusal> {
         let settings = normalize(settings);
         let Some(log) = self.topics.get_mut(name) else {
-            self.new_log(name, settings, true, ops, undo)?;
-            self.registry.set_explicit(name, settings);
-            return Ok(());
+            return self.new_log(name, settings, true, ops, undo);
         };
         if log.id != 0 && !is_durable(&settings) {
-            return Err((
-                ErrorCode::Conflict,
-                format!("topic {name:?} is durable and has a log; it cannot become ephemeral"),
-            ));
+            return Err(Refusal::Conflict(format!(
+                "topic {name:?} is durable and has a log; it cannot become ephemeral"
+            )));
         }
         if log.id == 0 && is_durable(&settings) {
             // An ephemeral topic becoming durable gets a log from now on.
@@ -504,12 +500,11 @@ impl Writer {
                 explicit: true,
             });
         }
-        self.registry.set_explicit(name, settings);
         Ok(())
     }
 
     /// Undoes a pass whose write failed; `appends` are the pass's appends.
-    fn rollback(&mut self, undo: Undo, appends: &[(Append, Outcome)]) {
+    fn rollback(&mut self, undo: Undo, appends: &[(Append<Reply<O>>, Outcome)]) {
         for (name, stats) in undo.stats {
             if let Some(log) = self.topics.get_mut(&name) {
                 log.stats = stats;
@@ -542,43 +537,4 @@ impl Writer {
             self.next_id = id;
         }
     }
-}
-
-/// Tells an append's responder how it went; returns a client's outbox that must then be
-/// flushed ([`Outbox::flush`]).
-fn answer(responder: Responder, outcome: Outcome) -> Option<Arc<Outbox>> {
-    match responder {
-        Responder::Internal(reply) => {
-            let _ = reply.send(match outcome {
-                Outcome::Stored { seq, .. } | Outcome::Duplicate { seq } => Ok(seq),
-                Outcome::Refused(refusal) => Err(refusal),
-            });
-            None
-        }
-        Responder::Client {
-            req_id,
-            outbox,
-            permit,
-        } => {
-            let frame = match outcome {
-                Outcome::Refused((code, msg)) => Some(Frame::error(req_id, code, msg)),
-                Outcome::Stored { seq, .. } => ack(req_id, seq, false),
-                Outcome::Duplicate { seq } => ack(req_id, seq, true),
-            };
-            // A closed outbox means the publisher is gone; nobody is left to tell.
-            let wake = frame.is_some_and(|f| outbox.push_frame_deferred(f) == Ok(true));
-            drop(permit);
-            wake.then_some(outbox)
-        }
-    }
-}
-
-fn ack(req_id: u64, seq: u64, duplicate: bool) -> Option<Frame> {
-    (req_id != 0).then(|| {
-        Frame::from_op(Op::PubAck(v1::PubAck {
-            req_id,
-            seq,
-            duplicate,
-        }))
-    })
 }

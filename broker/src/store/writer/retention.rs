@@ -4,13 +4,13 @@
 //! retention and replays share.
 
 use super::Writer;
-use crate::session::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Storage, StoreError, TopicId, WriteOp};
 
 /// Most messages removed in one retention write.
 const RETENTION_CHUNK: u64 = 10_000;
 
-impl Writer {
+impl<O> Writer<O> {
     pub(super) fn enforce_retention(&mut self) {
         let now = now_ms();
         let names: Vec<String> = self.topics.keys().cloned().collect();
@@ -96,7 +96,7 @@ impl Writer {
             self.dirty = true;
             let log = self.topics.get_mut(name).expect("exists");
             log.stats = stats;
-            self.view.set(name, log.view());
+            self.catalog.set(name, log.id, log.view());
             if stats.messages == 0 {
                 return Ok(());
             }

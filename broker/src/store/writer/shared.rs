@@ -26,19 +26,20 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Append, Request, Stopped, Writer, MAX_BATCH, MAX_PASS_UNSYNCED};
+use super::{Reply, Request, Writer, MAX_BATCH, MAX_PASS_UNSYNCED};
+use crate::engine::{Append, Stopped};
 use crate::config::FsyncPolicy;
 
 /// The writer and the count of requests on their way to the storage thread.
-pub struct SharedWriter {
-    writer: Mutex<Writer>,
+pub struct SharedWriter<O> {
+    writer: Mutex<Writer<O>>,
     /// Requests sent to the storage thread whose pass has not finished.
     queued: AtomicUsize,
     /// Whether sessions may append inline (not with fsync `always`).
     inline: bool,
 }
 
-impl std::fmt::Debug for SharedWriter {
+impl<O> std::fmt::Debug for SharedWriter<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedWriter")
             .field("queued", &self.queued)
@@ -47,8 +48,8 @@ impl std::fmt::Debug for SharedWriter {
     }
 }
 
-impl SharedWriter {
-    pub(super) fn new(writer: Writer) -> Self {
+impl<O> SharedWriter<O> {
+    pub(super) fn new(writer: Writer<O>) -> Self {
         SharedWriter {
             inline: writer.fsync != FsyncPolicy::Always,
             writer: Mutex::new(writer),
@@ -56,13 +57,13 @@ impl SharedWriter {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Writer> {
+    fn lock(&self) -> MutexGuard<'_, Writer<O>> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues `request` for the storage thread, counted until its pass is done; fails
     /// only if the thread has stopped.
-    pub(crate) fn send(&self, tx: &Sender<Request>, request: Request) -> Result<(), Stopped> {
+    pub(crate) fn send(&self, tx: &Sender<Request<O>>, request: Request<O>) -> Result<(), Stopped> {
         self.queued.fetch_add(1, Ordering::SeqCst);
         tx.send(request).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -73,7 +74,11 @@ impl SharedWriter {
     /// Stores `append` and answers it from the calling thread, if the storage thread
     /// has nothing waiting and is not in a pass (`None`); otherwise hands `append` back,
     /// to be sent to the thread. `tx` is for telling the thread about a flush it owes.
-    pub(crate) fn append_inline(&self, tx: &Sender<Request>, append: Append) -> Option<Append> {
+    pub(crate) fn append_inline(
+        &self,
+        tx: &Sender<Request<O>>,
+        append: Append<Reply<O>>,
+    ) -> Option<Append<Reply<O>>> {
         if !self.inline || self.queued.load(Ordering::SeqCst) != 0 {
             return Some(append);
         }
@@ -103,7 +108,7 @@ impl SharedWriter {
 
 /// The storage thread: passes over what the channel holds until it is told to stop or
 /// every sender is gone; then a last flush.
-pub(super) fn run(shared: &SharedWriter, rx: Receiver<Request>) {
+pub(super) fn run<O>(shared: &SharedWriter<O>, rx: Receiver<Request<O>>) {
     let max_pass = if shared.lock().fsync == FsyncPolicy::Always {
         MAX_BATCH
     } else {

@@ -6,13 +6,13 @@
 //! At one publish per pass this halved the sled inserts per message.
 
 use super::Writer;
-use crate::session::now_ms;
+use crate::clock::now_ms;
 use crate::store::WriteOp;
 
 /// How often (ms) a topic's stats are written while it is appended to.
 const STATS_EVERY_MS: i64 = 1000;
 
-impl Writer {
+impl<O> Writer<O> {
     /// Marks the topics `appended` (by the pass at `now`) stale, and queues in `ops` the
     /// stats of those due; returns the names queued, for [`Writer::stats_written`] once
     /// the pass's write succeeded.
