@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use rtc_broker::{Broker, BrokerHandle, Config};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -43,8 +43,9 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
     }
 }
 
-pub struct RawConn {
-    pub framed: Framed<TcpStream, FrameCodec>,
+/// A raw protocol connection over a TCP socket, or any other byte stream (`S`).
+pub struct RawConn<S = TcpStream> {
+    pub framed: Framed<S, FrameCodec>,
     next_req: u64,
 }
 
@@ -52,15 +53,27 @@ impl RawConn {
     /// Connects without sending anything.
     pub async fn connect(addr: SocketAddr) -> RawConn {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        RawConn::over(stream)
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn hello(addr: SocketAddr) -> RawConn {
+        Self::connect(addr).await.handshake().await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
+    /// A connection over `stream`, nothing sent yet.
+    pub fn over(stream: S) -> RawConn<S> {
         RawConn {
             framed: Framed::new(stream, FrameCodec::default()),
             next_req: 1,
         }
     }
 
-    /// Connects and completes the handshake.
-    pub async fn hello(addr: SocketAddr) -> RawConn {
-        let mut c = Self::connect(addr).await;
+    /// Sends `Hello` and expects `Welcome`.
+    pub async fn handshake(mut self) -> RawConn<S> {
+        let c = &mut self;
         c.send(Frame::from_op(Op::Hello(v1::Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: "raw-test".into(),
@@ -70,7 +83,7 @@ impl RawConn {
         match c.recv().await {
             Some(Frame {
                 op: Some(Op::Welcome(_)),
-            }) => c,
+            }) => self,
             other => panic!("expected Welcome, got {other:?}"),
         }
     }
