@@ -169,8 +169,9 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             // 64 MiB, NATS's default `max_pending`: a burst to a subscriber that reads a
-            // little slower than the publisher sends is absorbed (8 MiB dropped a quarter
-            // of a 100 MB burst to ten subscribers). Only a backlog uses the memory.
+            // little slower than the publisher sends is absorbed rather than dropped
+            // (docs/benchmarks.md, "Figures behind the code"). Only a backlog uses the
+            // memory.
             outbound_queue_bytes: 64 * 1024 * 1024,
             outbound_queue_frames: 1 << 20,
             max_connections: 65_536,

@@ -53,6 +53,26 @@ pub struct Append<O> {
     pub origin: O,
 }
 
+impl<O> Append<O> {
+    /// The same append with its origin mapped (an engine wraps it in its own bookkeeping).
+    pub fn map_origin<P>(self, f: impl FnOnce(O) -> P) -> Append<P> {
+        let Append {
+            topic,
+            payload,
+            headers,
+            msg_id,
+            origin,
+        } = self;
+        Append {
+            topic,
+            payload,
+            headers,
+            msg_id,
+            origin: f(origin),
+        }
+    }
+}
+
 /// How an append went.
 #[derive(Debug, Clone)]
 pub enum Outcome {

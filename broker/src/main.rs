@@ -14,8 +14,8 @@ use rtc_broker::{Broker, BrokerHandle, Config};
 
 /// mimalloc rather than glibc's malloc: buffers are allocated on one thread and freed on
 /// another (a session's frames by the storage thread, chunks by writers), which glibc
-/// serves with arena locks and `malloc_consolidate`; with mimalloc acknowledged publish
-/// at 256 in flight went from 84 k to 94 k msgs/s (5 alternating runs each). See
+/// serves with arena locks and `malloc_consolidate`; mimalloc's per-thread heaps free
+/// across threads without them (docs/benchmarks.md, "Figures behind the code"). See
 /// [`no_huge_pages`] for what keeps its memory use at glibc's.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -23,9 +23,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process. mimalloc asks for them on its
 /// arenas (`MADV_HUGEPAGE`), and each thread that touches its heap then faults in and
-/// zeroes a whole 2 MiB page: an idle broker held 48 MB instead of 8 MB, and zeroing
-/// those pages was ~9 % of the broker's CPU while a durable topic grew. The kernel
-/// honours this flag even for regions already advised.
+/// zeroes a whole 2 MiB page: an idle broker holds several times the memory it uses, and
+/// the zeroing shows in the profile of a growing durable topic. The kernel honours this
+/// flag even for regions already advised.
 #[cfg(feature = "mimalloc")]
 fn no_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.

@@ -7,9 +7,8 @@
 //! A `VecDeque` under a mutex, which the receiver swaps out whole: a sender pushes under
 //! the lock and wakes the receiver only if it was waiting; the receiver takes everything
 //! queued in one lock and then works through it on its own. tokio's channels cost
-//! several atomic operations per item on both sides (profiled at ~13 % of a streaming
-//! client's CPU, its bounded channel more still), and moving items into and out of their
-//! blocks. A sender waits only while the queue is full. The bound applies to what is
+//! several atomic operations per item on both sides (its bounded channel more still),
+//! and moving items into and out of their blocks. A sender waits only while the queue is full. The bound applies to what is
 //! waiting in the queue; the batch the receiver took is its own, so up to twice
 //! `capacity` items may be held in all.
 //!

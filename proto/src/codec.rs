@@ -192,7 +192,7 @@ pub fn frame_len(frame: &Frame) -> usize {
 ///
 /// A `Publish` (what a fast publisher sends) goes through [`PublishRef::encode`], written
 /// by hand around prost's field encoders (prost's own path computes a nested message's
-/// size three times: ~15 % of a fire-and-forget publisher's CPU).
+/// size three times).
 pub fn encode_frame(
     frame: &Frame,
     max_frame_size: usize,

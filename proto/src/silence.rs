@@ -2,7 +2,7 @@
 //!
 //! Both ends close a connection on which nothing has arrived for [`SILENT_INTERVALS`]
 //! heartbeat intervals. Reading the clock per frame to know when the last one arrived
-//! cost a busy connection ~1–3 % of its CPU; instead, the reader marks that it heard
+//! would cost a busy connection a clock read per frame; instead, the reader marks that it heard
 //! something ([`Silence::heard`], a plain store) and a timer ticking once per interval
 //! asks [`Silence::tick`] whether a whole run of intervals went by unheard.
 

@@ -47,8 +47,8 @@ pub(crate) fn check_frame_len(len: usize, max_frame_size: usize) -> Result<(), C
 /// spare capacity.
 ///
 /// prost writes a varint a byte at a time; into a `BytesMut`, every byte is an
-/// `extend_from_slice` with its own capacity check and `memmove` call (~10 % of the
-/// broker's and the client's CPU when streaming small messages). Into a slice, each is a
+/// `extend_from_slice` with its own capacity check and `memmove` call, a large share of
+/// the work when streaming small messages. Into a slice, each is a
 /// store; and writing into the uninitialized spare capacity spares zeroing the frame
 /// (payload included) first. `len` must be what `encode` writes, as computed from the
 /// same value; otherwise this panics and appends nothing.

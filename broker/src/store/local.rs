@@ -73,20 +73,7 @@ impl<O: Send + 'static> LocalEngine<O> {
     /// would be; whether it was.
     #[cfg(test)]
     pub(crate) fn append_inline(&self, append: Append<O>) -> bool {
-        let Append {
-            topic,
-            payload,
-            headers,
-            msg_id,
-            origin,
-        } = append;
-        let append = Append {
-            topic,
-            payload,
-            headers,
-            msg_id,
-            origin: Reply::Origin(origin),
-        };
+        let append = append.map_origin(Reply::Origin);
         self.shared.append_inline(&self.tx, append).is_none()
     }
 
@@ -126,20 +113,7 @@ impl<O: Send + 'static> LocalEngine<O> {
 
 impl<O: Send + 'static> Appender<O> for LocalEngine<O> {
     fn append(&self, append: Append<O>, lone: bool) -> Result<(), Stopped> {
-        let Append {
-            topic,
-            payload,
-            headers,
-            msg_id,
-            origin,
-        } = append;
-        let append = Append {
-            topic,
-            payload,
-            headers,
-            msg_id,
-            origin: Reply::Origin(origin),
-        };
+        let append = append.map_origin(Reply::Origin);
         // A lone publish is stored right here when the storage thread is idle; others
         // are queued for it.
         let append = if lone {

@@ -3,7 +3,7 @@
 //!
 //! prost's generic decoding goes through a merge loop per nested message (for a
 //! `Deliver`, three of them) and was the largest single cost of a busy rtc-client
-//! subscriber (~14 % of its CPU) and a visible one of the broker's publish path. These
+//! subscriber and a visible one of the broker's publish path. These
 //! decoders read the same bytes straight into the generated types, with payloads
 //! zero-copy slices of the frame. Each understands exactly the fields `rtc.proto` defines
 //! for its messages; anything else — an unknown field, another operation, a malformed
