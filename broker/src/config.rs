@@ -22,6 +22,8 @@
 //! max_topics = 100000
 //! replay_buffer = 10000
 //! max_payload = 1000000
+//! max_msg_id = 256          # bytes
+//! store_cache = 268435456   # bytes of the storage engine's cache
 //! publish_rate = 1000000    # per connection, per second; 0 = no limit
 //! publish_burst = 100000
 //!
@@ -85,8 +87,15 @@ pub struct Config {
     /// drops them and re-reads the log instead (see `crate::replay`).
     pub replay_buffer: usize,
     /// Largest payload a publish may carry, in bytes (a message must also fit in
-    /// `max_frame_size` once delivered).
+    /// `max_frame_size` once delivered). Announced in `Welcome`.
     pub max_payload: usize,
+    /// Longest message ID a publish may carry, in bytes. The dedup index keeps every ID
+    /// of a topic's dedup window in memory, so this bounds what one ID costs. Announced
+    /// in `Welcome`.
+    pub max_msg_id: usize,
+    /// Bytes of the storage engine's page cache (sled's `cache_capacity`): what the
+    /// broker may keep of the log in memory beyond what it is writing.
+    pub store_cache: u64,
     /// Publishes per second one connection may make; beyond it (after `publish_burst`)
     /// the broker reads its publishes more slowly and tells it `RATE_LIMITED`. Nothing
     /// is dropped. 0 turns the limit off.
@@ -158,6 +167,14 @@ impl<'de> Deserialize<'de> for FsyncPolicy {
 pub const DEFAULT_TCP: &str = "127.0.0.1:7400";
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./rtc-data";
+/// Default [`Config::max_msg_id`]: room for a UUID, a ULID or a hash with a prefix.
+pub const DEFAULT_MAX_MSG_ID: usize = 256;
+/// The largest [`Config::max_msg_id`] allowed.
+pub const MAX_MSG_ID_LIMIT: usize = 64 * 1024;
+/// Default [`Config::store_cache`]: 256 MiB, so a small machine can run the broker.
+pub const DEFAULT_STORE_CACHE: u64 = 256 * 1024 * 1024;
+/// The smallest [`Config::store_cache`] allowed.
+pub const MIN_STORE_CACHE: u64 = 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -180,6 +197,8 @@ impl Default for Config {
             max_topics: 100_000,
             replay_buffer: 10_000,
             max_payload: 1_000_000,
+            max_msg_id: DEFAULT_MAX_MSG_ID,
+            store_cache: DEFAULT_STORE_CACHE,
             publish_rate: 1_000_000,
             publish_burst: 100_000,
             topic: Vec::new(),
@@ -241,6 +260,18 @@ impl Config {
         }
         if self.max_payload == 0 {
             return bad("max_payload must be above zero".into());
+        }
+        if !(1..=MAX_MSG_ID_LIMIT).contains(&self.max_msg_id) {
+            return bad(format!(
+                "max_msg_id must be from 1 to {MAX_MSG_ID_LIMIT} bytes, got {}",
+                self.max_msg_id
+            ));
+        }
+        if self.store_cache < MIN_STORE_CACHE {
+            return bad(format!(
+                "store_cache must be at least {MIN_STORE_CACHE} bytes, got {}",
+                self.store_cache
+            ));
         }
         if self.publish_rate > 0 && self.publish_burst == 0 {
             return bad("publish_burst must be above zero when publish_rate is set".into());

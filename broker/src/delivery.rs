@@ -21,7 +21,7 @@ use rtc_proto::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{Appender, CommitSink, Committed, Outcome};
-use crate::outbound::Outbox;
+use crate::outbound::{AnswerDue, Outbox};
 use crate::router::{Flushes, Router};
 
 /// Appends accepted but not yet answered, across all connections. Beyond it, publishers
@@ -33,8 +33,9 @@ pub const MAX_IN_FLIGHT: usize = 65_536;
 pub struct Origin {
     /// The publisher's req_id; 0 means no PubAck (errors are still sent).
     pub req_id: u64,
-    /// Where the answer goes.
-    pub outbox: Arc<Outbox>,
+    /// The answer owed, and the queue it goes into: the connection does not close its
+    /// queue before every answer owed is queued.
+    pub due: AnswerDue,
     /// Held until the answer is queued; bounds the appends in flight.
     pub permit: OwnedSemaphorePermit,
 }
@@ -105,7 +106,7 @@ impl CommitSink<Origin> for Delivery {
 fn answer(origin: Origin, outcome: Outcome) -> Option<Arc<Outbox>> {
     let Origin {
         req_id,
-        outbox,
+        due,
         permit,
     } = origin;
     let frame = match outcome {
@@ -114,9 +115,13 @@ fn answer(origin: Origin, outcome: Outcome) -> Option<Arc<Outbox>> {
         Outcome::Duplicate { seq } => ack(req_id, seq, true),
     };
     // A closed outbox means the publisher is gone; nobody is left to tell.
+    let outbox = due.outbox();
     let wake = frame.is_some_and(|f| outbox.push_frame_deferred(f) == Ok(true));
+    let outbox = wake.then(|| outbox.clone());
+    // Queued (or never to be): settled, after the frame is in the queue.
+    drop(due);
     drop(permit);
-    wake.then_some(outbox)
+    outbox
 }
 
 fn ack(req_id: u64, seq: u64, duplicate: bool) -> Option<Frame> {

@@ -7,8 +7,8 @@
 //! each matching durable topic's log from the start position to its end and delivers
 //! what it reads, remembering per topic the next seq it owes (its cursor). Then it drains
 //! the buffer, skipping any message whose seq is below the topic's cursor, and when the
-//! buffer is empty it opens the gate: from then on live messages go straight to the
-//! client, still skipping seqs below the cursors.
+//! buffer is empty it opens the gate and tells the client with `ReplayEnd`: from then on
+//! live messages go straight to the client, still skipping seqs below the cursors.
 //!
 //! Why nothing is missed: delivery fans a message out only after the engine committed
 //! it. A message not fanned out to the gate was fanned out before the
@@ -26,7 +26,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use rtc_proto::v1::start_position::Position;
+use rtc_proto::v1::{self, frame::Op, start_position::Position};
+use rtc_proto::Frame;
 
 use crate::engine::{start_seq, Log, StoreError};
 use crate::outbound::{Closed, Outbox};
@@ -88,6 +89,16 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells the client that the history is done (`ReplayEnd`). Called with the gate's
+    /// lock held, as it opens, so that it precedes every live delivery.
+    fn replay_end(&self) {
+        let end = Frame::from_op(Op::ReplayEnd(v1::ReplayEnd {
+            sub_id: self.sub_id,
+        }));
+        // A closed queue: the client is gone.
+        let _ = self.outbox.push_frame_now(end);
+    }
+
     /// A live message for this subscription (`seq` 0 for ephemeral topics). Never waits.
     pub fn offer(&self, topic: &str, seq: u64, message: &Bytes) {
         let mut st = self.lock();
@@ -138,11 +149,11 @@ pub async fn run(gate: Arc<Gate>, log: Arc<dyn Log>, pattern: String, start: Pos
         Ok(()) | Err(Failure::Closed) => {}
         Err(Failure::Store(e)) => {
             tracing::error!(sub_id = gate.sub_id, error = %e, "replay failed; continuing live");
-            open_gate(&gate, HashMap::new());
             let refusal = Refusal::Storage(format!(
                 "replay stopped by a storage error, continuing with live messages: {e}"
             ));
             let _ = gate.outbox.push_frame_now(refusal.sub_frame(gate.sub_id));
+            open_gate(&gate, HashMap::new());
         }
     }
 }
@@ -195,6 +206,8 @@ async fn catch_up(
                     // Under the same lock as the check: a live message offered between
                     // the two would be buffered, then cleared by the opening, and lost.
                     open(&mut st, cursors);
+                    // Still under the lock: no live delivery gets ahead of the marker.
+                    gate.replay_end();
                     return Ok(());
                 } else {
                     st.bytes = 0;
@@ -218,8 +231,11 @@ async fn catch_up(
     }
 }
 
+/// Opens the gate after a failed replay; the marker follows the error.
 fn open_gate(gate: &Gate, cursors: HashMap<String, u64>) {
-    open(&mut gate.lock(), cursors);
+    let mut st = gate.lock();
+    open(&mut st, cursors);
+    gate.replay_end();
 }
 
 /// Switches a gate to live (its lock held by the caller).

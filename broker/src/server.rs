@@ -155,7 +155,9 @@ impl BrokerBuilder {
                     FsyncPolicy::Never => BackgroundFlush::EveryMs(1000),
                     _ => BackgroundFlush::Off,
                 };
-                Arc::new(SledStorage::open(&dir, background).map_err(BrokerError::Storage)?)
+                let storage = SledStorage::open_with_cache(&dir, background, config.store_cache)
+                    .map_err(BrokerError::Storage)?;
+                Arc::new(storage)
             }
         };
         let in_data_dir = |e: crate::engine::StoreError| {

@@ -413,3 +413,41 @@ async fn running_out_of_descriptors_is_reported_once_and_survived() {
         "{stderr}"
     );
 }
+
+/// Message IDs are kept in memory for their topic's dedup window: a client publishing
+/// huge IDs would grow the broker by every one. Past `max_msg_id` they are refused
+/// (each with its own error), so ~100 MB of them leave the broker's memory where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_message_ids_are_refused_and_cost_no_memory() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let mut c = RawConn::hello(b.addr).await;
+    // One ordinary stored message first, so the topic and its index exist.
+    c.publish_acked("ids.durable", b"first").await;
+    let baseline = b.rss_kib();
+    const N: u64 = 200;
+    let id = "x".repeat(500 * 1024);
+    for req_id in 1..=N {
+        let mut buf = BytesMut::new();
+        let frame = Frame::from_op(Op::Publish(v1::Publish {
+            req_id,
+            topic: "ids.durable".into(),
+            payload: Bytes::from_static(b"p"),
+            msg_id: id.clone(),
+            ..Default::default()
+        }));
+        encode_frame(&frame, usize::MAX, &mut buf).unwrap();
+        c.framed.get_mut().write_all(&buf).await.unwrap();
+        let e = c.expect_error(ErrorCode::InvalidRequest).await;
+        assert_eq!(e.req_id, req_id);
+        assert!(e.message.contains("msg_id of 512000 bytes"), "{e:?}");
+    }
+    let rss = b.rss_kib();
+    println!("{N} publishes with 500 KiB message IDs: broker RSS {baseline} -> {rss} KiB");
+    assert!(
+        rss < baseline + 32 * 1024,
+        "broker memory grew by {} KiB",
+        rss.saturating_sub(baseline)
+    );
+    assert_serving(b.addr).await;
+}

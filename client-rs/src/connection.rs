@@ -502,6 +502,9 @@ async fn handle(shared: &Shared, frame: Frame, deliveries: &mut VecDeque<(u64, M
         }
         Some(Op::Error(e)) => on_connection_error(shared, &e),
         Some(Op::Pong(_)) => {}
+        // The end of a replay: deliveries go on as they come; the client does not
+        // surface it yet.
+        Some(Op::ReplayEnd(_)) => {}
         other => {
             let op = Frame { op: other }.op_name();
             tracing::debug!(op, "ignoring an operation the broker should not send");

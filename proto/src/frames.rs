@@ -74,6 +74,7 @@ impl Frame {
             Some(Op::ConsumerListRequest(_)) => "ConsumerListRequest",
             Some(Op::ConsumerInfo(_)) => "ConsumerInfo",
             Some(Op::ConsumerList(_)) => "ConsumerList",
+            Some(Op::ReplayEnd(_)) => "ReplayEnd",
         }
     }
 }

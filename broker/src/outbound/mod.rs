@@ -58,11 +58,13 @@ use rtc_proto::codec::{deliver_frame_len, encode_deliver, encode_frame, frame_le
 use rtc_proto::Frame;
 use tokio::sync::Notify;
 
+mod answers;
 mod direct;
 mod subscription;
 mod writer;
 
 pub use crate::router::Share;
+pub use answers::AnswerDue;
 pub use direct::{DirectWrite, TcpWriter};
 pub use subscription::Subscription;
 pub(crate) use writer::write_loop;
@@ -208,6 +210,8 @@ pub struct Outbox {
     max_frames: usize,
     /// The frame limit announced to the client: a larger response is not sent.
     max_frame_size: usize,
+    /// Answers owed that come from elsewhere (see `answers.rs`).
+    owed: answers::Owed,
 }
 
 /// The connection is gone; nothing more can be queued.
@@ -243,6 +247,7 @@ impl Outbox {
             max_bytes,
             max_frames,
             max_frame_size,
+            owed: answers::Owed::default(),
         }
     }
 

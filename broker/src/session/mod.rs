@@ -62,6 +62,20 @@ pub use source::{codec_refusal, ByteStreamSource, FrameSource};
 
 /// How long a closing connection's writer gets to flush what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// What every connection offers (`Welcome.features`): durable topics, replay from a
+/// position, durable consumers, topic administration, and the `ReplayEnd` marker.
+const FEATURES: [&str; 5] = [
+    "durable",
+    "replay",
+    "consumers",
+    "topic-admin",
+    "replay-end",
+];
+
+/// A limit as the `uint32` the protocol announces it in.
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 /// What every session shares: the broker's settings and services.
 #[derive(Debug)]
@@ -180,6 +194,14 @@ pub async fn run<S: FrameSource, K: FrameSink>(
     // Whatever the last frames queued for others (the session may end mid-read).
     session.flush();
     session.remove_all_subscriptions().await;
+    // Publishes still being stored are answered into the queue before it closes: a
+    // client that closed its write side after publishing still gets its PubAcks.
+    if tokio::time::timeout(DRAIN_TIMEOUT, outbox.answers_settled())
+        .await
+        .is_err()
+    {
+        tracing::warn!(conn_id, %peer, "answers still owed after {DRAIN_TIMEOUT:?}; closing without them");
+    }
     outbox.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, writer_task)
         .await
@@ -303,8 +325,10 @@ impl Session {
             protocol_version: PROTOCOL_VERSION,
             max_frame_size: config.max_frame_size as u32,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u32,
-            features: vec![],
+            features: self.features(),
             connection_id: self.conn_id,
+            max_payload: saturating_u32(config.max_payload),
+            max_msg_id: saturating_u32(config.max_msg_id),
         })))
         .await?;
         self.flush();
@@ -364,6 +388,16 @@ impl Session {
         }
     }
 
+    /// What `Welcome.features` announces on this connection (docs/protocol.md,
+    /// "Features").
+    fn features(&self) -> Vec<String> {
+        let mut features: Vec<String> = FEATURES.iter().map(|f| f.to_string()).collect();
+        if self.datagrams.is_some() {
+            features.push("datagrams".into());
+        }
+        features
+    }
+
     /// Sends a closing error; the caller then ends the session.
     async fn close_with(&self, refusal: Refusal) -> Result<(), Closed> {
         tracing::debug!(conn_id = self.conn_id, code = ?refusal.code(), msg = %refusal, "closing connection");
@@ -401,7 +435,8 @@ impl Session {
                 | Op::TopicList(_)
                 | Op::Confirm(_)
                 | Op::ConsumerInfo(_)
-                | Op::ConsumerList(_),
+                | Op::ConsumerList(_)
+                | Op::ReplayEnd(_),
             ) => {
                 let msg = format!("{op_name} is sent by the broker, not accepted from clients");
                 self.refuse(0, Refusal::Unsupported(msg)).await?;

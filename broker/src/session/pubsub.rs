@@ -69,6 +69,14 @@ impl Session {
             );
             return self.refuse(req_id, Refusal::PayloadTooLarge(msg)).await;
         }
+        let max_msg_id = self.shared.config.max_msg_id;
+        if msg_id.len() > max_msg_id {
+            let msg = format!(
+                "msg_id of {} bytes; the limit is {max_msg_id}",
+                msg_id.len()
+            );
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
+        }
         if let Some((wait, tell)) = self.throttle.as_mut().and_then(|t| t.take()) {
             if tell {
                 let rate = self.shared.config.publish_rate;
@@ -155,7 +163,7 @@ impl Session {
             msg_id,
             origin: Origin {
                 req_id,
-                outbox: self.outbox.clone(),
+                due: self.outbox.answer_due(),
                 permit,
             },
         };

@@ -175,13 +175,24 @@ pub enum BackgroundFlush {
 }
 
 impl SledStorage {
-    /// Opens (or creates) the store in `dir`. Errors name `dir` and say what is wrong.
+    /// [`SledStorage::open_with_cache`] with the default cache (tests and tools).
+    #[cfg(any(test, feature = "internals"))]
+    pub fn open(dir: &Path, background: BackgroundFlush) -> Result<SledStorage, String> {
+        Self::open_with_cache(dir, background, crate::config::DEFAULT_STORE_CACHE)
+    }
+
+    /// Opens (or creates) the store in `dir`, with a page cache of `cache_bytes`
+    /// (`Config::store_cache`). Errors name `dir` and say what is wrong.
     ///
     /// Besides sled's files, `dir` holds [`MARKER_FILE`], written once the store has been
     /// created. sled recovers from a damaged log by dropping what it cannot read, which
     /// for a badly damaged file can be everything; a marker without a store behind it is
     /// therefore reported as corruption instead of starting on an empty store.
-    pub fn open(dir: &Path, background: BackgroundFlush) -> Result<SledStorage, String> {
+    pub fn open_with_cache(
+        dir: &Path,
+        background: BackgroundFlush,
+        cache_bytes: u64,
+    ) -> Result<SledStorage, String> {
         let every = match background {
             BackgroundFlush::Off => None,
             BackgroundFlush::EveryMs(ms) => Some(ms),
@@ -193,7 +204,11 @@ impl SledStorage {
         // still look locked: wait for that briefly before calling it locked.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
-            match sled::Config::new().path(dir).flush_every_ms(every).open() {
+            let config = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(every);
+            match config.open() {
                 Ok(db) => break db,
                 Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
