@@ -189,10 +189,18 @@ impl<O: Send + 'static> Log for LocalEngine<O> {
         max_msgs: usize,
         max_bytes: usize,
     ) -> BoxFuture<'static, Result<Vec<LogEntry>, StoreError>> {
-        let Some((id, _)) = self.catalog.durable(topic) else {
+        let Some((id, view)) = self.catalog.durable(topic) else {
             return futures_util::future::ready(Ok(Vec::new())).boxed();
         };
-        self.blocking(move |storage| storage.read(id, from, max_msgs, max_bytes))
+        // Only what the writer has committed: a pass refused after its write (its flush
+        // failed) may have left messages in the store until it is reopened.
+        let last = view.stats.last_seq;
+        self.blocking(move |storage| {
+            let mut entries = storage.read(id, from, max_msgs, max_bytes)?;
+            let committed = entries.partition_point(|e| e.seq <= last);
+            entries.truncate(committed);
+            Ok(entries)
+        })
     }
 
     fn first_at_or_after(

@@ -265,6 +265,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// `(seq, encoded size)` of the messages with `from <= seq < to`, for byte-based
     /// retention.
     fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError>;
+    /// Forgets the held appends of topic `id` from seq `from` on (a write whose flush
+    /// failed is refused whole, and must not be read or counted).
+    fn drop_held(&self, id: TopicId, from: u64);
+    /// Closes the engine and opens it again from what is on disk, keeping the appends
+    /// held in memory (they are written when next sealed). After an I/O error sled
+    /// refuses every write until this is done; what it had not flushed is gone, as after
+    /// a crash.
+    fn reopen(&self) -> Result<(), StoreError>;
+    /// Bytes free for the store on its filesystem, if the engine can tell: a reopen is
+    /// tried only once there is room again.
+    fn free_space(&self) -> Option<u64>;
 }
 
 #[cfg(test)]

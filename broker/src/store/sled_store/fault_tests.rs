@@ -34,7 +34,7 @@ fn a_write_whose_seal_fails_is_refused_whole_and_the_held_messages_stay_held() {
     assert_eq!(seqs(&s, 1), [1, 2], "still held and readable");
     assert_eq!(chunks_in_sled(&s), 0);
     assert!(
-        s.db.get(stats_key(1)).unwrap().is_none(),
+        s.db().unwrap().get(stats_key(1)).unwrap().is_none(),
         "the stats did not get ahead of their messages"
     );
 
@@ -86,9 +86,70 @@ fn an_all_or_nothing_write_that_fails_applies_nothing() {
     };
     assert!(s.write(removal()).is_err());
     assert_eq!(seqs(&s, 5), [1, 2, 3], "nothing removed");
-    assert!(s.db.get(stats_key(5)).unwrap().is_none());
+    assert!(s.db().unwrap().get(stats_key(5)).unwrap().is_none());
 
     s.fail.off();
     s.write(removal()).unwrap();
     assert_eq!(seqs(&s, 5), [3]);
+}
+
+/// A store that fails the way sled does after an I/O error — every write refused until
+/// it is reopened — makes the writer refuse writes (a refused message is neither read
+/// nor counted), then reopen it within a bounded time and take writes again with the next
+/// seq: no gap, nothing stored twice.
+#[tokio::test]
+async fn a_failed_store_is_reopened_and_takes_writes_again_with_no_gap() {
+    use crate::engine::Log;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let log = crate::store::LocalEngine::<()>::open(
+        Arc::new(s.clone()),
+        Arc::new(super::tests::NoSink),
+        crate::topic::TopicRules::default(),
+        crate::config::FsyncPolicy::Always,
+        100,
+    )
+    .unwrap();
+    let put = |payload: &'static [u8]| {
+        log.append_internal("f.x".into(), Bytes::from_static(payload), Default::default())
+    };
+    let read = || async { log.read("f.x", 1, 100, usize::MAX).await.unwrap() };
+    assert_eq!(put(b"1").await.unwrap(), 1);
+
+    s.fail.fail_until_reopen();
+    let e = put(b"refused").await.unwrap_err();
+    assert_eq!(e.code(), rtc_proto::ErrorCode::Storage, "{e}");
+    assert_eq!(log.topic("f.x").unwrap().stats.messages, 1, "not counted");
+    assert_eq!(read().await.len(), 1, "not read");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seq = loop {
+        match put(b"2").await {
+            Ok(seq) => break seq,
+            Err(e) => {
+                assert_eq!(e.code(), rtc_proto::ErrorCode::Storage, "{e}");
+                assert!(Instant::now() < deadline, "the store never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(seq, 2, "the refused message left no gap");
+    let got: Vec<Bytes> = read()
+        .await
+        .into_iter()
+        .map(|e| {
+            rtc_proto::v1::Message::decode(e.message)
+                .unwrap()
+                .payload
+        })
+        .collect();
+    assert_eq!(got, [&b"1"[..], b"2"]);
+    log.shutdown().await;
+    drop(log);
+    drop(s);
+    let s = open(dir.path());
+    let id = s.load_topics().unwrap()[0].id;
+    assert_eq!(seqs(&s, id), [1, 2], "as stored, after a restart too");
 }

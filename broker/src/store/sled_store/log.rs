@@ -144,7 +144,7 @@ impl SledStorage {
     fn first_chunk_key(&self, id: TopicId, from: u64) -> Result<Vec<u8>, StoreError> {
         let lowest = from.saturating_sub(chunk::MAX_MESSAGES as u64 - 1);
         let mut start = None;
-        for item in self.db.range(msg_key(id, lowest)..=msg_key(id, from)) {
+        for item in self.db()?.range(msg_key(id, lowest)..=msg_key(id, from)) {
             start = Some(item.map_err(engine)?.0);
         }
         Ok(start.map_or_else(|| msg_key(id, from).to_vec(), |k| k.to_vec()))
@@ -164,7 +164,8 @@ impl SledStorage {
         let held = shared.snapshot(id, from);
         let sealed_below = held.first().map_or(u64::MAX, |e| e.seq);
         let start = self.first_chunk_key(id, from)?;
-        'sled: for item in self.db.range(start..=msg_key(id, u64::MAX).to_vec()) {
+        let db = self.db()?;
+        'sled: for item in db.range(start..=msg_key(id, u64::MAX).to_vec()) {
             let (k, v) = item.map_err(engine)?;
             let chunk = Chunk {
                 first_seq: seq_of(&k)?,
@@ -248,7 +249,7 @@ impl SledStorage {
             return Ok(());
         }
         let start = self.first_chunk_key(id, from)?;
-        for item in self.db.range(start..msg_key(id, to).to_vec()) {
+        for item in self.db()?.range(start..msg_key(id, to).to_vec()) {
             let (k, v) = item.map_err(engine)?;
             out.push(Entry::Remove(k.to_vec()));
             let mut before: Option<ChunkBuilder> = None;

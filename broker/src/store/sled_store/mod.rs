@@ -7,7 +7,7 @@
 //! flush, seals them first. Reads walk sled, then the held messages (`log.rs`).
 
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -110,9 +110,43 @@ fn engine(e: sled::Error) -> StoreError {
 /// hundred messages or a few MB).
 #[derive(Debug, Clone)]
 pub struct SledStorage {
-    db: sled::Db,
+    db: Arc<DbSlot>,
     open: Arc<RwLock<OpenChunks>>,
     fail: Arc<FailPoint>,
+    /// How it was opened, to open it again ([`Storage::reopen`]).
+    how: Arc<HowOpened>,
+}
+
+/// Where the store lives and how sled was set up, for a reopen.
+#[derive(Debug)]
+struct HowOpened {
+    dir: PathBuf,
+    background: BackgroundFlush,
+    cache_bytes: u64,
+}
+
+/// The sled database, which a reopen replaces: after an I/O error sled refuses every
+/// write until it is closed and opened again (it keeps the error as its "global error").
+/// Everyone takes a handle for one operation and drops it after, so that a reopen, under
+/// the open chunks' write lock (no walk in progress), can close the database.
+#[derive(Debug)]
+pub(super) struct DbSlot(RwLock<Option<sled::Db>>);
+
+impl DbSlot {
+    /// A handle on the database, unless a reopen failed and left none.
+    pub(super) fn get(&self) -> Result<sled::Db, StoreError> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Io("the store is closed after an I/O error; reopening".into())
+            })
+    }
+
+    fn replace(&self, db: Option<sled::Db>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = db;
+    }
 }
 
 /// Where the tests make sled writes fail on purpose, to check that a failed write leaves
@@ -124,6 +158,9 @@ pub(super) struct FailPoint {
     /// Writes still to succeed before each one fails; `usize::MAX` when off.
     #[cfg(test)]
     ok_left: std::sync::atomic::AtomicUsize,
+    /// Failing until the next reopen ([`FailPoint::fail_until_reopen`]).
+    #[cfg(test)]
+    until_reopen: std::sync::atomic::AtomicBool,
 }
 
 impl FailPoint {
@@ -131,6 +168,8 @@ impl FailPoint {
         FailPoint {
             #[cfg(test)]
             ok_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            #[cfg(test)]
+            until_reopen: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -163,6 +202,24 @@ impl FailPoint {
     pub(super) fn off(&self) {
         self.fail_after(usize::MAX);
     }
+
+    /// The store was reopened: like sled, a fail point set to fail "until reopened"
+    /// lets writes through again.
+    fn reopened(&self) {
+        #[cfg(test)]
+        if self.until_reopen.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.off();
+        }
+    }
+
+    /// Fails every write from now until the store is reopened, as sled does after an
+    /// I/O error.
+    #[cfg(test)]
+    pub(super) fn fail_until_reopen(&self) {
+        self.until_reopen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.fail_after(0);
+    }
 }
 
 /// How sled's own background flusher is set.
@@ -193,29 +250,10 @@ impl SledStorage {
         background: BackgroundFlush,
         cache_bytes: u64,
     ) -> Result<SledStorage, String> {
-        let every = match background {
-            BackgroundFlush::Off => None,
-            BackgroundFlush::EveryMs(ms) => Some(ms),
-        };
+        let every = background.every_ms();
         let marker = dir.join(MARKER_FILE);
         let marked = read_marker(&marker)?;
-        // sled releases its file lock from a background thread after the database is
-        // dropped, so a store closed a moment ago (a restart in the same process) can
-        // still look locked: wait for that briefly before calling it locked.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let db = loop {
-            let config = sled::Config::new()
-                .path(dir)
-                .cache_capacity(cache_bytes)
-                .flush_every_ms(every);
-            match config.open() {
-                Ok(db) => break db,
-                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(describe_open_error(dir, e)),
-            }
-        };
+        let db = open_sled(dir, every, cache_bytes).map_err(|e| describe_open_error(dir, e))?;
         let fail = |e| describe_open_error(dir, e);
         match db.get(VERSION_KEY).map_err(fail)? {
             None => {
@@ -256,11 +294,22 @@ impl SledStorage {
             })?,
         }
         let fail = Arc::new(FailPoint::new());
+        let db = Arc::new(DbSlot(RwLock::new(Some(db))));
         Ok(SledStorage {
             open: Arc::new(RwLock::new(OpenChunks::new(db.clone(), fail.clone()))),
             db,
             fail,
+            how: Arc::new(HowOpened {
+                dir: dir.to_path_buf(),
+                background,
+                cache_bytes,
+            }),
         })
+    }
+
+    /// A handle on the database for one operation.
+    pub(super) fn db(&self) -> Result<sled::Db, StoreError> {
+        self.db.get()
     }
 
     /// The open chunks, for a write to sled.
@@ -278,6 +327,7 @@ impl SledStorage {
     fn write_through(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let in_order = ops.iter().all(WriteOp::is_in_order_safe);
         let entries = self.entries(ops)?;
+        let db = self.db()?;
         if in_order {
             // In order, without a sled batch: a batch rolls sled's IO buffer twice (two
             // buffer writes per pass, which cost more CPU than the appends themselves
@@ -289,12 +339,12 @@ impl SledStorage {
                 let Entry::Put(k, v) = entry else {
                     unreachable!("in-order writes only put")
                 };
-                if let Err(e) = self.fail.check().and_then(|()| self.db.insert(&k, v)) {
+                if let Err(e) = self.fail.check().and_then(|()| db.insert(&k, v)) {
                     // The writer reuses these seqs after a failed pass: take back what
                     // this pass wrote (best effort; sled refuses all writes after an IO
                     // error, so then none of it reaches the disk either).
                     for k in written {
-                        let _ = self.db.remove::<Vec<u8>>(k);
+                        let _ = db.remove::<Vec<u8>>(k);
                     }
                     return Err(engine(e));
                 }
@@ -311,12 +361,59 @@ impl SledStorage {
         }
         self.fail
             .check()
-            .and_then(|()| self.db.apply_batch(batch))
+            .and_then(|()| db.apply_batch(batch))
             .map_err(engine)
     }
 }
 
-/// File beside sled's, holding the rtc format version of the store (see [`SledStorage::open`]).
+impl BackgroundFlush {
+    fn every_ms(self) -> Option<u64> {
+        match self {
+            BackgroundFlush::Off => None,
+            BackgroundFlush::EveryMs(ms) => Some(ms),
+        }
+    }
+}
+
+/// Opens sled in `dir`. sled releases its file lock from a background thread after the
+/// database is dropped, so a store closed a moment ago (a restart or a reopen in the same
+/// process) can still look locked: this waits for that briefly before calling it locked.
+fn open_sled(dir: &Path, every: Option<u64>, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(every);
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `st` is large enough for the struct
+    // statvfs fills in; it is read only when the call succeeded.
+    let r = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialized `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 or u64); `as` widens either.
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// File beside sled's, holding the rtc format version of the store (see [`SledStorage::open_with_cache`]).
 pub const MARKER_FILE: &str = "rtc-format";
 
 fn read_marker(path: &Path) -> Result<Option<String>, String> {
@@ -361,7 +458,8 @@ impl Storage for SledStorage {
         // The reconciliation below reads sled alone.
         self.seal()?;
         let mut topics = Vec::new();
-        for item in self.db.scan_prefix([TOPIC_PREFIX]) {
+        let db = self.db()?;
+        for item in db.scan_prefix([TOPIC_PREFIX]) {
             let (k, v) = item.map_err(engine)?;
             let name = std::str::from_utf8(&k[1..])
                 .map_err(|_| StoreError::Corrupt(format!("topic name is not UTF-8: {k:?}")))?
@@ -377,7 +475,7 @@ impl Storage for SledStorage {
                 .map_err(|e| StoreError::Corrupt(format!("topic {name:?} settings: {e}")))?;
             let mut stats = TopicStats::default();
             if id != 0 {
-                if let Some(raw) = self.db.get(stats_key(id)).map_err(engine)? {
+                if let Some(raw) = db.get(stats_key(id)).map_err(engine)? {
                     stats = TopicStats::decode(&raw).ok_or_else(|| {
                         StoreError::Corrupt(format!("topic {name:?} stats malformed"))
                     })?;
@@ -397,7 +495,7 @@ impl Storage for SledStorage {
     }
 
     fn next_topic_id(&self) -> Result<TopicId, StoreError> {
-        match self.db.get(NEXT_ID_KEY).map_err(engine)? {
+        match self.db()?.get(NEXT_ID_KEY).map_err(engine)? {
             None => Ok(1),
             Some(v) => {
                 Ok(TopicId::from_be_bytes(v.as_ref().try_into().map_err(
@@ -459,7 +557,8 @@ impl Storage for SledStorage {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.seal()?;
-        self.db.flush().map(|_| ()).map_err(engine)
+        self.fail.check().map_err(engine)?;
+        self.db()?.flush().map(|_| ()).map_err(engine)
     }
 
     fn seal_due(&self) -> Option<Instant> {
@@ -537,7 +636,7 @@ impl Storage for SledStorage {
 
     fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix([CONSUMER_PREFIX]) {
+        for item in self.db()?.scan_prefix([CONSUMER_PREFIX]) {
             let (k, v) = item.map_err(engine)?;
             let bad = || StoreError::Corrupt(format!("malformed consumer entry {k:?}"));
             let id =
@@ -561,5 +660,25 @@ impl Storage for SledStorage {
             Ok(ControlFlow::Continue(()))
         })?;
         Ok(out)
+    }
+
+    fn drop_held(&self, id: TopicId, from: u64) {
+        self.open_chunks().forget(id, from);
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        // Under the open chunks' write lock no walk of sled is in progress, so the old
+        // database's last handle goes here, and its file lock with it.
+        let _open = self.open_chunks();
+        self.db.replace(None);
+        let how = &self.how;
+        let db = open_sled(&how.dir, how.background.every_ms(), how.cache_bytes).map_err(engine)?;
+        self.db.replace(Some(db));
+        self.fail.reopened();
+        Ok(())
+    }
+
+    fn free_space(&self) -> Option<u64> {
+        free_space(&self.how.dir)
     }
 }

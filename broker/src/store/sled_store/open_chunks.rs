@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{engine, msg_key, FailPoint};
+use super::{engine, msg_key, DbSlot, FailPoint};
 use crate::store::chunk::{self, ChunkBuilder};
 use crate::store::{LogEntry, StoreError, TopicId};
 
@@ -34,7 +34,7 @@ pub const HOLD: Duration = Duration::from_millis(50);
 
 /// The open chunk of every topic with held messages.
 pub(super) struct OpenChunks {
-    db: sled::Db,
+    db: Arc<DbSlot>,
     fail: Arc<FailPoint>,
     tails: HashMap<TopicId, Tail, foldhash::fast::RandomState>,
     /// When the oldest held message was written, or the last seal failed: sealing is
@@ -60,7 +60,7 @@ impl std::fmt::Debug for OpenChunks {
 
 impl OpenChunks {
     /// No chunk open; sealed chunks go into `db`.
-    pub(super) fn new(db: sled::Db, fail: Arc<FailPoint>) -> Self {
+    pub(super) fn new(db: Arc<DbSlot>, fail: Arc<FailPoint>) -> Self {
         OpenChunks {
             db,
             fail,
@@ -108,14 +108,16 @@ impl OpenChunks {
             builder.push(e.ts_ms, &e.message);
         }
         let (first, value) = builder.finish();
-        let inserted = self
-            .fail
-            .check()
-            .and_then(|()| self.db.insert(msg_key(id, first), value));
+        let inserted = self.db.get().and_then(|db| {
+            self.fail
+                .check()
+                .and_then(|()| db.insert(msg_key(id, first), value))
+                .map_err(engine)
+        });
         if let Err(e) = inserted {
             // Try again a whole HOLD later, not at once.
             self.since = Some(Instant::now());
-            return Err(engine(e));
+            return Err(e);
         }
         self.tails.remove(&id);
         if self.tails.is_empty() {
@@ -131,6 +133,23 @@ impl OpenChunks {
             self.seal(id)?;
         }
         Ok(())
+    }
+
+    /// Forgets topic `id`'s held messages from seq `from` on: they belong to a pass that
+    /// was refused after its write (its flush failed).
+    pub(super) fn forget(&mut self, id: TopicId, from: u64) {
+        if let Some(tail) = self.tails.get_mut(&id) {
+            let keep = tail.entries.partition_point(|e| e.seq < from);
+            for e in tail.entries.drain(keep..) {
+                tail.len -= chunk::record_len(e.message.len());
+            }
+            if tail.entries.is_empty() {
+                self.tails.remove(&id);
+            }
+        }
+        if self.tails.is_empty() {
+            self.since = None;
+        }
     }
 
     /// When the open chunks are due to be sealed; `None` while none is open.
@@ -158,10 +177,10 @@ impl Drop for OpenChunks {
         if self.tails.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .seal_all()
-            .and_then(|()| self.db.flush().map(|_| ()).map_err(engine))
-        {
+        if let Err(e) = self.seal_all().and_then(|()| {
+            let db = self.db.get()?;
+            db.flush().map(|_| ()).map_err(engine)
+        }) {
             tracing::error!(error = %e, "sealing held messages on close failed");
         }
     }

@@ -18,7 +18,7 @@ fn append(id: TopicId, seq: u64, ts_ms: i64, body: &'static [u8]) -> WriteOp {
 
 /// A commit sink that drops what it is told: these tests read the store itself.
 #[derive(Debug)]
-struct NoSink;
+pub(super) struct NoSink;
 
 impl crate::engine::CommitSink<()> for NoSink {
     fn committed(&self, _pass: Vec<crate::engine::Committed<()>>) {}
@@ -131,7 +131,7 @@ fn chunked_log_reads_and_removes_at_any_seq() {
         ops.push(append(2, seq, 0, b"other"));
     }
     s.write(ops).unwrap();
-    let chunks = s.db.scan_prefix([MSG_PREFIX]).count() as u64;
+    let chunks = s.db().unwrap().scan_prefix([MSG_PREFIX]).count() as u64;
     assert!(chunks < n / 10, "{chunks} chunks for {n} messages");
 
     for from in [1, 2, 127, 128, 129, n / 2, n / 2 + 1, n - 1, n] {
@@ -258,7 +258,7 @@ fn other_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = open(dir.path());
-        s.db.insert(VERSION_KEY, &99u32.to_be_bytes()).unwrap();
+        s.db().unwrap().insert(VERSION_KEY, &99u32.to_be_bytes()).unwrap();
         s.flush().unwrap();
     }
     let err = SledStorage::open(dir.path(), BackgroundFlush::Off).unwrap_err();
@@ -291,7 +291,7 @@ async fn a_graceful_shutdown_writes_stale_stats() {
         .find(|t| t.name == "stats.x")
         .expect("the topic is stored");
     let raw =
-        s.db.get(stats_key(topic.id))
+        s.db().unwrap().get(stats_key(topic.id))
             .unwrap()
             .expect("stats stored");
     let stats = TopicStats::decode(&raw).unwrap();
@@ -320,7 +320,7 @@ pub(super) fn seqs_read(s: &SledStorage, id: TopicId, from: u64) -> Vec<u64> {
 }
 
 pub(super) fn chunks_in_sled(s: &SledStorage) -> usize {
-    s.db.scan_prefix([MSG_PREFIX]).count()
+    s.db().unwrap().scan_prefix([MSG_PREFIX]).count()
 }
 
 /// One append per write, as with a publisher waiting for each acknowledgement: the
@@ -440,7 +440,7 @@ fn runs_that_do_not_fit_are_written_in_seq_order() {
         .unwrap();
     assert_eq!(s.seal_due(), None);
     let stored: Vec<u64> =
-        s.db.scan_prefix([MSG_PREFIX])
+        s.db().unwrap().scan_prefix([MSG_PREFIX])
             .map(|kv| seq_of(&kv.unwrap().0).unwrap())
             .collect();
     assert_eq!(
@@ -548,7 +548,7 @@ async fn the_storage_thread_seals_held_messages_when_they_are_due() {
     }
     let id = s.load_topics().unwrap()[0].id;
     let in_sled: Vec<u64> =
-        s.db.scan_prefix(&msg_key(id, 0)[..5])
+        s.db().unwrap().scan_prefix(&msg_key(id, 0)[..5])
             .map(|kv| seq_of(&kv.unwrap().0).unwrap())
             .collect();
     assert_eq!(in_sled, vec![1, 2], "message 1, then the chunk of 2 and 3");

@@ -25,6 +25,10 @@ impl<O> Writer<O> {
     /// When the storage thread must next act without a request: the earlier of the
     /// flush an `interval` policy owes and the sealing of held appends.
     pub(super) fn deadline(&self) -> Option<Instant> {
+        if let Some(retry) = self.retry_due() {
+            // Nothing is written until the store is back.
+            return Some(retry);
+        }
         match (self.flush_deadline(), self.storage.seal_due()) {
             (Some(flush), Some(seal)) => Some(flush.min(seal)),
             (flush, seal) => flush.or(seal),
@@ -34,11 +38,13 @@ impl<O> Writer<O> {
     /// The [`Writer::deadline`] has passed: flushes if the flush is due (which seals
     /// too), else seals the held appends.
     pub(super) fn deadline_passed(&mut self) {
+        if !self.store_usable() {
+            return;
+        }
         if self.flush_deadline().is_some_and(|d| d <= Instant::now()) {
             self.flush_logged();
         } else if let Err(e) = self.storage.seal() {
-            // The store retries on its own schedule (seal_due moves on).
-            tracing::error!(error = %e, "handing held messages to the storage engine failed");
+            self.store_failed(&e);
         }
     }
 
@@ -49,10 +55,12 @@ impl<O> Writer<O> {
         Ok(())
     }
 
+    /// Flushes if anything is unflushed; a failure starts a failure episode (logged
+    /// once).
     pub(super) fn flush_logged(&mut self) {
         if self.dirty {
             if let Err(e) = self.flush() {
-                tracing::error!(error = %e, "storage flush failed");
+                self.store_failed(&e);
             }
         }
     }

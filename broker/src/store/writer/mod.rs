@@ -44,6 +44,7 @@ use crate::engine::{Append, CommitSink, Committed, Outcome, TopicView};
 use crate::refusal::Refusal;
 use crate::topic::{is_durable, normalize};
 
+mod failure;
 mod flush;
 mod request;
 mod retention;
@@ -131,6 +132,8 @@ struct Writer<O> {
     last_flush: Instant,
     /// The storage thread has stopped: nothing more may be written (inline either).
     stopped: bool,
+    /// The store failed and is not back yet (see `writer/failure.rs`).
+    failed: Option<failure::Episode>,
 }
 
 /// The storage thread as its engine holds it: the channel to it, the writer it shares
@@ -164,6 +167,7 @@ pub fn start<O: Send + 'static>(
         dirty: false,
         last_flush: Instant::now(),
         stopped: false,
+        failed: None,
     };
     writer.recover(storage.load_topics()?)?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -222,6 +226,9 @@ impl<O> Writer<O> {
     }
 
     fn process(&mut self, batch: &mut Vec<Request<O>>) {
+        // A failed store refuses the whole pass, unless it can be had back now (which
+        // reloads topic state, so before any seq is assigned).
+        let usable = self.store_usable();
         let mut ops = Vec::new();
         let mut undo = Undo::default();
         let mut appends = Vec::new();
@@ -286,13 +293,26 @@ impl<O> Writer<O> {
             .cloned()
             .collect();
 
-        let result = if ops.is_empty() {
+        let result = if !usable {
+            Err(self.unavailable(appends.len() + creates.len()))
+        } else if ops.is_empty() {
             Ok(())
         } else {
             self.storage.write(ops).map(|_| self.dirty = true)
         };
         let result = match result {
-            Ok(()) if self.fsync == FsyncPolicy::Always && self.dirty => self.flush(),
+            Ok(()) if self.fsync == FsyncPolicy::Always && self.dirty => match self.flush() {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Written but not known to be on disk: refused, so not kept either
+                    // (not read, not counted). What sled had of it is gone with the
+                    // reopen that follows, unless it reached the disk after all: then a
+                    // retry with the same msg_id is answered as a duplicate.
+                    self.forget_written(&undo);
+                    self.rollback(undo, &appends);
+                    Err(e)
+                }
+            },
             Ok(()) => Ok(()),
             Err(e) => {
                 self.rollback(undo, &appends);
@@ -305,7 +325,7 @@ impl<O> Writer<O> {
             }
         }
         if let Err(e) = &result {
-            tracing::error!(error = %e, "storage write failed; answering the batch with STORAGE errors");
+            self.store_failed(e);
         }
 
         if result.is_ok() {
@@ -501,6 +521,15 @@ impl<O> Writer<O> {
             });
         }
         Ok(())
+    }
+
+    /// Forgets what a pass whose flush failed left held in the store.
+    fn forget_written(&self, undo: &Undo) {
+        for (name, before) in &undo.stats {
+            if let Some(log) = self.topics.get(name) {
+                self.storage.drop_held(log.id, before.last_seq + 1);
+            }
+        }
     }
 
     /// Undoes a pass whose write failed; `appends` are the pass's appends.

@@ -12,6 +12,9 @@ const RETENTION_CHUNK: u64 = 10_000;
 
 impl<O> Writer<O> {
     pub(super) fn enforce_retention(&mut self) {
+        if !self.store_usable() {
+            return;
+        }
         let now = now_ms();
         let names: Vec<String> = self.topics.keys().cloned().collect();
         for name in names {
@@ -23,11 +26,11 @@ impl<O> Writer<O> {
             match self.retention_cut(&name, now) {
                 Ok(Some(to)) => {
                     if let Err(e) = self.remove_before(&name, to) {
-                        tracing::error!(topic = %name, error = %e, "retention failed");
+                        self.store_failed(&e);
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(topic = %name, error = %e, "retention failed"),
+                Err(e) => self.store_failed(&e),
             }
         }
     }

@@ -49,6 +49,9 @@ impl<O> Writer<O> {
     /// Writes the stats of topics appended to since theirs were last written (by the
     /// retention timer, and before the last flush on shutdown).
     pub(super) fn save_stale_stats(&mut self) {
+        if !self.store_usable() {
+            return;
+        }
         let now = now_ms();
         let stale: Vec<String> = self
             .topics
@@ -71,7 +74,7 @@ impl<O> Writer<O> {
                 self.dirty = true;
                 self.stats_written(stale, now);
             }
-            Err(e) => tracing::error!(error = %e, "writing topic stats failed"),
+            Err(e) => self.store_failed(&e),
         }
     }
 }
