@@ -24,6 +24,7 @@
 //! max_payload = 1000000
 //! max_msg_id = 256          # bytes
 //! store_cache = 268435456   # bytes of the storage engine's cache
+//! store_reserve = 67108864  # bytes kept free on the store's disk; 0 = none
 //! publish_rate = 1000000    # per connection, per second; 0 = no limit
 //! publish_burst = 100000
 //!
@@ -96,6 +97,11 @@ pub struct Config {
     /// Bytes of the storage engine's page cache (sled's `cache_capacity`): what the
     /// broker may keep of the log in memory beyond what it is writing.
     pub store_cache: u64,
+    /// Bytes the filesystem holding the store must keep free. Below it, writes are
+    /// refused with `STORAGE` before they reach the storage engine, and taken again once
+    /// there is room; reads go on (see `store/writer/failure.rs`). 0 turns it off, and a
+    /// full disk is then met as an I/O error, after which the store is reopened.
+    pub store_reserve: u64,
     /// Publishes per second one connection may make; beyond it (after `publish_burst`)
     /// the broker reads its publishes more slowly and tells it `RATE_LIMITED`. Nothing
     /// is dropped. 0 turns the limit off.
@@ -175,6 +181,9 @@ pub const MAX_MSG_ID_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_STORE_CACHE: u64 = 256 * 1024 * 1024;
 /// The smallest [`Config::store_cache`] allowed.
 pub const MIN_STORE_CACHE: u64 = 1024 * 1024;
+/// Default [`Config::store_reserve`]: 64 MiB, room for the engine to keep serving reads
+/// and to reopen.
+pub const DEFAULT_STORE_RESERVE: u64 = 64 * 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -199,6 +208,7 @@ impl Default for Config {
             max_payload: 1_000_000,
             max_msg_id: DEFAULT_MAX_MSG_ID,
             store_cache: DEFAULT_STORE_CACHE,
+            store_reserve: DEFAULT_STORE_RESERVE,
             publish_rate: 1_000_000,
             publish_burst: 100_000,
             topic: Vec::new(),

@@ -28,7 +28,7 @@ use crate::error::BrokerError;
 use crate::router::Router;
 use crate::session::Shared;
 use crate::store::sled_store::{BackgroundFlush, SledStorage};
-use crate::store::{LocalEngine, Storage};
+use crate::store::{LocalEngine, Storage, WriterConfig};
 use crate::topic::TopicRules;
 use crate::transport::quic::{self, Quic};
 use crate::transport::tcp::{Tcp, Tls};
@@ -170,8 +170,11 @@ impl BrokerBuilder {
                 storage,
                 delivery.clone(),
                 TopicRules::new(&config.topic),
-                config.fsync,
-                config.max_topics,
+                WriterConfig {
+                    fsync: config.fsync,
+                    max_topics: config.max_topics,
+                    store_reserve: config.store_reserve,
+                },
             )
             .map_err(in_data_dir)?,
         );

@@ -261,6 +261,63 @@ pub fn line_channel<R: Read + Send + 'static>(reader: R) -> mpsc::Receiver<Strin
     rx
 }
 
+/// A tmpfs of a given size mounted on a fresh temp directory (a small filesystem a test
+/// can fill), unmounted on drop. Mounting needs root.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Whether this process may mount one: it runs as root.
+    pub fn can_mount() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// Mounts a tmpfs of `mib` MiB.
+    pub fn mount(mib: u64) -> Tmpfs {
+        let dir = temp_dir();
+        run_mount(
+            &["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"],
+            dir.path(),
+        );
+        Tmpfs { dir }
+    }
+
+    /// Grows (or shrinks) it to `mib` MiB, keeping what it holds.
+    pub fn resize(&self, mib: u64) {
+        run_mount(&["-o", &format!("remount,size={mib}m")], self.dir.path());
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn run_mount(args: &[&str], target: &Path) {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount {args:?} {}: {}",
+        target.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so a process still holding files in it cannot keep it mounted.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// A fresh temp directory.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")

@@ -15,9 +15,9 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use super::catalog::Catalog;
-use super::writer::{self, first_at_or_after, Reply, Request, SharedWriter};
+use super::writer::{self, first_at_or_after, Reply, Request, SharedWriter, WriterConfig};
 use super::Storage;
-use crate::config::FsyncPolicy;
+
 use crate::engine::{
     Append, Appender, CommitSink, ConsumerRecord, Log, LogEntry, Stopped, StoreError,
     StoredConsumer, TopicView,
@@ -54,11 +54,10 @@ impl<O: Send + 'static> LocalEngine<O> {
         storage: Arc<dyn Storage>,
         sink: Arc<dyn CommitSink<O>>,
         rules: TopicRules,
-        fsync: FsyncPolicy,
-        max_topics: usize,
+        config: WriterConfig,
     ) -> Result<Self, StoreError> {
         let catalog = Arc::new(Catalog::new(rules));
-        let started = writer::start(storage.clone(), sink, catalog.clone(), fsync, max_topics)?;
+        let started = writer::start(storage.clone(), sink, catalog.clone(), config)?;
         Ok(LocalEngine {
             tx: started.tx,
             shared: started.shared,

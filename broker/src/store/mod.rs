@@ -55,6 +55,7 @@ use bytes::Bytes;
 
 pub use crate::engine::{ConsumerRecord, LogEntry, StoreError, TopicStats};
 pub use local::LocalEngine;
+pub use writer::WriterConfig;
 
 /// Version of the key layout above. A data dir written with another version is refused.
 /// Version 2 stores messages in chunks (version 1 had one key per message).
@@ -217,6 +218,15 @@ impl WriteOp {
             self,
             WriteOp::Append { .. } | WriteOp::PutStats(..) | WriteOp::PutConsumer { .. }
         )
+    }
+
+    /// About how many bytes this op adds to the store (for the disk reserve's checks):
+    /// an append's message, a fixed guess for the small records.
+    pub fn size(&self) -> u64 {
+        match self {
+            WriteOp::Append { message, .. } => message.len() as u64 + 32,
+            _ => 128,
+        }
     }
 }
 

@@ -108,8 +108,11 @@ async fn a_failed_store_is_reopened_and_takes_writes_again_with_no_gap() {
         Arc::new(s.clone()),
         Arc::new(super::tests::NoSink),
         crate::topic::TopicRules::default(),
-        crate::config::FsyncPolicy::Always,
-        100,
+        crate::store::WriterConfig {
+            fsync: crate::config::FsyncPolicy::Always,
+            max_topics: 100,
+            store_reserve: 0,
+        },
     )
     .unwrap();
     let put = |payload: &'static [u8]| {
@@ -152,4 +155,73 @@ async fn a_failed_store_is_reopened_and_takes_writes_again_with_no_gap() {
     let s = open(dir.path());
     let id = s.load_topics().unwrap()[0].id;
     assert_eq!(seqs(&s, id), [1, 2], "as stored, after a restart too");
+}
+
+/// Below the disk reserve, writes are refused before they reach the store (sled never
+/// sees a full disk), reads go on, and writes are taken again once there is room, with
+/// no reopen and no gap in seqs.
+#[tokio::test]
+async fn below_the_disk_reserve_writes_are_refused_untouched_and_resume_with_room() {
+    use crate::engine::Log;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let log = crate::store::LocalEngine::<()>::open(
+        Arc::new(s.clone()),
+        Arc::new(super::tests::NoSink),
+        crate::topic::TopicRules::default(),
+        crate::store::WriterConfig {
+            fsync: crate::config::FsyncPolicy::Always,
+            max_topics: 100,
+            store_reserve: 1 << 20,
+        },
+    )
+    .unwrap();
+    let put = |payload: &'static [u8]| {
+        log.append_internal("r.x".into(), Bytes::from_static(payload), Default::default())
+    };
+    assert_eq!(put(b"1").await.unwrap(), 1);
+
+    // Short of the reserve: refused once the check is due (every 100 ms at most).
+    s.fail.free.store(1000, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = 1;
+    let e = loop {
+        match put(b"maybe").await {
+            Ok(seq) => {
+                assert!(Instant::now() < deadline, "the reserve is never checked");
+                last = seq;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), rtc_proto::ErrorCode::Storage, "{e}");
+    assert!(e.to_string().contains("store_reserve"), "{e}");
+    // Refused without touching the store: a write that reached it would fail with
+    // "injected" and start an episode of another kind.
+    s.fail.fail_after(0);
+    let e = put(b"refused").await.unwrap_err();
+    assert!(e.to_string().contains("store_reserve"), "{e}");
+    assert_eq!(log.topic("r.x").unwrap().stats.messages, last);
+    assert_eq!(log.read("r.x", 1, 100, usize::MAX).await.unwrap().len() as u64, last);
+
+    s.fail.off();
+    s.fail.free.store(u64::MAX, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seq = loop {
+        match put(b"2").await {
+            Ok(seq) => break seq,
+            Err(e) => {
+                assert!(e.to_string().contains("store_reserve"), "{e}");
+                assert!(Instant::now() < deadline, "writes never resumed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(seq, last + 1, "no gap");
+    assert_eq!(s.fail.reopens.load(Ordering::SeqCst), 0, "never failed, never reopened");
+    log.shutdown().await;
 }

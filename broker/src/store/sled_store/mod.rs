@@ -123,6 +123,8 @@ struct HowOpened {
     dir: PathBuf,
     background: BackgroundFlush,
     cache_bytes: u64,
+    /// sled could not be closed: no reopen is tried again.
+    stuck: std::sync::atomic::AtomicBool,
 }
 
 /// The sled database, which a reopen replaces: after an I/O error sled refuses every
@@ -147,6 +149,47 @@ impl DbSlot {
     fn replace(&self, db: Option<sled::Db>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = db;
     }
+
+    fn take(&self) -> Option<sled::Db> {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Drop for DbSlot {
+    /// The store's last handle closes sled, but never hangs the broker's shutdown.
+    fn drop(&mut self) {
+        if let Some(db) = self.take() {
+            if !close(db) {
+                tracing::error!("sled did not finish closing after an I/O error; exiting without it (under fsync always nothing acknowledged is lost)");
+            }
+        }
+    }
+}
+
+/// Drops `db`, which closes sled if it is the last handle; whether that ended within
+/// [`CLOSE_WAIT`]. sled flushes on close, and after some I/O errors that flush waits
+/// for ever for a write that failed.
+fn close(db: sled::Db) -> bool {
+    within(CLOSE_WAIT, move || drop(db))
+}
+
+/// How long closing sled may take in a reopen (see [`Storage::reopen`] there).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a failed store cannot be reopened.
+const STUCK: &str = "the store cannot be closed after its I/O error (sled waits for a write that failed), so it cannot be reopened in this process: restart the broker to take writes again; nothing acknowledged is lost";
+
+/// Runs `f` on a thread of its own; whether it ended within `limit`. One that does not
+/// is left running.
+fn within(limit: std::time::Duration, f: impl FnOnce() + Send + 'static) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("rtc-store-close".into())
+        .spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+    spawned.is_ok() && rx.recv_timeout(limit).is_ok()
 }
 
 /// Where the tests make sled writes fail on purpose, to check that a failed write leaves
@@ -161,6 +204,12 @@ pub(super) struct FailPoint {
     /// Failing until the next reopen ([`FailPoint::fail_until_reopen`]).
     #[cfg(test)]
     until_reopen: std::sync::atomic::AtomicBool,
+    /// Times the store was reopened.
+    #[cfg(test)]
+    pub(super) reopens: std::sync::atomic::AtomicUsize,
+    /// Free space reported instead of the filesystem's; `u64::MAX` when off.
+    #[cfg(test)]
+    pub(super) free: std::sync::atomic::AtomicU64,
 }
 
 impl FailPoint {
@@ -170,6 +219,10 @@ impl FailPoint {
             ok_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
             #[cfg(test)]
             until_reopen: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            reopens: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(test)]
+            free: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 
@@ -207,9 +260,25 @@ impl FailPoint {
     /// lets writes through again.
     fn reopened(&self) {
         #[cfg(test)]
-        if self.until_reopen.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.off();
+        {
+            use std::sync::atomic::Ordering;
+            self.reopens.fetch_add(1, Ordering::SeqCst);
+            if self.until_reopen.swap(false, Ordering::SeqCst) {
+                self.off();
+            }
         }
+    }
+
+    /// The free space the tests report, if they set one.
+    fn free_space(&self) -> Option<u64> {
+        #[cfg(test)]
+        {
+            let free = self.free.load(std::sync::atomic::Ordering::SeqCst);
+            if free != u64::MAX {
+                return Some(free);
+            }
+        }
+        None
     }
 
     /// Fails every write from now until the store is reopened, as sled does after an
@@ -303,6 +372,7 @@ impl SledStorage {
                 dir: dir.to_path_buf(),
                 background,
                 cache_bytes,
+                stuck: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -667,10 +737,29 @@ impl Storage for SledStorage {
     }
 
     fn reopen(&self) -> Result<(), StoreError> {
+        if self.how.stuck.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Engine(STUCK.into()));
+        }
+        // sled flushes when its last handle is dropped, and after some I/O errors that
+        // flush waits for ever for a write that failed. So it is tried first on a thread
+        // of its own, with a handle the store keeps serving reads from: a flush that does
+        // not end in time means the database cannot be closed in this process.
+        if !within(CLOSE_WAIT, {
+            let db = self.db.get()?;
+            move || drop(db.flush())
+        }) {
+            self.how.stuck.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::error!("{STUCK}");
+            return Err(StoreError::Engine(STUCK.into()));
+        }
         // Under the open chunks' write lock no walk of sled is in progress, so the old
         // database's last handle goes here, and its file lock with it.
         let _open = self.open_chunks();
-        self.db.replace(None);
+        if !self.db.take().is_none_or(close) {
+            self.how.stuck.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::error!("{STUCK}");
+            return Err(StoreError::Engine(STUCK.into()));
+        }
         let how = &self.how;
         let db = open_sled(&how.dir, how.background.every_ms(), how.cache_bytes).map_err(engine)?;
         self.db.replace(Some(db));
@@ -679,6 +768,6 @@ impl Storage for SledStorage {
     }
 
     fn free_space(&self) -> Option<u64> {
-        free_space(&self.how.dir)
+        self.fail.free_space().or_else(|| free_space(&self.how.dir))
     }
 }

@@ -30,8 +30,11 @@ fn start_writer(storage: SledStorage) -> crate::store::LocalEngine<()> {
         std::sync::Arc::new(storage),
         std::sync::Arc::new(NoSink),
         crate::topic::TopicRules::default(),
-        crate::config::FsyncPolicy::Never,
-        100,
+        crate::store::WriterConfig {
+            fsync: crate::config::FsyncPolicy::Never,
+            max_topics: 100,
+            store_reserve: 0,
+        },
     )
     .unwrap()
 }

@@ -56,9 +56,10 @@ impl<O> Writer<O> {
     }
 
     /// Flushes if anything is unflushed; a failure starts a failure episode (logged
-    /// once).
+    /// once). Not while the store is failed: sled, after some I/O errors, waits for ever
+    /// in a flush, which would hang the broker's shutdown.
     pub(super) fn flush_logged(&mut self) {
-        if self.dirty {
+        if self.dirty && !self.store_failed_io() {
             if let Err(e) = self.flush() {
                 self.store_failed(&e);
             }

@@ -134,6 +134,7 @@ struct Writer<O> {
     stopped: bool,
     /// The store failed and is not back yet (see `writer/failure.rs`).
     failed: Option<failure::Episode>,
+    reserve: failure::Reserve,
 }
 
 /// The storage thread as its engine holds it: the channel to it, the writer it shares
@@ -147,15 +148,30 @@ pub struct Started<O> {
     pub thread: std::thread::JoinHandle<()>,
 }
 
+/// How the storage thread writes, from the broker's config.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// When written messages are flushed to disk (`Config::fsync`).
+    pub fsync: FsyncPolicy,
+    /// Most topics (`Config::max_topics`).
+    pub max_topics: usize,
+    /// Bytes the store's filesystem keeps free; 0 for none (`Config::store_reserve`).
+    pub store_reserve: u64,
+}
+
 /// Loads the store, rebuilds the dedup windows, publishes every topic to `catalog`, and
 /// starts the storage thread.
 pub fn start<O: Send + 'static>(
     storage: Arc<dyn Storage>,
     sink: Arc<dyn CommitSink<O>>,
     catalog: Arc<Catalog>,
-    fsync: FsyncPolicy,
-    max_topics: usize,
+    config: WriterConfig,
 ) -> Result<Started<O>, StoreError> {
+    let WriterConfig {
+        fsync,
+        max_topics,
+        store_reserve,
+    } = config;
     let mut writer = Writer {
         next_id: storage.next_topic_id()?,
         storage: storage.clone(),
@@ -168,6 +184,7 @@ pub fn start<O: Send + 'static>(
         last_flush: Instant::now(),
         stopped: false,
         failed: None,
+        reserve: failure::Reserve::new(store_reserve),
     };
     writer.recover(storage.load_topics()?)?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -298,6 +315,7 @@ impl<O> Writer<O> {
         } else if ops.is_empty() {
             Ok(())
         } else {
+            self.reserve.wrote(ops.iter().map(WriteOp::size).sum());
             self.storage.write(ops).map(|_| self.dirty = true)
         };
         let result = match result {
@@ -324,8 +342,10 @@ impl<O> Writer<O> {
                 self.catalog.set(name, log.id, log.view());
             }
         }
-        if let Err(e) = &result {
-            self.store_failed(e);
+        match &result {
+            // The store's own failure, not the refusal of an episode already begun.
+            Err(e) if usable => self.store_failed(e),
+            _ => {}
         }
 
         if result.is_ok() {
