@@ -39,6 +39,8 @@ pub struct BrokerProcess {
     child: Child,
     /// The TCP address it printed.
     pub addr: SocketAddr,
+    /// The QUIC address it printed, when started with `--quic`.
+    pub quic: Option<SocketAddr>,
     /// Its data directory.
     pub data_dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -122,7 +124,8 @@ impl BrokerProcess {
             s
         });
         // A broker that fails to start exits, closing stdout: the channel then ends.
-        let Ok(line) = line_channel(stdout).recv_timeout(START_TIMEOUT) else {
+        let lines = line_channel(stdout);
+        let Ok(line) = lines.recv_timeout(START_TIMEOUT) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(stderr.join().unwrap_or_default());
@@ -133,9 +136,19 @@ impl BrokerProcess {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+        // The QUIC line follows the first one in the same write.
+        let quic = extra.contains(&"--quic").then(|| {
+            let line = lines
+                .recv_timeout(START_TIMEOUT)
+                .expect("a `listening quic` line");
+            line.strip_prefix("listening quic ")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+        });
         Ok(BrokerProcess {
             child,
             addr,
+            quic,
             data_dir: data_dir.to_path_buf(),
             stderr: Some(stderr),
         })
