@@ -62,6 +62,10 @@ pub struct ConnectOptions {
     /// process had not had acknowledged are resent by the next client opened on the
     /// same file. Default: none (memory only). One client per file.
     pub outbox_file: Option<std::path::PathBuf>,
+    /// Fsync the outbox file before each acknowledged publish is sent, so that the outbox
+    /// survives a power loss, not only the process dying. Each such publish then waits
+    /// for one fsync, one at a time per client. Default: false.
+    pub outbox_fsync: bool,
 }
 
 impl Default for ConnectOptions {
@@ -78,6 +82,7 @@ impl Default for ConnectOptions {
             ca_file: None,
             insecure: false,
             outbox_file: None,
+            outbox_fsync: false,
         }
     }
 }
@@ -129,7 +134,7 @@ impl Client {
             )?),
         };
         let (mut outbox, left) = match &options.outbox_file {
-            Some(path) => Outbox::open(path, options.outbox_capacity)?,
+            Some(path) => Outbox::open(path, options.outbox_capacity, options.outbox_fsync)?,
             None => (Outbox::new(options.outbox_capacity), Vec::new()),
         };
         let session = connection::handshake(

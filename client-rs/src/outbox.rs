@@ -10,8 +10,13 @@
 //! is appended to the file before its publish is sent, and each acknowledgement appends a
 //! removal. A client opened on the same file resends what was left (compacting the file
 //! first). Records: `b'A' ++ len: u32 ++ rtc.v1.Publish` and `b'R' ++ len: u32 ++ msg_id`.
-//! The file is written, not fsynced, per record: it survives the process dying, not the
-//! machine losing power.
+//! By default the file is written, not fsynced, per record: it survives the process
+//! dying, not the machine losing power. With `sync` (`ConnectOptions::outbox_fsync`)
+//! each added entry is fsynced before its publish is sent, and each rewrite of the file
+//! is made durable with its directory, so the outbox survives a power loss too; a
+//! publish then costs one fsync, under the outbox lock (one at a time per client).
+//! Removals are never fsynced: a removal lost to a power cut only makes the next client
+//! resend a publish the broker already has, which its dedup answers as a duplicate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -33,6 +38,8 @@ struct Journal {
     file: File,
     /// Records written since the last compaction.
     records: usize,
+    /// Fsync each added entry (see the module docs).
+    sync: bool,
 }
 
 /// Unacknowledged publishes, resent after a reconnect.
@@ -68,7 +75,12 @@ impl Outbox {
 
     /// An outbox kept in `path` as well; returns it with the publishes a previous run
     /// left unacknowledged (to be resent, in their original order).
-    pub(crate) fn open(path: &Path, capacity: usize) -> Result<(Self, Vec<v1::Publish>), Error> {
+    /// With `sync`, every added entry is on disk before [`Outbox::add`] returns.
+    pub(crate) fn open(
+        path: &Path,
+        capacity: usize,
+        sync: bool,
+    ) -> Result<(Self, Vec<v1::Publish>), Error> {
         let left = load(path)?;
         // Compact: rewrite the file with what is left, then append from there.
         let tmp = path.with_extension("tmp");
@@ -81,6 +93,9 @@ impl Outbox {
             f.sync_all().map_err(|e| journal_err(&tmp, e))?;
         }
         std::fs::rename(&tmp, path).map_err(|e| journal_err(path, e))?;
+        if sync {
+            sync_dir(path).map_err(|e| journal_err(path, e))?;
+        }
         let file = OpenOptions::new()
             .append(true)
             .open(path)
@@ -92,6 +107,7 @@ impl Outbox {
                 path: path.to_path_buf(),
                 file,
                 records: left.len(),
+                sync,
             }),
         };
         Ok((outbox, left))
@@ -105,6 +121,7 @@ impl Outbox {
         if let Some(j) = &mut self.journal {
             j.file
                 .write_all(&record(b'A', &publish.encode_to_vec()))
+                .and_then(|()| if j.sync { j.file.sync_data() } else { Ok(()) })
                 .map_err(|e| journal_err(&j.path, e))?;
             j.records += 1;
         }
@@ -149,6 +166,9 @@ impl Outbox {
             }
             f.sync_all()?;
             std::fs::rename(&tmp, &j.path)?;
+            if j.sync {
+                sync_dir(&j.path)?;
+            }
             OpenOptions::new().append(true).open(&j.path)
         })();
         match written {
@@ -174,6 +194,15 @@ impl Outbox {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
+}
+
+/// Makes a rename of `path` durable: fsyncs the directory holding it.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// Reads a journal: the publishes added and not removed, in the order added.
@@ -251,10 +280,19 @@ mod tests {
 
     #[test]
     fn journal_survives_a_restart_and_a_torn_tail() {
+        journal_restart_and_torn_tail(false);
+    }
+
+    #[test]
+    fn an_fsynced_journal_reads_back_the_same() {
+        journal_restart_and_torn_tail(true);
+    }
+
+    fn journal_restart_and_torn_tail(sync: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox");
         {
-            let (mut o, left) = Outbox::open(&path, 10).unwrap();
+            let (mut o, left) = Outbox::open(&path, 10, sync).unwrap();
             assert!(left.is_empty());
             for (i, id) in ["a", "b", "c"].iter().enumerate() {
                 o.add(i as u64 + 1, Arc::new(publish(id))).unwrap();
@@ -264,7 +302,7 @@ mod tests {
         // A record cut short by a crash.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[b'A', 0, 0, 0, 50, 1, 2]).unwrap();
-        let (o, left) = Outbox::open(&path, 10).unwrap();
+        let (o, left) = Outbox::open(&path, 10, sync).unwrap();
         assert_eq!(
             left.iter().map(|p| p.msg_id.as_str()).collect::<Vec<_>>(),
             vec!["a", "c"]

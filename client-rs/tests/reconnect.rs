@@ -177,8 +177,10 @@ async fn the_outbox_file_resends_what_a_previous_run_left_unacknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("outbox");
     let proxy = Proxy::start(broker_addr(&b.url)).await;
+    // Fsynced: the same behaviour, each entry on disk before its publish is sent.
     let with_file = || ConnectOptions {
         outbox_file: Some(file.clone()),
+        outbox_fsync: true,
         request_timeout: Duration::from_millis(300),
         ..fast_reconnect()
     };
