@@ -52,6 +52,7 @@ impl Target {
         let files = tls.clone();
         let handle = Broker::builder()
             .tcp("127.0.0.1:0".parse()?)
+            .http(None)
             .data_dir(dir.path())
             .configure(|c| {
                 if let Some((cert, key)) = files {

@@ -9,6 +9,8 @@
 //! Example file (every key optional):
 //! ```toml
 //! tcp = "127.0.0.1:7400"
+//! http = "127.0.0.1:7401"    # or "off"
+//! allowed_origins = ["https://app.example.com"]
 //! data_dir = "./rtc-data"
 //! log = "info"
 //! max_frame_size = 1048576
@@ -118,6 +120,13 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// HTTP gateway address (WebSocket, health); `"off"` in the file for none. With
+    /// `tls_cert` it speaks HTTPS. See `crate::gateway`.
+    #[serde(with = "addr_or_off")]
+    pub http: Option<SocketAddr>,
+    /// Origins (`https://app.example.com`) whose pages may use the HTTP gateway, besides
+    /// the broker's own host; `"*"` for any. Default: none.
+    pub allowed_origins: Vec<String>,
 }
 
 /// When the broker forces stored messages to disk before acknowledging them.
@@ -171,6 +180,8 @@ impl<'de> Deserialize<'de> for FsyncPolicy {
 
 /// Default TCP address: loopback, port 7400.
 pub const DEFAULT_TCP: &str = "127.0.0.1:7400";
+/// Default HTTP gateway address: loopback, port 7401.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7401";
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./rtc-data";
 /// Default [`Config::max_msg_id`]: room for a UUID, a ULID or a hash with a prefix.
@@ -216,6 +227,8 @@ impl Default for Config {
             quic: None,
             tls_cert: None,
             tls_key: None,
+            http: Some(DEFAULT_HTTP.parse().expect("constant address parses")),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -306,6 +319,27 @@ mod duration_str {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+/// A listen address, or `"off"` for none.
+pub mod addr_or_off {
+    use serde::{Deserialize, Deserializer};
+    use std::net::SocketAddr;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// `ADDR` or `off`.
+    pub fn parse(s: &str) -> Result<Option<SocketAddr>, String> {
+        if s == "off" {
+            return Ok(None);
+        }
+        s.parse()
+            .map(Some)
+            .map_err(|e| format!("{s:?}: {e}; expected HOST:PORT or off"))
     }
 }
 

@@ -5,6 +5,7 @@
 //! # async fn demo() -> Result<(), rtc_broker::BrokerError> {
 //! let handle = rtc_broker::Broker::builder()
 //!     .tcp("127.0.0.1:0".parse().unwrap())
+//!     .http(Some("127.0.0.1:0".parse().unwrap()))
 //!     .data_dir("./rtc-data")
 //!     .start()
 //!     .await?;
@@ -55,6 +56,7 @@ pub mod config;
 mod consumer;
 mod delivery;
 pub mod error;
+pub mod gateway;
 pub mod refusal;
 mod replay;
 pub mod server;

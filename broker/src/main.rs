@@ -1,6 +1,7 @@
 //! `rtc-broker`: the broker daemon. Reads flags and the optional TOML config (flags win),
 //! starts the library's [`rtc_broker::Broker`], prints one `listening <transport> <addr>`
-//! line per listener on stdout (`tcp`, or `tls` when a certificate is configured), and
+//! line per listener on stdout (`tcp`, or `tls` when a certificate is configured; `quic`;
+//! `http`, or `https`), and
 //! shuts down gracefully on SIGINT or SIGTERM (stop accepting, flush in-flight writes,
 //! exit 0). Logs go to stderr.
 
@@ -60,12 +61,24 @@ struct Args {
     /// QUIC listen address (UDP), e.g. 127.0.0.1:7400 [default: off].
     #[arg(long, value_name = "ADDR")]
     quic: Option<SocketAddr>,
+    /// HTTP gateway address (WebSocket, health), or `off` [default: 127.0.0.1:7401].
+    /// With --tls-cert it speaks HTTPS.
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listen)]
+    http: Option<Listen>,
     /// PEM certificate chain: with --tls-key, the TCP listener speaks TLS (tls:// URLs).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+}
+
+/// A listen address, or none (`off`).
+#[derive(Debug, Clone)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    rtc_broker::config::addr_or_off::parse(s).map(Listen)
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -112,6 +125,9 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     if args.quic.is_some() {
         config.quic = args.quic;
     }
+    if let Some(Listen(http)) = args.http {
+        config.http = http;
+    }
     if args.tls_cert.is_some() {
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
@@ -156,6 +172,9 @@ fn announce(handle: &BrokerHandle) -> std::io::Result<()> {
     if let (Some(addr), Some(fp)) = (handle.quic_addr(), handle.quic_fingerprint()) {
         writeln!(out, "listening quic {addr}")?;
         writeln!(out, "quic certificate sha256 {fp}")?;
+    }
+    if let (Some(scheme), Some(addr)) = (handle.http_scheme(), handle.http_addr()) {
+        writeln!(out, "listening {scheme} {addr}")?;
     }
     out.flush()
 }

@@ -25,6 +25,7 @@ use crate::consumer::Consumers;
 use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
 use crate::error::BrokerError;
+use crate::gateway::{Gateway, Http};
 use crate::router::Router;
 use crate::session::Shared;
 use crate::store::sled_store::{BackgroundFlush, SledStorage};
@@ -46,6 +47,7 @@ pub const STORE_DIR: &str = "store";
 /// # async fn demo() -> Result<(), rtc_broker::BrokerError> {
 /// let broker = rtc_broker::Broker::builder()
 ///     .tcp("127.0.0.1:0".parse().unwrap())
+///     .http(Some("127.0.0.1:0".parse().unwrap()))
 ///     .data_dir("/tmp/rtc-demo")
 ///     .start()
 ///     .await?;
@@ -112,6 +114,12 @@ impl BrokerBuilder {
         self
     }
 
+    /// HTTP gateway address (port 0 for any free port), or `None` for no gateway.
+    pub fn http(mut self, addr: Option<SocketAddr>) -> Self {
+        self.config.http = addr;
+        self
+    }
+
     /// Data directory (created if missing).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.data_dir = dir.into();
@@ -146,6 +154,16 @@ impl BrokerBuilder {
                 TcpListener::Tls(Tls::bind(config.tcp, acceptor).await?)
             }
             _ => TcpListener::Plain(Tcp::bind(config.tcp).await?),
+        };
+        let http = match config.http {
+            None => None,
+            Some(addr) => {
+                let tls = match (&config.tls_cert, &config.tls_key) {
+                    (Some(cert), Some(key)) => Some(crate::transport::tls::acceptor(cert, key)?),
+                    _ => None,
+                };
+                Some(Http::bind(addr, tls).await?)
+            }
         };
         let storage: Arc<dyn Storage> = match self.storage {
             Some(s) => s,
@@ -219,6 +237,15 @@ impl BrokerBuilder {
                 Some((bound, fingerprint))
             }
         };
+        let http = match http {
+            None => None,
+            Some(http) => {
+                let bound = (http.scheme(), http.local_addr());
+                let gateway = Gateway::new(shared.clone(), acceptor.clone(), cancel.clone());
+                http.spawn(gateway, cancel.clone(), &tracker);
+                Some(bound)
+            }
+        };
         let (scheme, tcp_addr) = match tcp {
             TcpListener::Plain(l) => {
                 let addr = l.local_addr();
@@ -242,6 +269,7 @@ impl BrokerBuilder {
             tcp_addr,
             scheme,
             quic,
+            http,
             listeners,
             cancel,
             tracker,
@@ -276,6 +304,8 @@ pub struct BrokerHandle {
     scheme: &'static str,
     /// The QUIC address and its certificate's SHA-256 fingerprint.
     quic: Option<(SocketAddr, String)>,
+    /// The HTTP gateway's scheme (`http`, `https`) and address.
+    http: Option<(&'static str, SocketAddr)>,
     /// The listeners added with [`BrokerBuilder::listener`]: transport and address.
     listeners: Vec<(&'static str, String)>,
     cancel: CancellationToken,
@@ -297,6 +327,16 @@ impl BrokerHandle {
     /// The QUIC listener's address, when QUIC is on.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.quic.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The HTTP gateway's address, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.map(|(_, a)| a)
+    }
+
+    /// `http` or `https` (with TLS), when the HTTP gateway is on.
+    pub fn http_scheme(&self) -> Option<&'static str> {
+        self.http.map(|(s, _)| s)
     }
 
     /// The SHA-256 fingerprint of the QUIC certificate, when QUIC is on.

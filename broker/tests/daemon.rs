@@ -66,6 +66,8 @@ fn config_file_is_read_and_flags_override_it() {
 fn run_expecting_failure(args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
+        // Not the default gateway port, which another test's broker may hold.
+        .args(["--http", "off"])
         .output()
         .expect("run rtc-broker");
     assert!(!out.status.success(), "expected failure for {args:?}");

@@ -84,6 +84,7 @@ async fn start(tweak: impl FnOnce(&mut rtc_broker::Config)) -> Embedded {
     };
     let handle = Broker::builder()
         .tcp("127.0.0.1:0".parse().unwrap())
+        .http(None)
         .data_dir(dir.path().join("data"))
         .configure(tweak)
         .listener(unix)

@@ -370,6 +370,7 @@ async fn start_faulty() -> (rtc_broker::BrokerHandle, Arc<Faulty>, tempfile::Tem
     });
     let handle = Broker::builder()
         .tcp("127.0.0.1:0".parse().unwrap())
+        .http(None)
         .data_dir(dir.path())
         .configure(|c| c.topic = vec![ephemeral_rule("eph.>")])
         .storage(storage.clone())

@@ -41,6 +41,9 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
     /// The QUIC address it printed, when started with `--quic`.
     pub quic: Option<SocketAddr>,
+    /// The HTTP gateway's address it printed, when started with `--http` (otherwise it
+    /// is started with `--http off`).
+    pub http: Option<SocketAddr>,
     /// Its data directory.
     pub data_dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -92,6 +95,12 @@ impl BrokerProcess {
             .args(["--tcp", tcp, "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            // The gateway's default port would be shared by every broker a test starts.
+            .args(if extra.contains(&"--http") {
+                &[][..]
+            } else {
+                &["--http", "off"][..]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -145,10 +154,25 @@ impl BrokerProcess {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
         });
+        // Then the HTTP line, after the QUIC certificate's.
+        let http = extra.contains(&"--http").then(|| loop {
+            let line = lines
+                .recv_timeout(START_TIMEOUT)
+                .expect("a `listening http` line");
+            let addr = line
+                .strip_prefix("listening http ")
+                .or_else(|| line.strip_prefix("listening https "));
+            if let Some(addr) = addr {
+                break addr
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+            }
+        });
         Ok(BrokerProcess {
             child,
             addr,
             quic,
+            http,
             data_dir: data_dir.to_path_buf(),
             stderr: Some(stderr),
         })

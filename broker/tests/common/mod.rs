@@ -31,6 +31,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
     let dir = tempfile::tempdir().expect("temp dir");
     let handle = Broker::builder()
         .tcp("127.0.0.1:0".parse().unwrap())
+        .http(None)
         .data_dir(dir.path())
         .configure(tweak)
         .start()

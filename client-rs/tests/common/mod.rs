@@ -127,6 +127,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
 pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestBroker {
     let handle = Broker::builder()
         .tcp("127.0.0.1:0".parse().unwrap())
+        .http(None)
         .data_dir(dir.path())
         .configure(tweak)
         .start()

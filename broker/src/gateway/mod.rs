@@ -1,0 +1,347 @@
+//! The HTTP gateway: how browsers and mobile apps reach the broker. One HTTP/1.1
+//! listener (HTTPS with the broker's TLS certificate) serves:
+//!
+//! - `GET /healthz`: 200 while the broker serves;
+//! - `GET /readyz`: 200 once the store is open and until the broker stops (503 then);
+//! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
+//!   to the one accept path like any connection.
+//!
+//! Each TCP connection is served by hyper with a header-read timeout of the broker's
+//! `handshake_timeout` (a client that dribbles its headers is closed) and, with TLS, the
+//! TLS handshake under the same limit. axum routes the requests; its WebSocket upgrade
+//! hands the socket to [`crate::accept::Acceptor::admit`], which applies the connection
+//! limit and runs the session.
+//!
+//! A request that fails is answered with an HTTP status and a JSON body carrying the same
+//! stable code as the binary protocol: `{"code": "PERMISSION_DENIED", "message": "…"}`
+//! ([`refused`], [`status_of`]).
+//!
+//! Origins: a request carrying an `Origin` header (what a browser sends for a WebSocket)
+//! is served only if that origin is the page's own host or is listed in
+//! `Config::allowed_origins`; by default no cross-origin page may connect.
+
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::accept::Acceptor;
+use crate::error::BrokerError;
+use crate::refusal::Refusal;
+use crate::session::Shared;
+
+/// The HTTP listener, bound and not yet serving.
+pub struct Http {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Http {
+    /// Binds `addr`; with `tls`, every connection speaks HTTPS.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Result<Http, BrokerError> {
+        let bind_err = |source| BrokerError::Bind {
+            transport: "http",
+            addr,
+            source,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(Http {
+            listener,
+            addr,
+            tls,
+        })
+    }
+
+    /// The address it is bound to (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Serves until `cancel`, every connection on `tracker`.
+    pub fn spawn(self, gateway: Gateway, cancel: CancellationToken, tracker: &TaskTracker) {
+        tracker.spawn(serve(self, gateway, cancel, tracker.clone()));
+    }
+}
+
+/// What the gateway's handlers share.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    acceptor: Acceptor,
+    cancel: CancellationToken,
+}
+
+impl Gateway {
+    /// Handlers over the broker's services; WebSocket sessions go through `acceptor`.
+    pub fn new(shared: Arc<Shared>, acceptor: Acceptor, cancel: CancellationToken) -> Self {
+        Gateway {
+            shared,
+            acceptor,
+            cancel,
+        }
+    }
+
+    fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/v1/ws", get(websocket))
+            .with_state(self)
+    }
+}
+
+/// The peer of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+async fn serve(http: Http, gateway: Gateway, cancel: CancellationToken, tracker: TaskTracker) {
+    let Http { listener, tls, .. } = http;
+    let limit = gateway.shared.config.handshake_timeout;
+    let router = gateway.router();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and friends: the TCP listener logs these once per
+                // episode; here a pause is enough not to spin.
+                tracing::debug!(error = %e, "http accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone().layer(Extension(Peer(peer)));
+        let (tls, cancel) = (tls.clone(), cancel.clone());
+        tracker.spawn(connection(tcp, tls, router, cancel, limit));
+    }
+}
+
+/// Serves one TCP connection: TLS first if configured, then HTTP/1.1 with upgrades.
+async fn connection(
+    tcp: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    cancel: CancellationToken,
+    limit: std::time::Duration,
+) {
+    match tls {
+        None => http1(tcp, router, cancel, limit).await,
+        Some(tls) => match tokio::time::timeout(limit, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => http1(stream, router, cancel, limit).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "https handshake failed"),
+            Err(_) => tracing::debug!("https handshake timed out"),
+        },
+    }
+}
+
+async fn http1<S>(io: S, router: Router, cancel: CancellationToken, limit: std::time::Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limit)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        }
+        _ = cancel.cancelled() => {
+            // Lets the request in progress finish; an upgraded WebSocket's session sees
+            // the same signal and says SHUTTING_DOWN itself.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The HTTP status of a refusal; the body carries its stable code (see [`refused`]).
+pub(crate) fn status_of(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::InvalidRequest(_)
+        | Refusal::InvalidTopic(_)
+        | Refusal::InvalidPattern(_)
+        | Refusal::DuplicateSubscription(_)
+        | Refusal::UnknownSubscription(_)
+        | Refusal::Unsupported(_)
+        | Refusal::HandshakeRequired(_)
+        | Refusal::UnsupportedVersion(_)
+        | Refusal::BadFrame(_) => StatusCode::BAD_REQUEST,
+        Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Refusal::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+        Refusal::HandshakeTimeout(_) | Refusal::HeartbeatTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        Refusal::Conflict(_) => StatusCode::CONFLICT,
+        Refusal::PayloadTooLarge(_) | Refusal::FrameTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::RateLimited(_) | Refusal::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+    }
+}
+
+/// A refused request as an answer: the status of [`status_of`] and
+/// `{"code": "PERMISSION_DENIED", "message": "…"}`, the code as in rtc.proto without its
+/// `ERROR_CODE_` prefix.
+pub(crate) fn refused(refusal: Refusal) -> Response {
+    let code = refusal
+        .code()
+        .as_str_name()
+        .trim_start_matches("ERROR_CODE_");
+    let body = serde_json::json!({ "code": code, "message": refusal.to_string() });
+    (status_of(&refusal), Json(body)).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "serving" })).into_response()
+}
+
+async fn readyz(State(g): State<Gateway>) -> Response {
+    if g.cancel.is_cancelled() {
+        return refused(Refusal::ShuttingDown("the broker is shutting down".into()));
+    }
+    // The store is opened before any listener binds.
+    Json(serde_json::json!({ "status": "ready" })).into_response()
+}
+
+/// Whether a request with these headers may be served: no `Origin` (not a browser
+/// page), the page's own host, or an allowed origin.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), Refusal> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let same_host = origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| !host.is_empty() && rest == host);
+    if same_host || allowed.iter().any(|a| a == "*" || a == origin) {
+        return Ok(());
+    }
+    Err(Refusal::PermissionDenied(format!(
+        "origin {origin:?} is not allowed (allowed_origins in the broker's config)"
+    )))
+}
+
+async fn websocket(
+    State(g): State<Gateway>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err(refusal) = origin_allowed(&headers, &g.shared.config.allowed_origins) {
+        return refused(refusal);
+    }
+    let max = g.shared.config.max_frame_size;
+    let acceptor = g.acceptor.clone();
+    upgrade
+        .protocols([ws::PROTO])
+        // Above the limit by a little, so that the session can say FRAME_TOO_LARGE for
+        // a message just over it; far above it, tungstenite refuses it by itself.
+        .max_message_size(max + 1024)
+        .max_frame_size(max + 1024)
+        .on_upgrade(move |socket| async move {
+            acceptor.admit(ws::WsIncoming {
+                socket,
+                peer: format!("ws {peer}"),
+            });
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_have_the_documented_statuses_and_codes() {
+        let cases = [
+            (Refusal::InvalidTopic("t".into()), 400, "INVALID_TOPIC"),
+            (Refusal::Unauthorized("t".into()), 401, "UNAUTHORIZED"),
+            (
+                Refusal::PermissionDenied("t".into()),
+                403,
+                "PERMISSION_DENIED",
+            ),
+            (
+                Refusal::PayloadTooLarge("t".into()),
+                413,
+                "PAYLOAD_TOO_LARGE",
+            ),
+            (Refusal::RateLimited("t".into()), 429, "RATE_LIMITED"),
+            (Refusal::ShuttingDown("t".into()), 503, "SHUTTING_DOWN"),
+            (Refusal::Storage("t".into()), 507, "STORAGE"),
+        ];
+        for (refusal, status, code) in cases {
+            assert_eq!(status_of(&refusal).as_u16(), status, "{refusal:?}");
+            let name = refusal
+                .code()
+                .as_str_name()
+                .trim_start_matches("ERROR_CODE_");
+            assert_eq!(name, code);
+            assert_eq!(refused(refusal).status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn origins_the_page_own_host_or_allowed_ones() {
+        let headers = |origin: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "broker.example:7401".parse().unwrap());
+            h.insert(header::ORIGIN, origin.parse().unwrap());
+            h
+        };
+        let allowed = ["https://app.example".to_string()];
+        assert!(origin_allowed(&HeaderMap::new(), &[]).is_ok(), "no Origin");
+        assert!(origin_allowed(&headers("https://broker.example:7401"), &[]).is_ok());
+        assert!(origin_allowed(&headers("https://app.example"), &allowed).is_ok());
+        assert!(origin_allowed(&headers("https://app.example.evil"), &allowed).is_err());
+        assert!(origin_allowed(&headers("null"), &allowed).is_err());
+        assert!(origin_allowed(&headers("https://x"), &["*".to_string()]).is_ok());
+    }
+}
