@@ -2,7 +2,8 @@
 //! the engine's [`CommitSink`]: each stored message is fanned out through the router to
 //! live subscribers, in the pass's order, and only then is each publisher answered —
 //! `PubAck{seq}`, `PubAck{seq, duplicate}` or the refusal's `Error` — in its connection's
-//! outbox. Every queue filled is flushed once at the end of the pass, so a connection
+//! outbox, or, for a request that waits for its outcome itself (an HTTP publish), on its
+//! reply channel. Every queue filled is flushed once at the end of the pass, so a connection
 //! gets the pass's frames in one write (directly from the committing thread when its
 //! writer is idle; see `crate::outbound`).
 //!
@@ -18,26 +19,54 @@ use std::sync::Arc;
 
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::Frame;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{Appender, CommitSink, Committed, Outcome};
 use crate::outbound::{AnswerDue, Outbox};
+use crate::refusal::Refusal;
 use crate::router::{Flushes, Router};
 
 /// Appends accepted but not yet answered, across all connections. Beyond it, publishers
 /// wait for a slot before their request is read further.
 pub const MAX_IN_FLIGHT: usize = 65_536;
 
-/// Who to answer about one append: the publisher's request and its connection's queue.
+/// Who to answer about one append, and the slot it holds.
 #[derive(Debug)]
 pub struct Origin {
-    /// The publisher's req_id; 0 means no PubAck (errors are still sent).
-    pub req_id: u64,
-    /// The answer owed, and the queue it goes into: the connection does not close its
-    /// queue before every answer owed is queued.
-    pub due: AnswerDue,
+    /// Where the answer goes.
+    pub to: AnswerTo,
     /// Held until the answer is queued; bounds the appends in flight.
     pub permit: OwnedSemaphorePermit,
+}
+
+/// Where the answer to one append goes.
+#[derive(Debug)]
+pub enum AnswerTo {
+    /// A session's publish: a `PubAck` or `Error` frame in its connection's queue.
+    Queue {
+        /// The publisher's req_id; 0 means no PubAck (errors are still sent).
+        req_id: u64,
+        /// The answer owed, and the queue it goes into: the connection does not close
+        /// its queue before every answer owed is queued.
+        due: AnswerDue,
+    },
+    /// A request that waits for its outcome itself (an HTTP publish).
+    Reply(oneshot::Sender<Answer>),
+}
+
+/// The outcome of one append, for an [`AnswerTo::Reply`].
+#[derive(Debug)]
+pub enum Answer {
+    /// Stored under `seq` (0 for an ephemeral topic); `duplicate` when it was stored
+    /// before, under that seq.
+    Stored {
+        /// Its sequence number.
+        seq: u64,
+        /// Stored earlier with the same message ID.
+        duplicate: bool,
+    },
+    /// Refused.
+    Refused(Refusal),
 }
 
 /// The appends of sessions, with their origins.
@@ -104,11 +133,27 @@ impl CommitSink<Origin> for Delivery {
 
 /// Queues the answer to one append; returns the outbox if it must then be flushed.
 fn answer(origin: Origin, outcome: Outcome) -> Option<Arc<Outbox>> {
-    let Origin {
-        req_id,
-        due,
-        permit,
-    } = origin;
+    let Origin { to, permit } = origin;
+    let (req_id, due) = match to {
+        AnswerTo::Queue { req_id, due } => (req_id, due),
+        AnswerTo::Reply(reply) => {
+            let answer = match outcome {
+                Outcome::Refused(refusal) => Answer::Refused(refusal),
+                Outcome::Stored { seq, .. } => Answer::Stored {
+                    seq,
+                    duplicate: false,
+                },
+                Outcome::Duplicate { seq } => Answer::Stored {
+                    seq,
+                    duplicate: true,
+                },
+            };
+            // A requester that went away has nobody left to tell.
+            let _ = reply.send(answer);
+            drop(permit);
+            return None;
+        }
+    };
     let frame = match outcome {
         Outcome::Refused(refusal) => Some(refusal.frame(req_id)),
         Outcome::Stored { seq, .. } => ack(req_id, seq, false),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{RawConn, WAIT};
+use common::{http, RawConn, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use rtc_broker::{Broker, BrokerHandle, Config};
@@ -44,29 +44,6 @@ async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
         handle,
         _dir: dir,
     }
-}
-
-/// A plain HTTP/1.1 request; the status and body of the answer.
-async fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut answer))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// A WebSocket on `/v1/ws` asking for `protocol`, with extra request headers.
@@ -158,13 +135,17 @@ async fn handshake(ws: &mut Ws) -> v1::Welcome {
 #[tokio::test]
 async fn health_and_readiness_answer_while_serving() {
     let g = start(|_| {}).await;
-    let (status, body) = http_get(g.http, "/healthz", "").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("serving"), "{body}");
-    let (status, body) = http_get(g.http, "/readyz", "").await;
-    assert_eq!(status, 200, "{body}");
-    let (status, _) = http_get(g.http, "/nope", "").await;
-    assert_eq!(status, 404);
+    let a = http::get(g.http, "/healthz", &[]).await;
+    assert_eq!(
+        (a.status, a.json()["status"].as_str()),
+        (200, Some("serving"))
+    );
+    let a = http::get(g.http, "/readyz", &[]).await;
+    assert_eq!(
+        (a.status, a.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
+    assert_eq!(http::get(g.http, "/nope", &[]).await.status, 404);
     g.handle.shutdown().await;
 }
 
@@ -387,7 +368,6 @@ async fn a_client_that_dribbles_its_headers_is_closed() {
     })
     .await;
     assert!(read.is_ok(), "the broker kept a dribbling client");
-    let (status, _) = http_get(g.http, "/healthz", "").await;
-    assert_eq!(status, 200);
+    assert_eq!(http::get(g.http, "/healthz", &[]).await.status, 200);
     g.handle.shutdown().await;
 }

@@ -4,7 +4,8 @@
 //! - `GET /healthz`: 200 while the broker serves;
 //! - `GET /readyz`: 200 once the store is open and until the broker stops (503 then);
 //! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
-//!   to the one accept path like any connection.
+//!   to the one accept path like any connection;
+//! - `POST /v1/publish/{topic}` and `POST /v1/publish` (a batch): see [`publish`].
 //!
 //! Each TCP connection is served by hyper with a header-read timeout of the broker's
 //! `handshake_timeout` (a client that dribbles its headers is closed) and, with TLS, the
@@ -20,6 +21,7 @@
 //! is served only if that origin is the page's own host or is listed in
 //! `Config::allowed_origins`; by default no cross-origin page may connect.
 
+mod publish;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -29,7 +31,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -121,6 +123,8 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/v1/ws", get(websocket))
+            .route("/v1/publish", post(publish::batch))
+            .route("/v1/publish/{topic}", post(publish::one))
             .with_state(self)
     }
 }
@@ -227,12 +231,38 @@ pub(crate) fn status_of(refusal: &Refusal) -> StatusCode {
 /// `{"code": "PERMISSION_DENIED", "message": "…"}`, the code as in rtc.proto without its
 /// `ERROR_CODE_` prefix.
 pub(crate) fn refused(refusal: Refusal) -> Response {
+    (status_of(&refusal), Json(refusal_json(&refusal))).into_response()
+}
+
+/// `{"code": …, "message": …}` for `refusal`.
+pub(crate) fn refusal_json(refusal: &Refusal) -> serde_json::Value {
     let code = refusal
         .code()
         .as_str_name()
         .trim_start_matches("ERROR_CODE_");
-    let body = serde_json::json!({ "code": code, "message": refusal.to_string() });
-    (status_of(&refusal), Json(body)).into_response()
+    serde_json::json!({ "code": code, "message": refusal.to_string() })
+}
+
+/// Who is making a request: the token of `Authorization: Bearer …`, or `query_token`
+/// where a browser cannot set headers (WebSocket, SSE). A broker without users lets
+/// everyone in.
+pub(crate) fn identity(
+    g: &Gateway,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<crate::auth::Identity, Refusal> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = bearer.or(query_token).unwrap_or("");
+    g.shared.auth.authenticate(token).ok_or_else(|| {
+        Refusal::Unauthorized(if token.is_empty() {
+            "this broker requires a token: Authorization: Bearer TOKEN".into()
+        } else {
+            "the token is not valid".into()
+        })
+    })
 }
 
 async fn healthz() -> Response {

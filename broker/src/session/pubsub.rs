@@ -11,26 +11,22 @@
 
 use std::sync::Arc;
 
-use rtc_proto::codec::deliver_frame_len;
-use rtc_proto::topic::{validate_pattern, validate_publish_topic};
-use rtc_proto::v1::{self, frame::Op, start_position::Position, TopicSettings};
+use rtc_proto::topic::validate_pattern;
+use rtc_proto::v1::{self, frame::Op, start_position::Position};
 use rtc_proto::Frame;
 use tokio::task::JoinHandle;
 
-use super::{Session, Shared};
-use crate::auth::Identity;
+use super::Session;
 use crate::clock::now_ms;
 use crate::consumer::MemberRef;
-use crate::delivery::Origin;
+use crate::delivery::{AnswerTo, Origin};
 use crate::engine::Append;
 use crate::outbound::{Closed, Subscription};
+use crate::publish;
 use crate::refusal::Refusal;
 use crate::replay::{self, Gate};
 use crate::router::Subscriber;
 use crate::topic::is_durable;
-
-/// Bytes the broker may add to a message when it stores it (the seq field at most).
-const STORED_OVERHEAD: usize = 11;
 
 /// One active subscription of a session.
 #[derive(Debug)]
@@ -55,28 +51,12 @@ impl Session {
         // the settings in force do not change.
         let generation = self.shared.log.settings_generation();
         let checked = self.known_topics.get_or_try_insert(generation, &topic, || {
-            check_publish_topic(&self.shared, &self.identity, &topic)
+            publish::check_topic(&*self.shared.log, &self.identity, &topic)
         });
         let settings = match checked {
             Ok(settings) => *settings,
             Err(refusal) => return self.refuse(req_id, refusal).await,
         };
-        let max_payload = self.shared.config.max_payload;
-        if payload.len() > max_payload {
-            let msg = format!(
-                "payload of {} bytes; the limit is {max_payload}",
-                payload.len()
-            );
-            return self.refuse(req_id, Refusal::PayloadTooLarge(msg)).await;
-        }
-        let max_msg_id = self.shared.config.max_msg_id;
-        if msg_id.len() > max_msg_id {
-            let msg = format!(
-                "msg_id of {} bytes; the limit is {max_msg_id}",
-                msg_id.len()
-            );
-            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
-        }
         if let Some((wait, tell)) = self.throttle.as_mut().and_then(|t| t.take()) {
             if tell {
                 let rate = self.shared.config.publish_rate;
@@ -90,26 +70,16 @@ impl Session {
             // Accepted after the wait, not when read.
             self.read_ms = now_ms();
         }
-        if let Err(msg) = rtc_proto::headers::validate_headers(&headers) {
-            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
-        }
-        let message = v1::Message {
-            topic,
+        let contents = publish::Contents {
             payload,
             headers,
-            seq: 0,
-            timestamp_ms: self.read_ms,
             msg_id,
-            delivery_count: 1,
         };
-        // The Deliver built from this publish must fit the frame limit we announced.
-        let message_len = prost::Message::encoded_len(&message);
-        let len = deliver_frame_len(u64::MAX, message_len + STORED_OVERHEAD);
-        let max = self.shared.config.max_frame_size;
-        if len > max {
-            let msg = format!("message would be a {len}-byte Deliver frame; the limit is {max}");
-            return self.refuse(req_id, Refusal::PayloadTooLarge(msg)).await;
-        }
+        let (message, message_len) =
+            match publish::message(&self.shared.config, topic, contents, self.read_ms) {
+                Ok(m) => m,
+                Err(refusal) => return self.refuse(req_id, refusal).await,
+            };
         if !is_durable(&settings) {
             let fanout = self.shared.router.publish_cached(
                 &mut self.matches,
@@ -162,8 +132,10 @@ impl Session {
             headers,
             msg_id,
             origin: Origin {
-                req_id,
-                due: self.outbox.answer_due(),
+                to: AnswerTo::Queue {
+                    req_id,
+                    due: self.outbox.answer_due(),
+                },
                 permit,
             },
         };
@@ -296,20 +268,4 @@ impl Session {
             self.end_subscription(sub_id, sub).await;
         }
     }
-}
-
-/// Whether `identity` may publish to `topic`, and the topic's settings if so.
-fn check_publish_topic(
-    shared: &Shared,
-    identity: &Identity,
-    topic: &str,
-) -> Result<TopicSettings, Refusal> {
-    if let Err(e) = validate_publish_topic(topic) {
-        return Err(Refusal::InvalidTopic(format!("{topic:?}: {e}")));
-    }
-    if !identity.can_publish(topic) {
-        let msg = format!("user {:?} may not publish to {topic:?}", identity.name());
-        return Err(Refusal::PermissionDenied(msg));
-    }
-    Ok(shared.log.settings(topic))
 }

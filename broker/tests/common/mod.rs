@@ -2,6 +2,8 @@
 //! protocol connection that sends and expects frames exactly as a foreign client would.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,204 @@
+//! HTTP publish through the gateway, against the broker on 127.0.0.1:0 over real
+//! sockets: one message with `Idempotency-Key` dedup, a newline-delimited batch with a
+//! result per line, ephemeral topics, and every refusal with its status and wire code
+//! (bad topic, body above `max_payload`, missing, wrong and unpermitted tokens).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::http::{self, Answer};
+use common::RawConn;
+use rtc_broker::auth::{hash_token, UserConfig};
+use rtc_broker::topic::TopicRule;
+use rtc_broker::{Broker, BrokerHandle, Config};
+
+struct Gateway {
+    handle: BrokerHandle,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .http(Some("127.0.0.1:0".parse().unwrap()))
+        .data_dir(dir.path())
+        .configure(|c| {
+            c.topic = vec![TopicRule::ephemeral("eph.>")];
+            tweak(c)
+        })
+        .start()
+        .await
+        .unwrap();
+    Gateway {
+        http: handle.http_addr().expect("the gateway is on"),
+        handle,
+        _dir: dir,
+    }
+}
+
+async fn post(g: &Gateway, path: &str, headers: &[&str], body: &[u8]) -> Answer {
+    http::request(g.http, "POST", path, headers, body).await
+}
+
+fn error_code(a: &Answer) -> String {
+    a.json()["code"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_publish_is_stored_once_per_idempotency_key() {
+    let g = start(|_| {}).await;
+    let mut sub = RawConn::hello(g.handle.tcp_addr()).await;
+    sub.subscribe_ok(1, "orders.>").await;
+
+    let key = "Idempotency-Key: order-17";
+    let a = post(&g, "/v1/publish/orders.new", &[key], b"{\"id\":17}").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), serde_json::json!({"seq": 1, "duplicate": false}));
+    // The same key again: answered as a duplicate with the first seq, not stored again.
+    let a = post(&g, "/v1/publish/orders.new", &[key], b"{\"id\":17}").await;
+    assert_eq!(a.json(), serde_json::json!({"seq": 1, "duplicate": true}));
+    let a = post(&g, "/v1/publish/orders.new", &[], b"no key").await;
+    assert_eq!(a.json(), serde_json::json!({"seq": 2, "duplicate": false}));
+
+    let (_, topic, payload) = sub.expect_deliver().await;
+    assert_eq!(
+        (topic.as_str(), payload),
+        ("orders.new", Bytes::from_static(b"{\"id\":17}"))
+    );
+    assert_eq!(sub.expect_deliver().await.2, Bytes::from_static(b"no key"));
+    g.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ephemeral_publish_is_fanned_out_with_seq_0() {
+    let g = start(|_| {}).await;
+    let mut sub = RawConn::hello(g.handle.tcp_addr()).await;
+    sub.subscribe_ok(1, "eph.>").await;
+    let a = post(&g, "/v1/publish/eph.pos", &[], b"x=1").await;
+    assert_eq!(a.json(), serde_json::json!({"seq": 0, "duplicate": false}));
+    assert_eq!(sub.expect_deliver().await.2, Bytes::from_static(b"x=1"));
+    g.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_gets_one_result_per_line_in_order() {
+    let g = start(|_| {}).await;
+    let mut sub = RawConn::hello(g.handle.tcp_addr()).await;
+    sub.subscribe_ok(1, "chat.>").await;
+    let body = concat!(
+        "{\"topic\":\"chat.room1\",\"payload\":\"hello\",\"msg_id\":\"m1\"}\n",
+        "{\"topic\":\"bad topic\",\"payload\":\"x\"}\n",
+        "\n",
+        "{\"topic\":\"chat.room1\",\"payload_base64\":\"AAH/\",\"headers\":{\"k\":\"v\"}}\n",
+        "not json\n",
+        "{\"topic\":\"chat.room1\",\"payload\":\"hello\",\"msg_id\":\"m1\"}\n",
+    );
+    let a = post(
+        &g,
+        "/v1/publish",
+        &["Content-Type: application/x-ndjson"],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let results = a.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 5, "{results:?}");
+    assert_eq!(
+        results[0],
+        serde_json::json!({"seq": 1, "duplicate": false})
+    );
+    assert_eq!(results[1]["code"], "INVALID_TOPIC");
+    assert_eq!(
+        results[2],
+        serde_json::json!({"seq": 2, "duplicate": false})
+    );
+    assert_eq!(results[3]["code"], "INVALID_REQUEST");
+    assert!(
+        results[3]["message"].as_str().unwrap().contains("line 4"),
+        "{results:?}"
+    );
+    assert_eq!(results[4], serde_json::json!({"seq": 1, "duplicate": true}));
+    assert_eq!(sub.expect_deliver().await.2, Bytes::from_static(b"hello"));
+    assert_eq!(
+        sub.expect_deliver().await.2,
+        Bytes::from_static(&[0, 1, 255])
+    );
+    g.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_carry_the_status_and_the_wire_code() {
+    let g = start(|c| c.max_payload = 1000).await;
+    let a = post(&g, "/v1/publish/bad%20topic", &[], b"x").await;
+    assert_eq!(
+        (a.status, error_code(&a).as_str()),
+        (400, "INVALID_TOPIC"),
+        "{}",
+        a.text()
+    );
+    let a = post(&g, "/v1/publish/ok.topic", &[], &[7u8; 1001]).await;
+    assert_eq!(
+        (a.status, error_code(&a).as_str()),
+        (413, "PAYLOAD_TOO_LARGE")
+    );
+    let a = post(&g, "/v1/publish/ok.topic", &[], &[7u8; 1000]).await;
+    assert_eq!(a.status, 200, "exactly the limit is accepted: {}", a.text());
+    let long_key = format!("Idempotency-Key: {}", "k".repeat(300));
+    let a = post(&g, "/v1/publish/ok.topic", &[&long_key], b"x").await;
+    assert_eq!(
+        (a.status, error_code(&a).as_str()),
+        (400, "INVALID_REQUEST")
+    );
+    let a = post(&g, "/v1/publish", &[], &[b'x'; 1001]).await;
+    assert_eq!(
+        (a.status, error_code(&a).as_str()),
+        (413, "PAYLOAD_TOO_LARGE")
+    );
+    g.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_and_permissions_apply_to_http_publish() {
+    let g = start(|c| {
+        c.user = vec![UserConfig {
+            name: "shop".into(),
+            token_hash: hash_token("shop-token"),
+            publish: vec!["orders.>".into()],
+            subscribe: vec![],
+        }]
+    })
+    .await;
+    let a = post(&g, "/v1/publish/orders.x", &[], b"x").await;
+    assert_eq!((a.status, error_code(&a).as_str()), (401, "UNAUTHORIZED"));
+    let a = post(
+        &g,
+        "/v1/publish/orders.x",
+        &["Authorization: Bearer nope"],
+        b"x",
+    )
+    .await;
+    assert_eq!((a.status, error_code(&a).as_str()), (401, "UNAUTHORIZED"));
+    let ok = "Authorization: Bearer shop-token";
+    let a = post(&g, "/v1/publish/billing.x", &[ok], b"x").await;
+    assert_eq!(
+        (a.status, error_code(&a).as_str()),
+        (403, "PERMISSION_DENIED")
+    );
+    let a = post(&g, "/v1/publish/orders.x", &[ok], b"x").await;
+    assert_eq!(a.json(), serde_json::json!({"seq": 1, "duplicate": false}));
+    // The batch form checks each line.
+    let body =
+        "{\"topic\":\"orders.y\",\"payload\":\"a\"}\n{\"topic\":\"billing.y\",\"payload\":\"b\"}\n";
+    let a = post(&g, "/v1/publish", &[ok], body.as_bytes()).await;
+    let results = a.json()["results"].clone();
+    assert_eq!(
+        results[0],
+        serde_json::json!({"seq": 1, "duplicate": false})
+    );
+    assert_eq!(results[1]["code"], "PERMISSION_DENIED");
+    g.handle.shutdown().await;
+}
