@@ -144,8 +144,20 @@ impl Subscriber for Gate {
 /// Replays `pattern` from `start` into the gate's subscription, reading `log`, then
 /// opens the gate. Ends early if the connection closes. A storage failure is reported to
 /// the client as `Error{STORAGE}` for this subscription, which then continues live.
-pub async fn run(gate: Arc<Gate>, log: Arc<dyn Log>, pattern: String, start: Position) {
-    match catch_up(&gate, &*log, &pattern, start).await {
+/// `resume_after` maps topics to the last seq the client has: those continue after it,
+/// the others start at `start`.
+pub async fn run(
+    gate: Arc<Gate>,
+    log: Arc<dyn Log>,
+    pattern: String,
+    start: Position,
+    resume_after: std::collections::BTreeMap<String, u64>,
+) {
+    let cursors = resume_after
+        .into_iter()
+        .map(|(topic, seq)| (topic, seq.saturating_add(1)))
+        .collect();
+    match catch_up(&gate, &*log, &pattern, start, cursors).await {
         Ok(()) | Err(Failure::Closed) => {}
         Err(Failure::Store(e)) => {
             tracing::error!(sub_id = gate.sub_id, error = %e, "replay failed; continuing live");
@@ -180,8 +192,8 @@ async fn catch_up(
     log: &dyn Log,
     pattern: &str,
     start: Position,
+    mut cursors: HashMap<String, u64>,
 ) -> Result<(), Failure> {
-    let mut cursors: HashMap<String, u64> = HashMap::new();
     let mut first_pass = true;
     loop {
         for (name, topic) in log.durable_matching(pattern) {

@@ -252,3 +252,60 @@ async fn topic_info_bytes_count_the_stored_messages_encoded_size() {
         other => panic!("expected TopicInfo, got {other:?}"),
     }
 }
+
+/// `resume_after`: each listed topic continues after the seq given, the others start at
+/// `start` (`new` when unset); the limit on entries is enforced.
+#[tokio::test]
+async fn resume_after_continues_each_listed_topic_and_starts_the_others_at_start() {
+    let b = start_with(|_| {}).await;
+    let mut p = RawConn::hello(b.addr).await;
+    for _ in 0..5 {
+        p.publish_acked("ra.x", b"x").await;
+    }
+    for _ in 0..3 {
+        p.publish_acked("ra.y", b"y").await;
+    }
+    let resume = |sub_id, start: Option<Position>, after: &[(&str, u64)]| {
+        Frame::from_op(Op::Subscribe(v1::Subscribe {
+            sub_id,
+            pattern: "ra.>".into(),
+            start: start.map(|p| v1::StartPosition { position: Some(p) }),
+            resume_after: after.iter().map(|(t, s)| (t.to_string(), *s)).collect(),
+            ..Default::default()
+        }))
+    };
+    let mut s = RawConn::hello(b.addr).await;
+    // Unset start: ra.x after 3, ra.y (not listed) only what comes live.
+    s.send(resume(1, None, &[("ra.x", 3)])).await;
+    expect_sub_ack(&mut s, 1).await;
+    let got: Vec<(String, u64)> = [expect_message(&mut s).await, expect_message(&mut s).await]
+        .into_iter()
+        .map(|m| (m.topic, m.seq))
+        .collect();
+    assert_eq!(got, [("ra.x".to_string(), 4), ("ra.x".to_string(), 5)]);
+    expect_replay_end(&mut s, 1).await;
+    p.publish_acked("ra.y", b"live").await;
+    let m = expect_message(&mut s).await;
+    assert_eq!((m.topic.as_str(), m.seq), ("ra.y", 4));
+
+    // Start first: the unlisted topic from its first message.
+    let mut s = RawConn::hello(b.addr).await;
+    s.send(resume(
+        2,
+        Some(Position::First(true)),
+        &[("ra.x", 5), ("ra.y", 2)],
+    ))
+    .await;
+    expect_sub_ack(&mut s, 2).await;
+    let m = expect_message(&mut s).await;
+    assert_eq!((m.topic.as_str(), m.seq), ("ra.y", 3));
+    let m = expect_message(&mut s).await;
+    assert_eq!((m.topic.as_str(), m.seq), ("ra.y", 4));
+    expect_replay_end(&mut s, 2).await;
+
+    let many: Vec<(String, u64)> = (0..1001).map(|i| (format!("ra.t{i}"), 1)).collect();
+    let many: Vec<(&str, u64)> = many.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+    s.send(resume(3, None, &many)).await;
+    let e = s.expect_error(ErrorCode::InvalidRequest).await;
+    assert!(e.message.contains("1000"), "{e:?}");
+}

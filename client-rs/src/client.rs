@@ -287,6 +287,7 @@ impl Client {
             max_in_flight: consumer.and_then(|c| c.max_in_flight).unwrap_or(0),
             max_deliver: consumer.and_then(|c| c.max_deliver).unwrap_or(0),
             datagrams: options.datagrams,
+            resume_after: Default::default(),
         };
         self.inner
             .shared

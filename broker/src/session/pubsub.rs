@@ -28,6 +28,9 @@ use crate::replay::{self, Gate};
 use crate::router::Subscriber;
 use crate::topic::is_durable;
 
+/// Most topics a Subscribe's `resume_after` may list.
+const MAX_RESUME_AFTER: usize = 1000;
+
 /// One active subscription of a session.
 #[derive(Debug)]
 pub(crate) struct ActiveSub {
@@ -146,7 +149,8 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn subscribe(&mut self, s: v1::Subscribe) -> Result<(), Closed> {
+    pub(super) async fn subscribe(&mut self, mut s: v1::Subscribe) -> Result<(), Closed> {
+        let resume_after = std::mem::take(&mut s.resume_after);
         let req_id = s.req_id;
         if s.sub_id == 0 {
             let refusal = Refusal::InvalidRequest("sub_id must not be 0".into());
@@ -175,7 +179,20 @@ impl Session {
             let msg = format!("this connection already has {limit} subscriptions, the limit");
             return self.refuse(req_id, Refusal::LimitExceeded(msg)).await;
         }
+        if resume_after.len() > MAX_RESUME_AFTER {
+            let msg = format!(
+                "resume_after lists {} topics; the limit is {MAX_RESUME_AFTER}",
+                resume_after.len()
+            );
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
+        }
+        if !resume_after.is_empty() && !s.consumer.is_empty() {
+            let msg = "resume_after is for plain subscriptions: a durable consumer resumes where the broker keeps it".to_string();
+            return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
+        }
         let start = match s.start.and_then(|p| p.position) {
+            // Resuming: the listed topics replay, the others start at `new`.
+            None | Some(Position::New(_)) if !resume_after.is_empty() => Some(Position::New(true)),
             None | Some(Position::New(_)) => None,
             Some(Position::Seq(0)) => {
                 let refusal = Refusal::InvalidRequest("start seq must be at least 1".into());
@@ -222,10 +239,10 @@ impl Session {
         .await?;
         if let (Some(gate), Some(start)) = (gate, start) {
             let log = self.shared.log.clone();
-            let task = self
-                .shared
-                .tasks
-                .spawn(replay::run(gate, log, s.pattern, start));
+            let task =
+                self.shared
+                    .tasks
+                    .spawn(replay::run(gate, log, s.pattern, start, resume_after));
             if let Some(sub) = self.subs.get_mut(&s.sub_id) {
                 sub.replay = Some(task);
             }
