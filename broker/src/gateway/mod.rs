@@ -5,7 +5,8 @@
 //! - `GET /readyz`: 200 once the store is open and until the broker stops (503 then);
 //! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
 //!   to the one accept path like any connection;
-//! - `POST /v1/publish/{topic}` and `POST /v1/publish` (a batch): see [`publish`].
+//! - `GET /v1/sse`: Server-Sent Events, resumable with `Last-Event-ID` (see `sse`);
+//! - `POST /v1/publish/{topic}` and `POST /v1/publish` (a batch): see `publish`.
 //!
 //! Each TCP connection is served by hyper with a header-read timeout of the broker's
 //! `handshake_timeout` (a client that dribbles its headers is closed) and, with TLS, the
@@ -22,6 +23,7 @@
 //! `Config::allowed_origins`; by default no cross-origin page may connect.
 
 mod publish;
+mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -123,6 +125,7 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/v1/ws", get(websocket))
+            .route("/v1/sse", get(sse::stream))
             .route("/v1/publish", post(publish::batch))
             .route("/v1/publish/{topic}", post(publish::one))
             .with_state(self)

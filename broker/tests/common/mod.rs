@@ -145,6 +145,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
         req_id
     }
 
+    /// Publishes with `req_id` 0: no answer.
+    pub async fn publish_unacked(&mut self, topic: &str, payload: Bytes) {
+        self.send(Frame::from_op(Op::Publish(v1::Publish {
+            topic: topic.into(),
+            payload,
+            ..Default::default()
+        })))
+        .await;
+    }
+
+    /// The broker's `TopicInfo` for `name`.
+    pub async fn topic_info(&mut self, name: &str) -> v1::TopicInfo {
+        let req_id = self.next_req;
+        self.next_req += 1;
+        self.send(Frame::from_op(Op::TopicInfoRequest(v1::TopicInfoRequest {
+            req_id,
+            name: name.into(),
+        })))
+        .await;
+        match self.recv().await {
+            Some(Frame {
+                op: Some(Op::TopicInfo(t)),
+            }) => t,
+            other => panic!("expected TopicInfo, got {other:?}"),
+        }
+    }
+
     pub async fn publish_acked(&mut self, topic: &str, payload: &'static [u8]) {
         let req_id = self.publish(topic, payload).await;
         match self.recv().await {

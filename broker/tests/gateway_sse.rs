@@ -1,0 +1,406 @@
+//! Server-Sent Events through the gateway, read by an SSE client over a real socket: a
+//! stream over several topics dropped mid-flow and resumed with `Last-Event-ID` while
+//! publishing goes on (no gap, no duplicate); the explicit `gap` event when retention
+//! removed the position; keep-alives; a slow reader; refusals before the stream starts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{RawConn, WAIT};
+use rtc_broker::auth::{hash_token, UserConfig};
+use rtc_broker::topic::TopicRule;
+use rtc_broker::{Broker, BrokerHandle, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Gateway {
+    handle: BrokerHandle,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .http(Some("127.0.0.1:0".parse().unwrap()))
+        .data_dir(dir.path())
+        .configure(tweak)
+        .start()
+        .await
+        .unwrap();
+    Gateway {
+        http: handle.http_addr().expect("the gateway is on"),
+        handle,
+        _dir: dir,
+    }
+}
+
+/// One event (or comment) of the stream.
+#[derive(Debug, Default)]
+struct Event {
+    event: Option<String>,
+    id: Option<String>,
+    data: Option<String>,
+    comment: bool,
+}
+
+impl Event {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.data.as_deref().unwrap_or("null")).unwrap()
+    }
+}
+
+/// An SSE client: the request, then events from the chunked body.
+struct Sse {
+    tcp: TcpStream,
+    raw: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Sse {
+    /// Opens `path`; the status, and the stream when it is 200.
+    async fn open(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, Option<Sse>) {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut head =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let end = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+                .await
+                .expect("response head")
+                .unwrap();
+            assert!(n > 0, "closed before the response head");
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        if status != 200 {
+            return (status, None);
+        }
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{head}"
+        );
+        let raw = raw[end + 4..].to_vec();
+        (
+            status,
+            Some(Sse {
+                tcp,
+                raw,
+                body: Vec::new(),
+            }),
+        )
+    }
+
+    /// Moves complete chunks from `raw` to `body`.
+    fn dechunk(&mut self) {
+        loop {
+            let Some(end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.raw[..end]).unwrap().trim(), 16)
+                    .expect("chunk size");
+            if self.raw.len() < end + 2 + size + 2 {
+                return;
+            }
+            self.body
+                .extend_from_slice(&self.raw[end + 2..end + 2 + size]);
+            self.raw.drain(..end + 2 + size + 2);
+        }
+    }
+
+    /// The next event; `None` when the stream ended.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            self.dechunk();
+            if let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let text = String::from_utf8(self.body[..end].to_vec()).unwrap();
+                self.body.drain(..end + 2);
+                let mut e = Event::default();
+                for line in text.lines() {
+                    if line.starts_with(':') {
+                        e.comment = true;
+                    } else if let Some((k, v)) = line.split_once(": ") {
+                        match k {
+                            "event" => e.event = Some(v.into()),
+                            "id" => e.id = Some(v.into()),
+                            "data" => e.data = Some(v.into()),
+                            _ => {}
+                        }
+                    }
+                }
+                return Some(e);
+            }
+            let mut buf = [0u8; 16384];
+            let n = tokio::time::timeout(WAIT, self.tcp.read(&mut buf))
+                .await
+                .expect("an event within the wait")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The next message event (skipping keep-alives, `live` and the `retry` hint).
+    async fn next_message(&mut self) -> Event {
+        loop {
+            let e = self.next().await.expect("the stream is open");
+            if e.data.is_some() && e.event.is_none() {
+                return e;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_several_topics_resumes_with_last_event_id_while_publishing_goes_on() {
+    let g = start(|_| {}).await;
+    const PER_TOPIC: u64 = 100;
+    let topics = ["feed.a", "feed.b", "feed.c"];
+    // Some history first, then publishing goes on while the stream is dropped and
+    // reopened.
+    let tcp = g.handle.tcp_addr();
+    let mut p = RawConn::hello(tcp).await;
+    for t in topics {
+        p.publish_acked(t, b"before").await;
+    }
+    let publisher = tokio::spawn(async move {
+        for _ in 1..PER_TOPIC {
+            for t in topics {
+                p.publish_acked(t, b"during").await;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    fn record(got: &mut BTreeMap<String, Vec<u64>>, e: &Event) {
+        let m = e.json();
+        let topic = m["topic"].as_str().unwrap().to_string();
+        got.entry(topic)
+            .or_default()
+            .push(m["seq"].as_u64().unwrap());
+    }
+    let (status, sse) = Sse::open(g.http, "/v1/sse?topic=feed.%3E&from=first", &[]).await;
+    assert_eq!(status, 200);
+    let mut sse = sse.unwrap();
+    let mut last_id = None;
+    for _ in 0..40 {
+        let e = sse.next_message().await;
+        record(&mut got, &e);
+        last_id = e.id.clone();
+    }
+    // The connection drops mid-flow, as a network would; EventSource reconnects with
+    // the last id it saw.
+    drop(sse);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let header = format!("Last-Event-ID: {}", last_id.unwrap());
+    let (status, sse) = Sse::open(g.http, "/v1/sse?topic=feed.%3E&from=first", &[&header]).await;
+    assert_eq!(status, 200);
+    let mut sse = sse.unwrap();
+    let total = PER_TOPIC as usize * topics.len();
+    while got.values().map(Vec::len).sum::<usize>() < total {
+        let e = sse.next_message().await;
+        record(&mut got, &e);
+    }
+    publisher.await.unwrap();
+    for t in topics {
+        assert_eq!(
+            got.get(t).cloned().unwrap_or_default(),
+            (1..=PER_TOPIC).collect::<Vec<_>>(),
+            "{t}: every message once, in order, across the reconnect"
+        );
+    }
+    g.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_position_removed_by_retention_is_reported_then_the_stream_continues() {
+    let g = start(|c| {
+        c.topic = vec![TopicRule {
+            max_msgs: Some(5),
+            storage: rtc_broker::topic::StorageName::Durable,
+            ..TopicRule::ephemeral("ret.>")
+        }]
+    })
+    .await;
+    let mut p = RawConn::hello(g.handle.tcp_addr()).await;
+    for _ in 0..3 {
+        p.publish_acked("ret.x", b"m").await;
+    }
+    let (_, sse) = Sse::open(g.http, "/v1/sse?topic=ret.x&from=first", &[]).await;
+    let mut sse = sse.unwrap();
+    let mut id = None;
+    for seq in 1..=2 {
+        let e = sse.next_message().await;
+        assert_eq!(e.json()["seq"], seq);
+        id = e.id;
+    }
+    drop(sse);
+    for _ in 0..20 {
+        p.publish_acked("ret.x", b"m").await;
+    }
+    // Retention runs about every second: wait until it has cut the log to 5.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let first = loop {
+        let info = p.topic_info("ret.x").await;
+        if info.first_seq > 3 {
+            break info.first_seq;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let header = format!("Last-Event-ID: {}", id.unwrap());
+    let (_, sse) = Sse::open(g.http, "/v1/sse?topic=ret.x&from=first", &[&header]).await;
+    let mut sse = sse.unwrap();
+    let gap = loop {
+        let e = sse.next().await.unwrap();
+        if e.event.as_deref() == Some("gap") {
+            break e.json();
+        }
+        assert!(
+            e.data.is_none() || e.event.is_some(),
+            "a message before the gap: {e:?}"
+        );
+    };
+    assert_eq!(
+        gap,
+        serde_json::json!({"topic": "ret.x", "after": 2, "next": first})
+    );
+    assert_eq!(sse.next_message().await.json()["seq"], first);
+    g.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn keep_alives_come_every_heartbeat_interval() {
+    let g = start(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
+    let (_, sse) = Sse::open(g.http, "/v1/sse?topic=quiet.x", &[]).await;
+    let mut sse = sse.unwrap();
+    let mut comments = 0;
+    while comments < 5 {
+        // Bounded by next()'s wait; a quiet stream would be closed by the broker after
+        // three intervals if the source did not report the connection alive.
+        if sse.next().await.expect("still open").comment {
+            comments += 1;
+        }
+    }
+    g.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_come_before_the_stream_with_a_status() {
+    let g = start(|c| {
+        c.user = vec![UserConfig {
+            name: "viewer".into(),
+            token_hash: hash_token("view-token"),
+            publish: vec![],
+            subscribe: vec!["news.>".into()],
+        }]
+    })
+    .await;
+    let status = |path: &'static str, headers: &'static [&'static str]| async move {
+        Sse::open(g.http, path, headers).await.0
+    };
+    assert_eq!(status("/v1/sse?topic=news.%3E", &[]).await, 401);
+    assert_eq!(status("/v1/sse?topic=news.%3E&token=nope", &[]).await, 401);
+    assert_eq!(
+        status("/v1/sse?topic=news.%3E&token=view-token", &[]).await,
+        200
+    );
+    assert_eq!(
+        status(
+            "/v1/sse?topic=news.%3E",
+            &["Authorization: Bearer view-token"]
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status("/v1/sse?topic=admin.%3E&token=view-token", &[]).await,
+        403
+    );
+    assert_eq!(status("/v1/sse?token=view-token", &[]).await, 400);
+    assert_eq!(
+        status("/v1/sse?topic=a..b&token=view-token", &[]).await,
+        400
+    );
+    assert_eq!(
+        status(
+            "/v1/sse?topic=news.x&token=view-token",
+            &["Last-Event-ID: garbage"]
+        )
+        .await,
+        400
+    );
+    g.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_told_what_it_missed_and_slows_nobody() {
+    let g = start(|c| {
+        c.outbound_queue_bytes = 1 << 20;
+        c.topic = vec![TopicRule::ephemeral("fast.>")];
+    })
+    .await;
+    let (_, slow) = Sse::open(g.http, "/v1/sse?topic=fast.%3E", &[]).await;
+    let mut slow = slow.unwrap();
+    let mut fast = RawConn::hello(g.handle.tcp_addr()).await;
+    fast.subscribe_ok(1, "fast.>").await;
+    // Let the stream's subscription be in place: a first message through it.
+    let mut p = RawConn::hello(g.handle.tcp_addr()).await;
+    p.publish_acked("fast.x", b"first").await;
+    assert_eq!(slow.next_message().await.json()["payload"], "first");
+    assert_eq!(fast.expect_deliver().await.2, &b"first"[..]);
+    // The fast subscriber reads as it comes.
+    let fast = tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let (_, _, payload) = fast.expect_deliver().await;
+            n += 1;
+            if &payload[..] == b"last" {
+                return n;
+            }
+        }
+    });
+    // 16 MiB past a reader that does not read: the publisher and the fast subscriber
+    // go on.
+    let payload = bytes::Bytes::from(vec![b'x'; 16 * 1024]);
+    for _ in 0..1024 {
+        p.publish_unacked("fast.x", payload.clone()).await;
+    }
+    p.publish_acked("fast.x", b"last").await;
+    let n = tokio::time::timeout(WAIT, fast)
+        .await
+        .expect("the fast subscriber keeps up")
+        .unwrap();
+    assert_eq!(n, 1024 + 1, "the fast subscriber got everything");
+    // When the slow one reads at last: what fitted, then the notice of what was dropped.
+    let notice = loop {
+        let e = slow.next().await.expect("still open");
+        if e.event.as_deref() == Some("rtc-error") {
+            break e.json();
+        }
+    };
+    assert_eq!(notice["code"], "SLOW_CONSUMER", "{notice}");
+    g.handle.shutdown().await;
+}
