@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::auth::Identity;
 use crate::config::Config;
-use crate::engine::Log;
+use crate::engine::{Append, Log};
 use crate::refusal::Refusal;
 
 /// Bytes the broker may add to a message when it stores it (the seq field at most).
@@ -96,4 +96,25 @@ pub fn message(
         return Err(Refusal::PayloadTooLarge(msg));
     }
     Ok((message, message_len))
+}
+
+/// The append that stores `message` (checked by [`message`]) on behalf of `origin`.
+pub fn append<O>(message: v1::Message, origin: O) -> Append<O> {
+    let v1::Message {
+        topic,
+        payload,
+        headers,
+        msg_id,
+        // The engine assigns the seq and the timestamp.
+        seq: _,
+        timestamp_ms: _,
+        delivery_count: _,
+    } = message;
+    Append {
+        topic,
+        payload,
+        headers,
+        msg_id,
+        origin,
+    }
 }

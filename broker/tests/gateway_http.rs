@@ -5,42 +5,23 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use common::http::{self, Answer};
-use common::RawConn;
+use common::{start_gateway, RawConn, TestGateway};
 use rtc_broker::auth::{hash_token, UserConfig};
 use rtc_broker::topic::TopicRule;
-use rtc_broker::{Broker, BrokerHandle, Config};
+use rtc_broker::Config;
 
-struct Gateway {
-    handle: BrokerHandle,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
+/// The gateway, with `eph.>` ephemeral.
+async fn start(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+    start_gateway(|c| {
+        c.topic = vec![TopicRule::ephemeral("eph.>")];
+        tweak(c)
+    })
+    .await
 }
 
-async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let handle = Broker::builder()
-        .tcp("127.0.0.1:0".parse().unwrap())
-        .http(Some("127.0.0.1:0".parse().unwrap()))
-        .data_dir(dir.path())
-        .configure(|c| {
-            c.topic = vec![TopicRule::ephemeral("eph.>")];
-            tweak(c)
-        })
-        .start()
-        .await
-        .unwrap();
-    Gateway {
-        http: handle.http_addr().expect("the gateway is on"),
-        handle,
-        _dir: dir,
-    }
-}
-
-async fn post(g: &Gateway, path: &str, headers: &[&str], body: &[u8]) -> Answer {
+async fn post(g: &TestGateway, path: &str, headers: &[&str], body: &[u8]) -> Answer {
     http::request(g.http, "POST", path, headers, body).await
 }
 

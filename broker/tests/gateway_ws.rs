@@ -9,10 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{http, RawConn, WAIT};
+use common::{http, start_gateway, RawConn, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use rtc_broker::{Broker, BrokerHandle, Config};
 use rtc_proto::v1::{self, frame::Op};
 use rtc_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,29 +21,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Gateway {
-    handle: BrokerHandle,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let handle = Broker::builder()
-        .tcp("127.0.0.1:0".parse().unwrap())
-        .http(Some("127.0.0.1:0".parse().unwrap()))
-        .data_dir(dir.path())
-        .configure(tweak)
-        .start()
-        .await
-        .unwrap();
-    Gateway {
-        http: handle.http_addr().expect("the gateway is on"),
-        handle,
-        _dir: dir,
-    }
-}
 
 /// A WebSocket on `/v1/ws` asking for `protocol`, with extra request headers.
 async fn ws_connect(
@@ -134,7 +110,7 @@ async fn handshake(ws: &mut Ws) -> v1::Welcome {
 
 #[tokio::test]
 async fn health_and_readiness_answer_while_serving() {
-    let g = start(|_| {}).await;
+    let g = start_gateway(|_| {}).await;
     let a = http::get(g.http, "/healthz", &[]).await;
     assert_eq!(
         (a.status, a.json()["status"].as_str()),
@@ -151,7 +127,7 @@ async fn health_and_readiness_answer_while_serving() {
 
 #[tokio::test]
 async fn a_websocket_client_gets_the_same_session_as_tcp() {
-    let g = start(|_| {}).await;
+    let g = start_gateway(|_| {}).await;
     let (mut ws, chosen) = ws_connect(g.http, "rtc.v1.proto", &[]).await.unwrap();
     assert_eq!(chosen.as_deref(), Some("rtc.v1.proto"));
     let welcome = handshake(&mut ws).await;
@@ -226,7 +202,7 @@ async fn a_websocket_client_gets_the_same_session_as_tcp() {
 
 #[tokio::test]
 async fn bad_websocket_input_gets_the_tcp_errors_and_a_close() {
-    let g = start(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let g = start_gateway(|c| c.handshake_timeout = Duration::from_millis(300)).await;
     // A text message on the binary subprotocol.
     let (mut ws, _) = ws_connect(g.http, "rtc.v1.proto", &[]).await.unwrap();
     handshake(&mut ws).await;
@@ -269,7 +245,7 @@ async fn bad_websocket_input_gets_the_tcp_errors_and_a_close() {
 
 #[tokio::test]
 async fn origins_are_checked() {
-    let g = start(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let g = start_gateway(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
     let refused = ws_connect(
         g.http,
         "rtc.v1.proto",
@@ -300,7 +276,7 @@ async fn origins_are_checked() {
 
 #[tokio::test]
 async fn one_connection_limit_covers_websockets_too() {
-    let g = start(|c| c.max_connections = 1).await;
+    let g = start_gateway(|c| c.max_connections = 1).await;
     let _tcp = RawConn::hello(g.handle.tcp_addr()).await;
     let (mut ws, _) = ws_connect(g.http, "rtc.v1.proto", &[]).await.unwrap();
     expect_error(&mut ws, ErrorCode::LimitExceeded).await;
@@ -310,7 +286,7 @@ async fn one_connection_limit_covers_websockets_too() {
 
 #[tokio::test]
 async fn websocket_pings_keep_a_quiet_connection_open() {
-    let g = start(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
+    let g = start_gateway(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
     let (mut pinging, _) = ws_connect(g.http, "rtc.v1.proto", &[]).await.unwrap();
     handshake(&mut pinging).await;
     let (mut silent, _) = ws_connect(g.http, "rtc.v1.proto", &[]).await.unwrap();
@@ -345,7 +321,7 @@ async fn websocket_pings_keep_a_quiet_connection_open() {
 
 #[tokio::test]
 async fn a_client_that_dribbles_its_headers_is_closed() {
-    let g = start(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let g = start_gateway(|c| c.handshake_timeout = Duration::from_millis(300)).await;
     let mut slow = TcpStream::connect(g.http).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await

@@ -6,6 +6,7 @@
 //! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
 //!   to the one accept path like any connection;
 //! - `GET /v1/sse`: Server-Sent Events, resumable with `Last-Event-ID` (see `sse`);
+//! - `GET /v1/poll`: long-polling from a position (see `poll`);
 //! - `POST /v1/publish/{topic}` and `POST /v1/publish` (a batch): see `publish`.
 //!
 //! Each TCP connection is served by hyper with a header-read timeout of the broker's
@@ -22,8 +23,10 @@
 //! is served only if that origin is the page's own host or is listed in
 //! `Config::allowed_origins`; by default no cross-origin page may connect.
 
+mod poll;
 mod publish;
 mod sse;
+mod stream;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -126,6 +129,7 @@ impl Gateway {
             .route("/readyz", get(readyz))
             .route("/v1/ws", get(websocket))
             .route("/v1/sse", get(sse::stream))
+            .route("/v1/poll", get(poll::poll))
             .route("/v1/publish", post(publish::batch))
             .route("/v1/publish/{topic}", post(publish::one))
             .with_state(self)

@@ -31,7 +31,6 @@ use super::{identity, refused, Gateway};
 use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::delivery::{Answer, AnswerTo, Origin};
-use crate::engine::Append;
 use crate::publish::{self, Contents};
 use crate::refusal::Refusal;
 use crate::router::Flushes;
@@ -224,25 +223,11 @@ async fn start(g: &Gateway, identity: &Identity, topic: String, contents: Conten
     }
     let permit = shared.delivery.permit().await;
     let (tx, rx) = oneshot::channel();
-    let rtc_proto::v1::Message {
-        topic,
-        payload,
-        headers,
-        msg_id,
-        seq: _,
-        timestamp_ms: _,
-        delivery_count: _,
-    } = message;
-    let append = Append {
-        topic,
-        payload,
-        headers,
-        msg_id,
-        origin: Origin {
-            to: AnswerTo::Reply(tx),
-            permit,
-        },
+    let origin = Origin {
+        to: AnswerTo::Reply(tx),
+        permit,
     };
+    let append = publish::append(message, origin);
     match shared.publishes.append(append, false) {
         Ok(()) => Pending::Waiting(rx),
         Err(stopped) => Pending::Done(Err(stopped.into())),

@@ -20,7 +20,6 @@ use super::Session;
 use crate::clock::now_ms;
 use crate::consumer::MemberRef;
 use crate::delivery::{AnswerTo, Origin};
-use crate::engine::Append;
 use crate::outbound::{Closed, Subscription};
 use crate::publish;
 use crate::refusal::Refusal;
@@ -120,28 +119,14 @@ impl Session {
                 self.shared.delivery.permit().await
             }
         };
-        let v1::Message {
-            topic,
-            payload,
-            headers,
-            msg_id,
-            seq: _,
-            timestamp_ms: _,
-            delivery_count: _,
-        } = message;
-        let append = Append {
-            topic,
-            payload,
-            headers,
-            msg_id,
-            origin: Origin {
-                to: AnswerTo::Queue {
-                    req_id,
-                    due: self.outbox.answer_due(),
-                },
-                permit,
+        let origin = Origin {
+            to: AnswerTo::Queue {
+                req_id,
+                due: self.outbox.answer_due(),
             },
+            permit,
         };
+        let append = publish::append(message, origin);
         if self.shared.publishes.append(append, self.lone).is_err() {
             let msg = "the storage thread has stopped; the message was not stored".to_string();
             return self.refuse(req_id, Refusal::Storage(msg)).await;

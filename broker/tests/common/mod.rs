@@ -46,6 +46,31 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
     }
 }
 
+/// A broker with its HTTP gateway on, both on 127.0.0.1:0.
+pub struct TestGateway {
+    pub handle: BrokerHandle,
+    /// The gateway's address.
+    pub http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start_gateway(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let handle = Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .http(Some("127.0.0.1:0".parse().unwrap()))
+        .data_dir(dir.path())
+        .configure(tweak)
+        .start()
+        .await
+        .expect("broker starts");
+    TestGateway {
+        http: handle.http_addr().expect("the gateway is on"),
+        handle,
+        _dir: dir,
+    }
+}
+
 /// A raw protocol connection over a TCP socket, or any other byte stream (`S`).
 pub struct RawConn<S = TcpStream> {
     pub framed: Framed<S, FrameCodec>,

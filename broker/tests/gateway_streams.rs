@@ -1,7 +1,8 @@
-//! Server-Sent Events through the gateway, read by an SSE client over a real socket: a
+//! Server-Sent Events and long-polling through the gateway, over real sockets: an SSE
 //! stream over several topics dropped mid-flow and resumed with `Last-Event-ID` while
 //! publishing goes on (no gap, no duplicate); the explicit `gap` event when retention
-//! removed the position; keep-alives; a slow reader; refusals before the stream starts.
+//! removed the position; keep-alives; a slow reader; refusals before the stream starts;
+//! long-polls handing their position on from connection to connection.
 
 mod common;
 
@@ -9,35 +10,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{RawConn, WAIT};
+use common::{start_gateway, RawConn, TestGateway, WAIT};
 use rtc_broker::auth::{hash_token, UserConfig};
 use rtc_broker::topic::TopicRule;
-use rtc_broker::{Broker, BrokerHandle, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-struct Gateway {
-    handle: BrokerHandle,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let handle = Broker::builder()
-        .tcp("127.0.0.1:0".parse().unwrap())
-        .http(Some("127.0.0.1:0".parse().unwrap()))
-        .data_dir(dir.path())
-        .configure(tweak)
-        .start()
-        .await
-        .unwrap();
-    Gateway {
-        http: handle.http_addr().expect("the gateway is on"),
-        handle,
-        _dir: dir,
-    }
-}
 
 /// One event (or comment) of the stream.
 #[derive(Debug, Default)]
@@ -172,7 +149,7 @@ impl Sse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_over_several_topics_resumes_with_last_event_id_while_publishing_goes_on() {
-    let g = start(|_| {}).await;
+    let g = start_gateway(|_| {}).await;
     const PER_TOPIC: u64 = 100;
     let topics = ["feed.a", "feed.b", "feed.c"];
     // Some history first, then publishing goes on while the stream is dropped and
@@ -233,7 +210,7 @@ async fn a_stream_over_several_topics_resumes_with_last_event_id_while_publishin
 
 #[tokio::test]
 async fn a_position_removed_by_retention_is_reported_then_the_stream_continues() {
-    let g = start(|c| {
+    let g = start_gateway(|c| {
         c.topic = vec![TopicRule {
             max_msgs: Some(5),
             storage: rtc_broker::topic::StorageName::Durable,
@@ -293,7 +270,7 @@ async fn a_position_removed_by_retention_is_reported_then_the_stream_continues()
 
 #[tokio::test]
 async fn keep_alives_come_every_heartbeat_interval() {
-    let g = start(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
+    let g = start_gateway(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
     let (_, sse) = Sse::open(g.http, "/v1/sse?topic=quiet.x", &[]).await;
     let mut sse = sse.unwrap();
     let mut comments = 0;
@@ -309,7 +286,7 @@ async fn keep_alives_come_every_heartbeat_interval() {
 
 #[tokio::test]
 async fn refusals_come_before_the_stream_with_a_status() {
-    let g = start(|c| {
+    let g = start_gateway(|c| {
         c.user = vec![UserConfig {
             name: "viewer".into(),
             token_hash: hash_token("view-token"),
@@ -357,7 +334,7 @@ async fn refusals_come_before_the_stream_with_a_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_told_what_it_missed_and_slows_nobody() {
-    let g = start(|c| {
+    let g = start_gateway(|c| {
         c.outbound_queue_bytes = 1 << 20;
         c.topic = vec![TopicRule::ephemeral("fast.>")];
     })
@@ -402,5 +379,97 @@ async fn a_slow_reader_is_told_what_it_missed_and_slows_nobody() {
         }
     };
     assert_eq!(notice["code"], "SLOW_CONSUMER", "{notice}");
+    g.handle.shutdown().await;
+}
+
+/// One long-poll: `(messages, next)`.
+async fn poll(g: &TestGateway, query: &str) -> (Vec<serde_json::Value>, String) {
+    let a = common::http::get(g.http, &format!("/v1/poll?{query}"), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    let messages = v["messages"].as_array().cloned().unwrap_or_default();
+    (messages, v["next"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_hand_the_position_on_and_miss_nothing() {
+    let g = start_gateway(|_| {}).await;
+    let mut p = RawConn::hello(g.handle.tcp_addr()).await;
+    p.publish_acked("lp.a", b"old").await;
+    // History at once, then waiting: nothing within the timeout, the position unchanged.
+    let (messages, next) = poll(&g, "topic=lp.%3E&from=first&timeout=5s").await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        (
+            messages[0]["topic"].as_str(),
+            messages[0]["payload"].as_str()
+        ),
+        (Some("lp.a"), Some("old"))
+    );
+    let started = tokio::time::Instant::now();
+    let (none, same) = poll(&g, &format!("topic=lp.%3E&after={next}&timeout=300ms")).await;
+    assert!(none.is_empty() && same == next, "{none:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
+
+    // Publishing on two topics while polls come one after another, each on a new
+    // connection: every message once, in order.
+    const PER_TOPIC: u64 = 60;
+    let publisher = tokio::spawn(async move {
+        for _ in 0..PER_TOPIC {
+            p.publish_acked("lp.a", b"m").await;
+            p.publish_acked("lp.b", b"m").await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    got.insert("lp.a".into(), vec![1]);
+    let mut next = next;
+    let mut polls = 0;
+    while got.values().map(Vec::len).sum::<usize>() < 1 + 2 * PER_TOPIC as usize {
+        polls += 1;
+        assert!(polls < 1000, "polls made no progress");
+        let (messages, n) = poll(&g, &format!("topic=lp.%3E&after={next}&timeout=5s")).await;
+        for m in messages {
+            got.entry(m["topic"].as_str().unwrap().into())
+                .or_default()
+                .push(m["seq"].as_u64().unwrap());
+        }
+        next = n;
+    }
+    publisher.await.unwrap();
+    assert_eq!(got["lp.a"], (1..=PER_TOPIC + 1).collect::<Vec<_>>());
+    assert_eq!(got["lp.b"], (1..=PER_TOPIC).collect::<Vec<_>>());
+    println!("{polls} polls");
+
+    // A live message ends a waiting poll at once.
+    let waiting = {
+        let (addr, next) = (g.http, next.clone());
+        tokio::spawn(async move {
+            common::http::get(
+                addr,
+                &format!("/v1/poll?topic=lp.%3E&after={next}&timeout=20s"),
+                &[],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut p = RawConn::hello(g.handle.tcp_addr()).await;
+    p.publish_acked("lp.c", b"new topic").await;
+    let a = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("answered once the message came")
+        .unwrap();
+    let v = a.json();
+    assert_eq!(v["messages"][0]["payload"], "new topic");
+
+    for bad in [
+        "topic=lp.a&timeout=forever",
+        "topic=lp.a&timeout=10m",
+        "topic=lp.a&after=xyz",
+    ] {
+        let a = common::http::get(g.http, &format!("/v1/poll?{bad}"), &[]).await;
+        assert_eq!(a.status, 400, "{bad}: {}", a.text());
+    }
     g.handle.shutdown().await;
 }
