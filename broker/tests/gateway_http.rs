@@ -183,3 +183,82 @@ async fn tokens_and_permissions_apply_to_http_publish() {
     assert_eq!(results[1]["code"], "PERMISSION_DENIED");
     g.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn cors_lets_allowed_origins_in_and_keeps_others_out() {
+    let g = start(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    // A preflight from an allowed origin.
+    let a = http::request(
+        g.http,
+        "OPTIONS",
+        "/v1/publish/chat.x",
+        &[
+            "Origin: https://app.example",
+            "Access-Control-Request-Method: POST",
+            "Access-Control-Request-Headers: idempotency-key, content-type",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(a.status, 204, "{a:?}");
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let allowed = a.header("access-control-allow-headers").unwrap_or_default();
+    assert!(
+        allowed.contains("idempotency-key") && allowed.contains("authorization"),
+        "{allowed}"
+    );
+    assert!(a
+        .header("access-control-allow-methods")
+        .unwrap_or_default()
+        .contains("POST"));
+    // The request itself: served, and readable by the page.
+    let a = post(
+        &g,
+        "/v1/publish/chat.x",
+        &["Origin: https://app.example"],
+        b"hi",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    // Another site's page: its preflight and its request are refused, nothing stored.
+    for method in ["OPTIONS", "POST"] {
+        let a = http::request(
+            g.http,
+            method,
+            "/v1/publish/chat.x",
+            &[
+                "Origin: https://evil.example",
+                "Access-Control-Request-Method: POST",
+            ],
+            b"forged",
+        )
+        .await;
+        assert_eq!(
+            (a.status, error_code(&a).as_str()),
+            (403, "PERMISSION_DENIED"),
+            "{method}"
+        );
+        assert_eq!(a.header("access-control-allow-origin"), None);
+    }
+    let a = http::get(g.http, "/v1/poll?topic=chat.x&from=first&timeout=1ms", &[]).await;
+    let messages = a.json()["messages"].as_array().unwrap().clone();
+    assert_eq!(
+        messages.len(),
+        1,
+        "only the allowed page's message: {messages:?}"
+    );
+    // Without Origin (curl, a backend): no CORS headers, served.
+    let a = post(&g, "/v1/publish/chat.x", &[], b"from curl").await;
+    assert_eq!(
+        (a.status, a.header("access-control-allow-origin")),
+        (200, None)
+    );
+    g.handle.shutdown().await;
+}

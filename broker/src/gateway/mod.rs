@@ -19,10 +19,10 @@
 //! stable code as the binary protocol: `{"code": "PERMISSION_DENIED", "message": "…"}`
 //! ([`refused`], [`status_of`]).
 //!
-//! Origins: a request carrying an `Origin` header (what a browser sends for a WebSocket)
-//! is served only if that origin is the page's own host or is listed in
-//! `Config::allowed_origins`; by default no cross-origin page may connect.
+//! Origins and CORS, for every route: see `cors`. By default no page of another origin
+//! may use the gateway.
 
+mod cors;
 mod poll;
 mod publish;
 mod sse;
@@ -132,6 +132,10 @@ impl Gateway {
             .route("/v1/poll", get(poll::poll))
             .route("/v1/publish", post(publish::batch))
             .route("/v1/publish/{topic}", post(publish::one))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                cors::cors,
+            ))
             .with_state(self)
     }
 }
@@ -284,37 +288,11 @@ async fn readyz(State(g): State<Gateway>) -> Response {
     Json(serde_json::json!({ "status": "ready" })).into_response()
 }
 
-/// Whether a request with these headers may be served: no `Origin` (not a browser
-/// page), the page's own host, or an allowed origin.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), Refusal> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or("");
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let same_host = origin
-        .split_once("://")
-        .is_some_and(|(_, rest)| !host.is_empty() && rest == host);
-    if same_host || allowed.iter().any(|a| a == "*" || a == origin) {
-        return Ok(());
-    }
-    Err(Refusal::PermissionDenied(format!(
-        "origin {origin:?} is not allowed (allowed_origins in the broker's config)"
-    )))
-}
-
 async fn websocket(
     State(g): State<Gateway>,
     Extension(Peer(peer)): Extension<Peer>,
-    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Err(refusal) = origin_allowed(&headers, &g.shared.config.allowed_origins) {
-        return refused(refusal);
-    }
     let max = g.shared.config.max_frame_size;
     let acceptor = g.acceptor.clone();
     upgrade
@@ -367,6 +345,7 @@ mod tests {
 
     #[test]
     fn origins_the_page_own_host_or_allowed_ones() {
+        use super::cors::origin_allowed;
         let headers = |origin: &str| {
             let mut h = HeaderMap::new();
             h.insert(header::HOST, "broker.example:7401".parse().unwrap());

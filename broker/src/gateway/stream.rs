@@ -4,7 +4,7 @@
 //! - [`StreamPosition`]: where a stream is — the last seq of every durable topic it
 //!   delivered, and when it began — as the opaque id the client sends back
 //!   (`Last-Event-ID`, `after=`).
-//! - [`open`]: the checks before anything starts (origin, token, patterns, permissions,
+//! - [`open`]: the checks before anything starts (token, patterns, permissions,
 //!   the position), and the frames a client would send: `Hello` with the request's
 //!   token, one `Subscribe` per pattern, resuming from the position with
 //!   `Subscribe.resume_after`.
@@ -22,7 +22,7 @@ use rtc_proto::v1::{self, frame::Op, start_position::Position};
 use rtc_proto::{Frame, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 
-use super::{identity, origin_allowed, Gateway};
+use super::{identity, Gateway};
 use crate::accept::Incoming;
 use crate::clock::now_ms;
 use crate::outbound::FrameSink;
@@ -124,7 +124,7 @@ pub struct Opened {
 }
 
 /// Checks a stream's request (`resume`: the id it resumes from, if any) and builds what
-/// its session starts with. Every refusal here is answered with an HTTP status, before
+/// its session starts with (the origin is checked for every route, see `cors`). Every refusal here is answered with an HTTP status, before
 /// the stream starts; the session checks the token and patterns again.
 pub fn open(
     g: &Gateway,
@@ -132,7 +132,6 @@ pub fn open(
     request: Request,
     resume: Option<&str>,
 ) -> Result<Opened, Refusal> {
-    origin_allowed(headers, &g.shared.config.allowed_origins)?;
     let who = identity(g, headers, Some(&request.token))?;
     if let Some(p) = request.patterns.iter().find(|p| !who.can_subscribe(p)) {
         let msg = format!("user {:?} may not subscribe to {p:?}", who.name());
