@@ -347,3 +347,117 @@ async fn a_client_that_dribbles_its_headers_is_closed() {
     assert_eq!(http::get(g.http, "/healthz", &[]).await.status, 200);
     g.handle.shutdown().await;
 }
+
+/// The next JSON frame, skipping the broker's heartbeat pings; `None` once closed.
+async fn recv_json(ws: &mut Ws) -> Option<serde_json::Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message within the wait");
+        match msg {
+            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return None,
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+                if v.get("ping").is_some() {
+                    continue;
+                }
+                return Some(v);
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+async fn send_json(ws: &mut Ws, json: serde_json::Value) {
+    ws.send(Message::Text(json.to_string().into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_json_subprotocol_needs_no_protobuf() {
+    let g = start_gateway(|_| {}).await;
+    let (mut ws, chosen) = ws_connect(g.http, "rtc.v1.json", &[]).await.unwrap();
+    assert_eq!(chosen.as_deref(), Some("rtc.v1.json"));
+    send_json(
+        &mut ws,
+        serde_json::json!({"hello": {"protocol_version": 1, "client_name": "page"}}),
+    )
+    .await;
+    let welcome = recv_json(&mut ws).await.unwrap();
+    assert!(
+        welcome["welcome"]["max_frame_size"].as_u64().unwrap() > 0,
+        "{welcome}"
+    );
+    send_json(
+        &mut ws,
+        serde_json::json!({"subscribe": {"req_id": 1, "sub_id": 7, "pattern": "js.>"}}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut ws).await.unwrap()["sub_ack"]["sub_id"], 7);
+
+    // Text and binary payloads, both ways.
+    send_json(&mut ws, serde_json::json!({"publish": {"req_id": 2, "topic": "js.chat", "payload": "héllo", "msg_id": "p1"}})).await;
+    let mut tcp = RawConn::hello(g.handle.tcp_addr()).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(recv_json(&mut ws).await.unwrap());
+    }
+    let ack = got
+        .iter()
+        .find(|v| v.get("pub_ack").is_some())
+        .expect("a pub_ack");
+    assert_eq!(
+        (
+            ack["pub_ack"]["req_id"].as_u64(),
+            ack["pub_ack"]["seq"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let d = got
+        .iter()
+        .find(|v| v.get("deliver").is_some())
+        .expect("a deliver");
+    assert_eq!(d["deliver"]["message"]["payload"], "héllo");
+    assert_eq!(d["deliver"]["message"]["msg_id"], "p1");
+    tcp.publish_acked("js.bin", &[0, 1, 255]).await;
+    let d = recv_json(&mut ws).await.unwrap();
+    assert_eq!(
+        d["deliver"]["message"]["payload"],
+        serde_json::json!({"base64": "AAH/"})
+    );
+    send_json(
+        &mut ws,
+        serde_json::json!({"publish": {"topic": "js.bin", "payload": {"base64": "AAH/"}}}),
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut ws).await.unwrap()["deliver"]["message"]["seq"],
+        2
+    );
+
+    // An operation this broker does not know: UNSUPPORTED, and the connection stays.
+    send_json(&mut ws, serde_json::json!({"teleport": {"to": "mars"}})).await;
+    let e = recv_json(&mut ws).await.unwrap();
+    assert_eq!(e["error"]["code"], "UNSUPPORTED", "{e}");
+    send_json(&mut ws, serde_json::json!({"ping": {"nonce": 5}})).await;
+    assert_eq!(recv_json(&mut ws).await.unwrap()["pong"]["nonce"], 5);
+
+    // Not JSON, and a binary message on the JSON subprotocol: BAD_FRAME and a close.
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    assert_eq!(
+        recv_json(&mut ws).await.unwrap()["error"]["code"],
+        "BAD_FRAME"
+    );
+    assert!(recv_json(&mut ws).await.is_none(), "closed");
+    let (mut ws, _) = ws_connect(g.http, "rtc.v1.json", &[]).await.unwrap();
+    ws.send(Message::Binary(hello().encode_to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_json(&mut ws).await.unwrap()["error"]["code"],
+        "BAD_FRAME"
+    );
+    g.handle.shutdown().await;
+}

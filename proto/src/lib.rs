@@ -23,6 +23,8 @@ pub mod codec;
 pub mod frames;
 pub mod headers;
 pub mod hot;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod position;
 pub mod publish;
 pub mod silence;

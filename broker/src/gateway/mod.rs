@@ -295,16 +295,19 @@ async fn websocket(
 ) -> Response {
     let max = g.shared.config.max_frame_size;
     let acceptor = g.acceptor.clone();
+    let upgrade = upgrade.protocols([ws::PROTO, ws::JSON]);
+    let mode = ws::Mode::of(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
+    // Above the limit by a little, so that the session can say FRAME_TOO_LARGE for a
+    // message just over it; far above it, tungstenite refuses it by itself.
+    let max = max * ws::JSON_FACTOR + 1024;
     upgrade
-        .protocols([ws::PROTO])
-        // Above the limit by a little, so that the session can say FRAME_TOO_LARGE for
-        // a message just over it; far above it, tungstenite refuses it by itself.
-        .max_message_size(max + 1024)
-        .max_frame_size(max + 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             acceptor.admit(ws::WsIncoming {
                 socket,
                 peer: format!("ws {peer}"),
+                mode,
             });
         })
 }

@@ -1,15 +1,19 @@
-//! WebSocket as a transport: one `Frame` per binary message (subprotocol
-//! `rtc.v1.proto`), without rtc's length prefix. A WebSocket connection is handed to the
-//! one accept path ([`crate::accept::Acceptor::admit`]) like a TCP connection, so it gets
-//! the same session: handshake, auth, limits, dispatch, errors and heartbeats.
+//! WebSocket as a transport, in two subprotocols: `rtc.v1.proto`, one `Frame` per binary
+//! message without rtc's length prefix, and `rtc.v1.json`, one `Frame` per text message
+//! in the JSON mapping of `rtc_proto::json`. A WebSocket connection is handed to the one
+//! accept path ([`crate::accept::Acceptor::admit`]) like a TCP connection, so it gets the
+//! same session: handshake, auth, limits, dispatch, errors and heartbeats.
 //!
-//! In: [`WsSource`] decodes each binary message into a frame. A ping or pong counts as
-//! activity for the heartbeat timeout (tungstenite answers pings by itself). A text
-//! message, an undecodable one or one above `max_frame_size` gets the same refusal as
-//! such bytes over TCP (`BAD_FRAME`, `FRAME_TOO_LARGE`), and the connection is closed.
+//! In: [`WsSource`] decodes each message into a frame. A ping or pong counts as activity
+//! for the heartbeat timeout (tungstenite answers pings by itself). A message of the
+//! other kind, an undecodable one, or one above the limit gets the same refusal as such
+//! bytes over TCP (`BAD_FRAME`, `FRAME_TOO_LARGE`), and the connection is closed. The
+//! limit is `max_frame_size` for a binary message and [`JSON_FACTOR`] times it for a text
+//! one (JSON and base64 are larger than protobuf); what a message may carry is bounded by
+//! the session's own checks (`max_payload` and the rest) either way.
 //!
 //! Out: the session's writer hands [`WsSink`] whole length-prefixed frames, one or many
-//! at once; each goes out as one binary message without its prefix.
+//! at once; each goes out as one message, without its prefix or mapped to JSON.
 
 use std::collections::VecDeque;
 use std::io;
@@ -29,11 +33,43 @@ use crate::session::{Connection, FrameSource};
 
 /// The binary subprotocol.
 pub const PROTO: &str = "rtc.v1.proto";
+/// The JSON subprotocol.
+pub const JSON: &str = "rtc.v1.json";
+/// How much larger than `max_frame_size` a text message may be.
+pub const JSON_FACTOR: usize = 4;
+
+/// How frames travel on a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Binary messages, protobuf ([`PROTO`]).
+    Proto,
+    /// Text messages, JSON ([`JSON`]).
+    Json,
+}
+
+impl Mode {
+    /// The mode of the subprotocol the upgrade chose; binary when the client asked for
+    /// none.
+    pub fn of(protocol: Option<&str>) -> Mode {
+        match protocol {
+            Some(JSON) => Mode::Json,
+            _ => Mode::Proto,
+        }
+    }
+
+    fn message(self, frame: &Frame) -> Message {
+        match self {
+            Mode::Proto => Message::Binary(frame.encode_to_vec().into()),
+            Mode::Json => Message::Text(rtc_proto::json::to_json(frame).into()),
+        }
+    }
+}
 
 /// An upgraded WebSocket, before its session.
 pub struct WsIncoming {
     pub(super) socket: WebSocket,
     pub(super) peer: String,
+    pub(super) mode: Mode,
 }
 
 impl Incoming for WsIncoming {
@@ -52,8 +88,12 @@ impl Incoming for WsIncoming {
                 frames: VecDeque::new(),
                 refused: None,
                 max_frame_size,
+                mode: self.mode,
             },
-            sink: WsSink(tx),
+            sink: WsSink {
+                tx,
+                mode: self.mode,
+            },
             peer: self.peer,
             direct: None,
             datagrams: None,
@@ -62,7 +102,7 @@ impl Incoming for WsIncoming {
 
     async fn refuse(self, error: Frame) {
         let (mut tx, _rx) = self.socket.split();
-        let _ = tx.send(Message::Binary(error.encode_to_vec().into())).await;
+        let _ = tx.send(self.mode.message(&error)).await;
         let _ = tx.send(Message::Close(None)).await;
     }
 }
@@ -75,6 +115,35 @@ pub struct WsSource {
     /// What the last message broke, after the frames before it.
     refused: Option<Refusal>,
     max_frame_size: usize,
+    mode: Mode,
+}
+
+impl WsSource {
+    /// Takes one message of `len` bytes (`expected`: of the subprotocol's kind), decoded
+    /// by `decode` if it is within `limit`; a refusal otherwise.
+    fn take(
+        &mut self,
+        expected: bool,
+        len: usize,
+        limit: usize,
+        decode: impl FnOnce() -> Result<Frame, String>,
+    ) {
+        let refusal = if !expected {
+            let (kind, other) = match self.mode {
+                Mode::Proto => ("text", PROTO),
+                Mode::Json => ("binary", JSON),
+            };
+            Refusal::BadFrame(format!("a {kind} message on the {other} subprotocol"))
+        } else if len > limit {
+            Refusal::FrameTooLarge(format!("a message of {len} bytes; the limit is {limit}"))
+        } else {
+            match decode() {
+                Ok(frame) => return self.frames.push_back(frame),
+                Err(e) => Refusal::BadFrame(format!("undecodable frame: {e}")),
+            }
+        };
+        self.refused = Some(refusal);
+    }
 }
 
 impl FrameSource for WsSource {
@@ -84,28 +153,18 @@ impl FrameSource for WsSource {
             None | Some(Ok(Message::Close(_))) => Ok(false),
             Some(Err(e)) => Err(io::Error::other(e)),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(true),
-            Some(Ok(Message::Text(_))) => {
-                self.refused = Some(Refusal::BadFrame(format!(
-                    "a text message on the {PROTO} subprotocol, which carries binary messages only"
-                )));
+            Some(Ok(Message::Text(text))) => {
+                let limit = self.max_frame_size * JSON_FACTOR;
+                self.take(self.mode == Mode::Json, text.len(), limit, || {
+                    rtc_proto::json::from_json(text.as_str()).map_err(|e| e.to_string())
+                });
                 Ok(true)
             }
             Some(Ok(Message::Binary(bytes))) => {
-                if bytes.len() > self.max_frame_size {
-                    self.refused = Some(Refusal::FrameTooLarge(format!(
-                        "a message of {} bytes; the limit is {}",
-                        bytes.len(),
-                        self.max_frame_size
-                    )));
-                } else {
-                    match Frame::decode(bytes) {
-                        Ok(frame) => self.frames.push_back(frame),
-                        Err(e) => {
-                            self.refused =
-                                Some(Refusal::BadFrame(format!("undecodable frame: {e}")))
-                        }
-                    }
-                }
+                let len = bytes.len();
+                self.take(self.mode == Mode::Proto, len, self.max_frame_size, || {
+                    Frame::decode(bytes).map_err(|e| e.to_string())
+                });
                 Ok(true)
             }
         }
@@ -127,8 +186,11 @@ impl FrameSource for WsSource {
     }
 }
 
-/// Frames to a WebSocket, one binary message each.
-pub struct WsSink(SplitSink<WebSocket, Message>);
+/// Frames to a WebSocket, one message each.
+pub struct WsSink {
+    tx: SplitSink<WebSocket, Message>,
+    mode: Mode,
+}
 
 impl FrameSink for WsSink {
     async fn write(&mut self, frames: &[u8]) -> io::Result<()> {
@@ -141,18 +203,23 @@ impl FrameSink for WsSink {
             let Some(frame) = rest.get(LEN_PREFIX..LEN_PREFIX + len) else {
                 return Err(io::Error::other("a partial frame for a WebSocket"));
             };
+            let message = match self.mode {
+                Mode::Proto => Message::Binary(Bytes::copy_from_slice(frame)),
+                // The writer encodes protobuf; JSON is made from it here.
+                Mode::Json => {
+                    let frame = Frame::decode(frame).map_err(io::Error::other)?;
+                    self.mode.message(&frame)
+                }
+            };
             // Queued without flushing: `flush` sends the batch.
-            self.0
-                .feed(Message::Binary(Bytes::copy_from_slice(frame)))
-                .await
-                .map_err(io::Error::other)?;
+            self.tx.feed(message).await.map_err(io::Error::other)?;
             rest = &rest[LEN_PREFIX + len..];
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.0.flush().await.map_err(io::Error::other)
+        self.tx.flush().await.map_err(io::Error::other)
     }
 
     async fn close(&mut self) {
@@ -160,6 +227,6 @@ impl FrameSink for WsSink {
             code: axum::extract::ws::close_code::NORMAL,
             reason: "".into(),
         };
-        let _ = self.0.send(Message::Close(Some(close))).await;
+        let _ = self.tx.send(Message::Close(Some(close))).await;
     }
 }
