@@ -122,6 +122,13 @@ async fn health_and_readiness_answer_while_serving() {
         (200, Some("ready"))
     );
     assert_eq!(http::get(g.http, "/nope", &[]).await.status, 404);
+    let chat = http::get(g.http, "/examples/chat", &[]).await;
+    assert_eq!(chat.status, 200);
+    assert!(chat
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/html"));
+    assert!(chat.text().contains("EventSource"), "the example page");
     g.handle.shutdown().await;
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - `GET /healthz`: 200 while the broker serves;
 //! - `GET /readyz`: 200 once the store is open and until the broker stops (503 then);
+//! - `GET /examples/chat`: the example chat page (`examples/web/chat.html`);
 //! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
 //!   to the one accept path like any connection;
 //! - `GET /v1/sse`: Server-Sent Events, resumable with `Last-Event-ID` (see `sse`);
@@ -127,6 +128,7 @@ impl Gateway {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .route("/examples/chat", get(chat_example))
             .route("/v1/ws", get(websocket))
             .route("/v1/sse", get(sse::stream))
             .route("/v1/poll", get(poll::poll))
@@ -274,6 +276,13 @@ pub(crate) fn identity(
             "the token is not valid".into()
         })
     })
+}
+
+/// The example chat page (examples/web/chat.html), served so that it runs against this
+/// broker from its own origin.
+async fn chat_example() -> Response {
+    const PAGE: &str = include_str!("../../../examples/web/chat.html");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
 }
 
 async fn healthz() -> Response {

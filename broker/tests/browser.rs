@@ -1,0 +1,128 @@
+//! The gateway in a real browser: headless Chromium (Debian's package, installed by
+//! `scripts/ensure-chromium.sh` when missing) opens `tests/browser/page.html`, served
+//! from an origin of its own, which uses the browser's own `EventSource`, `WebSocket`
+//! (`rtc.v1.json`) and `fetch` against the broker. The page publishes what it saw to
+//! `bt.result`; the test reads that over TCP and checks it: the history over SSE, the
+//! switch to live, its own WebSocket publish acknowledged and then delivered live on the
+//! SSE stream, and the CORS preflight of its cross-origin JSON POST (without which the
+//! report could not arrive).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{start_gateway, RawConn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const PAGE: &str = include_str!("browser/page.html");
+/// How long the page may take, Chromium's start included.
+const PAGE_WAIT: Duration = Duration::from_secs(60);
+
+/// The browser, installed if missing; fails the test if it cannot be.
+fn chromium() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-chromium.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: Chromium is needed for this test",
+        script.display()
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Serves the page on 127.0.0.1:0 (any path), until the test ends.
+async fn serve_page() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (status, body) = if head.starts_with(b"GET /?") {
+                    ("200 OK", PAGE)
+                } else {
+                    ("404 Not Found", "")
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_in_chromium_uses_sse_websocket_and_fetch() {
+    let browser = chromium();
+    let page = serve_page().await;
+    let origin = format!("http://{page}");
+    let g = start_gateway(|c| c.allowed_origins = vec![origin.clone()]).await;
+    let tcp = g.handle.tcp_addr();
+    let mut history = RawConn::hello(tcp).await;
+    history.publish_acked("bt.chat", b"history 1").await;
+    history.publish_acked("bt.chat", b"history 2").await;
+    let mut results = RawConn::hello(tcp).await;
+    results.subscribe_ok(1, "bt.result").await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{origin}/?broker={}", g.http);
+    // The flags the machine notes give: no sandbox as root, and no background traffic
+    // to hosts a closed network refuses.
+    let mut chrome = tokio::process::Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {browser}: {e}"));
+
+    let report = tokio::time::timeout(PAGE_WAIT, results.expect_deliver())
+        .await
+        .expect("the page reports within the wait");
+    let _ = chrome.kill().await;
+    let report: serde_json::Value = serde_json::from_slice(&report.2).unwrap();
+    println!("the page saw: {report}");
+    assert!(report.get("error").is_none(), "{report}");
+    assert_eq!(report["ws_protocol"], "rtc.v1.json");
+    assert_eq!(report["live"], true, "the live event came");
+    assert_eq!(report["ack"], 3, "its publish was stored as seq 3");
+    assert_eq!(
+        report["sse"],
+        serde_json::json!([
+            [1, "history 1"],
+            [2, "history 2"],
+            [3, "from the browser ✓"]
+        ]),
+        "history, then its own message live"
+    );
+    g.handle.shutdown().await;
+}
