@@ -30,7 +30,10 @@
 //! publish_rate = 1000000    # per connection, per second; 0 = no limit
 //! publish_burst = 100000
 //!
-//! [[user]]                  # with none, the broker is open; see `crate::auth`
+//! [jwt]                     # tokens from the app's backend; see `crate::auth::jwt`
+//! hs256_secret = "at least 32 bytes of secret shared with the backend"
+//!
+//! [[user]]                  # with none (and no [jwt]), the broker is open; see `crate::auth`
 //! name = "billing"
 //! token_hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! publish = ["orders.>"]
@@ -127,6 +130,8 @@ pub struct Config {
     /// Origins (`https://app.example.com`) whose pages may use the HTTP gateway, besides
     /// the broker's own host; `"*"` for any. Default: none.
     pub allowed_origins: Vec<String>,
+    /// JSON Web Tokens from the application's backend (`[jwt]`, see `crate::auth::jwt`).
+    pub jwt: Option<crate::auth::jwt::JwtConfig>,
 }
 
 /// When the broker forces stored messages to disk before acknowledging them.
@@ -229,6 +234,7 @@ impl Default for Config {
             tls_key: None,
             http: Some(DEFAULT_HTTP.parse().expect("constant address parses")),
             allowed_origins: Vec::new(),
+            jwt: None,
         }
     }
 }
@@ -298,6 +304,9 @@ impl Config {
         }
         if self.publish_rate > 0 && self.publish_burst == 0 {
             return bad("publish_burst must be above zero when publish_rate is set".into());
+        }
+        if let Some(jwt) = &self.jwt {
+            crate::auth::jwt::Verifier::new(jwt).map_err(BrokerError::InvalidConfig)?;
         }
         for user in &self.user {
             user.validate().map_err(BrokerError::InvalidConfig)?;

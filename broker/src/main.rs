@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// TOML config file; flags given on the command line override it.
-    #[arg(long, value_name = "FILE", env = "RTC_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "RTC_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log level or tracing filter, e.g. `info` or `rtc_broker=debug` [default: info].
     #[arg(long, value_name = "LEVEL")]
@@ -89,15 +89,51 @@ enum Command {
         /// The token a client will send.
         token: String,
     },
+    /// Print an HS256 JWT signed with the config's `[jwt] hs256_secret`, for development
+    /// (in production the application's backend mints them).
+    MintToken {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// A topic pattern the holder may publish to (repeat for more).
+        #[arg(long, value_name = "PATTERN")]
+        publish: Vec<String>,
+        /// A topic pattern the holder may subscribe to (repeat for more).
+        #[arg(long, value_name = "PATTERN")]
+        subscribe: Vec<String>,
+        /// How long the token is valid, e.g. 1h or 15m.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     #[cfg(feature = "mimalloc")]
     no_huge_pages();
     let args = Args::parse();
-    if let Some(Command::HashToken { token }) = &args.command {
-        println!("{}", rtc_broker::auth::hash_token(token));
-        return ExitCode::SUCCESS;
+    match &args.command {
+        Some(Command::HashToken { token }) => {
+            println!("{}", rtc_broker::auth::hash_token(token));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::MintToken {
+            sub,
+            publish,
+            subscribe,
+            ttl,
+        }) => {
+            return match mint_token(&args, sub, publish, subscribe, *ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rtc-broker mint-token: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +142,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An HS256 token signed with the config's secret.
+fn mint_token(
+    args: &Args,
+    sub: &str,
+    publish: &[String],
+    subscribe: &[String],
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    use rtc_broker::auth::jwt;
+    let config = match &args.config {
+        Some(path) => Config::from_toml_file(path)?,
+        None => anyhow::bail!("give the broker's config (--config FILE or RTC_CONFIG), whose [jwt] hs256_secret signs the token"),
+    };
+    let Some(secret) = config.jwt.as_ref().and_then(|j| j.hs256_secret.as_ref()) else {
+        anyhow::bail!("the config has no [jwt] hs256_secret to sign with");
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let claims = jwt::Claims {
+        sub: sub.to_string(),
+        exp: (now + ttl).as_secs() as i64,
+        nbf: None,
+        publish: publish.to_vec(),
+        subscribe: subscribe.to_vec(),
+    };
+    jwt::mint_hs256(secret, &claims).map_err(anyhow::Error::msg)
 }
 
 fn load_config(args: Args) -> anyhow::Result<Config> {

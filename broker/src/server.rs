@@ -207,7 +207,8 @@ impl BrokerBuilder {
             cancel.clone(),
             stored_consumers,
         );
-        let auth = Auth::new(&config.user);
+        let auth = Auth::with_jwt(&config.user, config.jwt.as_ref())
+            .map_err(BrokerError::InvalidConfig)?;
         let quic_config = config.quic;
         let shared = Arc::new(Shared::new(
             config,

@@ -75,6 +75,8 @@ impl Frame {
             Some(Op::ConsumerInfo(_)) => "ConsumerInfo",
             Some(Op::ConsumerList(_)) => "ConsumerList",
             Some(Op::ReplayEnd(_)) => "ReplayEnd",
+            Some(Op::AuthRefresh(_)) => "AuthRefresh",
+            Some(Op::AuthRefreshed(_)) => "AuthRefreshed",
         }
     }
 }

@@ -269,12 +269,10 @@ pub(crate) fn identity(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token = bearer.or(query_token).unwrap_or("");
-    g.shared.auth.authenticate(token).ok_or_else(|| {
-        Refusal::Unauthorized(if token.is_empty() {
-            "this broker requires a token: Authorization: Bearer TOKEN".into()
-        } else {
-            "the token is not valid".into()
-        })
+    g.shared.auth.authenticate(token).map_err(|why| {
+        Refusal::Unauthorized(format!(
+            "{why} (Authorization: Bearer TOKEN, or ?token= for WebSocket and SSE)"
+        ))
     })
 }
 

@@ -56,6 +56,7 @@ mod consume;
 mod pubsub;
 mod source;
 mod throttle;
+mod token;
 
 use consume::Settle;
 pub use source::{codec_refusal, ByteStreamSource, FrameSource};
@@ -180,6 +181,7 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         shared: shared.clone(),
         outbox: outbox.clone(),
         identity: Identity::Open,
+        expires: None,
         datagrams,
         throttle: throttle::Throttle::new(config.publish_rate, config.publish_burst),
         subs: HashMap::new(),
@@ -231,6 +233,8 @@ struct Session {
     outbox: Arc<Outbox>,
     /// Who the connection acts as (set by the handshake).
     identity: Identity,
+    /// When its token expires, if it does (see `token.rs`).
+    expires: Option<Instant>,
     /// The publish rate limit, if any.
     throttle: Option<throttle::Throttle>,
     /// The transport's datagrams, for subscriptions that ask for them.
@@ -312,11 +316,11 @@ impl Session {
             return self.close_with(Refusal::UnsupportedVersion(msg)).await;
         }
         match self.shared.auth.authenticate(&hello.auth_token) {
-            Some(identity) => self.identity = identity,
-            None => {
-                tracing::info!(conn_id = self.conn_id, client = %hello.client_name, "refused: invalid or missing token");
-                let msg = "this broker requires a valid token in Hello.auth_token";
-                return self.close_with(Refusal::Unauthorized(msg.into())).await;
+            Ok(identity) => self.set_identity(identity),
+            Err(why) => {
+                tracing::info!(conn_id = self.conn_id, client = %hello.client_name, %why, "refused: invalid or missing token");
+                let msg = format!("{why}: this broker requires a valid token in Hello.auth_token");
+                return self.close_with(Refusal::Unauthorized(msg)).await;
             }
         }
         tracing::debug!(conn_id = self.conn_id, client = %hello.client_name, user = self.identity.name(), "handshake done");
@@ -365,6 +369,7 @@ impl Session {
             self.flush();
             let read = tokio::select! {
                 _ = cancel.cancelled() => return self.close_with(shutting_down()).await,
+                _ = token::until(self.expires) => return self.close_with(token::expired()).await,
                 _ = ticks.tick() => {
                     if silence.tick() {
                         let msg = format!("nothing received for {SILENT_INTERVALS} heartbeat intervals ({:?})", interval * SILENT_INTERVALS);
@@ -436,7 +441,8 @@ impl Session {
                 | Op::Confirm(_)
                 | Op::ConsumerInfo(_)
                 | Op::ConsumerList(_)
-                | Op::ReplayEnd(_),
+                | Op::ReplayEnd(_)
+                | Op::AuthRefreshed(_),
             ) => {
                 let msg = format!("{op_name} is sent by the broker, not accepted from clients");
                 self.refuse(0, Refusal::Unsupported(msg)).await?;
@@ -456,6 +462,7 @@ impl Session {
             }
             Some(Op::ConsumerInfoRequest(r)) => self.consumer_info(r).await?,
             Some(Op::ConsumerListRequest(r)) => self.consumer_list(r).await?,
+            Some(Op::AuthRefresh(r)) => self.refresh(r).await?,
             None => {
                 self.refuse(0, Refusal::Unsupported("unknown operation".into()))
                     .await?

@@ -7,6 +7,14 @@
 //! (and create topics) where one of the user's `publish` patterns matches, and subscribe
 //! (plainly or as a durable consumer) where one of its `subscribe` patterns covers the
 //! whole requested pattern (see [`rtc_proto::topic::pattern_covers`]).
+//!
+//! With `[jwt]` configured, a JSON Web Token minted by the application's backend is a
+//! token too: its `sub` names the connection and its `publish` / `subscribe` claims are
+//! its patterns (see [`jwt`]). A broker with a `[jwt]` section is not open, users or not.
+//! A token may expire: the session closes the connection then, unless it sent a fresh
+//! one first (`AuthRefresh`).
+
+pub mod jwt;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,65 +74,99 @@ impl UserConfig {
 /// Who a connection acts as.
 #[derive(Debug, Clone)]
 pub enum Identity {
-    /// The broker has no users: everything is allowed.
+    /// The broker has no users and no `[jwt]`: everything is allowed.
     Open,
-    /// An authenticated user.
+    /// A configured user.
     User(Arc<UserConfig>),
+    /// The holder of a JWT.
+    Token(Arc<jwt::Claims>),
 }
 
 impl Identity {
-    /// The user's name, or `-` on an open broker.
+    /// The user's name (a JWT's `sub`), or `-` on an open broker.
     pub fn name(&self) -> &str {
         match self {
             Identity::Open => "-",
             Identity::User(u) => &u.name,
+            Identity::Token(c) => &c.sub,
+        }
+    }
+
+    /// The patterns it may publish to and subscribe to; `None` when open.
+    fn patterns(&self) -> Option<(&[String], &[String])> {
+        match self {
+            Identity::Open => None,
+            Identity::User(u) => Some((&u.publish, &u.subscribe)),
+            Identity::Token(c) => Some((&c.publish, &c.subscribe)),
         }
     }
 
     /// May this connection publish to (or create) `topic`?
     pub fn can_publish(&self, topic: &str) -> bool {
-        match self {
-            Identity::Open => true,
-            Identity::User(u) => u.publish.iter().any(|p| pattern_matches(p, topic)),
-        }
+        self.patterns()
+            .is_none_or(|(publish, _)| publish.iter().any(|p| pattern_matches(p, topic)))
     }
 
     /// May this connection subscribe to `pattern` (everything it can match)?
     pub fn can_subscribe(&self, pattern: &str) -> bool {
+        self.patterns()
+            .is_none_or(|(_, subscribe)| subscribe.iter().any(|p| pattern_covers(p, pattern)))
+    }
+
+    /// When its token expires (ms since the epoch); `None` for never.
+    pub fn expires_at_ms(&self) -> Option<i64> {
         match self {
-            Identity::Open => true,
-            Identity::User(u) => u.subscribe.iter().any(|p| pattern_covers(p, pattern)),
+            Identity::Token(c) => Some(c.exp.saturating_mul(1000)),
+            _ => None,
         }
     }
 }
 
-/// The configured users, by token hash.
+/// The configured users, by token hash, and the JWT verifier.
 #[derive(Debug, Default)]
 pub struct Auth {
     by_hash: HashMap<String, Arc<UserConfig>>,
+    jwt: Option<jwt::Verifier>,
 }
 
 impl Auth {
-    /// From the config's users (already validated).
+    /// From the config's users (already validated), without JWTs.
     pub fn new(users: &[UserConfig]) -> Self {
         Auth {
             by_hash: users
                 .iter()
                 .map(|u| (u.token_hash.to_ascii_lowercase(), Arc::new(u.clone())))
                 .collect(),
+            jwt: None,
         }
     }
 
-    /// The identity `token` grants, or `None` if the broker requires a valid token and
-    /// this is not one.
-    pub fn authenticate(&self, token: &str) -> Option<Identity> {
-        if self.by_hash.is_empty() {
-            return Some(Identity::Open);
+    /// From the config's users and its `[jwt]` section; an error names what is wrong
+    /// with the section.
+    pub fn with_jwt(users: &[UserConfig], jwt: Option<&jwt::JwtConfig>) -> Result<Self, String> {
+        let mut auth = Auth::new(users);
+        auth.jwt = jwt.map(jwt::Verifier::new).transpose()?;
+        Ok(auth)
+    }
+
+    /// The identity `token` grants, or why it grants none on a broker that requires a
+    /// valid token.
+    pub fn authenticate(&self, token: &str) -> Result<Identity, String> {
+        if self.by_hash.is_empty() && self.jwt.is_none() {
+            return Ok(Identity::Open);
         }
-        self.by_hash
-            .get(&hash_token(token))
-            .cloned()
-            .map(Identity::User)
+        if token.is_empty() {
+            return Err("this broker requires a token".into());
+        }
+        if let Some(user) = self.by_hash.get(&hash_token(token)) {
+            return Ok(Identity::User(user.clone()));
+        }
+        match &self.jwt {
+            Some(verifier) if jwt::looks_like_jwt(token) => verifier
+                .verify(token)
+                .map(|claims| Identity::Token(Arc::new(claims))),
+            _ => Err("the token is not valid".into()),
+        }
     }
 }
 
@@ -156,8 +198,8 @@ mod tests {
     #[test]
     fn tokens_and_permissions() {
         let auth = Auth::new(&[user()]);
-        assert!(auth.authenticate("wrong").is_none());
-        assert!(auth.authenticate("").is_none());
+        assert!(auth.authenticate("wrong").is_err());
+        assert!(auth.authenticate("").is_err());
         let id = auth.authenticate("s3cret").unwrap();
         assert_eq!(id.name(), "billing");
         assert!(id.can_publish("orders.eu.created"));
