@@ -319,3 +319,61 @@ async fn a_quic_subscriber_that_never_reads_keeps_broker_memory_bounded() {
         dropped.message
     );
 }
+
+/// With a certificate the HTTP gateway speaks HTTPS (and so WSS): a request over TLS is
+/// served; a plain one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_gateway_speaks_https_with_the_certificate() {
+    let dir = temp_dir();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let broker = BrokerProcess::start(
+        Path::new(BIN),
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            &path(&cert),
+            "--tls-key",
+            &path(&key),
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = broker.http.expect("the gateway's address");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(http).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the gateway");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut answer))
+        .await
+        .expect("an answer")
+        .ok();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("serving"), "{answer}");
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(http).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut buf)).await;
+    assert!(!buf.starts_with(b"HTTP/1.1 200"), "plain HTTP was served");
+}
