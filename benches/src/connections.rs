@@ -2,6 +2,8 @@
 //! completing the handshake and subscribing (raw protocol, so the load generator stays
 //! light), then measure the broker's resident memory per connection (from
 //! /proc/PID/status) and the time one published message takes to reach all of them.
+//! With `--transport ws` the connections are WebSockets to the HTTP gateway
+//! (`rtc.v1.proto`, one frame per binary message); the broadcast is published over TCP.
 //!
 //! One process may hold about 20 000 descriptors on these machines, so for more than
 //! ~19 000 connections run several `rtc-bench connections` processes against the same
@@ -35,6 +37,88 @@ pub struct ConnectionsArgs {
     /// Keep the connections open this long after measuring (for multi-process runs).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// `tcp`, or `ws` for WebSockets to the HTTP gateway at `--http`.
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    /// The broker's HTTP gateway, for `--transport ws`.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    http: String,
+}
+
+/// One idle subscribed connection, waiting for the broadcast.
+enum Conn {
+    Tcp(
+        FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+        // Held so the connection stays open.
+        #[allow(dead_code)] tokio::net::tcp::OwnedWriteHalf,
+    ),
+    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+}
+
+impl Conn {
+    /// The next frame the broker sends.
+    async fn next(&mut self) -> anyhow::Result<Frame> {
+        use prost::Message as _;
+        match self {
+            Conn::Tcp(frames, _) => match frames.next().await {
+                Some(Ok(f)) => Ok(f),
+                other => bail!("{other:?}"),
+            },
+            Conn::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => {
+                        return Ok(Frame::decode(b)?)
+                    }
+                    Some(Ok(_)) => continue,
+                    other => bail!("{other:?}"),
+                }
+            },
+        }
+    }
+}
+
+/// Opens connection `i` and completes its handshake and subscription.
+async fn open(
+    args: &ConnectionsArgs,
+    i: usize,
+    hello: &Bytes,
+    subscribe: &Bytes,
+) -> anyhow::Result<Conn> {
+    let mut conn = match args.transport.as_str() {
+        "tcp" => {
+            let mut s = TcpStream::connect(&args.addr)
+                .await
+                .with_context(|| format!("connection {i}"))?;
+            s.write_all(hello).await?;
+            s.write_all(subscribe).await?;
+            let (r, w) = s.into_split();
+            Conn::Tcp(FramedRead::new(r, FrameCodec::default()), w)
+        }
+        "ws" => {
+            use futures_util::SinkExt;
+            use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+            let mut request = format!("ws://{}/v1/ws", args.http).into_client_request()?;
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "rtc.v1.proto".parse()?);
+            let (mut ws, _) = tokio_tungstenite::connect_async(request)
+                .await
+                .with_context(|| format!("connection {i}"))?;
+            // Without the length prefix: one frame per message.
+            for f in [hello, subscribe] {
+                ws.send(Message::Binary(f.slice(4..))).await?;
+            }
+            Conn::Ws(Box::new(ws))
+        }
+        other => bail!("--transport {other:?}: tcp or ws"),
+    };
+    // Welcome, then SubAck.
+    for _ in 0..2 {
+        conn.next()
+            .await
+            .with_context(|| format!("connection {i}: handshake"))?;
+    }
+    Ok(conn)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -71,21 +155,7 @@ pub async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut conns = Vec::with_capacity(args.count);
     for i in 0..args.count {
-        let mut s = TcpStream::connect(&args.addr)
-            .await
-            .with_context(|| format!("connection {i}"))?;
-        s.write_all(&hello).await?;
-        s.write_all(&subscribe).await?;
-        let (r, w) = s.into_split();
-        let mut frames = FramedRead::new(r, FrameCodec::default());
-        // Welcome, then SubAck.
-        for _ in 0..2 {
-            match frames.next().await {
-                Some(Ok(_)) => {}
-                other => bail!("connection {i}: handshake failed: {other:?}"),
-            }
-        }
-        conns.push((frames, w));
+        conns.push(open(&args, i, &hello, &subscribe).await?);
     }
     let opened = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -104,23 +174,24 @@ pub async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
         .await?;
     let mut received = 0;
     let mut readers = futures_util::stream::FuturesUnordered::new();
-    for (frames, _) in conns.iter_mut() {
-        readers.push(frames.next());
+    for conn in conns.iter_mut() {
+        readers.push(conn.next());
     }
     while let Some(r) = tokio::time::timeout(Duration::from_secs(30), readers.next()).await? {
-        if let Some(Ok(Frame {
+        if let Ok(Frame {
             op: Some(Op::Deliver(_)),
-        })) = r
+        }) = r
         {
             received += 1;
         }
     }
     let broadcast = sent.elapsed();
     drop(readers);
-    println!("| connections | opened in | broker RSS before | after | per connection | broadcast reached | in |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| transport | connections | opened in | broker RSS before | after | per connection | broadcast reached | in |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {:.1} s | {} KiB | {} KiB | {:.1} KiB | {received} | {:.1} ms |",
+        "| {} | {} | {:.1} s | {} KiB | {} KiB | {:.1} KiB | {received} | {:.1} ms |",
+        args.transport,
         args.count,
         opened.as_secs_f64(),
         before,

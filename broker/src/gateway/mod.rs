@@ -142,6 +142,11 @@ impl Gateway {
     }
 }
 
+/// tungstenite's read buffer per WebSocket (see [`websocket`]).
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite gathers before it writes (a flush writes them anyway).
+const WS_WRITE_BUFFER: usize = 16 * 1024;
+
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
@@ -310,6 +315,11 @@ async fn websocket(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        // tungstenite allocates its whole read buffer per connection (128 KiB by
+        // default): 4 KiB keeps an idle WebSocket near a TCP connection's cost, and the
+        // buffer grows for a larger message (docs/benchmarks.md, "Idle WebSockets").
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             acceptor.admit(ws::WsIncoming {
                 socket,
