@@ -1,7 +1,7 @@
 //! Where a benchmark's broker comes from — a fresh in-process broker on 127.0.0.1:0 with
 //! a temp data dir (the default), or an already running one given by URL — and over
-//! which transport clients reach it (TCP, TLS with a fresh self-signed certificate, or
-//! QUIC with the broker's own).
+//! which transport clients reach it (TCP, TLS with a fresh self-signed certificate,
+//! QUIC with the broker's own, or WebSockets for subscribers).
 
 use rtc_broker::{Broker, BrokerHandle, Config};
 use rtc_client::{Client, ConnectOptions};
@@ -15,12 +15,16 @@ pub enum Transport {
     Tls,
     /// One QUIC stream per connection.
     Quic,
+    /// Subscribers on WebSockets to the HTTP gateway (`rtc.v1.proto`); publishers on TCP.
+    Ws,
 }
 
 /// A broker to benchmark against; stops an in-process one when done.
 pub struct Target {
     /// URL clients connect to.
     pub url: String,
+    /// The HTTP gateway, for WebSocket subscribers (`ws`).
+    pub http: Option<std::net::SocketAddr>,
     ca: Option<std::path::PathBuf>,
     local: Option<(BrokerHandle, tempfile::TempDir)>,
 }
@@ -36,6 +40,7 @@ impl Target {
         if let Some(url) = server {
             return Ok(Target {
                 url: url.to_string(),
+                http: None,
                 ca: None,
                 local: None,
             });
@@ -52,7 +57,7 @@ impl Target {
         let files = tls.clone();
         let handle = Broker::builder()
             .tcp("127.0.0.1:0".parse()?)
-            .http(None)
+            .http((transport == Transport::Ws).then(|| "127.0.0.1:0".parse().expect("valid")))
             .data_dir(dir.path())
             .configure(|c| {
                 if let Some((cert, key)) = files {
@@ -69,7 +74,7 @@ impl Target {
             .start()
             .await?;
         let (url, ca) = match transport {
-            Transport::Tcp => (handle.url(), None),
+            Transport::Tcp | Transport::Ws => (handle.url(), None),
             Transport::Tls => (handle.url(), tls.map(|(cert, _)| cert)),
             Transport::Quic => (
                 format!("quic://{}", handle.quic_addr().expect("QUIC is on")),
@@ -78,6 +83,7 @@ impl Target {
         };
         Ok(Target {
             url,
+            http: handle.http_addr(),
             ca,
             local: Some((handle, dir)),
         })

@@ -5,6 +5,7 @@
 
 use std::any::Any;
 
+use anyhow::Context;
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 
@@ -46,6 +47,7 @@ pub async fn subscribe(
     topic: &str,
 ) -> anyhow::Result<(Payloads, Keep)> {
     match system {
+        System::Rtc if rtc.http.is_some() => ws_subscribe(rtc, topic).await,
         System::Rtc => {
             let client = rtc.connect().await?;
             let sub = client.subscribe(topic).await?;
@@ -54,6 +56,55 @@ pub async fn subscribe(
         System::Nats => peer::nats_subscribe(&peers.nats_url, topic).await,
         System::Redis => peer::redis_subscribe(&peers.redis_url, topic).await,
     }
+}
+
+/// A subscriber on a WebSocket to the target's HTTP gateway (`rtc.v1.proto`): the
+/// payloads of its deliveries.
+async fn ws_subscribe(rtc: &Target, topic: &str) -> anyhow::Result<(Payloads, Keep)> {
+    use futures_util::SinkExt;
+    use prost::Message as _;
+    use rtc_proto::v1::{self, frame::Op};
+    use rtc_proto::Frame;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let http = rtc.http.context("the gateway is off")?;
+    let mut request = format!("ws://{http}/v1/ws").into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "rtc.v1.proto".parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let hello = Frame::from_op(Op::Hello(v1::Hello {
+        protocol_version: rtc_proto::PROTOCOL_VERSION,
+        client_name: "rtc-bench".into(),
+        auth_token: String::new(),
+    }));
+    let subscribe = Frame::from_op(Op::Subscribe(v1::Subscribe {
+        req_id: 1,
+        sub_id: 1,
+        pattern: topic.into(),
+        ..Default::default()
+    }));
+    for f in [hello, subscribe] {
+        ws.send(Message::Binary(f.encode_to_vec().into())).await?;
+    }
+    // Welcome, then SubAck: the subscription is in place.
+    let mut answers = 0;
+    while answers < 2 {
+        match ws.next().await {
+            Some(Ok(Message::Binary(_))) => answers += 1,
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("WebSocket handshake: {other:?}"),
+        }
+    }
+    let payloads = ws.filter_map(|m| async move {
+        match m {
+            Ok(Message::Binary(b)) => match Frame::decode(b).ok()?.op? {
+                Op::Deliver(d) => d.message.map(|m| m.payload),
+                _ => None,
+            },
+            _ => None,
+        }
+    });
+    Ok((payloads.boxed(), Box::new(())))
 }
 
 /// A fire-and-forget publisher. Each keeps the last topic it published to in its client
