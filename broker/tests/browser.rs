@@ -5,7 +5,7 @@
 //! `bt.result`; the test reads that over TCP and checks it: the history over SSE, the
 //! switch to live, its own WebSocket publish acknowledged and then delivered live on the
 //! SSE stream, and the CORS preflight of its cross-origin JSON POST (without which the
-//! report could not arrive).
+//! report could not arrive). A second test drives the example chat page the same way.
 
 mod common;
 
@@ -69,6 +69,32 @@ async fn serve_page() -> SocketAddr {
     addr
 }
 
+/// Headless Chromium on `url`, with a profile of its own (kept until the test ends).
+fn open_page(browser: &str, url: &str) -> (tokio::process::Child, tempfile::TempDir) {
+    let profile = tempfile::tempdir().unwrap();
+    // The flags the machine notes give: no sandbox as root, and no background traffic
+    // to hosts a closed network refuses.
+    let chrome = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {browser}: {e}"));
+    (chrome, profile)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_in_chromium_uses_sse_websocket_and_fetch() {
     let browser = chromium();
@@ -82,28 +108,8 @@ async fn a_page_in_chromium_uses_sse_websocket_and_fetch() {
     let mut results = RawConn::hello(tcp).await;
     results.subscribe_ok(1, "bt.result").await;
 
-    let profile = tempfile::tempdir().unwrap();
     let url = format!("{origin}/?broker={}", g.http);
-    // The flags the machine notes give: no sandbox as root, and no background traffic
-    // to hosts a closed network refuses.
-    let mut chrome = tokio::process::Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {browser}: {e}"));
+    let (mut chrome, _profile) = open_page(&browser, &url);
 
     let report = tokio::time::timeout(PAGE_WAIT, results.expect_deliver())
         .await
@@ -123,6 +129,35 @@ async fn a_page_in_chromium_uses_sse_websocket_and_fetch() {
             [3, "from the browser ✓"]
         ]),
         "history, then its own message live"
+    );
+    g.handle.shutdown().await;
+}
+
+/// The example chat (examples/web/chat.html), served by the broker: a link that joins a
+/// room and greets it makes the page replay the room over SSE, go live, and publish
+/// the greeting with fetch; the message arrives on the room's topic over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_chat_joins_a_room_and_sends_a_message() {
+    let browser = chromium();
+    let g = start_gateway(|_| {}).await;
+    let mut room = RawConn::hello(g.handle.tcp_addr()).await;
+    room.publish_acked("chat.lobby", br#"{"user":"ana","text":"merhaba"}"#)
+        .await;
+    room.subscribe_ok(1, "chat.lobby").await;
+    let url = format!(
+        "http://{}/examples/chat?user=bob&room=lobby&say=hi%20ana",
+        g.http
+    );
+    let (mut chrome, _profile) = open_page(&browser, &url);
+    let (_, topic, payload) = tokio::time::timeout(PAGE_WAIT, room.expect_deliver())
+        .await
+        .expect("the page's message within the wait");
+    let _ = chrome.kill().await;
+    assert_eq!(topic, "chat.lobby");
+    let message: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        message,
+        serde_json::json!({"user": "bob", "text": "hi ana"})
     );
     g.handle.shutdown().await;
 }
