@@ -73,24 +73,51 @@ impl SubEntry {
     }
 
     /// The Subscribe that restores this subscription on a new connection. A durable
-    /// consumer simply rejoins (the broker kept its position); a plain subscription
-    /// resumes from the broker time of its last delivery (or of its start), and repeats
-    /// are dropped by seq — so on durable topics nothing is missed and nothing repeats.
+    /// consumer simply rejoins (the broker kept its position). A plain subscription
+    /// resumes each topic it was delivered after the last seq it got
+    /// (`Subscribe.resume_after`), and the topics it got nothing of from its own start
+    /// (its start position, or the time it was made for a live one); repeats are dropped
+    /// by seq. So on durable topics nothing is missed and nothing repeats, even when the
+    /// link dropped while a replay over several topics was half done. Past
+    /// [`MAX_RESUME_AFTER`] topics it resumes from the broker time of its last delivery
+    /// instead. (A broker that predates `resume_after` ignores it: it replays from the
+    /// start position, and the repeats are dropped.)
     fn restore(&self) -> v1::Subscribe {
         let mut s = self.request.clone();
         s.req_id = 0;
-        if !self.is_consumer() {
-            let position = match self.resume.last_ts {
-                Some(ts) => Position::TimeMs(ts),
-                None => Position::RelativeMs(-(self.since.elapsed().as_millis() as i64) - 1000),
-            };
-            s.start = Some(StartPosition {
-                position: Some(position),
-            });
+        if self.is_consumer() {
+            return s;
         }
+        let since_start =
+            || Position::RelativeMs(-(self.since.elapsed().as_millis() as i64) - 1000);
+        let original = self.request.start.as_ref().and_then(|p| p.position);
+        let position = if !self.resume.seen.is_empty() && self.resume.seen.len() <= MAX_RESUME_AFTER
+        {
+            s.resume_after = self
+                .resume
+                .seen
+                .iter()
+                .map(|(t, seq)| (t.clone(), *seq))
+                .collect();
+            match original {
+                None | Some(Position::New(_)) => since_start(),
+                Some(p) => p,
+            }
+        } else {
+            match self.resume.last_ts {
+                Some(ts) => Position::TimeMs(ts),
+                None => since_start(),
+            }
+        };
+        s.start = Some(StartPosition {
+            position: Some(position),
+        });
         s
     }
 }
+
+/// Most topics a restore lists in `Subscribe.resume_after` (the broker's limit).
+const MAX_RESUME_AFTER: usize = 1000;
 
 /// What a plain subscription on durable topics was delivered, for [`SubEntry::restore`].
 #[derive(Debug, Default)]
@@ -349,5 +376,71 @@ impl Shared {
                 }),
         );
         frames
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    fn entry(start: Option<Position>) -> SubEntry {
+        let (tx, _rx) = queue::bounded(16);
+        SubEntry::new(
+            tx,
+            v1::Subscribe {
+                sub_id: 1,
+                pattern: "a.>".into(),
+                start: start.map(|p| StartPosition { position: Some(p) }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn delivered(e: &mut SubEntry, topic: &str, seq: u64) {
+        let m = Message::from(v1::Message {
+            topic: topic.into(),
+            seq,
+            timestamp_ms: 1_000 + seq as i64,
+            ..Default::default()
+        });
+        assert!(e.resume.accept(false, &m));
+    }
+
+    #[test]
+    fn a_restore_resumes_each_topic_after_its_seq_and_the_rest_from_the_start() {
+        let mut e = entry(Some(Position::First(true)));
+        for seq in 1..=3 {
+            delivered(&mut e, "a.x", seq);
+        }
+        let s = e.restore();
+        assert_eq!(s.resume_after, [("a.x".to_string(), 3)].into());
+        // a.y, not delivered yet (the replay was half done), starts from the first.
+        assert_eq!(
+            s.start.and_then(|p| p.position),
+            Some(Position::First(true))
+        );
+
+        // A live subscription: unseen topics from when it was made.
+        let mut e = entry(None);
+        delivered(&mut e, "a.x", 7);
+        let s = e.restore();
+        assert_eq!(s.resume_after.get("a.x"), Some(&7));
+        assert!(
+            matches!(s.start.and_then(|p| p.position), Some(Position::RelativeMs(ms)) if ms < 0)
+        );
+    }
+
+    #[test]
+    fn past_the_broker_limit_a_restore_resumes_by_time() {
+        let mut e = entry(Some(Position::First(true)));
+        for i in 0..=MAX_RESUME_AFTER {
+            delivered(&mut e, &format!("a.t{i}"), 1);
+        }
+        let s = e.restore();
+        assert!(s.resume_after.is_empty());
+        assert_eq!(
+            s.start.and_then(|p| p.position),
+            Some(Position::TimeMs(1_001))
+        );
     }
 }
