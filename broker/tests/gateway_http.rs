@@ -262,3 +262,61 @@ async fn cors_lets_allowed_origins_in_and_keeps_others_out() {
     );
     g.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn each_http_connection_has_the_publish_rate() {
+    let g = start(|c| {
+        c.publish_rate = 2;
+        c.publish_burst = 3;
+    })
+    .await;
+    // A batch of 6 on one connection: the burst of 3 is stored, the rest refused.
+    let body: String = (0..6)
+        .map(|i| format!("{{\"topic\":\"rate.x\",\"payload\":\"{i}\"}}\n"))
+        .collect();
+    let a = post(&g, "/v1/publish", &[], body.as_bytes()).await;
+    let results = a.json()["results"].as_array().unwrap().clone();
+    let codes: Vec<&str> = results
+        .iter()
+        .map(|r| r["code"].as_str().unwrap_or("stored"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "stored",
+            "stored",
+            "stored",
+            "RATE_LIMITED",
+            "RATE_LIMITED",
+            "RATE_LIMITED"
+        ]
+    );
+    // Two single publishes pipelined on one connection after a burst of three: 429 with
+    // the wire code for the fourth.
+    let one = |close: bool| {
+        format!(
+            "POST /v1/publish/rate.y HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n{}\r\nz",
+            if close { "Connection: close\r\n" } else { "" }
+        )
+    };
+    let mut tcp = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    let requests = [one(false), one(false), one(false), one(true)].concat();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, requests.as_bytes())
+        .await
+        .unwrap();
+    let mut answers = String::new();
+    tokio::time::timeout(
+        common::WAIT,
+        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answers),
+    )
+    .await
+    .expect("answers")
+    .unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 3, "{answers}");
+    assert_eq!(answers.matches("HTTP/1.1 429").count(), 1, "{answers}");
+    assert!(answers.contains("RATE_LIMITED"), "{answers}");
+    // Another connection has a bucket of its own.
+    let a = post(&g, "/v1/publish/rate.y", &[], b"z").await;
+    assert_eq!(a.status, 200);
+    g.handle.shutdown().await;
+}

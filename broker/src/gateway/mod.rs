@@ -48,7 +48,7 @@ use tokio_util::task::TaskTracker;
 use crate::accept::Acceptor;
 use crate::error::BrokerError;
 use crate::refusal::Refusal;
-use crate::session::Shared;
+use crate::session::{Shared, Throttle};
 
 /// The HTTP listener, bound and not yet serving.
 pub struct Http {
@@ -147,6 +147,25 @@ const WS_READ_BUFFER: usize = 4 * 1024;
 /// Bytes tungstenite gathers before it writes (a flush writes them anyway).
 const WS_WRITE_BUFFER: usize = 16 * 1024;
 
+/// The publish rate limit of the connection a request came on (`publish_rate`,
+/// `publish_burst`, as for a session); `None` inside when there is none.
+#[derive(Clone)]
+pub(crate) struct RateLimit(Arc<std::sync::Mutex<Option<Throttle>>>);
+
+impl RateLimit {
+    /// Takes one publish's token, or why not.
+    pub(crate) fn take(&self, rate: u32) -> Result<(), Refusal> {
+        let mut throttle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match throttle.as_mut().map(Throttle::try_take) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(wait)) => Err(Refusal::RateLimited(format!(
+                "publishing faster than {rate}/s on this connection; retry in {} ms",
+                wait.as_millis().max(1)
+            ))),
+        }
+    }
+}
+
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
@@ -154,6 +173,10 @@ struct Peer(SocketAddr);
 async fn serve(http: Http, gateway: Gateway, cancel: CancellationToken, tracker: TaskTracker) {
     let Http { listener, tls, .. } = http;
     let limit = gateway.shared.config.handshake_timeout;
+    let (rate, burst) = (
+        gateway.shared.config.publish_rate,
+        gateway.shared.config.publish_burst,
+    );
     let router = gateway.router();
     loop {
         let accepted = tokio::select! {
@@ -171,7 +194,11 @@ async fn serve(http: Http, gateway: Gateway, cancel: CancellationToken, tracker:
             }
         };
         let _ = tcp.set_nodelay(true);
-        let router = router.clone().layer(Extension(Peer(peer)));
+        let limit_rate = RateLimit(Arc::new(std::sync::Mutex::new(Throttle::new(rate, burst))));
+        let router = router
+            .clone()
+            .layer(Extension(Peer(peer)))
+            .layer(Extension(limit_rate));
         let (tls, cancel) = (tls.clone(), cancel.clone());
         tracker.spawn(connection(tcp, tls, router, cancel, limit));
     }

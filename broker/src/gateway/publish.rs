@@ -13,7 +13,9 @@
 //! Every message passes the checks of any publish (`crate::publish`), and goes through
 //! the log engine and delivery like a session's: a durable message's answer comes back
 //! on a reply channel ([`AnswerTo::Reply`]) instead of a connection's queue. A body is at
-//! most `max_payload` bytes, for a batch too.
+//! most `max_payload` bytes, for a batch too. Each message takes a token of its HTTP
+//! connection's publish rate (`publish_rate`, `publish_burst`); without one it is refused
+//! with 429 `RATE_LIMITED` (a batch line: that line's result), never held.
 
 use std::collections::BTreeMap;
 
@@ -21,13 +23,13 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::{identity, refused, Gateway};
+use super::{identity, refused, Gateway, RateLimit};
 use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::delivery::{Answer, AnswerTo, Origin};
@@ -87,6 +89,7 @@ async fn body(body: Body, max: usize) -> Result<Bytes, Refusal> {
 
 pub(super) async fn one(
     State(g): State<Gateway>,
+    Extension(rate): Extension<RateLimit>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     request: Body,
@@ -107,6 +110,9 @@ pub(super) async fn one(
             return refused(r);
         }
     };
+    if let Err(r) = rate.take(g.shared.config.publish_rate) {
+        return refused(r);
+    }
     let contents = Contents {
         payload,
         headers: BTreeMap::new(),
@@ -118,7 +124,12 @@ pub(super) async fn one(
     }
 }
 
-pub(super) async fn batch(State(g): State<Gateway>, headers: HeaderMap, request: Body) -> Response {
+pub(super) async fn batch(
+    State(g): State<Gateway>,
+    Extension(rate): Extension<RateLimit>,
+    headers: HeaderMap,
+    request: Body,
+) -> Response {
     let identity = match identity(&g, &headers, None) {
         Ok(i) => i,
         Err(r) => return refused(r),
@@ -141,7 +152,11 @@ pub(super) async fn batch(State(g): State<Gateway>, headers: HeaderMap, request:
     let mut pending = Vec::with_capacity(lines.len());
     for (i, line) in lines.into_iter().enumerate() {
         let p = match parse(line) {
-            Ok((topic, contents)) => start(&g, &identity, topic, contents).await,
+            // Each line is one publish against the connection's rate.
+            Ok((topic, contents)) => match rate.take(g.shared.config.publish_rate) {
+                Ok(()) => start(&g, &identity, topic, contents).await,
+                Err(r) => Pending::Done(Err(r)),
+            },
             Err(msg) => Pending::Done(Err(Refusal::InvalidRequest(format!(
                 "line {}: {msg}",
                 i + 1

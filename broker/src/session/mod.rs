@@ -60,6 +60,7 @@ mod token;
 
 use consume::Settle;
 pub use source::{codec_refusal, ByteStreamSource, FrameSource};
+pub(crate) use throttle::Throttle;
 
 /// How long a closing connection's writer gets to flush what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

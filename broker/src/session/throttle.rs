@@ -33,6 +33,20 @@ impl Throttle {
         })
     }
 
+    /// Takes a token if one is there; otherwise how long until one is, taking nothing
+    /// (for a request that is refused rather than slowed: an HTTP publish).
+    pub(crate) fn try_take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now.max(self.last);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+    }
+
     /// Takes a token. Returns how long to wait first, if any, and whether the client
     /// should be told now.
     pub(crate) fn take(&mut self) -> Option<(Duration, bool)> {
