@@ -4,7 +4,8 @@
 # Installs nats-server and redis-server from the OS packages if they are missing, starts
 # each on a non-default loopback port with its data in a temp dir, runs rtc-bench's live
 # workloads (fan-out with 1 and 10 subscribers at 16 B, 128 B and 1 KiB; latency at
-# 10 000 msgs/s) against rtc, NATS core and Redis pub/sub, and the durable workload
+# 10 000 msgs/s) against rtc, NATS core and Redis pub/sub, fan-out over WebSocket (rtc's
+# gateway against nats-server's websocket listener), and the durable workload
 # (acknowledged publish with 1 and 256 in flight, then consume with acks) against rtc,
 # JetStream and Redis streams at two durability settings. Every table comes from five
 # alternating rounds (medians, and each ratio's range: single runs are short and a
@@ -31,6 +32,8 @@ REDIS_PORT=16379
 REDIS_ALWAYS_PORT=16380
 RTC_PORT=17400
 RTC_ALWAYS_PORT=17401
+RTC_HTTP_PORT=17402
+NATS_WS_PORT=14223
 
 install_if_missing() {
   local bin=$1 pkg=$2
@@ -45,7 +48,7 @@ install_if_missing nats-server nats-server
 install_if_missing redis-server redis-server
 
 # Each server must be the one this script starts: refuse ports something already uses.
-for port in "$NATS_PORT" "$REDIS_PORT" "$REDIS_ALWAYS_PORT" "$RTC_PORT" "$RTC_ALWAYS_PORT"; do
+for port in "$NATS_PORT" "$NATS_WS_PORT" "$REDIS_PORT" "$REDIS_ALWAYS_PORT" "$RTC_PORT" "$RTC_ALWAYS_PORT" "$RTC_HTTP_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "compare.sh: port $port is already in use; stop what listens there and rerun" >&2
     exit 1
@@ -61,7 +64,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
+# NATS with its own WebSocket listener, for the WebSocket fan-out.
+cat >"$tmp/nats.conf" <<CONF
+listen: 127.0.0.1:$NATS_PORT
+jetstream { store_dir: "$tmp/nats" }
+websocket { listen: "127.0.0.1:$NATS_WS_PORT", no_tls: true }
+CONF
+nats-server -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 &
 pids+=($!)
 mkdir -p "$tmp/redis" "$tmp/redis-always"
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly yes --appendfsync everysec \
@@ -97,14 +106,16 @@ pattern = "bench.>"
 storage = "ephemeral"
 TOML
 done
-target/release/rtc-broker --tcp "127.0.0.1:$RTC_PORT" --data-dir "$tmp/rtc" --config "$tmp/rtc-never.toml" \
-  --log warn >"$tmp/rtc.log" 2>&1 &
+target/release/rtc-broker --tcp "127.0.0.1:$RTC_PORT" --http "127.0.0.1:$RTC_HTTP_PORT" --data-dir "$tmp/rtc" \
+  --config "$tmp/rtc-never.toml" --log warn >"$tmp/rtc.log" 2>&1 &
 pids+=($!)
-target/release/rtc-broker --tcp "127.0.0.1:$RTC_ALWAYS_PORT" --data-dir "$tmp/rtc-always" \
+target/release/rtc-broker --tcp "127.0.0.1:$RTC_ALWAYS_PORT" --http off --data-dir "$tmp/rtc-always" \
   --config "$tmp/rtc-always.toml" --log warn >"$tmp/rtc-always.log" 2>&1 &
 pids+=($!)
 
 wait_port "$NATS_PORT"
+wait_port "$NATS_WS_PORT"
+wait_port "$RTC_HTTP_PORT"
 wait_port "$REDIS_PORT"
 wait_port "$REDIS_ALWAYS_PORT"
 wait_port "$RTC_PORT"
@@ -125,6 +136,14 @@ mkdir -p "$(dirname "$report")"
   echo
   "$bench" fanout "${systems[@]}" "${peers[@]}" --subscribers 1 --subscribers 10 \
     --payload 16 --payload 128 --payload 1024 --count 100000 --rounds 5
+  echo
+  echo "## Fan-out over WebSocket (100 000 messages, fire-and-forget)"
+  echo
+  echo "rtc: subscribers on WebSockets to its gateway (rtc.v1.proto), publisher on TCP; NATS: its websocket listener for all clients."
+  echo
+  "$bench" fanout --system rtc --system nats --transport ws --nats-url "ws://127.0.0.1:$NATS_WS_PORT" \
+    --rtc-url "tcp://127.0.0.1:$RTC_PORT" --rtc-http "127.0.0.1:$RTC_HTTP_PORT" \
+    --subscribers 1 --subscribers 10 --payload 128 --payload 1024 --count 100000 --rounds 5
   echo
   echo "## Latency (10 000 msgs/s, 128 B)"
   echo

@@ -89,6 +89,12 @@ impl Target {
         })
     }
 
+    /// The same target, its WebSocket subscribers on the gateway at `http`.
+    pub fn with_http(mut self, http: std::net::SocketAddr) -> Self {
+        self.http = Some(http);
+        self
+    }
+
     /// A client connected to the target.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let options = ConnectOptions {

@@ -37,6 +37,9 @@ pub struct Systems {
     /// ephemeral) instead of an in-process one.
     #[arg(long)]
     rtc_url: Option<String>,
+    /// The HTTP gateway of the broker at `--rtc-url`, for `--transport ws`.
+    #[arg(long)]
+    rtc_http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     peers: PeerUrls,
     /// Transports to rtc; repeat for several [default: tcp].
@@ -117,10 +120,18 @@ fn label(system: System, transport: Transport) -> String {
 
 /// A new in-process broker (`bench.>` ephemeral) for one run, or the one at `--rtc-url`.
 async fn target(on: &Systems, transport: Transport) -> anyhow::Result<Target> {
-    Target::new(on.rtc_url.as_deref(), transport, |c| {
+    let target = Target::new(on.rtc_url.as_deref(), transport, |c| {
         c.topic = vec![TopicRule::ephemeral("bench.>")]
     })
-    .await
+    .await?;
+    Ok(match (on.rtc_url.is_some(), transport, on.rtc_http) {
+        // A running broker: its gateway is where `--rtc-http` says.
+        (true, Transport::Ws, Some(http)) => target.with_http(http),
+        (true, Transport::Ws, None) => {
+            anyhow::bail!("--transport ws with --rtc-url needs --rtc-http")
+        }
+        _ => target,
+    })
 }
 
 /// Runs the fan-out matrix and prints a markdown table.
