@@ -224,3 +224,46 @@ async fn mint_token_makes_tokens_the_broker_accepts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
     g.handle.shutdown().await;
 }
+
+/// A token in a query string (`?token=`, for browsers) never reaches the log, even at
+/// `trace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_token_never_appears_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rtc.toml");
+    std::fs::write(&config, format!("[jwt]\nhs256_secret = \"{SECRET}\"\n")).unwrap();
+    let broker = rtc_testkit::BrokerProcess::start(
+        std::path::Path::new(BIN),
+        &dir.path().join("data"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--log",
+            "trace",
+        ],
+    );
+    let http = broker.http.expect("the gateway");
+    let good = token("erin", 3600);
+    let bad = "eyJhbGciOiJIUzI1NiJ9.bm90LWEtcmVhbC10b2tlbg.c2VjcmV0LW1hcmtlcg";
+    for t in [good.as_str(), bad] {
+        let _ = http::get(
+            http,
+            &format!("/v1/poll?topic=chat.x&timeout=1ms&token={t}"),
+            &[],
+        )
+        .await;
+        let _ = http::get(
+            http,
+            &format!("/v1/sse?topic=chat.%3E&token={t}&from=nope"),
+            &[],
+        )
+        .await;
+    }
+    let log = broker.kill_collecting_stderr();
+    assert!(!log.is_empty(), "the broker logged at trace");
+    for t in [good.as_str(), bad] {
+        assert!(!log.contains(t), "a token in the log:\n{log}");
+    }
+}
