@@ -77,14 +77,22 @@ impl Pending {
     }
 }
 
-/// Reads a request body of at most `max` bytes.
-async fn body(body: Body, max: usize) -> Result<Bytes, Refusal> {
-    axum::body::to_bytes(body, max).await.map_err(|e| {
+/// Who sends a publish request (its token), and its body of at most `max_payload`
+/// bytes.
+async fn who_and_body(
+    g: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Identity, Bytes), Refusal> {
+    let who = identity(g, headers, None)?;
+    let max = g.shared.config.max_payload;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
         // Over the limit, or the client stopped sending: either way nothing is published.
         Refusal::PayloadTooLarge(format!(
             "request body above {max} bytes, or unreadable: {e}"
         ))
-    })
+    })?;
+    Ok((who, bytes))
 }
 
 pub(super) async fn one(
@@ -94,12 +102,8 @@ pub(super) async fn one(
     headers: HeaderMap,
     request: Body,
 ) -> Response {
-    let identity = match identity(&g, &headers, None) {
-        Ok(i) => i,
-        Err(r) => return refused(r),
-    };
-    let payload = match body(request, g.shared.config.max_payload).await {
-        Ok(b) => b,
+    let (identity, payload) = match who_and_body(&g, &headers, request).await {
+        Ok(parts) => parts,
         Err(r) => return refused(r),
     };
     let msg_id = match headers.get("idempotency-key").map(|v| v.to_str()) {
@@ -130,12 +134,8 @@ pub(super) async fn batch(
     headers: HeaderMap,
     request: Body,
 ) -> Response {
-    let identity = match identity(&g, &headers, None) {
-        Ok(i) => i,
-        Err(r) => return refused(r),
-    };
-    let text = match body(request, g.shared.config.max_payload).await {
-        Ok(b) => b,
+    let (identity, text) = match who_and_body(&g, &headers, request).await {
+        Ok(parts) => parts,
         Err(r) => return refused(r),
     };
     let lines: Vec<&[u8]> = text

@@ -33,13 +33,19 @@ impl Throttle {
         })
     }
 
-    /// Takes a token if one is there; otherwise how long until one is, taking nothing
-    /// (for a request that is refused rather than slowed: an HTTP publish).
-    pub(crate) fn try_take(&mut self) -> Result<(), Duration> {
+    /// Adds the tokens accrued since the last call; returns now.
+    fn refill(&mut self) -> Instant {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now.max(self.last);
+        now
+    }
+
+    /// Takes a token if one is there; otherwise how long until one is, taking nothing
+    /// (for a request that is refused rather than slowed: an HTTP publish).
+    pub(crate) fn try_take(&mut self) -> Result<(), Duration> {
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Ok(());
@@ -50,10 +56,7 @@ impl Throttle {
     /// Takes a token. Returns how long to wait first, if any, and whether the client
     /// should be told now.
     pub(crate) fn take(&mut self) -> Option<(Duration, bool)> {
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now.max(self.last);
+        let now = self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return None;

@@ -14,12 +14,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use prost::Message as _;
 
+mod fail_point;
 #[cfg(test)]
 mod fault_tests;
 mod log;
 mod open_chunks;
+mod slot;
 #[cfg(test)]
 mod tests;
+
+use fail_point::FailPoint;
+use slot::{close, within, DbSlot, CLOSE_WAIT, STUCK};
 
 use super::{
     ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp,
@@ -125,170 +130,6 @@ struct HowOpened {
     cache_bytes: u64,
     /// sled could not be closed: no reopen is tried again.
     stuck: std::sync::atomic::AtomicBool,
-}
-
-/// The sled database, which a reopen replaces: after an I/O error sled refuses every
-/// write until it is closed and opened again (it keeps the error as its "global error").
-/// Everyone takes a handle for one operation and drops it after, so that a reopen, under
-/// the open chunks' write lock (no walk in progress), can close the database.
-#[derive(Debug)]
-pub(super) struct DbSlot(RwLock<Option<sled::Db>>);
-
-impl DbSlot {
-    /// A handle on the database, unless a reopen failed and left none.
-    pub(super) fn get(&self) -> Result<sled::Db, StoreError> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                StoreError::Io("the store is closed after an I/O error; reopening".into())
-            })
-    }
-
-    fn replace(&self, db: Option<sled::Db>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = db;
-    }
-
-    fn take(&self) -> Option<sled::Db> {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-impl Drop for DbSlot {
-    /// The store's last handle closes sled, but never hangs the broker's shutdown.
-    fn drop(&mut self) {
-        if let Some(db) = self.take() {
-            if !close(db) {
-                tracing::error!("sled did not finish closing after an I/O error; exiting without it (under fsync always nothing acknowledged is lost)");
-            }
-        }
-    }
-}
-
-/// Drops `db`, which closes sled if it is the last handle; whether that ended within
-/// [`CLOSE_WAIT`]. sled flushes on close, and after some I/O errors that flush waits
-/// for ever for a write that failed.
-fn close(db: sled::Db) -> bool {
-    within(CLOSE_WAIT, move || drop(db))
-}
-
-/// How long closing sled may take in a reopen (see [`Storage::reopen`] there).
-const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Why a failed store cannot be reopened.
-const STUCK: &str = "the store cannot be closed after its I/O error (sled waits for a write that failed), so it cannot be reopened in this process: restart the broker to take writes again; nothing acknowledged is lost";
-
-/// Runs `f` on a thread of its own; whether it ended within `limit`. One that does not
-/// is left running.
-fn within(limit: std::time::Duration, f: impl FnOnce() + Send + 'static) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("rtc-store-close".into())
-        .spawn(move || {
-            f();
-            let _ = tx.send(());
-        });
-    spawned.is_ok() && rx.recv_timeout(limit).is_ok()
-}
-
-/// Where the tests make sled writes fail on purpose, to check that a failed write leaves
-/// nothing of itself behind (sled 0.34 cannot be made to fail one). Every message insert
-/// and batch of the store asks it first; outside `cfg(test)` it holds nothing and always
-/// lets the write through.
-#[derive(Debug)]
-pub(super) struct FailPoint {
-    /// Writes still to succeed before each one fails; `usize::MAX` when off.
-    #[cfg(test)]
-    ok_left: std::sync::atomic::AtomicUsize,
-    /// Failing until the next reopen ([`FailPoint::fail_until_reopen`]).
-    #[cfg(test)]
-    until_reopen: std::sync::atomic::AtomicBool,
-    /// Times the store was reopened.
-    #[cfg(test)]
-    pub(super) reopens: std::sync::atomic::AtomicUsize,
-    /// Free space reported instead of the filesystem's; `u64::MAX` when off.
-    #[cfg(test)]
-    pub(super) free: std::sync::atomic::AtomicU64,
-}
-
-impl FailPoint {
-    fn new() -> Self {
-        FailPoint {
-            #[cfg(test)]
-            ok_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
-            #[cfg(test)]
-            until_reopen: std::sync::atomic::AtomicBool::new(false),
-            #[cfg(test)]
-            reopens: std::sync::atomic::AtomicUsize::new(0),
-            #[cfg(test)]
-            free: std::sync::atomic::AtomicU64::new(u64::MAX),
-        }
-    }
-
-    /// An error if this write is to fail.
-    pub(super) fn check(&self) -> Result<(), sled::Error> {
-        #[cfg(test)]
-        {
-            use std::sync::atomic::Ordering;
-            let left = self.ok_left.load(Ordering::SeqCst);
-            if left == 0 {
-                return Err(sled::Error::Io(std::io::Error::other(
-                    "injected write failure",
-                )));
-            }
-            if left != usize::MAX {
-                self.ok_left.store(left - 1, Ordering::SeqCst);
-            }
-        }
-        Ok(())
-    }
-
-    /// Lets `ok` more writes through, then fails every one until [`FailPoint::off`].
-    #[cfg(test)]
-    pub(super) fn fail_after(&self, ok: usize) {
-        self.ok_left.store(ok, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Writes go through again.
-    #[cfg(test)]
-    pub(super) fn off(&self) {
-        self.fail_after(usize::MAX);
-    }
-
-    /// The store was reopened: like sled, a fail point set to fail "until reopened"
-    /// lets writes through again.
-    fn reopened(&self) {
-        #[cfg(test)]
-        {
-            use std::sync::atomic::Ordering;
-            self.reopens.fetch_add(1, Ordering::SeqCst);
-            if self.until_reopen.swap(false, Ordering::SeqCst) {
-                self.off();
-            }
-        }
-    }
-
-    /// The free space the tests report, if they set one.
-    fn free_space(&self) -> Option<u64> {
-        #[cfg(test)]
-        {
-            let free = self.free.load(std::sync::atomic::Ordering::SeqCst);
-            if free != u64::MAX {
-                return Some(free);
-            }
-        }
-        None
-    }
-
-    /// Fails every write from now until the store is reopened, as sled does after an
-    /// I/O error.
-    #[cfg(test)]
-    pub(super) fn fail_until_reopen(&self) {
-        self.until_reopen
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.fail_after(0);
-    }
 }
 
 /// How sled's own background flusher is set.
