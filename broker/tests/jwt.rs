@@ -34,11 +34,16 @@ fn now_s() -> i64 {
 }
 
 fn token(sub: &str, ttl_s: i64) -> String {
+    token_for(sub, ttl_s, &["chat.>"])
+}
+
+/// A token of `sub` that may publish to `publish` and subscribe to `chat.>`.
+fn token_for(sub: &str, ttl_s: i64, publish: &[&str]) -> String {
     let claims = Claims {
         sub: sub.into(),
         exp: now_s() + ttl_s,
         nbf: None,
-        publish: vec!["chat.>".into()],
+        publish: publish.iter().map(|p| p.to_string()).collect(),
         subscribe: vec!["chat.>".into()],
     };
     mint_hs256(SECRET, &claims).unwrap()
@@ -266,4 +271,31 @@ async fn a_query_token_never_appears_in_the_log() {
     for t in [good.as_str(), bad] {
         assert!(!log.contains(t), "a token in the log:\n{log}");
     }
+}
+
+/// A refreshed token's permissions apply from then on, also to a topic the connection
+/// already published to (its permission check is cached per topic).
+#[tokio::test]
+async fn a_refreshed_token_brings_its_own_permissions() {
+    let g = broker().await;
+    let (mut c, _) = hello(&g, &token("frank", 3600)).await;
+    c.publish_acked("chat.a", b"allowed").await;
+    c.send(refresh(1, &token_for("frank", 3600, &["news.>"])))
+        .await;
+    assert!(matches!(
+        c.recv().await,
+        Some(Frame {
+            op: Some(Op::AuthRefreshed(_))
+        })
+    ));
+    c.send(Frame::from_op(Op::Publish(v1::Publish {
+        req_id: 2,
+        topic: "chat.a".into(),
+        ..Default::default()
+    })))
+    .await;
+    let e = c.expect_error(ErrorCode::PermissionDenied).await;
+    assert_eq!(e.req_id, 2);
+    c.publish_acked("news.b", b"now allowed").await;
+    g.handle.shutdown().await;
 }

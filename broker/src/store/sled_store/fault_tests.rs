@@ -93,6 +93,21 @@ fn an_all_or_nothing_write_that_fails_applies_nothing() {
     assert_eq!(seqs(&s, 5), [3]);
 }
 
+/// The local engine on `s`, with fsync `always` and a disk reserve of `reserve` bytes.
+fn engine_always(s: &SledStorage, reserve: u64) -> crate::store::LocalEngine<()> {
+    crate::store::LocalEngine::open(
+        Arc::new(s.clone()),
+        Arc::new(super::tests::NoSink),
+        crate::topic::TopicRules::default(),
+        crate::store::WriterConfig {
+            fsync: crate::config::FsyncPolicy::Always,
+            max_topics: 100,
+            store_reserve: reserve,
+        },
+    )
+    .unwrap()
+}
+
 /// A store that fails the way sled does after an I/O error — every write refused until
 /// it is reopened — makes the writer refuse writes (a refused message is neither read
 /// nor counted), then reopen it within a bounded time and take writes again with the next
@@ -104,17 +119,7 @@ async fn a_failed_store_is_reopened_and_takes_writes_again_with_no_gap() {
 
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let log = crate::store::LocalEngine::<()>::open(
-        Arc::new(s.clone()),
-        Arc::new(super::tests::NoSink),
-        crate::topic::TopicRules::default(),
-        crate::store::WriterConfig {
-            fsync: crate::config::FsyncPolicy::Always,
-            max_topics: 100,
-            store_reserve: 0,
-        },
-    )
-    .unwrap();
+    let log = engine_always(&s, 0);
     let put = |payload: &'static [u8]| {
         log.append_internal("f.x".into(), Bytes::from_static(payload), Default::default())
     };
@@ -168,17 +173,7 @@ async fn below_the_disk_reserve_writes_are_refused_untouched_and_resume_with_roo
 
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let log = crate::store::LocalEngine::<()>::open(
-        Arc::new(s.clone()),
-        Arc::new(super::tests::NoSink),
-        crate::topic::TopicRules::default(),
-        crate::store::WriterConfig {
-            fsync: crate::config::FsyncPolicy::Always,
-            max_topics: 100,
-            store_reserve: 1 << 20,
-        },
-    )
-    .unwrap();
+    let log = engine_always(&s, 1 << 20);
     let put = |payload: &'static [u8]| {
         log.append_internal("r.x".into(), Bytes::from_static(payload), Default::default())
     };
