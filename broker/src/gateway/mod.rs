@@ -12,9 +12,9 @@
 //!
 //! Each TCP connection is served by hyper with a header-read timeout of the broker's
 //! `handshake_timeout` (a client that dribbles its headers is closed) and, with TLS, the
-//! TLS handshake under the same limit. axum routes the requests; its WebSocket upgrade
-//! hands the socket to [`crate::accept::Acceptor::admit`], which applies the connection
-//! limit and runs the session.
+//! TLS handshake under the same limit. axum routes the requests; a WebSocket upgrade
+//! ([`ws::upgrade`]) hands the socket to [`crate::accept::Acceptor::admit`], which
+//! applies the connection limit and runs the session.
 //!
 //! A request that fails is answered with an HTTP status and a JSON body carrying the same
 //! stable code as the binary protocol: `{"code": "PERMISSION_DENIED", "message": "…"}`
@@ -33,7 +33,6 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -129,7 +128,7 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/examples/chat", get(chat_example))
-            .route("/v1/ws", get(websocket))
+            .route("/v1/ws", get(ws::upgrade))
             .route("/v1/sse", get(sse::stream))
             .route("/v1/poll", get(poll::poll))
             .route("/v1/publish", post(publish::batch))
@@ -141,11 +140,6 @@ impl Gateway {
             .with_state(self)
     }
 }
-
-/// tungstenite's read buffer per WebSocket (see [`websocket`]).
-const WS_READ_BUFFER: usize = 4 * 1024;
-/// Bytes tungstenite gathers before it writes (a flush writes them anyway).
-const WS_WRITE_BUFFER: usize = 16 * 1024;
 
 /// The publish rate limit of the connection a request came on (`publish_rate`,
 /// `publish_burst`, as for a session); `None` inside when there is none.
@@ -325,35 +319,6 @@ async fn readyz(State(g): State<Gateway>) -> Response {
     }
     // The store is opened before any listener binds.
     Json(serde_json::json!({ "status": "ready" })).into_response()
-}
-
-async fn websocket(
-    State(g): State<Gateway>,
-    Extension(Peer(peer)): Extension<Peer>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let max = g.shared.config.max_frame_size;
-    let acceptor = g.acceptor.clone();
-    let upgrade = upgrade.protocols([ws::PROTO, ws::JSON]);
-    let mode = ws::Mode::of(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
-    // Above the limit by a little, so that the session can say FRAME_TOO_LARGE for a
-    // message just over it; far above it, tungstenite refuses it by itself.
-    let max = max * ws::JSON_FACTOR + 1024;
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        // tungstenite allocates its whole read buffer per connection (128 KiB by
-        // default): 4 KiB keeps an idle WebSocket near a TCP connection's cost, and the
-        // buffer grows for a larger message (docs/benchmarks.md, "Idle WebSockets").
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            acceptor.admit(ws::WsIncoming {
-                socket,
-                peer: format!("ws {peer}"),
-                mode,
-            });
-        })
 }
 
 #[cfg(test)]
