@@ -32,6 +32,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             json("serde(with = \"crate::json::payload\")"),
         )
         .field_attribute(
+            "rtc.v1.Request.payload",
+            json("serde(with = \"crate::json::payload\")"),
+        )
+        .field_attribute(
+            "rtc.v1.Response.payload",
+            json("serde(with = \"crate::json::payload\")"),
+        )
+        .field_attribute(
+            "rtc.v1.Reply.payload",
+            json("serde(with = \"crate::json::payload\")"),
+        )
+        .field_attribute(
             "rtc.v1.Error.code",
             json("serde(with = \"crate::json::error_code\")"),
         )

@@ -29,6 +29,9 @@
 //! store_reserve = 67108864  # bytes kept free on the store's disk; 0 = none
 //! publish_rate = 1000000    # per connection, per second; 0 = no limit
 //! publish_burst = 100000
+//! request_timeout = "5s"    # a Request's timeout when it gives none
+//! max_request_timeout = "5m"
+//! max_requests_per_connection = 10000   # requests waiting for a reply at once
 //!
 //! [jwt]                     # tokens from the app's backend; see `crate::auth::jwt`
 //! hs256_secret = "at least 32 bytes of secret shared with the backend"
@@ -113,6 +116,15 @@ pub struct Config {
     pub publish_rate: u32,
     /// Publishes a connection may make at once above its rate (the token bucket's size).
     pub publish_burst: u32,
+    /// How long a `Request` that gives no timeout waits for a reply.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+    /// The longest timeout a `Request` may ask for; a longer one is cut to this.
+    #[serde(with = "duration_str")]
+    pub max_request_timeout: Duration,
+    /// Requests one connection may have waiting for a reply at once; beyond it a
+    /// `Request` gets `LIMIT_EXCEEDED`.
+    pub max_requests_per_connection: usize,
     /// Per-topic settings by pattern (`[[topic]]` in the file).
     pub topic: Vec<TopicRule>,
     /// Users; with none, the broker is open (`[[user]]` in the file, see `crate::auth`).
@@ -227,6 +239,9 @@ impl Default for Config {
             store_reserve: DEFAULT_STORE_RESERVE,
             publish_rate: 1_000_000,
             publish_burst: 100_000,
+            request_timeout: Duration::from_secs(5),
+            max_request_timeout: Duration::from_secs(300),
+            max_requests_per_connection: 10_000,
             topic: Vec::new(),
             user: Vec::new(),
             quic: None,
@@ -289,6 +304,14 @@ impl Config {
         }
         if self.max_payload == 0 {
             return bad("max_payload must be above zero".into());
+        }
+        if self.request_timeout.is_zero() || self.request_timeout > self.max_request_timeout {
+            return bad(
+                "request_timeout must be above zero and at most max_request_timeout".into(),
+            );
+        }
+        if self.max_requests_per_connection == 0 {
+            return bad("max_requests_per_connection must be above zero".into());
         }
         if !(1..=MAX_MSG_ID_LIMIT).contains(&self.max_msg_id) {
             return bad(format!(

@@ -60,6 +60,7 @@ pub mod gateway;
 mod publish;
 pub mod refusal;
 mod replay;
+mod request;
 pub mod server;
 mod session;
 pub mod topic;

@@ -27,6 +27,13 @@ pub fn check_topic(
     identity: &Identity,
     topic: &str,
 ) -> Result<TopicSettings, Refusal> {
+    check_permission(identity, topic)?;
+    Ok(log.settings(topic))
+}
+
+/// Whether `topic` is one a client may publish to (or send a request to), and
+/// `identity` may.
+pub fn check_permission(identity: &Identity, topic: &str) -> Result<(), Refusal> {
     if let Err(e) = validate_publish_topic(topic) {
         return Err(Refusal::InvalidTopic(format!("{topic:?}: {e}")));
     }
@@ -34,7 +41,7 @@ pub fn check_topic(
         let msg = format!("user {:?} may not publish to {topic:?}", identity.name());
         return Err(Refusal::PermissionDenied(msg));
     }
-    Ok(log.settings(topic))
+    Ok(())
 }
 
 /// What a publish carries besides its topic.
@@ -86,6 +93,7 @@ pub fn message(
         timestamp_ms: ts_ms,
         msg_id,
         delivery_count: 1,
+        reply_to: String::new(),
     };
     // The Deliver built from this publish must fit the frame limit the broker announces.
     let message_len = prost::Message::encoded_len(&message);
@@ -109,6 +117,8 @@ pub fn append<O>(message: v1::Message, origin: O) -> Append<O> {
         seq: _,
         timestamp_ms: _,
         delivery_count: _,
+        // Set only on requests, which are never stored.
+        reply_to: _,
     } = message;
     Append {
         topic,

@@ -72,6 +72,12 @@ pub enum Refusal {
     /// Nothing received for three heartbeat intervals (`HEARTBEAT_TIMEOUT`).
     #[error("{0}")]
     HeartbeatTimeout(String),
+    /// Nothing subscribes to a request's topic (`NO_RESPONDERS`).
+    #[error("{0}")]
+    NoResponders(String),
+    /// No reply came within a request's timeout (`TIMEOUT`).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl Refusal {
@@ -99,6 +105,8 @@ impl Refusal {
             Refusal::BadFrame(_) => ErrorCode::BadFrame,
             Refusal::FrameTooLarge(_) => ErrorCode::FrameTooLarge,
             Refusal::HeartbeatTimeout(_) => ErrorCode::HeartbeatTimeout,
+            Refusal::NoResponders(_) => ErrorCode::NoResponders,
+            Refusal::Timeout(_) => ErrorCode::Timeout,
         }
     }
 

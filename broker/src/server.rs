@@ -220,6 +220,7 @@ impl BrokerBuilder {
             auth,
             tracker.clone(),
         ));
+        tracker.spawn(shared.requests.clone().expire(cancel.clone()));
         let acceptor = Acceptor::new(shared.clone(), cancel.clone(), tracker.clone());
         let quic = match quic_config {
             None => None,

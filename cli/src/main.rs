@@ -1,14 +1,15 @@
 //! `rtc-cli`: publish, subscribe and inspect an rtc broker from a terminal.
 //!
 //! `main` parses the command line and dispatches to one module per command family:
-//! [`publish`] (`pub`), [`subscribe`] (`sub`), [`topic`] (`topic create|ls|info`) and
-//! [`consumer`] (`consumer ls|info`);
+//! [`publish`] (`pub`), [`subscribe`] (`sub`), [`request`] (`req`, `reply`), [`topic`]
+//! (`topic create|ls|info`) and [`consumer`] (`consumer ls|info`);
 //! [`output`] formats received messages.
 //! Errors end the process with one line on stderr and exit code 1.
 
 mod consumer;
 mod output;
 mod publish;
+mod request;
 mod subscribe;
 mod topic;
 
@@ -48,6 +49,10 @@ enum Command {
     Pub(publish::PubArgs),
     /// Subscribe to a pattern and print each message as it arrives.
     Sub(subscribe::SubArgs),
+    /// Send a request and print the reply.
+    Req(request::ReqArgs),
+    /// Answer requests: echo them, or with the output of a command.
+    Reply(request::ReplyArgs),
     /// Create, list and inspect topics.
     Topic(topic::TopicArgs),
     /// List and inspect a topic's durable consumers.
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Pub(args) => publish::run(&server, args).await,
             Command::Sub(args) => subscribe::run(&server, args).await,
+            Command::Req(args) => request::run_req(&server, args).await,
+            Command::Reply(args) => request::run_reply(&server, args).await,
             Command::Topic(args) => topic::run(&server, args).await,
             Command::Consumer(args) => consumer::run(&server, args).await,
         }

@@ -29,6 +29,10 @@ pub fn json(m: &Message) -> Value {
     obj.insert("timestamp_ms".into(), json!(m.timestamp_ms));
     obj.insert("msg_id".into(), json!(m.msg_id));
     obj.insert("delivery_count".into(), json!(m.delivery_count));
+    if !m.reply_to.is_empty() {
+        // A request (`rtc-cli reply` answers these).
+        obj.insert("reply_to".into(), json!(m.reply_to));
+    }
     Value::Object(obj)
 }
 
@@ -47,6 +51,7 @@ mod tests {
             timestamp_ms: 5,
             msg_id: "id".into(),
             delivery_count: 1,
+            reply_to: String::new(),
         }
     }
 
@@ -58,6 +63,12 @@ mod tests {
         assert_eq!(v["headers"]["k"], "v");
         assert_eq!(v["seq"], 3);
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.005Z");
+        assert!(v.get("reply_to").is_none(), "only requests have one");
+        let request = Message {
+            reply_to: "r1".into(),
+            ..msg(b"?")
+        };
+        assert_eq!(json(&request)["reply_to"], "r1");
         let v = json(&msg(&[0xff, 0x00]));
         assert_eq!(v["payload_base64"], "/wA=");
         assert!(v.get("payload").is_none());

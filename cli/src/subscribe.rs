@@ -1,4 +1,4 @@
-//! `rtc-cli sub PATTERN [--count N] [--json]`
+//! `rtc-cli sub PATTERN [--count N] [--json] [--group NAME]`
 //!
 //! Subscribes, says so on stderr (`subscribed to PATTERN`, so scripts can wait for it),
 //! then prints each message on stdout as it arrives: the raw payload and a newline, or
@@ -44,6 +44,9 @@ pub struct SubArgs {
     /// Over quic://: take messages of datagram topics as QUIC datagrams.
     #[arg(long)]
     datagrams: bool,
+    /// Share the messages with the other subscribers of this queue group (live only).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["durable", "from"])]
+    group: Option<String>,
 }
 
 /// Runs `rtc-cli sub`.
@@ -66,6 +69,7 @@ pub async fn run(server: &crate::Server, args: SubArgs) -> anyhow::Result<()> {
         start,
         consumer,
         datagrams: args.datagrams,
+        group: args.group,
     };
     let mut sub = client.subscribe_with(&args.pattern, options).await?;
     eprintln!("subscribed to {}", args.pattern);

@@ -22,14 +22,19 @@ fn cli(server: &str, args: &[&str]) -> Command {
 
 /// Starts `rtc-cli sub ...` and returns once it reports the subscription is active.
 fn start_sub(server: &str, args: &[&str]) -> std::process::Child {
+    start_until(server, args, "subscribed to")
+}
+
+/// Starts `rtc-cli ARGS` and returns once its stderr has a line starting with `line`.
+fn start_until(server: &str, args: &[&str], line: &str) -> std::process::Child {
     let mut child = cli(server, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn rtc-cli sub");
+        .expect("spawn rtc-cli");
     let stderr = child.stderr.take().unwrap();
-    let (ok, _rest) = wait_for_line(stderr, "subscribed to", WAIT);
-    assert!(ok, "rtc-cli sub did not report its subscription");
+    let (ok, _rest) = wait_for_line(stderr, line, WAIT);
+    assert!(ok, "rtc-cli {args:?} did not say {line:?}");
     child
 }
 
@@ -356,4 +361,61 @@ fn token_from_flag_or_env_against_a_broker_with_users() {
         &["--token", "let-me-in", "pub", "other", "hi"],
     ));
     assert!(String::from_utf8_lossy(&outside.stderr).contains("PERMISSION_DENIED"));
+}
+
+#[test]
+fn req_gets_the_reply_of_a_command_and_nobody_subscribed_is_an_error() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let upper = start_until(
+        &b.url(),
+        &[
+            "reply",
+            "svc.upper",
+            "--count",
+            "1",
+            "--command",
+            "tr a-z A-Z",
+        ],
+        "replying on",
+    );
+    let out = run(&mut cli(&b.url(), &["req", "svc.upper", "hello"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_of(&out), "HELLO\n");
+    assert!(finish(upper).status.success(), "exits after --count");
+
+    // Two echo responders in one group share the requests.
+    let echoes: Vec<_> = (0..2)
+        .map(|_| {
+            start_until(
+                &b.url(),
+                &[
+                    "reply", "svc.echo", "--group", "g", "--count", "2", "--echo",
+                ],
+                "replying on",
+            )
+        })
+        .collect();
+    for i in 0..4 {
+        let out = run(&mut cli(&b.url(), &["req", "svc.echo", &format!("m{i}")]));
+        assert_eq!(stdout_of(&out), format!("m{i}\n"));
+    }
+    for echo in echoes {
+        assert!(finish(echo).status.success(), "each answered its two");
+    }
+
+    let out = run(&mut cli(
+        &b.url(),
+        &["req", "svc.none", "x", "--timeout", "30s"],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NO_RESPONDERS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

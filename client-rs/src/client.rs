@@ -288,6 +288,7 @@ impl Client {
             max_deliver: consumer.and_then(|c| c.max_deliver).unwrap_or(0),
             datagrams: options.datagrams,
             resume_after: Default::default(),
+            group: options.group.clone().unwrap_or_default(),
         };
         self.inner
             .shared

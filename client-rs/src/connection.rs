@@ -495,6 +495,7 @@ async fn handle(shared: &Shared, frame: Frame, deliveries: &mut VecDeque<(u64, M
         Some(Op::TopicInfo(t)) => shared.complete(t.req_id, Ok(Op::TopicInfo(t))),
         Some(Op::TopicList(l)) => shared.complete(l.req_id, Ok(Op::TopicList(l))),
         Some(Op::Confirm(c)) => shared.complete(c.req_id, Ok(Op::Confirm(c))),
+        Some(Op::Response(r)) => shared.complete(r.req_id, Ok(Op::Response(r))),
         Some(Op::ConsumerInfo(c)) => shared.complete(c.req_id, Ok(Op::ConsumerInfo(c))),
         Some(Op::ConsumerList(l)) => shared.complete(l.req_id, Ok(Op::ConsumerList(l))),
         Some(Op::Error(e)) if e.req_id != 0 => {

@@ -130,6 +130,8 @@ pub struct Message {
     pub msg_id: String,
     /// Delivery attempt for this consumer, from 1.
     pub delivery_count: u32,
+    /// Set when the message is a request: answer it with [`crate::Client::reply`].
+    pub reply_to: String,
 }
 
 impl From<v1::Message> for Message {
@@ -155,6 +157,7 @@ impl Message {
             timestamp_ms: m.timestamp_ms,
             msg_id: m.msg_id,
             delivery_count: m.delivery_count,
+            reply_to: m.reply_to,
         }
     }
 }

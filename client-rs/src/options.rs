@@ -80,6 +80,10 @@ pub struct SubscribeOptions {
     /// (lowest latency; unreliable and unordered). Messages too large for a datagram
     /// still arrive on the stream.
     pub datagrams: bool,
+    /// Join a queue group: the subscriptions of the same pattern and group, on any
+    /// connection, share its messages and requests, each going to one of them. Live
+    /// subscriptions only (start `New`, no consumer).
+    pub group: Option<String>,
 }
 
 /// A durable consumer to join: the broker keeps its position and unacknowledged

@@ -91,6 +91,22 @@ impl Inner {
             .await
     }
 
+    /// [`Inner::request`] waiting up to `wait` instead of the request timeout (for a
+    /// `Request`, which carries its own).
+    pub(crate) async fn request_waiting(
+        &self,
+        wait: Duration,
+        build: impl FnOnce(u64) -> Frame,
+    ) -> Result<Op, Error> {
+        let req_id = self.next_id();
+        let frame = build(req_id);
+        let len = rtc_proto::codec::frame_len(&frame);
+        let rx = self
+            .start_request(req_id, Outgoing::Frame(frame), len, None)
+            .await?;
+        self.answer_within(req_id, rx, wait).await
+    }
+
     /// Queues an acknowledged publish; the publish stays in the outbox (and is resent
     /// after a reconnect) until it has an answer, even if waiting for it times out.
     /// Returns its req_id and where the answer will arrive.
@@ -162,12 +178,22 @@ impl Inner {
         req_id: u64,
         rx: oneshot::Receiver<Reply>,
     ) -> Result<Op, Error> {
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        self.answer_within(req_id, rx, self.request_timeout).await
+    }
+
+    /// Waits up to `wait` for the answer to `req_id`.
+    async fn answer_within(
+        &self,
+        req_id: u64,
+        rx: oneshot::Receiver<Reply>,
+        wait: Duration,
+    ) -> Result<Op, Error> {
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(self.closed_error()),
             Err(_) => {
                 self.shared.unregister(req_id);
-                Err(Error::Timeout(self.request_timeout))
+                Err(Error::Timeout(wait))
             }
         }
     }

@@ -81,11 +81,12 @@ impl SubEntry {
     /// link dropped while a replay over several topics was half done. Past
     /// [`MAX_RESUME_AFTER`] topics it resumes from the broker time of its last delivery
     /// instead. (A broker that predates `resume_after` ignores it: it replays from the
-    /// start position, and the repeats are dropped.)
+    /// start position, and the repeats are dropped.) A queue group member rejoins live:
+    /// what its group got meanwhile went to the other members.
     fn restore(&self) -> v1::Subscribe {
         let mut s = self.request.clone();
         s.req_id = 0;
-        if self.is_consumer() {
+        if self.is_consumer() || !self.request.group.is_empty() {
             return s;
         }
         let since_start =
@@ -428,6 +429,16 @@ mod restore_tests {
         assert!(
             matches!(s.start.and_then(|p| p.position), Some(Position::RelativeMs(ms)) if ms < 0)
         );
+    }
+
+    #[test]
+    fn a_group_member_rejoins_live() {
+        let mut e = entry(None);
+        e.request.group = "workers".into();
+        delivered(&mut e, "a.x", 7);
+        let s = e.restore();
+        assert_eq!((s.start, s.resume_after.len()), (None, 0));
+        assert_eq!(s.group, "workers");
     }
 
     #[test]

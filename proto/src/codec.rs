@@ -446,6 +446,7 @@ mod tests {
             timestamp_ms: 1_700_000_000_000,
             msg_id: "id".into(),
             delivery_count: 1,
+            reply_to: "r1".into(),
         };
         let shared = encode_message(&message);
         for sub_id in [0u64, 1, 127, 128, 300, u64::MAX] {

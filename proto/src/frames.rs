@@ -77,6 +77,9 @@ impl Frame {
             Some(Op::ReplayEnd(_)) => "ReplayEnd",
             Some(Op::AuthRefresh(_)) => "AuthRefresh",
             Some(Op::AuthRefreshed(_)) => "AuthRefreshed",
+            Some(Op::Request(_)) => "Request",
+            Some(Op::Response(_)) => "Response",
+            Some(Op::Reply(_)) => "Reply",
         }
     }
 }

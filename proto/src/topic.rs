@@ -174,9 +174,19 @@ pub const MAX_CONSUMER_NAME: usize = 64;
 
 /// Checks a durable consumer name: 1 to 64 ASCII letters, digits, `-` or `_`.
 pub fn validate_consumer_name(name: &str) -> Result<(), String> {
+    validate_name("consumer name", name)
+}
+
+/// Checks a queue group name (`Subscribe.group`): the same rule as a consumer name.
+pub fn validate_group_name(name: &str) -> Result<(), String> {
+    validate_name("group name", name)
+}
+
+/// 1 to 64 ASCII letters, digits, `-` or `_`; `what` names it in the error.
+fn validate_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_CONSUMER_NAME {
         return Err(format!(
-            "consumer name must be 1 to {MAX_CONSUMER_NAME} characters, got {}",
+            "{what} must be 1 to {MAX_CONSUMER_NAME} characters, got {}",
             name.len()
         ));
     }
@@ -185,7 +195,7 @@ pub fn validate_consumer_name(name: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
     {
         Some(c) => Err(format!(
-            "consumer name {name:?} contains {c:?}; use letters, digits, '-' and '_'"
+            "{what} {name:?} contains {c:?}; use letters, digits, '-' and '_'"
         )),
         None => Ok(()),
     }

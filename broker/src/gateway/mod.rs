@@ -258,6 +258,8 @@ pub(crate) fn status_of(refusal: &Refusal) -> StatusCode {
         Refusal::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Refusal::NotFound(_) => StatusCode::NOT_FOUND,
         Refusal::HandshakeTimeout(_) | Refusal::HeartbeatTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        Refusal::NoResponders(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Refusal::Conflict(_) => StatusCode::CONFLICT,
         Refusal::PayloadTooLarge(_) | Refusal::FrameTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Refusal::RateLimited(_) | Refusal::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -268,6 +268,8 @@ impl Tracker {
             timestamp_ms,
             msg_id,
             delivery_count: _,
+            // A stream cannot answer a request (docs/protocol.md, "Request-reply").
+            reply_to: _,
         } = m;
         let mut id = None;
         if seq != 0 {

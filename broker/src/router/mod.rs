@@ -32,6 +32,10 @@ use bytes::Bytes;
 
 use crate::topic_cache::TopicCache;
 
+mod group;
+
+pub use group::{Group, Member};
+
 /// One message on its way to live subscribers.
 #[derive(Debug, Clone, Copy)]
 pub struct Live<'a> {
@@ -121,20 +125,89 @@ impl Drop for Flushes {
     }
 }
 
-/// One subscription in the trie.
+/// One subscription in the trie, or one queue group.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The connection (or other owner) it belongs to.
+    /// The connection (or other owner) it belongs to (0 for a group).
     owner: u64,
-    /// The owner's id for it.
+    /// The owner's id for it (0 for a group).
     sub_id: u64,
+    /// The subscription's queue, or the group.
     sub: Arc<dyn Subscriber>,
+    /// The group, when this entry is one.
+    group: Option<Arc<Group>>,
 }
 
 impl Entry {
     fn is(&self, owner: u64, sub_id: u64) -> bool {
-        self.owner == owner && self.sub_id == sub_id
+        self.group.is_none() && self.owner == owner && self.sub_id == sub_id
     }
+
+    /// A plain entry.
+    fn plain(member: Member) -> Entry {
+        Entry {
+            owner: member.owner,
+            sub_id: member.sub_id,
+            sub: member.sub,
+            group: None,
+        }
+    }
+
+    /// The subscription a request goes to: this one, or the group member whose turn it
+    /// is.
+    fn recipient(&self) -> Option<Member> {
+        match &self.group {
+            None => Some(Member {
+                owner: self.owner,
+                sub_id: self.sub_id,
+                sub: self.sub.clone(),
+            }),
+            Some(group) => group.pick(),
+        }
+    }
+}
+
+/// Adds `member` to `entries`: alone, or into its group there (made if new).
+fn add(entries: &mut Vec<Entry>, member: Member, group: Option<&str>) {
+    let Some(name) = group else {
+        return entries.push(Entry::plain(member));
+    };
+    match entries
+        .iter()
+        .find_map(|e| e.group.as_ref().filter(|g| g.name() == name))
+    {
+        Some(group) => group.join(member),
+        None => {
+            let group = Group::new(name, member);
+            entries.push(Entry {
+                owner: 0,
+                sub_id: 0,
+                sub: group.clone(),
+                group: Some(group),
+            });
+        }
+    }
+}
+
+/// Removes subscription `(owner, sub_id)` from `entries`, alone or from its group (and
+/// the group once empty); whether it was there.
+fn take(entries: &mut Vec<Entry>, owner: u64, sub_id: u64) -> bool {
+    if let Some(i) = entries.iter().position(|e| e.is(owner, sub_id)) {
+        entries.swap_remove(i);
+        return true;
+    }
+    for i in 0..entries.len() {
+        if let Some(group) = &entries[i].group {
+            let (found, empty) = group.leave(owner, sub_id);
+            if empty {
+                entries.swap_remove(i);
+            }
+            if found {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 #[derive(Debug, Default)]
@@ -157,34 +230,21 @@ impl Node {
             && self.star.is_none()
     }
 
-    fn insert(&mut self, tokens: &[&str], sub: Entry) {
+    /// The entries of the pattern `tokens`, made if missing.
+    fn slot(&mut self, tokens: &[&str]) -> &mut Vec<Entry> {
         match tokens.split_first() {
-            None => self.here.push(sub),
-            Some((&">", _)) => self.rest.push(sub),
-            Some((&"*", rest)) => self
-                .star
-                .get_or_insert_with(Default::default)
-                .insert(rest, sub),
-            Some((tok, rest)) => self
-                .children
-                .entry((*tok).into())
-                .or_default()
-                .insert(rest, sub),
+            None => &mut self.here,
+            Some((&">", _)) => &mut self.rest,
+            Some((&"*", rest)) => self.star.get_or_insert_with(Default::default).slot(rest),
+            Some((tok, rest)) => self.children.entry((*tok).into()).or_default().slot(rest),
         }
     }
 
     /// Removes one subscription; returns whether it was found. Prunes emptied nodes.
     fn remove(&mut self, tokens: &[&str], owner: u64, sub_id: u64) -> bool {
-        let take = |v: &mut Vec<Entry>| match v.iter().position(|s| s.is(owner, sub_id)) {
-            Some(i) => {
-                v.swap_remove(i);
-                true
-            }
-            None => false,
-        };
         match tokens.split_first() {
-            None => take(&mut self.here),
-            Some((&">", _)) => take(&mut self.rest),
+            None => take(&mut self.here, owner, sub_id),
+            Some((&">", _)) => take(&mut self.rest, owner, sub_id),
             Some((&"*", rest)) => {
                 let Some(star) = self.star.as_mut() else {
                     return false;
@@ -263,14 +323,20 @@ impl Router {
 
     /// Adds subscription `sub_id` of `owner` (a connection id) for a validated `pattern`.
     pub fn subscribe(&self, pattern: &str, owner: u64, sub_id: u64, sub: Arc<dyn Subscriber>) {
+        self.subscribe_in(pattern, None, Member { owner, sub_id, sub });
+    }
+
+    /// Adds `member` for a validated `pattern`, alone or in queue group `group` of that
+    /// pattern (see [`group`]).
+    pub fn subscribe_in(&self, pattern: &str, group: Option<&str>, member: Member) {
         let tokens: Vec<&str> = pattern.split('.').collect();
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
-        root.insert(&tokens, Entry { owner, sub_id, sub });
+        add(root.slot(&tokens), member, group);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Removes the subscription `(owner, sub_id)` made with `pattern`; returns whether it
-    /// existed.
+    /// Removes the subscription `(owner, sub_id)` made with `pattern` (alone or in a
+    /// group); returns whether it existed.
     pub fn unsubscribe(&self, pattern: &str, owner: u64, sub_id: u64) -> bool {
         let tokens: Vec<&str> = pattern.split('.').collect();
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
@@ -280,7 +346,7 @@ impl Router {
     }
 
     /// Calls `f` with `(owner, sub_id, subscriber)` for every subscription whose pattern
-    /// matches the validated `topic`.
+    /// matches the validated `topic`; a queue group is one subscriber, `(0, 0, group)`.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(u64, u64, &Arc<dyn Subscriber>)) {
         let mut buf = [""; MAX_TOKENS];
         let n = split_tokens(topic, &mut buf);
@@ -288,6 +354,19 @@ impl Router {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .for_each_match(&buf[..n], &mut |e: &Entry| f(e.owner, e.sub_id, &e.sub));
+    }
+
+    /// The subscriptions a request to the validated `topic` goes to: each one whose
+    /// pattern matches, but of a queue group only the member whose turn it is.
+    pub fn recipients(&self, topic: &str) -> Vec<Member> {
+        let mut buf = [""; MAX_TOKENS];
+        let n = split_tokens(topic, &mut buf);
+        let mut out = Vec::new();
+        self.root
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .for_each_match(&buf[..n], &mut |e: &Entry| out.extend(e.recipient()));
+        out
     }
 
     /// Fans a message out to every matching subscription. `seq` is its position in the

@@ -48,12 +48,14 @@ use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
 use crate::outbound::{write_loop, Closed, DirectWrite, FrameSink, Outbox};
 use crate::refusal::Refusal;
+use crate::request::Requests;
 use crate::router::{Flushes, MatchCache, Router, Subscriber};
 use crate::topic_cache::TopicCache;
 
 mod admin;
 mod consume;
 mod pubsub;
+mod request;
 mod source;
 mod throttle;
 mod token;
@@ -65,13 +67,16 @@ pub(crate) use throttle::Throttle;
 /// How long a closing connection's writer gets to flush what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// What every connection offers (`Welcome.features`): durable topics, replay from a
-/// position, durable consumers, topic administration, and the `ReplayEnd` marker.
-const FEATURES: [&str; 5] = [
+/// position, durable consumers, topic administration, the `ReplayEnd` marker,
+/// request-reply and queue groups.
+const FEATURES: [&str; 7] = [
     "durable",
     "replay",
     "consumers",
     "topic-admin",
     "replay-end",
+    "request-reply",
+    "queue-groups",
 ];
 
 /// A limit as the `uint32` the protocol announces it in.
@@ -98,6 +103,8 @@ pub struct Shared {
     pub auth: Auth,
     /// Where sessions run the tasks they start (replays), so shutdown waits for them.
     pub tasks: TaskTracker,
+    /// Requests waiting for a reply.
+    pub requests: Arc<Requests>,
     next_conn_id: AtomicU64,
 }
 
@@ -123,6 +130,7 @@ impl Shared {
             consumers,
             auth,
             tasks,
+            requests: Arc::default(),
             next_conn_id: AtomicU64::new(1),
         }
     }
@@ -191,6 +199,7 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         read_ms: now_ms(),
         lone: false,
         later: Flushes::default(),
+        waiting: Arc::default(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
     let _ = session.serve(source, &cancel).await;
@@ -258,6 +267,8 @@ struct Session {
     /// Other connections' outboxes this session queued deliveries to since it last
     /// flushed ([`Session::flush`]).
     later: Flushes,
+    /// This connection's requests waiting for a reply (see [`crate::request`]).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Session {
@@ -443,7 +454,8 @@ impl Session {
                 | Op::ConsumerInfo(_)
                 | Op::ConsumerList(_)
                 | Op::ReplayEnd(_)
-                | Op::AuthRefreshed(_),
+                | Op::AuthRefreshed(_)
+                | Op::Response(_),
             ) => {
                 let msg = format!("{op_name} is sent by the broker, not accepted from clients");
                 self.refuse(0, Refusal::Unsupported(msg)).await?;
@@ -464,6 +476,8 @@ impl Session {
             Some(Op::ConsumerInfoRequest(r)) => self.consumer_info(r).await?,
             Some(Op::ConsumerListRequest(r)) => self.consumer_list(r).await?,
             Some(Op::AuthRefresh(r)) => self.refresh(r).await?,
+            Some(Op::Request(r)) => self.request(r).await?,
+            Some(Op::Reply(r)) => self.reply(r).await?,
             None => {
                 self.refuse(0, Refusal::Unsupported("unknown operation".into()))
                     .await?

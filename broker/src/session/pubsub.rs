@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use rtc_proto::topic::validate_pattern;
+use rtc_proto::topic::{validate_group_name, validate_pattern};
 use rtc_proto::v1::{self, frame::Op, start_position::Position};
 use rtc_proto::Frame;
 use tokio::task::JoinHandle;
@@ -24,7 +24,7 @@ use crate::outbound::{Closed, Subscription};
 use crate::publish;
 use crate::refusal::Refusal;
 use crate::replay::{self, Gate};
-use crate::router::Subscriber;
+use crate::router::{Member, Subscriber};
 use crate::topic::is_durable;
 
 /// Most topics a Subscribe's `resume_after` may list.
@@ -189,6 +189,19 @@ impl Session {
             }
             Some(p) => Some(p),
         };
+        if !s.group.is_empty() {
+            let refusal = match validate_group_name(&s.group) {
+                Err(e) => Some(e),
+                Ok(()) if start.is_some() || !s.consumer.is_empty() => Some(
+                    "a queue group is for live subscriptions: no start, resume_after or consumer"
+                        .to_string(),
+                ),
+                Ok(()) => None,
+            };
+            if let Some(msg) = refusal {
+                return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
+            }
+        }
         if !s.consumer.is_empty() {
             return self.subscribe_consumer(s, start).await;
         }
@@ -206,9 +219,13 @@ impl Session {
             (Some(datagrams), true) => datagrams.subscriber(s.sub_id, stream),
             _ => stream,
         };
-        self.shared
-            .router
-            .subscribe(&s.pattern, self.conn_id, s.sub_id, subscriber);
+        let group = Some(s.group.as_str()).filter(|g| !g.is_empty());
+        let member = Member {
+            owner: self.conn_id,
+            sub_id: s.sub_id,
+            sub: subscriber,
+        };
+        self.shared.router.subscribe_in(&s.pattern, group, member);
         self.subs.insert(
             s.sub_id,
             ActiveSub {

@@ -220,6 +220,7 @@ impl<'a> Reader<'a> {
                 0x28 => m.timestamp_ms = self.varint()? as i64,
                 0x32 => m.msg_id = self.string()?,
                 0x38 => m.delivery_count = self.varint()? as u32,
+                0x42 => m.reply_to = self.string()?,
                 _ => return None,
             }
             if self.at > end {

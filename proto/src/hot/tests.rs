@@ -26,6 +26,7 @@ fn decodes_what_prost_decodes() {
             timestamp_ms: -5,
             msg_id: "m-1".into(),
             delivery_count: 3,
+            reply_to: "r1f".into(),
         },
         Message {
             topic: "ünïcödé.x".into(),

@@ -443,6 +443,7 @@ impl<O> Writer<O> {
             timestamp_ms: ts,
             msg_id: std::mem::take(&mut a.msg_id),
             delivery_count: 1,
+            reply_to: String::new(),
         };
         let message = rtc_proto::codec::encode_message(&stored);
         (a.topic, a.headers, a.msg_id) = (stored.topic, stored.headers, stored.msg_id);
