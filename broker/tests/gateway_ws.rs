@@ -468,3 +468,74 @@ async fn the_json_subprotocol_needs_no_protobuf() {
     );
     g.handle.shutdown().await;
 }
+
+/// Request-reply in the JSON mapping: a page asks, a TCP responder answers; and a page
+/// answers a request from TCP.
+#[tokio::test]
+async fn request_reply_over_json() {
+    let g = start_gateway(|_| {}).await;
+    let (mut ws, _) = ws_connect(g.http, "rtc.v1.json", &[]).await.unwrap();
+    send_json(
+        &mut ws,
+        serde_json::json!({"hello": {"protocol_version": 1, "client_name": "page"}}),
+    )
+    .await;
+    assert!(recv_json(&mut ws).await.unwrap().get("welcome").is_some());
+    let mut responder = RawConn::hello(g.handle.tcp_addr()).await;
+    responder.subscribe_ok(1, "svc.time").await;
+    send_json(
+        &mut ws,
+        serde_json::json!({"request": {"req_id": 3, "topic": "svc.time", "payload": "now?", "timeout_ms": 5000}}),
+    )
+    .await;
+    let request = match responder.recv().await {
+        Some(Frame {
+            op: Some(Op::Deliver(d)),
+        }) => d.message.unwrap(),
+        other => panic!("expected the request, got {other:?}"),
+    };
+    assert_eq!(&request.payload[..], b"now?");
+    responder
+        .send(Frame::from_op(Op::Reply(v1::Reply {
+            reply_to: request.reply_to,
+            payload: Bytes::from_static(b"noon"),
+            ..Default::default()
+        })))
+        .await;
+    let response = recv_json(&mut ws).await.unwrap();
+    assert_eq!(
+        response,
+        serde_json::json!({"response": {"req_id": 3, "payload": "noon", "headers": {}}})
+    );
+
+    // The page as the responder.
+    send_json(
+        &mut ws,
+        serde_json::json!({"subscribe": {"req_id": 4, "sub_id": 1, "pattern": "page.ask", "group": "pages"}}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut ws).await.unwrap()["sub_ack"]["sub_id"], 1);
+    responder
+        .send(Frame::from_op(Op::Request(v1::Request {
+            req_id: 8,
+            topic: "page.ask".into(),
+            payload: Bytes::from_static(b"who?"),
+            ..Default::default()
+        })))
+        .await;
+    let asked = recv_json(&mut ws).await.unwrap();
+    let reply_to = asked["deliver"]["message"]["reply_to"].as_str().unwrap();
+    send_json(
+        &mut ws,
+        serde_json::json!({"reply": {"req_id": 5, "reply_to": reply_to, "payload": "a page"}}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut ws).await.unwrap()["confirm"]["req_id"], 5);
+    match responder.recv().await {
+        Some(Frame {
+            op: Some(Op::Response(r)),
+        }) => assert_eq!((r.req_id, &r.payload[..]), (8, &b"a page"[..])),
+        other => panic!("expected the Response, got {other:?}"),
+    }
+    g.handle.shutdown().await;
+}
