@@ -8,6 +8,7 @@
 //! rtc-bench durable --server tcp://host:7400 --window 256   # against a running broker
 //! rtc-bench fanout --transport tcp --transport tls --transport quic --subscribers 1 --subscribers 10
 //! rtc-bench latency --transport tcp --transport tls --transport quic --rate 10000
+//! rtc-bench request --system rtc --system nats --window 1 --window 64
 //! ```
 
 mod connections;
@@ -16,6 +17,7 @@ mod durable_peers;
 mod durable_plan;
 mod harness;
 mod live;
+mod request;
 mod rounds;
 mod systems;
 
@@ -39,6 +41,8 @@ enum Workload {
     Latency(live::LatencyArgs),
     /// Many idle subscribed connections: broker memory each, and one broadcast to all.
     Connections(connections::ConnectionsArgs),
+    /// Request-reply round trips with W requests in flight.
+    Request(request::RequestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             Workload::Fanout(args) => live::fanout(args).await,
             Workload::Latency(args) => live::latency(args).await,
             Workload::Connections(args) => connections::run(args).await,
+            Workload::Request(args) => request::run(args).await,
         }
     })
 }
