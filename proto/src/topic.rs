@@ -129,10 +129,22 @@ fn is_plain_ascii_topic(name: &str) -> bool {
 /// `$` reservation.
 pub fn validate_publish_topic(name: &str) -> Result<(), TopicError> {
     validate_topic(name)?;
-    if name.starts_with('$') {
+    if name.starts_with('$') && inbox_owner(name).is_none() {
         return Err(TopicError::Reserved);
     }
     Ok(())
+}
+
+/// The user whose inbox a topic or pattern is: `$user.<id>` and `$user.<id>.…` belong to
+/// `<id>` (which, in a pattern, may be a wildcard: then it is nobody's).
+pub fn inbox_owner(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("$user.")?;
+    rest.split('.').next()
+}
+
+/// The inbox topic of user `id`: `$user.<id>`.
+pub fn user_inbox(id: &str) -> String {
+    format!("$user.{id}")
 }
 
 /// Checks a subscription pattern.
@@ -206,8 +218,13 @@ pub fn dead_letter_topic(topic: &str, consumer: &str) -> String {
     format!("$dlq.{topic}.{consumer}")
 }
 
-/// Whether a valid `pattern` matches a valid topic `name`.
+/// Whether a valid `pattern` matches a valid topic `name`. A wildcard in the first
+/// position does not match the broker's `$` topics (dead letters, user inboxes): they
+/// are reached only by a pattern that names their first token.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if name.starts_with('$') && pattern.starts_with(['*', '>']) {
+        return false;
+    }
     let mut names = name.split('.');
     for p in pattern.split('.') {
         match (p, names.next()) {

@@ -85,11 +85,7 @@ pub enum Identity {
 impl Identity {
     /// The user's name (a JWT's `sub`), or `-` on an open broker.
     pub fn name(&self) -> &str {
-        match self {
-            Identity::Open => "-",
-            Identity::User(u) => &u.name,
-            Identity::Token(c) => &c.sub,
-        }
+        self.user_id().unwrap_or("-")
     }
 
     /// The patterns it may publish to and subscribe to; `None` when open.
@@ -107,8 +103,23 @@ impl Identity {
             .is_none_or(|(publish, _)| publish.iter().any(|p| pattern_matches(p, topic)))
     }
 
-    /// May this connection subscribe to `pattern` (everything it can match)?
+    /// The authenticated user's name (a user's, or a JWT's `sub`); `None` when open.
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Identity::Open => None,
+            Identity::User(u) => Some(&u.name),
+            Identity::Token(c) => Some(&c.sub),
+        }
+    }
+
+    /// May this connection subscribe to `pattern` (everything it can match)? A user's
+    /// inbox (`$user.<id>`, see `rtc_proto::topic::inbox_owner`) only to the connections
+    /// authenticated as `<id>`, whatever the subscribe permissions say.
     pub fn can_subscribe(&self, pattern: &str) -> bool {
+        if let Some(owner) = rtc_proto::topic::inbox_owner(pattern) {
+            // A wildcard there would be every user's inbox: nobody's.
+            return !owner.contains(['*', '>']) && self.user_id() == Some(owner);
+        }
         self.patterns()
             .is_none_or(|(_, subscribe)| subscribe.iter().any(|p| pattern_covers(p, pattern)))
     }

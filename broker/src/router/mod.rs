@@ -268,6 +268,19 @@ impl Node {
         }
     }
 
+    /// [`Node::for_each_match`] from the root: a wildcard in the first position does not
+    /// match the broker's `$` topics (see `rtc_proto::topic::pattern_matches`).
+    fn for_each_match_root(&self, tokens: &[&str], f: &mut impl FnMut(&Entry)) {
+        match tokens.split_first() {
+            Some((tok, rest)) if tok.starts_with('$') => {
+                if let Some(child) = self.children.get(*tok) {
+                    child.for_each_match(rest, f);
+                }
+            }
+            _ => self.for_each_match(tokens, f),
+        }
+    }
+
     fn for_each_match(&self, tokens: &[&str], f: &mut impl FnMut(&Entry)) {
         let Some((tok, rest)) = tokens.split_first() else {
             self.here.iter().for_each(&mut *f);
@@ -353,7 +366,7 @@ impl Router {
         self.root
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .for_each_match(&buf[..n], &mut |e: &Entry| f(e.owner, e.sub_id, &e.sub));
+            .for_each_match_root(&buf[..n], &mut |e: &Entry| f(e.owner, e.sub_id, &e.sub));
     }
 
     /// The subscriptions a request to the validated `topic` goes to: each one whose
@@ -365,7 +378,7 @@ impl Router {
         self.root
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .for_each_match(&buf[..n], &mut |e: &Entry| out.extend(e.recipient()));
+            .for_each_match_root(&buf[..n], &mut |e: &Entry| out.extend(e.recipient()));
         out
     }
 
