@@ -96,7 +96,7 @@ pub async fn run_reply(server: &crate::Server, args: ReplyArgs) -> anyhow::Resul
             None => request.payload.clone(),
         };
         // A request that timed out meanwhile is only worth a line.
-        if let Err(e) = client.reply(&request, answer).await {
+        if let Err(e) = client.reply_confirmed(&request, answer).await {
             eprintln!("rtc-cli: reply to a request on {}: {e}", request.topic);
         }
         answered += 1;

@@ -1,7 +1,8 @@
 //! Request-reply from the client's side: [`Client::request`] asks the responders of a
 //! topic and waits for the first answer; a responder subscribes as usual (in a queue
 //! group with [`crate::SubscribeOptions::group`] to share requests) and answers each
-//! [`Message`] whose `reply_to` is set with [`Client::reply`].
+//! [`Message`] whose `reply_to` is set with [`Client::reply`] (fire-and-forget, as a
+//! responder keeping up with many requests needs) or [`Client::reply_confirmed`].
 //!
 //! Requests are not kept for a reconnect: a request in flight when the connection drops
 //! fails with [`Error::Closed`] (the broker could not route its answer to the new
@@ -17,6 +18,7 @@ use rtc_proto::Frame;
 use crate::client::Client;
 use crate::error::Error;
 use crate::message::{Message, Topic};
+use crate::outgoing::Outgoing;
 use crate::requests::unexpected;
 
 /// How much longer than the request's own timeout the client waits for the broker's
@@ -77,21 +79,24 @@ impl Client {
         }
     }
 
-    /// Answers `request` (a message delivered with `reply_to`) with `payload`. Fails with
-    /// the broker's `NOT_FOUND` when the request was answered already or timed out.
+    /// Answers `request` (a message delivered with `reply_to`) with `payload`, without
+    /// waiting for the broker: returns once the reply is queued for the socket. A reply
+    /// the broker refuses (the request was answered already or timed out) is only
+    /// logged; use [`Client::reply_confirmed`] to learn of it.
     pub async fn reply(&self, request: &Message, payload: impl Into<Bytes>) -> Result<(), Error> {
-        if request.reply_to.is_empty() {
-            return Err(Error::Server {
-                code: crate::ErrorCode::InvalidRequest,
-                message: "this message is not a request: it has no reply_to".into(),
-            });
-        }
-        let reply = v1::Reply {
-            req_id: 0,
-            reply_to: request.reply_to.clone(),
-            payload: payload.into(),
-            headers: BTreeMap::new(),
-        };
+        let frame = Frame::from_op(Op::Reply(reply_to(request, payload)?));
+        let len = rtc_proto::codec::frame_len(&frame);
+        self.inner.send(Outgoing::Frame(frame), len).await
+    }
+
+    /// [`Client::reply`], waiting for the broker to take the reply: fails with its
+    /// `NOT_FOUND` when the request was answered already or timed out.
+    pub async fn reply_confirmed(
+        &self,
+        request: &Message,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let reply = reply_to(request, payload)?;
         match self
             .inner
             .request(|req_id| Frame::from_op(Op::Reply(v1::Reply { req_id, ..reply })))
@@ -101,4 +106,20 @@ impl Client {
             other => Err(unexpected("Confirm", other)),
         }
     }
+}
+
+/// The `Reply` (req_id 0) answering `request` with `payload`.
+fn reply_to(request: &Message, payload: impl Into<Bytes>) -> Result<v1::Reply, Error> {
+    if request.reply_to.is_empty() {
+        return Err(Error::Server {
+            code: crate::ErrorCode::InvalidRequest,
+            message: "this message is not a request: it has no reply_to".into(),
+        });
+    }
+    Ok(v1::Reply {
+        req_id: 0,
+        reply_to: request.reply_to.clone(),
+        payload: payload.into(),
+        headers: BTreeMap::new(),
+    })
 }

@@ -81,7 +81,7 @@ async fn nobody_subscribed_and_nobody_answering_are_told_apart(t: Transport) {
     let (answer, request) = tokio::join!(asking, next(&mut silent));
     assert_eq!(answer.unwrap_err().code(), Some(ErrorCode::Timeout));
     // Answering now is too late.
-    let late = client.reply(&request, "late").await.unwrap_err();
+    let late = client.reply_confirmed(&request, "late").await.unwrap_err();
     assert_eq!(late.code(), Some(ErrorCode::NotFound));
     // A message that is not a request cannot be answered.
     client.publish("svc.silent", "plain").await.unwrap();
