@@ -32,6 +32,8 @@
 //! request_timeout = "5s"    # a Request's timeout when it gives none
 //! max_request_timeout = "5m"
 //! max_requests_per_connection = 10000   # requests waiting for a reply at once
+//! max_presence_info = 1024  # bytes of a presence member's info
+//! presence_events_max = 1000   # above this many members a room's events are counts
 //!
 //! [jwt]                     # tokens from the app's backend; see `crate::auth::jwt`
 //! hs256_secret = "at least 32 bytes of secret shared with the backend"
@@ -125,6 +127,11 @@ pub struct Config {
     /// Requests one connection may have waiting for a reply at once; beyond it a
     /// `Request` gets `LIMIT_EXCEEDED`.
     pub max_requests_per_connection: usize,
+    /// Bytes of JSON a presence member's info may have (`PresenceJoin.info`).
+    pub max_presence_info: usize,
+    /// Members a room may have and still tell each join and leave; above it, its
+    /// watchers get the count instead, twice a second at most (see `crate::presence`).
+    pub presence_events_max: usize,
     /// Per-topic settings by pattern (`[[topic]]` in the file).
     pub topic: Vec<TopicRule>,
     /// Users; with none, the broker is open (`[[user]]` in the file, see `crate::auth`).
@@ -242,6 +249,8 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             max_request_timeout: Duration::from_secs(300),
             max_requests_per_connection: 10_000,
+            max_presence_info: 1024,
+            presence_events_max: 1000,
             topic: Vec::new(),
             user: Vec::new(),
             quic: None,

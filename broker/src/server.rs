@@ -221,6 +221,7 @@ impl BrokerBuilder {
             tracker.clone(),
         ));
         tracker.spawn(shared.requests.clone().expire(cancel.clone()));
+        tracker.spawn(shared.presence.clone().run(cancel.clone()));
         let acceptor = Acceptor::new(shared.clone(), cancel.clone(), tracker.clone());
         let quic = match quic_config {
             None => None,

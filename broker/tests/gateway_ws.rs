@@ -539,3 +539,65 @@ async fn request_reply_over_json() {
     }
     g.handle.shutdown().await;
 }
+
+/// Presence in the JSON mapping: a page joins a room with its info and events, sees a
+/// TCP client join and leave, and queries the room.
+#[tokio::test]
+async fn presence_over_json() {
+    let g = start_gateway(|_| {}).await;
+    let (mut ws, _) = ws_connect(g.http, "rtc.v1.json", &[]).await.unwrap();
+    send_json(
+        &mut ws,
+        serde_json::json!({"hello": {"protocol_version": 1, "client_name": "page"}}),
+    )
+    .await;
+    let welcome = recv_json(&mut ws).await.unwrap();
+    let me = format!("anon-{}", welcome["welcome"]["connection_id"]);
+    send_json(
+        &mut ws,
+        serde_json::json!({"subscribe": {"req_id": 1, "sub_id": 1, "pattern": "room.a",
+            "presence": {"info": "{\"name\":\"Ana\"}", "events": true}}}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut ws).await.unwrap()["sub_ack"]["sub_id"], 1);
+    let own = recv_json(&mut ws).await.unwrap();
+    assert_eq!(own["presence_event"]["kind"], 1, "JOIN: {own}");
+    assert_eq!(own["presence_event"]["member"]["user"], me.as_str());
+    let mut tcp = RawConn::hello(g.handle.tcp_addr()).await;
+    tcp.send(Frame::from_op(Op::Subscribe(v1::Subscribe {
+        req_id: 1,
+        sub_id: 1,
+        pattern: "room.a".into(),
+        presence: Some(v1::PresenceJoin::default()),
+        ..Default::default()
+    })))
+    .await;
+    tcp.recv().await;
+    let joined = recv_json(&mut ws).await.unwrap();
+    assert_eq!(joined["presence_event"]["members"], 2, "{joined}");
+    send_json(
+        &mut ws,
+        serde_json::json!({"presence_request": {"req_id": 2, "topic": "room.a"}}),
+    )
+    .await;
+    let info = recv_json(&mut ws).await.unwrap();
+    assert_eq!(info["presence_info"]["members"], 2, "{info}");
+    let infos: Vec<&str> = info["presence_info"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["info"].as_str().unwrap())
+        .collect();
+    assert!(infos.contains(&"{\"name\":\"Ana\"}"), "{infos:?}");
+    drop(tcp);
+    let left = recv_json(&mut ws).await.unwrap();
+    assert_eq!(
+        (
+            &left["presence_event"]["kind"],
+            &left["presence_event"]["members"]
+        ),
+        (&serde_json::json!(2), &serde_json::json!(1)),
+        "LEAVE: {left}"
+    );
+    g.handle.shutdown().await;
+}

@@ -80,6 +80,9 @@ impl Frame {
             Some(Op::Request(_)) => "Request",
             Some(Op::Response(_)) => "Response",
             Some(Op::Reply(_)) => "Reply",
+            Some(Op::PresenceEvent(_)) => "PresenceEvent",
+            Some(Op::PresenceRequest(_)) => "PresenceRequest",
+            Some(Op::PresenceInfo(_)) => "PresenceInfo",
         }
     }
 }

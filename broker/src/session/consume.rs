@@ -84,6 +84,7 @@ impl Session {
                         pattern: s.pattern,
                         replay: None,
                         member: Some(member),
+                        presence: None,
                     },
                 );
                 Ok(())

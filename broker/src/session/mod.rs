@@ -47,6 +47,7 @@ use crate::consumer::Consumers;
 use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
 use crate::outbound::{write_loop, Closed, DirectWrite, FrameSink, Outbox};
+use crate::presence::Presence;
 use crate::refusal::Refusal;
 use crate::request::Requests;
 use crate::router::{Flushes, MatchCache, Router, Subscriber};
@@ -54,6 +55,7 @@ use crate::topic_cache::TopicCache;
 
 mod admin;
 mod consume;
+mod presence;
 mod pubsub;
 mod request;
 mod source;
@@ -68,8 +70,8 @@ pub(crate) use throttle::Throttle;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// What every connection offers (`Welcome.features`): durable topics, replay from a
 /// position, durable consumers, topic administration, the `ReplayEnd` marker,
-/// request-reply and queue groups.
-const FEATURES: [&str; 7] = [
+/// request-reply, queue groups and presence.
+const FEATURES: [&str; 8] = [
     "durable",
     "replay",
     "consumers",
@@ -77,6 +79,7 @@ const FEATURES: [&str; 7] = [
     "replay-end",
     "request-reply",
     "queue-groups",
+    "presence",
 ];
 
 /// A limit as the `uint32` the protocol announces it in.
@@ -105,6 +108,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Requests waiting for a reply.
     pub requests: Arc<Requests>,
+    /// Who is in each room.
+    pub presence: Arc<Presence>,
     next_conn_id: AtomicU64,
 }
 
@@ -121,7 +126,9 @@ impl Shared {
         auth: Auth,
         tasks: TaskTracker,
     ) -> Self {
+        let presence = Arc::new(Presence::new(config.presence_events_max));
         Shared {
+            presence,
             config,
             router,
             log,
@@ -455,7 +462,9 @@ impl Session {
                 | Op::ConsumerList(_)
                 | Op::ReplayEnd(_)
                 | Op::AuthRefreshed(_)
-                | Op::Response(_),
+                | Op::Response(_)
+                | Op::PresenceEvent(_)
+                | Op::PresenceInfo(_),
             ) => {
                 let msg = format!("{op_name} is sent by the broker, not accepted from clients");
                 self.refuse(0, Refusal::Unsupported(msg)).await?;
@@ -478,6 +487,7 @@ impl Session {
             Some(Op::AuthRefresh(r)) => self.refresh(r).await?,
             Some(Op::Request(r)) => self.request(r).await?,
             Some(Op::Reply(r)) => self.reply(r).await?,
+            Some(Op::PresenceRequest(r)) => self.presence_query(r).await?,
             None => {
                 self.refuse(0, Refusal::Unsupported("unknown operation".into()))
                     .await?

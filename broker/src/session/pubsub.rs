@@ -38,6 +38,8 @@ pub(crate) struct ActiveSub {
     pub(super) replay: Option<JoinHandle<()>>,
     /// For a durable consumer subscription: its membership.
     pub(super) member: Option<MemberRef>,
+    /// For a subscription joined to its room's presence: the member's user.
+    pub(super) presence: Option<String>,
 }
 
 impl Session {
@@ -202,6 +204,9 @@ impl Session {
                 return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
             }
         }
+        if let Err(refusal) = self.check_presence_join(&s) {
+            return self.refuse(req_id, refusal).await;
+        }
         if !s.consumer.is_empty() {
             return self.subscribe_consumer(s, start).await;
         }
@@ -226,12 +231,15 @@ impl Session {
             sub: subscriber,
         };
         self.shared.router.subscribe_in(&s.pattern, group, member);
+        let join = s.presence.take();
+        let presence = join.as_ref().map(|_| self.presence_user());
         self.subs.insert(
             s.sub_id,
             ActiveSub {
                 pattern: s.pattern.clone(),
                 replay: None,
                 member: None,
+                presence: presence.clone(),
             },
         );
         self.send(Frame::from_op(Op::SubAck(v1::SubAck {
@@ -239,6 +247,14 @@ impl Session {
             sub_id: s.sub_id,
         })))
         .await?;
+        // After the SubAck: the room's events for this subscription follow it.
+        if let (Some(join), Some(user)) = (join, &presence) {
+            let watcher = join.events.then(|| self.outbox.clone());
+            let seat = (self.conn_id, s.sub_id);
+            self.shared
+                .presence
+                .join(&s.pattern, user, seat, join.info, watcher);
+        }
         if let (Some(gate), Some(start)) = (gate, start) {
             let log = self.shared.log.clone();
             let task =
@@ -279,6 +295,11 @@ impl Session {
         }
         if let Some(member) = sub.member {
             member.leave().await;
+        }
+        if let Some(user) = sub.presence {
+            self.shared
+                .presence
+                .leave(&sub.pattern, &user, (self.conn_id, sub_id));
         }
     }
 
