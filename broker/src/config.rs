@@ -34,6 +34,7 @@
 //! max_requests_per_connection = 10000   # requests waiting for a reply at once
 //! max_presence_info = 1024  # bytes of a presence member's info
 //! presence_events_max = 1000   # above this many members a room's events are counts
+//! presence_update_rate = 2  # state updates (typing) per second per member; 0 = no limit
 //!
 //! [jwt]                     # tokens from the app's backend; see `crate::auth::jwt`
 //! hs256_secret = "at least 32 bytes of secret shared with the backend"
@@ -132,6 +133,10 @@ pub struct Config {
     /// Members a room may have and still tell each join and leave; above it, its
     /// watchers get the count instead, twice a second at most (see `crate::presence`).
     pub presence_events_max: usize,
+    /// Presence state updates (`PresenceUpdate`: typing, away) per second a member may
+    /// make in a room, with bursts of twice that; beyond it they are refused
+    /// `RATE_LIMITED`. 0 turns the limit off.
+    pub presence_update_rate: u32,
     /// Per-topic settings by pattern (`[[topic]]` in the file).
     pub topic: Vec<TopicRule>,
     /// Users; with none, the broker is open (`[[user]]` in the file, see `crate::auth`).
@@ -251,6 +256,7 @@ impl Default for Config {
             max_requests_per_connection: 10_000,
             max_presence_info: 1024,
             presence_events_max: 1000,
+            presence_update_rate: 2,
             topic: Vec::new(),
             user: Vec::new(),
             quic: None,

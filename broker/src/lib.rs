@@ -64,6 +64,7 @@ mod replay;
 mod request;
 pub mod server;
 mod session;
+mod throttle;
 pub mod topic;
 mod topic_cache;
 pub mod transport;

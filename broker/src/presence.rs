@@ -13,6 +13,12 @@
 //! room's count once. So a room of 10 000 members costs one count event per watcher per
 //! tick, not one per join.
 //!
+//! A member's ephemeral state (typing, away) is a few keys with an optional time to
+//! live ([`Presence::update`]): a change is an `UPDATE` event, and the tick clears keys
+//! past their deadline (so a TTL ends within one [`TICK`] after it). Updates are rate
+//! limited per member and room (a token bucket): a client sending one per keystroke is
+//! refused `RATE_LIMITED` beyond the rate, and the others get no more events for it.
+//!
 //! Nothing here is stored: after a restart, rooms are empty until clients join again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -21,9 +27,12 @@ use std::time::Duration;
 
 use rtc_proto::v1::{self, frame::Op, PresenceEventKind};
 use rtc_proto::Frame;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbound::Outbox;
+use crate::refusal::Refusal;
+use crate::throttle::Throttle;
 
 /// How often large rooms' counts go out.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -32,6 +41,13 @@ const DEFAULT_PAGE: usize = 100;
 /// The largest page.
 const MAX_PAGE: usize = 1000;
 
+/// Keys of state one member may have in a room.
+pub const MAX_STATE_KEYS: usize = 16;
+/// The longest state key.
+pub const MAX_STATE_KEY: usize = 64;
+/// The longest state value.
+pub const MAX_STATE_VALUE: usize = 256;
+
 /// One subscription joined to a room: its connection and sub_id.
 type Seat = (u64, u64);
 
@@ -39,6 +55,10 @@ type Seat = (u64, u64);
 struct Member {
     info: String,
     seats: BTreeSet<Seat>,
+    /// Ephemeral state: value, and when it expires.
+    state: BTreeMap<String, (String, Option<Instant>)>,
+    /// Its updates' rate limit.
+    throttle: Option<Throttle>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +77,11 @@ impl Room {
             user: user.to_string(),
             info: m.info.clone(),
             connections: m.seats.len() as u32,
+            state: m
+                .state
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -84,14 +109,18 @@ pub struct Presence {
     rooms: Mutex<HashMap<String, Room>>,
     /// Above this many members, joins and leaves are told as counts, once per tick.
     events_max: usize,
+    /// State updates per second per member and room (0: no limit).
+    update_rate: u32,
 }
 
 impl Presence {
-    /// Rooms whose joins and leaves are sent one by one up to `events_max` members.
-    pub fn new(events_max: usize) -> Presence {
+    /// Rooms whose joins and leaves are sent one by one up to `events_max` members, and
+    /// whose members may update their state `update_rate` times a second.
+    pub fn new(events_max: usize, update_rate: u32) -> Presence {
         Presence {
             rooms: Mutex::default(),
             events_max,
+            update_rate,
         }
     }
 
@@ -125,6 +154,9 @@ impl Presence {
                 let m = Member {
                     info,
                     seats: BTreeSet::from([seat]),
+                    state: BTreeMap::new(),
+                    // A burst of twice the rate: a quick "typing" then "stopped" passes.
+                    throttle: Throttle::new(self.update_rate, self.update_rate.saturating_mul(2)),
                 };
                 let member = Room::member(user, &m);
                 room.members.insert(user.to_string(), m);
@@ -159,6 +191,61 @@ impl Presence {
         if room.members.is_empty() && room.watchers.is_empty() {
             rooms.remove(topic);
         }
+    }
+
+    /// Sets (or with an empty `value`, clears) `key` of `user`'s state in `topic` for
+    /// `ttl` (`None`: until changed), if `seat` has joined the room.
+    pub fn update(
+        &self,
+        topic: &str,
+        user: &str,
+        seat: Seat,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), Refusal> {
+        if key.is_empty() || key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
+            return Err(Refusal::InvalidRequest(format!(
+                "a state key is 1 to {MAX_STATE_KEY} bytes and a value at most {MAX_STATE_VALUE}"
+            )));
+        }
+        let mut rooms = self.lock();
+        let not_joined = || {
+            Refusal::NotFound(format!(
+                "this connection has not joined the presence of {topic:?}"
+            ))
+        };
+        let room = rooms.get_mut(topic).ok_or_else(not_joined)?;
+        let m = room.members.get_mut(user).ok_or_else(not_joined)?;
+        if !m.seats.contains(&seat) {
+            return Err(not_joined());
+        }
+        if !m.state.contains_key(key) && !value.is_empty() && m.state.len() >= MAX_STATE_KEYS {
+            return Err(Refusal::LimitExceeded(format!(
+                "a member has at most {MAX_STATE_KEYS} state keys"
+            )));
+        }
+        if let Some(Err(wait)) = m.throttle.as_mut().map(Throttle::try_take) {
+            return Err(Refusal::RateLimited(format!(
+                "at most {} presence updates per second; retry in {} ms",
+                self.update_rate,
+                wait.as_millis().max(1)
+            )));
+        }
+        let changed = if value.is_empty() {
+            m.state.remove(key).is_some()
+        } else {
+            let deadline = ttl.map(|t| Instant::now() + t);
+            let old = m
+                .state
+                .insert(key.to_string(), (value.to_string(), deadline));
+            old.is_none_or(|(v, _)| v != value)
+        };
+        if changed {
+            let member = Room::member(user, m);
+            self.changed(topic, room, PresenceEventKind::Update, member);
+        }
+        Ok(())
     }
 
     /// Tells the watchers of a change: at once in a small room, by count later in a
@@ -224,10 +311,23 @@ impl Presence {
         info
     }
 
-    /// Sends the counts of the large rooms that changed since the last tick.
-    pub fn tick(&self) {
+    /// Clears state past its time to live at `now`, and sends the counts of the large
+    /// rooms that changed since the last tick.
+    pub fn tick(&self, now: Instant) {
         let mut rooms = self.lock();
         for (topic, room) in rooms.iter_mut() {
+            let mut expired = Vec::new();
+            for (user, m) in room.members.iter_mut() {
+                let before = m.state.len();
+                m.state
+                    .retain(|_, (_, deadline)| deadline.is_none_or(|d| d > now));
+                if m.state.len() != before {
+                    expired.push(Room::member(user, m));
+                }
+            }
+            for member in expired {
+                self.changed(topic, room, PresenceEventKind::Update, member);
+            }
             if std::mem::take(&mut room.count_due) {
                 room.tell(topic, PresenceEventKind::Count, None);
             }
@@ -241,7 +341,7 @@ impl Presence {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = ticks.tick() => self.tick(),
+                now = ticks.tick() => self.tick(now),
             }
         }
     }
@@ -268,7 +368,7 @@ mod tests {
 
     #[test]
     fn one_user_on_three_seats_is_one_member_until_the_last_leaves() {
-        let p = Presence::new(100);
+        let p = Presence::new(100, 0);
         for seat in [(1, 1), (2, 1), (3, 7)] {
             p.join("room", "ana", seat, "{}".into(), None);
         }
@@ -287,9 +387,50 @@ mod tests {
         assert!(p.rooms().is_empty(), "an empty room is forgotten");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn state_expires_after_its_ttl_and_updates_are_rate_limited() {
+        let p = Presence::new(100, 2);
+        p.join("room", "ana", (1, 1), String::new(), None);
+        let typing = |p: &Presence| query(p, "", 0).list[0].state.get("typing").cloned();
+        p.update(
+            "room",
+            "ana",
+            (1, 1),
+            "typing",
+            "true",
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
+        assert_eq!(typing(&p).as_deref(), Some("true"));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        p.tick(Instant::now());
+        assert_eq!(typing(&p).as_deref(), Some("true"), "not yet");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        p.tick(Instant::now());
+        assert_eq!(typing(&p), None, "expired");
+        // A burst of 4 (twice the rate), then refused until tokens accrue.
+        for i in 0..4 {
+            p.update("room", "ana", (1, 1), "k", &i.to_string(), None)
+                .unwrap();
+        }
+        assert!(matches!(
+            p.update("room", "ana", (1, 1), "k", "x", None),
+            Err(Refusal::RateLimited(_))
+        ));
+        // Another connection of another user, or a room not joined: not a member.
+        assert!(matches!(
+            p.update("room", "ana", (9, 1), "k", "x", None),
+            Err(Refusal::NotFound(_))
+        ));
+        assert!(matches!(
+            p.update("other", "ana", (1, 1), "k", "x", None),
+            Err(Refusal::NotFound(_))
+        ));
+    }
+
     #[test]
     fn pages_follow_each_other_in_user_order() {
-        let p = Presence::new(100);
+        let p = Presence::new(100, 0);
         for i in 0..25 {
             p.join("room", &format!("u{i:02}"), (i, 1), String::new(), None);
         }

@@ -260,3 +260,88 @@ async fn bad_joins_and_queries_are_refused() {
     assert_eq!(info.members, 0);
     b.handle.shutdown().await;
 }
+
+fn update(req_id: u64, room: &str, key: &str, value: &str, ttl_ms: u64) -> Frame {
+    Frame::from_op(Op::PresenceUpdate(v1::PresenceUpdate {
+        req_id,
+        topic: room.into(),
+        key: key.into(),
+        value: value.into(),
+        ttl_ms,
+    }))
+}
+
+/// The next presence event's member state.
+async fn state_event(c: &mut RawConn) -> std::collections::BTreeMap<String, String> {
+    match c.recv().await {
+        Some(Frame {
+            op: Some(Op::PresenceEvent(e)),
+        }) => {
+            assert_eq!(e.kind(), PresenceEventKind::Update);
+            e.member.unwrap().state
+        }
+        other => panic!("expected PresenceEvent, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn typing_expires_after_its_ttl_and_keystrokes_are_rate_limited() {
+    let b = start_with(jwt).await;
+    let mut bob = login(b.addr, "bob").await;
+    join_ok(&mut bob, 1, "room.chat", "", true).await;
+    event(&mut bob).await;
+    let mut ana = login(b.addr, "ana").await;
+    join_ok(&mut ana, 1, "room.chat", "", false).await;
+    event(&mut bob).await;
+
+    let sent = std::time::Instant::now();
+    ana.send(update(1, "room.chat", "typing", "true", 300))
+        .await;
+    match ana.recv().await {
+        Some(Frame {
+            op: Some(Op::Confirm(c)),
+        }) => assert_eq!(c.req_id, 1),
+        other => panic!("expected Confirm, got {other:?}"),
+    }
+    assert_eq!(
+        state_event(&mut bob)
+            .await
+            .get("typing")
+            .map(String::as_str),
+        Some("true")
+    );
+    // Nothing refreshes it: it clears itself, within the TTL and one tick.
+    assert!(state_event(&mut bob).await.is_empty());
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    // One update per keystroke: beyond the burst they are refused, and bob hears only
+    // those that passed.
+    let mut refused = 0;
+    for i in 0..10 {
+        ana.send(update(10 + i, "room.chat", "draft", &i.to_string(), 0))
+            .await;
+        match ana.recv().await {
+            Some(Frame {
+                op: Some(Op::Confirm(_)),
+            }) => {}
+            Some(Frame {
+                op: Some(Op::Error(e)),
+            }) if e.error_code() == ErrorCode::RateLimited => refused += 1,
+            other => panic!("expected Confirm or RATE_LIMITED, got {other:?}"),
+        }
+    }
+    assert!(refused >= 5, "{refused} of 10 refused");
+    for _ in 0..10 - refused {
+        state_event(&mut bob).await;
+    }
+    bob.ping(1).await;
+    // Not joined to that room: nothing to update.
+    ana.send(update(99, "room.other", "typing", "true", 0))
+        .await;
+    ana.expect_error(ErrorCode::NotFound).await;
+    b.handle.shutdown().await;
+}

@@ -83,6 +83,7 @@ impl Frame {
             Some(Op::PresenceEvent(_)) => "PresenceEvent",
             Some(Op::PresenceRequest(_)) => "PresenceRequest",
             Some(Op::PresenceInfo(_)) => "PresenceInfo",
+            Some(Op::PresenceUpdate(_)) => "PresenceUpdate",
         }
     }
 }

@@ -47,7 +47,8 @@ use tokio_util::task::TaskTracker;
 use crate::accept::Acceptor;
 use crate::error::BrokerError;
 use crate::refusal::Refusal;
-use crate::session::{Shared, Throttle};
+use crate::session::Shared;
+use crate::throttle::Throttle;
 
 /// The HTTP listener, bound and not yet serving.
 pub struct Http {

@@ -51,6 +51,7 @@ use crate::presence::Presence;
 use crate::refusal::Refusal;
 use crate::request::Requests;
 use crate::router::{Flushes, MatchCache, Router, Subscriber};
+use crate::throttle::Throttle;
 use crate::topic_cache::TopicCache;
 
 mod admin;
@@ -59,12 +60,10 @@ mod presence;
 mod pubsub;
 mod request;
 mod source;
-mod throttle;
 mod token;
 
 use consume::Settle;
 pub use source::{codec_refusal, ByteStreamSource, FrameSource};
-pub(crate) use throttle::Throttle;
 
 /// How long a closing connection's writer gets to flush what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,7 +125,10 @@ impl Shared {
         auth: Auth,
         tasks: TaskTracker,
     ) -> Self {
-        let presence = Arc::new(Presence::new(config.presence_events_max));
+        let presence = Arc::new(Presence::new(
+            config.presence_events_max,
+            config.presence_update_rate,
+        ));
         Shared {
             presence,
             config,
@@ -199,7 +201,7 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         identity: Identity::Open,
         expires: None,
         datagrams,
-        throttle: throttle::Throttle::new(config.publish_rate, config.publish_burst),
+        throttle: Throttle::new(config.publish_rate, config.publish_burst),
         subs: HashMap::new(),
         known_topics: TopicCache::default(),
         matches: MatchCache::default(),
@@ -253,7 +255,7 @@ struct Session {
     /// When its token expires, if it does (see `token.rs`).
     expires: Option<Instant>,
     /// The publish rate limit, if any.
-    throttle: Option<throttle::Throttle>,
+    throttle: Option<Throttle>,
     /// The transport's datagrams, for subscriptions that ask for them.
     datagrams: Option<Arc<dyn Datagrams>>,
     /// Active subscriptions by sub_id.
@@ -488,6 +490,7 @@ impl Session {
             Some(Op::Request(r)) => self.request(r).await?,
             Some(Op::Reply(r)) => self.reply(r).await?,
             Some(Op::PresenceRequest(r)) => self.presence_query(r).await?,
+            Some(Op::PresenceUpdate(u)) => self.presence_update(u).await?,
             None => {
                 self.refuse(0, Refusal::Unsupported("unknown operation".into()))
                     .await?

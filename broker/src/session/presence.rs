@@ -51,6 +51,42 @@ impl Session {
         Ok(())
     }
 
+    pub(super) async fn presence_update(&mut self, u: v1::PresenceUpdate) -> Result<(), Closed> {
+        let v1::PresenceUpdate {
+            req_id,
+            topic,
+            key,
+            value,
+            ttl_ms,
+        } = u;
+        // The seat: this connection's subscription joined to that room.
+        let seat = self
+            .subs
+            .iter()
+            .find(|(_, s)| s.presence.is_some() && s.pattern == topic)
+            .map(|(sub_id, _)| (self.conn_id, *sub_id));
+        let ttl = (ttl_ms > 0).then(|| std::time::Duration::from_millis(ttl_ms));
+        let done = match seat {
+            None => Err(Refusal::NotFound(format!(
+                "this connection has not joined the presence of {topic:?}"
+            ))),
+            Some(seat) => {
+                let user = self.presence_user();
+                self.shared
+                    .presence
+                    .update(&topic, &user, seat, &key, &value, ttl)
+            }
+        };
+        match done {
+            Ok(()) if req_id != 0 => {
+                self.send(Frame::from_op(Op::Confirm(v1::Confirm { req_id })))
+                    .await
+            }
+            Ok(()) => Ok(()),
+            Err(refusal) => self.refuse(req_id, refusal).await,
+        }
+    }
+
     pub(super) async fn presence_query(&mut self, r: v1::PresenceRequest) -> Result<(), Closed> {
         if let Err(e) = validate_topic(&r.topic) {
             let refusal = Refusal::InvalidTopic(format!("{:?}: {e}", r.topic));

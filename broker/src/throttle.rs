@@ -1,5 +1,6 @@
-//! The per-connection publish rate limit: a token bucket of `publish_burst` tokens
-//! refilled at `publish_rate` per second. A publish takes a token; when none is left the
+//! Rate limits as token buckets: the per-connection publish rate (sessions, HTTP
+//! publish) and presence updates per member. For publishes, a bucket of `publish_burst`
+//! tokens refilled at `publish_rate` per second. A publish takes a token; when none is left the
 //! session waits until one has accrued before handling it — so an over-eager publisher is
 //! slowed down by TCP backpressure, and nothing it sent is dropped. The client is told
 //! with `Error{RATE_LIMITED}`, at most once a second.
