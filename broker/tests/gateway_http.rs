@@ -320,3 +320,44 @@ async fn each_http_connection_has_the_publish_rate() {
     assert_eq!(a.status, 200);
     g.handle.shutdown().await;
 }
+
+/// `GET /v1/presence/{topic}`: the room's members with their info as JSON, a count-only
+/// form, and a bad topic refused with its code.
+#[tokio::test]
+async fn presence_over_http() {
+    let g = start_gateway(|_| {}).await;
+    let mut member = RawConn::hello(g.handle.tcp_addr()).await;
+    member
+        .send(rtc_proto::Frame::from_op(
+            rtc_proto::v1::frame::Op::Subscribe(rtc_proto::v1::Subscribe {
+                req_id: 1,
+                sub_id: 1,
+                pattern: "room.h".into(),
+                presence: Some(rtc_proto::v1::PresenceJoin {
+                    info: r#"{"name":"Ana"}"#.into(),
+                    events: false,
+                }),
+                ..Default::default()
+            }),
+        ))
+        .await;
+    member.recv().await;
+    let answer = http::get(g.http, "/v1/presence/room.h", &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(
+        (&body["members"], &body["connections"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(body["list"][0]["info"]["name"], "Ana");
+    assert_eq!(body["next"], "");
+    let count = http::get(g.http, "/v1/presence/room.h?count_only=true", &[]).await;
+    assert_eq!(count.json()["members"], 1);
+    assert_eq!(count.json()["list"], serde_json::json!([]));
+    let bad = http::get(g.http, "/v1/presence/bad..topic", &[]).await;
+    assert_eq!(
+        (bad.status, bad.json()["code"].as_str()),
+        (400, Some("INVALID_TOPIC"))
+    );
+    g.handle.shutdown().await;
+}

@@ -1,13 +1,15 @@
 //! `rtc-cli`: publish, subscribe and inspect an rtc broker from a terminal.
 //!
 //! `main` parses the command line and dispatches to one module per command family:
-//! [`publish`] (`pub`), [`subscribe`] (`sub`), [`request`] (`req`, `reply`), [`topic`]
-//! (`topic create|ls|info`) and [`consumer`] (`consumer ls|info`);
+//! [`publish`] (`pub`), [`subscribe`] (`sub`), [`request`] (`req`, `reply`),
+//! [`presence`] (`presence`), [`topic`] (`topic create|ls|info`) and [`consumer`]
+//! (`consumer ls|info`);
 //! [`output`] formats received messages.
 //! Errors end the process with one line on stderr and exit code 1.
 
 mod consumer;
 mod output;
+mod presence;
 mod publish;
 mod request;
 mod subscribe;
@@ -53,6 +55,8 @@ enum Command {
     Req(request::ReqArgs),
     /// Answer requests: echo them, or with the output of a command.
     Reply(request::ReplyArgs),
+    /// Who is in a room: its members, or their count.
+    Presence(presence::PresenceArgs),
     /// Create, list and inspect topics.
     Topic(topic::TopicArgs),
     /// List and inspect a topic's durable consumers.
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
             Command::Sub(args) => subscribe::run(&server, args).await,
             Command::Req(args) => request::run_req(&server, args).await,
             Command::Reply(args) => request::run_reply(&server, args).await,
+            Command::Presence(args) => presence::run(&server, args).await,
             Command::Topic(args) => topic::run(&server, args).await,
             Command::Consumer(args) => consumer::run(&server, args).await,
         }

@@ -1,4 +1,4 @@
-//! `rtc-cli sub PATTERN [--count N] [--json] [--group NAME]`
+//! `rtc-cli sub PATTERN [--count N] [--json] [--group NAME] [--presence JSON]`
 //!
 //! Subscribes, says so on stderr (`subscribed to PATTERN`, so scripts can wait for it),
 //! then prints each message on stdout as it arrives: the raw payload and a newline, or
@@ -47,6 +47,10 @@ pub struct SubArgs {
     /// Share the messages with the other subscribers of this queue group (live only).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["durable", "from"])]
     group: Option<String>,
+    /// Join the presence of the room PATTERN names (one topic), with this JSON as the
+    /// member's info ('{}' for none); `rtc-cli presence` shows who is there.
+    #[arg(long, value_name = "JSON", conflicts_with = "durable")]
+    presence: Option<String>,
 }
 
 /// Runs `rtc-cli sub`.
@@ -70,6 +74,10 @@ pub async fn run(server: &crate::Server, args: SubArgs) -> anyhow::Result<()> {
         consumer,
         datagrams: args.datagrams,
         group: args.group,
+        presence: args.presence.map(|info| rtc_client::PresenceJoin {
+            info,
+            events: false,
+        }),
     };
     let mut sub = client.subscribe_with(&args.pattern, options).await?;
     eprintln!("subscribed to {}", args.pattern);

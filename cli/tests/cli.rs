@@ -419,3 +419,44 @@ fn req_gets_the_reply_of_a_command_and_nobody_subscribed_is_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn presence_lists_who_is_in_a_room() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let out = run(&mut cli(&b.url(), &["presence", "room.a", "--count"]));
+    assert_eq!(stdout_of(&out), "0 0\n");
+    let mut ana = start_sub(
+        &b.url(),
+        &["sub", "room.a", "--presence", r#"{"name":"Ana"}"#],
+    );
+    let mut bob = start_sub(&b.url(), &["sub", "room.a", "--presence", "{}"]);
+    let out = run(&mut cli(&b.url(), &["presence", "room.a", "--count"]));
+    assert_eq!(stdout_of(&out), "2 2\n");
+    let out = run(&mut cli(&b.url(), &["presence", "room.a"]));
+    let members: Vec<serde_json::Value> = stdout_of(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(members.len(), 2);
+    assert!(
+        members.iter().any(|m| m["info"]["name"] == "Ana"),
+        "{members:?}"
+    );
+    assert!(members.iter().all(|m| m["connections"] == 1));
+    // A killed subscriber leaves: its connection closes with the process.
+    bob.kill().unwrap();
+    bob.wait().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut count = String::new();
+    while std::time::Instant::now() < deadline {
+        count = stdout_of(&run(&mut cli(&b.url(), &["presence", "room.a", "--count"])));
+        if count == "1 1\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count, "1 1\n");
+    ana.kill().unwrap();
+    ana.wait().unwrap();
+}

@@ -289,8 +289,7 @@ impl Client {
             datagrams: options.datagrams,
             resume_after: Default::default(),
             group: options.group.clone().unwrap_or_default(),
-            // Presence through rtc-client is not built yet (issue 20).
-            presence: None,
+            presence: options.presence.clone(),
         };
         self.inner
             .shared

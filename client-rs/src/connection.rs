@@ -496,6 +496,9 @@ async fn handle(shared: &Shared, frame: Frame, deliveries: &mut VecDeque<(u64, M
         Some(Op::TopicList(l)) => shared.complete(l.req_id, Ok(Op::TopicList(l))),
         Some(Op::Confirm(c)) => shared.complete(c.req_id, Ok(Op::Confirm(c))),
         Some(Op::Response(r)) => shared.complete(r.req_id, Ok(Op::Response(r))),
+        Some(Op::PresenceInfo(i)) => shared.complete(i.req_id, Ok(Op::PresenceInfo(i))),
+        // Nobody listening is no error.
+        Some(Op::PresenceEvent(e)) => drop(shared.presence.send(e)),
         Some(Op::ConsumerInfo(c)) => shared.complete(c.req_id, Ok(Op::ConsumerInfo(c))),
         Some(Op::ConsumerList(l)) => shared.complete(l.req_id, Ok(Op::ConsumerList(l))),
         Some(Op::Error(e)) if e.req_id != 0 => {

@@ -58,6 +58,7 @@ mod message;
 mod options;
 mod outbox;
 mod outgoing;
+mod presence;
 mod queue;
 mod requests;
 mod service;
@@ -71,6 +72,9 @@ pub use client::{Client, ConnectOptions};
 pub use error::Error;
 pub use message::{Message, PubAck, PublishMessage, Topic};
 pub use options::{ConsumerOptions, StartAt, SubscribeOptions};
+pub use rtc_proto::v1::{
+    PresenceEvent, PresenceEventKind, PresenceInfo, PresenceJoin, PresenceMember,
+};
 pub use rtc_proto::ErrorCode;
 pub use service::Response;
 pub use state::ConnectionState;

@@ -84,6 +84,10 @@ pub struct SubscribeOptions {
     /// connection, share its messages and requests, each going to one of them. Live
     /// subscriptions only (start `New`, no consumer).
     pub group: Option<String>,
+    /// Join the presence of the room `pattern` names (one topic) as this connection's
+    /// user: `info` is the app's JSON about the member; with `events`, the room's
+    /// changes arrive on [`crate::Client::presence_events`].
+    pub presence: Option<rtc_proto::v1::PresenceJoin>,
 }
 
 /// A durable consumer to join: the broker keeps its position and unacknowledged

@@ -192,6 +192,8 @@ pub(crate) struct Shared {
     pub(crate) state: watch::Sender<ConnectionState>,
     /// Cancelled by `Client::close`, so a supervisor waiting to reconnect stops.
     pub(crate) closing: CancellationToken,
+    /// The presence events of the rooms this client joined with events.
+    pub(crate) presence: tokio::sync::broadcast::Sender<rtc_proto::v1::PresenceEvent>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -210,6 +212,7 @@ impl Shared {
             datagrams: AtomicU64::new(0),
             state: watch::channel(ConnectionState::Connecting).0,
             closing: CancellationToken::new(),
+            presence: tokio::sync::broadcast::channel(crate::presence::EVENTS).0,
         }
     }
 

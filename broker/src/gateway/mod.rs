@@ -8,7 +8,8 @@
 //!   to the one accept path like any connection;
 //! - `GET /v1/sse`: Server-Sent Events, resumable with `Last-Event-ID` (see `sse`);
 //! - `GET /v1/poll`: long-polling from a position (see `poll`);
-//! - `POST /v1/publish/{topic}` and `POST /v1/publish` (a batch): see `publish`.
+//! - `POST /v1/publish/{topic}` and `POST /v1/publish` (a batch): see `publish`;
+//! - `GET /v1/presence/{topic}`: who is in a room (see `presence`).
 //!
 //! Each TCP connection is served by hyper with a header-read timeout of the broker's
 //! `handshake_timeout` (a client that dribbles its headers is closed) and, with TLS, the
@@ -25,6 +26,7 @@
 
 mod cors;
 mod poll;
+mod presence;
 mod publish;
 mod sse;
 mod stream;
@@ -134,6 +136,7 @@ impl Gateway {
             .route("/v1/poll", get(poll::poll))
             .route("/v1/publish", post(publish::batch))
             .route("/v1/publish/{topic}", post(publish::one))
+            .route("/v1/presence/{topic}", get(presence::get))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 cors::cors,
