@@ -71,6 +71,15 @@ async fn serve_page() -> SocketAddr {
 
 /// Headless Chromium on `url`, with a profile of its own (kept until the test ends).
 fn open_page(browser: &str, url: &str) -> (tokio::process::Child, tempfile::TempDir) {
+    open_page_with(browser, url, &[])
+}
+
+/// [`open_page`] with more Chromium flags.
+fn open_page_with(
+    browser: &str,
+    url: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, tempfile::TempDir) {
     let profile = tempfile::tempdir().unwrap();
     // The flags the machine notes give: no sandbox as root, and no background traffic
     // to hosts a closed network refuses.
@@ -85,6 +94,7 @@ fn open_page(browser: &str, url: &str) -> (tokio::process::Child, tempfile::Temp
             "--disable-component-update",
             "--disable-sync",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .stdout(Stdio::null())
@@ -159,5 +169,78 @@ async fn the_example_chat_joins_a_room_and_sends_a_message() {
         message,
         serde_json::json!({"user": "bob", "text": "hi ana"})
     );
+    g.handle.shutdown().await;
+}
+
+/// The example call (examples/web/call.html) in two browsers, one per user: they find
+/// each other through the room's presence, signal through their `$user` inboxes, and
+/// each reports the message that came over the RTCDataChannel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_signal_through_inboxes_and_open_a_data_channel() {
+    use rtc_broker::auth::jwt::{mint_hs256, Claims, JwtConfig};
+    const SECRET: &str = "browser test secret of at least 32 bytes";
+    let token = |sub: &str| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 600;
+        let claims = Claims {
+            sub: sub.into(),
+            exp,
+            nbf: None,
+            publish: vec!["$user.>".into(), "call.>".into()],
+            subscribe: vec!["call.>".into()],
+        };
+        mint_hs256(SECRET, &claims).unwrap()
+    };
+    let browser = chromium();
+    let g = start_gateway(|c| {
+        c.jwt = Some(JwtConfig {
+            hs256_secret: Some(SECRET.into()),
+            ..Default::default()
+        })
+    })
+    .await;
+    let mut results = RawConn::connect(g.handle.tcp_addr()).await;
+    results
+        .send(rtc_proto::Frame::from_op(rtc_proto::v1::frame::Op::Hello(
+            rtc_proto::v1::Hello {
+                protocol_version: rtc_proto::PROTOCOL_VERSION,
+                client_name: "browser-test".into(),
+                auth_token: token("watcher"),
+            },
+        )))
+        .await;
+    results.recv().await;
+    results.subscribe_ok(1, "call.result").await;
+    // Host candidates as plain addresses rather than mDNS names, which a container may
+    // not resolve.
+    let flags = ["--disable-features=WebRtcHideLocalIpsWithMdns"];
+    let mut pages = Vec::new();
+    for user in ["ana", "bob"] {
+        let url = format!(
+            "http://{}/examples/call?room=t1&token={}",
+            g.http,
+            token(user)
+        );
+        pages.push(open_page_with(&browser, &url, &flags));
+    }
+    let mut reports = std::collections::BTreeMap::new();
+    while reports.len() < 2 {
+        let (_, _, payload) = tokio::time::timeout(PAGE_WAIT, results.expect_deliver())
+            .await
+            .expect("both pages report within the wait");
+        let report: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        println!("a page saw: {report}");
+        assert!(report.get("error").is_none(), "{report}");
+        reports.insert(report["user"].as_str().unwrap().to_string(), report);
+    }
+    for (mut chrome, _) in pages {
+        let _ = chrome.kill().await;
+    }
+    assert_eq!(reports["ana"]["got"], "hello from bob");
+    assert_eq!(reports["bob"]["got"], "hello from ana");
+    assert_eq!(reports["ana"]["opened"], true);
     g.handle.shutdown().await;
 }

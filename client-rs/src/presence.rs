@@ -17,10 +17,6 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::requests::unexpected;
 
-/// Events kept for a [`Client::presence_events`] receiver that reads slowly; beyond
-/// it, the oldest are lost (the receiver learns how many) and a query gives the state.
-pub(crate) const EVENTS: usize = 1024;
-
 impl Client {
     /// One page of `topic`'s members (in order of user, `limit` of them after the user
     /// `after`; `""` and 0 for the first page of 100), with the room's counts. Pass the
@@ -98,7 +94,9 @@ impl Client {
         }
     }
 
-    /// The events of the rooms joined with `events`, from now on.
+    /// The events of the rooms joined with `events`, from now on. A receiver that reads
+    /// slowly keeps the latest 1 024; it learns how many older ones it lost
+    /// (`RecvError::Lagged`), and a query gives the state again.
     pub fn presence_events(&self) -> tokio::sync::broadcast::Receiver<PresenceEvent> {
         self.inner.shared.presence.subscribe()
     }

@@ -196,6 +196,10 @@ pub(crate) struct Shared {
     pub(crate) presence: tokio::sync::broadcast::Sender<rtc_proto::v1::PresenceEvent>,
 }
 
+/// Presence events kept for a receiver that reads slowly; beyond it the oldest are lost
+/// (see `Client::presence_events`).
+const PRESENCE_EVENTS: usize = 1024;
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -212,7 +216,7 @@ impl Shared {
             datagrams: AtomicU64::new(0),
             state: watch::channel(ConnectionState::Connecting).0,
             closing: CancellationToken::new(),
-            presence: tokio::sync::broadcast::channel(crate::presence::EVENTS).0,
+            presence: tokio::sync::broadcast::channel(PRESENCE_EVENTS).0,
         }
     }
 

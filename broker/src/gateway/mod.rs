@@ -3,7 +3,7 @@
 //!
 //! - `GET /healthz`: 200 while the broker serves;
 //! - `GET /readyz`: 200 once the store is open and until the broker stops (503 then);
-//! - `GET /examples/chat`: the example chat page (`examples/web/chat.html`);
+//! - `GET /examples/chat` and `/examples/call`: the example pages (`examples/web/`);
 //! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
 //!   to the one accept path like any connection;
 //! - `GET /v1/sse`: Server-Sent Events, resumable with `Last-Event-ID` (see `sse`);
@@ -131,6 +131,7 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/examples/chat", get(chat_example))
+            .route("/examples/call", get(call_example))
             .route("/v1/ws", get(ws::upgrade))
             .route("/v1/sse", get(sse::stream))
             .route("/v1/poll", get(poll::poll))
@@ -311,8 +312,16 @@ pub(crate) fn identity(
 /// The example chat page (examples/web/chat.html), served so that it runs against this
 /// broker from its own origin.
 async fn chat_example() -> Response {
-    const PAGE: &str = include_str!("../../../examples/web/chat.html");
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
+    html(include_str!("../../../examples/web/chat.html"))
+}
+
+/// The example WebRTC call (examples/web/call.html), served the same way.
+async fn call_example() -> Response {
+    html(include_str!("../../../examples/web/call.html"))
+}
+
+fn html(page: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 async fn healthz() -> Response {
