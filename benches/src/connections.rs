@@ -5,6 +5,12 @@
 //! With `--transport ws` the connections are WebSockets to the HTTP gateway
 //! (`rtc.v1.proto`, one frame per binary message); the broadcast is published over TCP.
 //!
+//! With `--presence` each connection also joins the presence of one room (with events),
+//! and instead of a broadcast one more connection joins: the figure is the time until
+//! every member has heard of it (a `JOIN` event, or above the broker's
+//! `presence_events_max` a `COUNT` one), and the memory per connection includes its
+//! membership.
+//!
 //! One process may hold about 20 000 descriptors on these machines, so for more than
 //! ~19 000 connections run several `rtc-bench connections` processes against the same
 //! broker (`--hold` keeps them open).
@@ -43,6 +49,10 @@ pub struct ConnectionsArgs {
     /// The broker's HTTP gateway, for `--transport ws`.
     #[arg(long, default_value = "127.0.0.1:7401")]
     http: String,
+    /// Join a room's presence with each connection, and time one more join instead of a
+    /// broadcast.
+    #[arg(long)]
+    presence: bool,
 }
 
 /// One idle subscribed connection, waiting for the broadcast.
@@ -150,6 +160,10 @@ pub async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
         req_id: 1,
         sub_id: 1,
         pattern: "bench.broadcast".into(),
+        presence: args.presence.then(|| v1::PresenceJoin {
+            info: r#"{"bench":true}"#.into(),
+            events: true,
+        }),
         ..Default::default()
     }));
     let started = Instant::now();
@@ -160,38 +174,59 @@ pub async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
     let opened = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(args.pid)?;
-    // One broadcast; every connection must receive it.
+    // One broadcast (or one more member); every connection must hear of it.
     let mut publisher = TcpStream::connect(&args.addr).await?;
     publisher.write_all(&hello).await?;
     let sent = Instant::now();
-    publisher
-        .write_all(&frame(Op::Publish(v1::Publish {
+    let news = if args.presence {
+        subscribe.clone()
+    } else {
+        frame(Op::Publish(v1::Publish {
             req_id: 0,
             topic: "bench.broadcast".into(),
             payload: Bytes::from_static(b"hello, everyone"),
             ..Default::default()
-        })))
-        .await?;
+        }))
+    };
+    publisher.write_all(&news).await?;
+    let members = args.count as u64 + 1;
     let mut received = 0;
     let mut readers = futures_util::stream::FuturesUnordered::new();
     for conn in conns.iter_mut() {
-        readers.push(conn.next());
+        readers.push(async move {
+            // Past the events of the joins before this one.
+            loop {
+                match conn.next().await? {
+                    Frame {
+                        op: Some(Op::Deliver(_)),
+                    } => return Ok(()),
+                    Frame {
+                        op: Some(Op::PresenceEvent(e)),
+                    } if e.members == members => return Ok(()),
+                    _ => {}
+                }
+            }
+        });
     }
-    while let Some(r) = tokio::time::timeout(Duration::from_secs(30), readers.next()).await? {
-        if let Ok(Frame {
-            op: Some(Op::Deliver(_)),
-        }) = r
-        {
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(60), readers.next()).await? {
+        let heard: anyhow::Result<()> = r;
+        if heard.is_ok() {
             received += 1;
         }
     }
     let broadcast = sent.elapsed();
     drop(readers);
-    println!("| transport | connections | opened in | broker RSS before | after | per connection | broadcast reached | in |");
+    let news = if args.presence {
+        "a join reached"
+    } else {
+        "broadcast reached"
+    };
+    println!("| transport | connections | opened in | broker RSS before | after | per connection | {news} | in |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {:.1} s | {} KiB | {} KiB | {:.1} KiB | {received} | {:.1} ms |",
+        "| {}{} | {} | {:.1} s | {} KiB | {} KiB | {:.1} KiB | {received} | {:.1} ms |",
         args.transport,
+        if args.presence { " + presence" } else { "" },
         args.count,
         opened.as_secs_f64(),
         before,

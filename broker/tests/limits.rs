@@ -65,7 +65,10 @@ async fn welcome_announces_the_payload_and_message_id_limits_and_the_features() 
             "replay",
             "consumers",
             "topic-admin",
-            "replay-end"
+            "replay-end",
+            "request-reply",
+            "queue-groups",
+            "presence"
         ],
         "over TCP: no datagrams"
     );
