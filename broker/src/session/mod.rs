@@ -378,9 +378,15 @@ impl Session {
                     Err(refusal) => return self.close_with(refusal).await,
                 };
                 self.lone = std::mem::take(&mut first) && source.is_drained();
-                if !matches!(frame.op, Some(Op::Publish(_))) {
-                    // Anything but a publish may wait (for the storage thread, a
-                    // consumer, …): what is queued goes out first.
+                if !matches!(
+                    frame.op,
+                    Some(Op::Publish(_) | Op::Request(_) | Op::Reply(_))
+                ) {
+                    // Anything but a publish, a request or a reply may wait (for the
+                    // storage thread, a consumer, …): what is queued goes out first.
+                    // Those three only queue, so a read's worth of them goes out in one
+                    // write per peer (flushing before each cost a write per request;
+                    // docs/benchmarks.md, "Request-reply").
                     self.flush();
                 }
                 if self.handle(frame).await?.is_break() {
