@@ -177,42 +177,11 @@ async fn the_example_chat_joins_a_room_and_sends_a_message() {
 /// each reports the message that came over the RTCDataChannel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_signal_through_inboxes_and_open_a_data_channel() {
-    use rtc_broker::auth::jwt::{mint_hs256, Claims, JwtConfig};
     const SECRET: &str = "browser test secret of at least 32 bytes";
-    let token = |sub: &str| {
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 600;
-        let claims = Claims {
-            sub: sub.into(),
-            exp,
-            nbf: None,
-            publish: vec!["$user.>".into(), "call.>".into()],
-            subscribe: vec!["call.>".into()],
-        };
-        mint_hs256(SECRET, &claims).unwrap()
-    };
+    let token = |sub: &str| common::jwt_for(SECRET, sub, &["$user.>", "call.>"], &["call.>"]);
     let browser = chromium();
-    let g = start_gateway(|c| {
-        c.jwt = Some(JwtConfig {
-            hs256_secret: Some(SECRET.into()),
-            ..Default::default()
-        })
-    })
-    .await;
-    let mut results = RawConn::connect(g.handle.tcp_addr()).await;
-    results
-        .send(rtc_proto::Frame::from_op(rtc_proto::v1::frame::Op::Hello(
-            rtc_proto::v1::Hello {
-                protocol_version: rtc_proto::PROTOCOL_VERSION,
-                client_name: "browser-test".into(),
-                auth_token: token("watcher"),
-            },
-        )))
-        .await;
-    results.recv().await;
+    let g = start_gateway(|c| c.jwt = Some(common::jwt_config(SECRET))).await;
+    let mut results = RawConn::login(g.handle.tcp_addr(), &token("watcher")).await;
     results.subscribe_ok(1, "call.result").await;
     // Host candidates as plain addresses rather than mDNS names, which a container may
     // not resolve.

@@ -469,18 +469,25 @@ async fn the_json_subprotocol_needs_no_protobuf() {
     g.handle.shutdown().await;
 }
 
-/// Request-reply in the JSON mapping: a page asks, a TCP responder answers; and a page
-/// answers a request from TCP.
-#[tokio::test]
-async fn request_reply_over_json() {
-    let g = start_gateway(|_| {}).await;
-    let (mut ws, _) = ws_connect(g.http, "rtc.v1.json", &[]).await.unwrap();
+/// A page's connection in the JSON mapping, after its Hello: the socket and the Welcome.
+async fn json_page(http: SocketAddr) -> (Ws, serde_json::Value) {
+    let (mut ws, _) = ws_connect(http, "rtc.v1.json", &[]).await.unwrap();
     send_json(
         &mut ws,
         serde_json::json!({"hello": {"protocol_version": 1, "client_name": "page"}}),
     )
     .await;
-    assert!(recv_json(&mut ws).await.unwrap().get("welcome").is_some());
+    let welcome = recv_json(&mut ws).await.unwrap();
+    (ws, welcome)
+}
+
+/// Request-reply in the JSON mapping: a page asks, a TCP responder answers; and a page
+/// answers a request from TCP.
+#[tokio::test]
+async fn request_reply_over_json() {
+    let g = start_gateway(|_| {}).await;
+    let (mut ws, welcome) = json_page(g.http).await;
+    assert!(welcome.get("welcome").is_some());
     let mut responder = RawConn::hello(g.handle.tcp_addr()).await;
     responder.subscribe_ok(1, "svc.time").await;
     send_json(
@@ -545,13 +552,7 @@ async fn request_reply_over_json() {
 #[tokio::test]
 async fn presence_over_json() {
     let g = start_gateway(|_| {}).await;
-    let (mut ws, _) = ws_connect(g.http, "rtc.v1.json", &[]).await.unwrap();
-    send_json(
-        &mut ws,
-        serde_json::json!({"hello": {"protocol_version": 1, "client_name": "page"}}),
-    )
-    .await;
-    let welcome = recv_json(&mut ws).await.unwrap();
+    let (mut ws, welcome) = json_page(g.http).await;
     let me = format!("anon-{}", welcome["welcome"]["connection_id"]);
     send_json(
         &mut ws,

@@ -7,54 +7,21 @@ mod common;
 
 use bytes::Bytes;
 use common::{start_with, RawConn};
-use rtc_broker::auth::jwt::{mint_hs256, Claims, JwtConfig};
-use rtc_proto::v1::{self, frame::Op};
-use rtc_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
+use rtc_proto::ErrorCode;
 
 const SECRET: &str = "test secret of at least thirty-two bytes";
 
 fn token(sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + 3600;
-    let claims = Claims {
-        sub: sub.into(),
-        exp,
-        nbf: None,
-        publish: publish.iter().map(|p| p.to_string()).collect(),
-        subscribe: subscribe.iter().map(|p| p.to_string()).collect(),
-    };
-    mint_hs256(SECRET, &claims).unwrap()
+    common::jwt_for(SECRET, sub, publish, subscribe)
 }
 
 async fn login(addr: std::net::SocketAddr, token: &str) -> RawConn {
-    let mut c = RawConn::connect(addr).await;
-    c.send(Frame::from_op(Op::Hello(v1::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_name: "inbox-test".into(),
-        auth_token: token.into(),
-    })))
-    .await;
-    assert!(matches!(
-        c.recv().await,
-        Some(Frame {
-            op: Some(Op::Welcome(_))
-        })
-    ));
-    c
+    RawConn::login(addr, token).await
 }
 
 #[tokio::test]
 async fn only_the_user_reads_its_inbox() {
-    let b = start_with(|c| {
-        c.jwt = Some(JwtConfig {
-            hs256_secret: Some(SECRET.into()),
-            ..Default::default()
-        })
-    })
-    .await;
+    let b = start_with(|c| c.jwt = Some(common::jwt_config(SECRET))).await;
     // Even "everything" as a subscribe permission does not open other inboxes.
     let mut ana = login(b.addr, &token("ana", &["$user.>"], &[">"])).await;
     let mut bob = login(b.addr, &token("bob", &["$user.>"], &[">"])).await;

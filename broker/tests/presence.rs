@@ -8,46 +8,21 @@ mod common;
 use std::time::Duration;
 
 use common::{start_with, RawConn, WAIT};
-use rtc_broker::auth::jwt::{mint_hs256, Claims, JwtConfig};
 use rtc_proto::v1::{self, frame::Op, PresenceEventKind};
-use rtc_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
+use rtc_proto::{ErrorCode, Frame};
 
 const SECRET: &str = "test secret of at least thirty-two bytes";
 
 fn jwt(c: &mut rtc_broker::config::Config) {
-    c.jwt = Some(JwtConfig {
-        hs256_secret: Some(SECRET.into()),
-        ..Default::default()
-    });
+    c.jwt = Some(common::jwt_config(SECRET));
 }
 
 async fn login(addr: std::net::SocketAddr, user: &str) -> RawConn {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + 3600;
-    let claims = Claims {
-        sub: user.into(),
-        exp,
-        nbf: None,
-        publish: vec!["room.>".into()],
-        subscribe: vec!["room.>".into()],
-    };
-    let mut c = RawConn::connect(addr).await;
-    c.send(Frame::from_op(Op::Hello(v1::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_name: "presence-test".into(),
-        auth_token: mint_hs256(SECRET, &claims).unwrap(),
-    })))
-    .await;
-    assert!(matches!(
-        c.recv().await,
-        Some(Frame {
-            op: Some(Op::Welcome(_))
-        })
-    ));
-    c
+    RawConn::login(
+        addr,
+        &common::jwt_for(SECRET, user, &["room.>"], &["room.>"]),
+    )
+    .await
 }
 
 fn join(sub_id: u64, room: &str, info: &str, events: bool) -> Frame {

@@ -77,7 +77,50 @@ pub struct RawConn<S = TcpStream> {
     next_req: u64,
 }
 
+/// A JWT (HS256, signed with `secret`) for user `sub`, valid for an hour, with these
+/// publish and subscribe permissions.
+pub fn jwt_for(secret: &str, sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+        + 3600;
+    let claims = rtc_broker::auth::jwt::Claims {
+        sub: sub.into(),
+        exp,
+        nbf: None,
+        publish: publish.iter().map(|p| p.to_string()).collect(),
+        subscribe: subscribe.iter().map(|p| p.to_string()).collect(),
+    };
+    rtc_broker::auth::jwt::mint_hs256(secret, &claims).expect("mint a token")
+}
+
+/// Settings that make the broker take JWTs signed with `secret`.
+pub fn jwt_config(secret: &str) -> rtc_broker::auth::jwt::JwtConfig {
+    rtc_broker::auth::jwt::JwtConfig {
+        hs256_secret: Some(secret.into()),
+        ..Default::default()
+    }
+}
+
 impl RawConn {
+    /// Connects and completes the handshake with `token`.
+    pub async fn login(addr: SocketAddr, token: &str) -> RawConn {
+        let mut c = Self::connect(addr).await;
+        c.send(Frame::from_op(Op::Hello(v1::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "raw-test".into(),
+            auth_token: token.into(),
+        })))
+        .await;
+        match c.recv().await {
+            Some(Frame {
+                op: Some(Op::Welcome(_)),
+            }) => c,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
     /// Connects without sending anything.
     pub async fn connect(addr: SocketAddr) -> RawConn {
         let stream = TcpStream::connect(addr).await.expect("connect");
