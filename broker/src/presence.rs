@@ -8,10 +8,11 @@
 //! them as a `PresenceEvent`, queued without waiting; a watcher whose queue is backlogged
 //! misses events (it can query again) rather than growing the broker's memory.
 //!
-//! Large rooms: above `presence_events_max` members a join or leave is not sent to every
-//! watcher; the room is marked, and [`Presence::tick`] (every [`TICK`]) sends each marked
-//! room's count once. So a room of 10 000 members costs one count event per watcher per
-//! tick, not one per join.
+//! Large rooms: above `presence_events_max` members (the broker's, or a topic rule's) a
+//! join or leave is not sent to every watcher; the room is marked, and
+//! [`Presence::tick`] (every [`TICK`]) sends each marked room's count once. So a room of
+//! 10 000 members costs one count event per watcher per tick, not one per join. A topic
+//! rule with `presence_events = false` turns a room's events off altogether.
 //!
 //! A member's ephemeral state (typing, away) is a few keys with an optional time to
 //! live ([`Presence::update`]): a change is an `UPDATE` event, and the tick clears keys
@@ -63,6 +64,9 @@ struct Member {
 
 #[derive(Debug, Default)]
 struct Room {
+    /// Changes are told one by one up to this many members, as counts above; `None`: not
+    /// at all (a topic rule's `presence_events = false`).
+    events: Option<usize>,
     members: BTreeMap<String, Member>,
     watchers: HashMap<Seat, Arc<Outbox>>,
     /// Joined subscriptions, for the connection count.
@@ -109,18 +113,34 @@ pub struct Presence {
     rooms: Mutex<HashMap<String, Room>>,
     /// Above this many members, joins and leaves are told as counts, once per tick.
     events_max: usize,
+    /// The topic rules, for the rooms that set their own events.
+    rules: Vec<crate::topic::TopicRule>,
     /// State updates per second per member and room (0: no limit).
     update_rate: u32,
 }
 
 impl Presence {
-    /// Rooms whose joins and leaves are sent one by one up to `events_max` members, and
-    /// whose members may update their state `update_rate` times a second.
-    pub fn new(events_max: usize, update_rate: u32) -> Presence {
+    /// Rooms whose joins and leaves are sent one by one up to `events_max` members
+    /// (unless the first of `rules` matching a room says otherwise), and whose members
+    /// may update their state `update_rate` times a second.
+    pub fn new(events_max: usize, update_rate: u32, rules: &[crate::topic::TopicRule]) -> Presence {
         Presence {
             rooms: Mutex::default(),
             events_max,
+            rules: rules.to_vec(),
             update_rate,
+        }
+    }
+
+    /// How a new room `topic` tells its changes (see [`Room::events`]).
+    fn events_of(&self, topic: &str) -> Option<usize> {
+        match self
+            .rules
+            .iter()
+            .find(|r| rtc_proto::topic::pattern_matches(&r.pattern, topic))
+        {
+            Some(rule) => rule.presence_events(self.events_max),
+            None => Some(self.events_max),
         }
     }
 
@@ -139,7 +159,10 @@ impl Presence {
         watcher: Option<Arc<Outbox>>,
     ) {
         let mut rooms = self.lock();
-        let room = rooms.entry(topic.to_string()).or_default();
+        let room = rooms.entry(topic.to_string()).or_insert_with(|| Room {
+            events: self.events_of(topic),
+            ..Room::default()
+        });
         if let Some(outbox) = watcher {
             room.watchers.insert(seat, outbox);
         }
@@ -257,10 +280,10 @@ impl Presence {
         kind: PresenceEventKind,
         member: v1::PresenceMember,
     ) {
-        if room.members.len() > self.events_max {
-            room.count_due = true;
-        } else {
-            room.tell(topic, kind, Some(member));
+        match room.events {
+            None => {}
+            Some(max) if room.members.len() > max => room.count_due = true,
+            Some(_) => room.tell(topic, kind, Some(member)),
         }
     }
 
@@ -368,7 +391,7 @@ mod tests {
 
     #[test]
     fn one_user_on_three_seats_is_one_member_until_the_last_leaves() {
-        let p = Presence::new(100, 0);
+        let p = Presence::new(100, 0, &[]);
         for seat in [(1, 1), (2, 1), (3, 7)] {
             p.join("room", "ana", seat, "{}".into(), None);
         }
@@ -389,7 +412,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn state_expires_after_its_ttl_and_updates_are_rate_limited() {
-        let p = Presence::new(100, 2);
+        let p = Presence::new(100, 2, &[]);
         p.join("room", "ana", (1, 1), String::new(), None);
         let typing = |p: &Presence| query(p, "", 0).list[0].state.get("typing").cloned();
         p.update(
@@ -430,7 +453,7 @@ mod tests {
 
     #[test]
     fn pages_follow_each_other_in_user_order() {
-        let p = Presence::new(100, 0);
+        let p = Presence::new(100, 0, &[]);
         for i in 0..25 {
             p.join("room", &format!("u{i:02}"), (i, 1), String::new(), None);
         }

@@ -28,6 +28,8 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
 /// max_msgs = 1000000
 /// max_bytes = 1073741824
 /// dedup_window = "5m"
+/// presence_events = true     # rooms: join/leave events for watchers (false: none)
+/// presence_events_max = 1000 # rooms: one by one up to this many members, counts above
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +54,18 @@ pub struct TopicRule {
     /// Ephemeral topics: deliver as QUIC datagrams to subscribers that ask for it.
     #[serde(default)]
     pub datagram: bool,
+    /// Rooms (topics with presence) this rule matches: `false` sends their watchers no
+    /// presence events at all (queries still answer). Default true.
+    #[serde(default = "yes")]
+    pub presence_events: bool,
+    /// Rooms this rule matches tell joins and leaves one by one up to this many members,
+    /// and counts above it (default: the broker's `presence_events_max`).
+    #[serde(default)]
+    pub presence_events_max: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Storage class as written in the config file.
@@ -76,7 +90,16 @@ impl TopicRule {
             max_bytes: None,
             dedup_window: None,
             datagram: false,
+            presence_events: true,
+            presence_events_max: None,
         }
+    }
+
+    /// How a room this rule matches tells its watchers of changes: `None` not at all,
+    /// `Some(n)` one by one up to `n` members (`default` when the rule says nothing).
+    pub fn presence_events(&self, default: usize) -> Option<usize> {
+        self.presence_events
+            .then(|| self.presence_events_max.unwrap_or(default))
     }
 
     /// The settings this rule gives a topic.

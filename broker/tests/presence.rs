@@ -320,3 +320,37 @@ async fn typing_expires_after_its_ttl_and_keystrokes_are_rate_limited() {
     ana.expect_error(ErrorCode::NotFound).await;
     b.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn topic_rules_turn_a_rooms_events_off_or_to_counts() {
+    use rtc_broker::topic::TopicRule;
+    let b = start_with(|c| {
+        jwt(c);
+        c.topic = vec![
+            TopicRule {
+                presence_events: false,
+                ..TopicRule::ephemeral("room.quiet.>")
+            },
+            TopicRule {
+                presence_events_max: Some(1),
+                ..TopicRule::ephemeral("room.counted.>")
+            },
+        ];
+    })
+    .await;
+    let mut watcher = login(b.addr, "w").await;
+    join_ok(&mut watcher, 1, "room.quiet.a", "", true).await;
+    join_ok(&mut watcher, 2, "room.counted.a", "", true).await;
+    // Its own join in the counted room: one member, within the limit.
+    assert_eq!(event(&mut watcher).await.0, PresenceEventKind::Join);
+    let mut other = login(b.addr, "o").await;
+    join_ok(&mut other, 1, "room.quiet.a", "", false).await;
+    join_ok(&mut other, 2, "room.counted.a", "", false).await;
+    // Nothing from the quiet room; a count from the counted one.
+    let (kind, _, _, members) = event(&mut watcher).await;
+    assert_eq!((kind, members), (PresenceEventKind::Count, 2));
+    watcher.ping(1).await;
+    // The quiet room still answers queries.
+    assert_eq!(query(&mut watcher, "room.quiet.a", "", 0).await.members, 2);
+    b.handle.shutdown().await;
+}

@@ -128,6 +128,7 @@ impl Shared {
         let presence = Arc::new(Presence::new(
             config.presence_events_max,
             config.presence_update_rate,
+            &config.topic,
         ));
         Shared {
             presence,
