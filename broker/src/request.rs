@@ -31,7 +31,7 @@ pub struct Pending {
     pub requester: Arc<Outbox>,
     /// The requester's id for it.
     pub req_id: u64,
-    /// The connections it was delivered to: only these may answer.
+    /// The connections it was delivered to, sorted: only these may answer.
     recipients: Vec<u64>,
     deadline: Instant,
     /// The requester's count of waiting requests, given back when this one ends.
@@ -69,7 +69,8 @@ impl Requests {
     }
 
     /// Registers a request of `requester` (whose count of waiting requests is
-    /// `waiting`) that is about to be delivered to `recipients`; its id for the token.
+    /// `waiting`) that is about to be delivered to `recipients` (connection ids, sorted
+    /// and without repeats); its id for the token.
     pub fn open(
         &self,
         requester: Arc<Outbox>,
@@ -121,7 +122,7 @@ impl Requests {
         let id = parse_token(token).ok_or_else(gone)?;
         let mut st = self.lock();
         let p = st.pending.get(&id).ok_or_else(gone)?;
-        if !p.recipients.contains(&from) {
+        if p.recipients.binary_search(&from).is_err() {
             return Err(Refusal::PermissionDenied(format!(
                 "request {token:?} was not delivered to this connection"
             )));

@@ -65,11 +65,15 @@ impl Session {
             let msg = format!("nothing subscribes to {:?}", message.topic);
             return self.refuse(req_id, Refusal::NoResponders(msg)).await;
         }
+        // Who may answer: each connection once, however many of its subscriptions match.
+        let mut answerers: Vec<u64> = recipients.iter().map(|m| m.owner).collect();
+        answerers.sort_unstable();
+        answerers.dedup();
         let requests = self.shared.requests.clone();
         let id = requests.open(
             self.outbox.clone(),
             req_id,
-            recipients.iter().map(|m| m.owner).collect(),
+            answerers,
             timeout,
             self.waiting.clone(),
         );
