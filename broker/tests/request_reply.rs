@@ -252,3 +252,29 @@ async fn a_group_shares_plain_publishes_too() {
     a.expect_error(ErrorCode::InvalidRequest).await;
     b.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn requests_waiting_per_connection_are_bounded() {
+    let b = common::start_with(|c| c.max_requests_per_connection = 2).await;
+    let mut silent = RawConn::hello(b.addr).await;
+    silent.subscribe_ok(1, "svc.slow").await;
+    let mut requester = RawConn::hello(b.addr).await;
+    for i in 1..=2 {
+        requester.send(request(i, "svc.slow", b"?", 300)).await;
+        expect_request(&mut silent).await;
+    }
+    requester.send(request(3, "svc.slow", b"?", 300)).await;
+    let e = requester.expect_error(ErrorCode::LimitExceeded).await;
+    assert_eq!(e.req_id, 3);
+    // Once those two time out, there is room again.
+    for _ in 0..2 {
+        requester.expect_error(ErrorCode::Timeout).await;
+    }
+    requester.send(request(4, "svc.slow", b"?", 0)).await;
+    let (_, _, reply_to) = expect_request(&mut silent).await;
+    silent
+        .send(reply(0, &reply_to, Bytes::from_static(b"ok")))
+        .await;
+    assert_eq!(expect_response(&mut requester).await.req_id, 4);
+    b.handle.shutdown().await;
+}

@@ -76,3 +76,40 @@ async fn a_room_through_the_client(t: Transport) {
     assert_eq!(left.member.unwrap().user, bob_id);
     ana.close().await;
 }
+
+/// Presence is not stored: after a SIGKILL of the broker the room is empty, and the
+/// member is back once its client has reconnected and restored its subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rejoins_after_the_broker_is_killed_and_restarted() {
+    use rtc_testkit::{temp_dir, workspace_bin, BrokerProcess};
+    let bin = workspace_bin("rtc-broker");
+    let data = temp_dir();
+    let broker = BrokerProcess::start(&bin, data.path(), &[]);
+    let url = broker.url();
+    let member = rtc_client::Client::connect(&url).await.unwrap();
+    let _room = member
+        .subscribe_with("room.r", joining("{}", false))
+        .await
+        .unwrap();
+    let count = |url: String| async move {
+        let c = rtc_client::Client::connect(&url).await.unwrap();
+        let n = c.presence_count("room.r").await.unwrap();
+        c.close().await;
+        n
+    };
+    assert_eq!(count(url.clone()).await, (1, 1));
+    broker.kill();
+    let addr = url.trim_start_matches("tcp://").to_string();
+    let broker = BrokerProcess::start_on(&bin, data.path(), &addr, &[]);
+    // The new broker serves once start_on returns, with an empty room: until the
+    // member's client has reconnected and restored its subscription.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut seen = count(url.clone()).await;
+    while seen != (1, 1) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = count(url.clone()).await;
+    }
+    assert_eq!(seen, (1, 1), "the member rejoined");
+    member.close().await;
+    broker.kill();
+}
