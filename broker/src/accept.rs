@@ -57,6 +57,11 @@ pub trait Incoming: Send + 'static {
 
     /// The peer's address, for logs.
     fn peer(&self) -> String;
+    /// The transport's name, for the metrics' `transport` label (`tcp`, `tls`, `quic`,
+    /// `ws`, `sse`, `poll`); a listener an embedding program adds may keep the default.
+    fn transport(&self) -> &'static str {
+        "custom"
+    }
     /// Completes the transport's handshake (nothing for TCP; TLS; QUIC's connection and
     /// stream). The caller bounds it by the handshake timeout.
     fn open(
@@ -103,13 +108,16 @@ impl Acceptor {
         let (shared, cancel) = (self.shared.clone(), self.cancel.clone());
         self.tracker.spawn(async move {
             let peer = incoming.peer();
+            let transport = incoming.transport();
+            shared.metrics.opened(transport);
             let limit = shared.config.handshake_timeout;
             let max_frame_size = shared.config.max_frame_size;
             match tokio::time::timeout(limit, incoming.open(max_frame_size)).await {
-                Ok(Ok(conn)) => session::run(shared, conn, cancel).await,
+                Ok(Ok(conn)) => session::run(shared.clone(), conn, cancel).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "transport handshake failed"),
                 Err(_) => tracing::debug!(%peer, "transport handshake timed out"),
             }
+            shared.metrics.closed(transport);
             drop(permit);
         });
     }

@@ -22,6 +22,7 @@ use rtc_proto::Frame;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{Appender, CommitSink, Committed, Outcome};
+use crate::metrics::{Metrics, Tally};
 use crate::outbound::{AnswerDue, Outbox};
 use crate::refusal::Refusal;
 use crate::router::{Flushes, Router};
@@ -76,14 +77,17 @@ pub type Publishes = dyn Appender<Origin>;
 #[derive(Debug)]
 pub struct Delivery {
     router: Arc<Router>,
+    /// Where the deliveries of each pass are counted.
+    metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
 }
 
 impl Delivery {
     /// Delivery through `router`.
-    pub fn new(router: Arc<Router>) -> Self {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
         Delivery {
             router,
+            metrics,
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -109,12 +113,17 @@ impl CommitSink<Origin> for Delivery {
         // once per pass. A queue is listed when a frame finds it empty: once per pass,
         // unless its writer emptied it meanwhile (a second flush is then harmless).
         let mut later = Flushes::default();
+        let mut tally = Tally::default();
         for c in &pass {
             if let Outcome::Stored { seq, message } = &c.outcome {
-                self.router
-                    .publish(&c.topic, *seq, false, || message.clone(), &mut later);
+                let fanout =
+                    self.router
+                        .publish(&c.topic, *seq, false, || message.clone(), &mut later);
+                tally.messages_out += fanout.queued as u64;
+                tally.bytes_out += (fanout.queued * message.len()) as u64;
             }
         }
+        self.metrics.add(tally);
         for c in pass {
             let Committed {
                 topic: _,

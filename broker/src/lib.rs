@@ -57,6 +57,7 @@ mod consumer;
 mod delivery;
 pub mod error;
 pub mod gateway;
+mod metrics;
 mod presence;
 mod publish;
 pub mod refusal;

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::outbound::Outbox;
 use crate::refusal::Refusal;
 
@@ -51,6 +52,8 @@ pub struct Requests {
     state: Mutex<State>,
     /// A new earliest deadline: the expiry task sleeps until then instead.
     earlier: Notify,
+    /// Where timeouts are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// The `reply_to` a request is delivered with.
@@ -64,6 +67,14 @@ fn parse_token(token: &str) -> Option<u64> {
 }
 
 impl Requests {
+    /// No request waiting yet.
+    pub fn new(metrics: Arc<Metrics>) -> Requests {
+        Requests {
+            metrics,
+            ..Requests::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -165,6 +176,7 @@ impl Requests {
         loop {
             let (expired, next) = self.take_expired(Instant::now());
             for p in expired {
+                self.metrics.request_unanswered(true);
                 let refusal = Refusal::Timeout(format!(
                     "no reply within the request's timeout (request {})",
                     p.req_id

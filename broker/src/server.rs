@@ -26,6 +26,7 @@ use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
 use crate::error::BrokerError;
 use crate::gateway::{Gateway, Http};
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::session::Shared;
 use crate::store::sled_store::{BackgroundFlush, SledStorage};
@@ -182,7 +183,8 @@ impl BrokerBuilder {
             BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
         };
         let router = Arc::new(Router::new());
-        let delivery = Arc::new(Delivery::new(router.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let delivery = Arc::new(Delivery::new(router.clone(), metrics.clone()));
         let engine = Arc::new(
             LocalEngine::open(
                 storage,
@@ -219,6 +221,7 @@ impl BrokerBuilder {
             consumers,
             auth,
             tracker.clone(),
+            metrics,
         ));
         tracker.spawn(shared.requests.clone().expire(cancel.clone()));
         tracker.spawn(shared.presence.clone().run(cancel.clone()));

@@ -3,6 +3,7 @@
 //!
 //! - `GET /healthz`: 200 while the broker serves;
 //! - `GET /readyz`: 200 once the store is open and until the broker stops (503 then);
+//! - `GET /metrics`: Prometheus metrics (see `crate::metrics`);
 //! - `GET /examples/chat` and `/examples/call`: the example pages (`examples/web/`);
 //! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
 //!   to the one accept path like any connection;
@@ -48,6 +49,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::Acceptor;
 use crate::error::BrokerError;
+use crate::metrics::AuthFailure;
 use crate::refusal::Refusal;
 use crate::session::Shared;
 use crate::throttle::Throttle;
@@ -130,6 +132,7 @@ impl Gateway {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
             .route("/examples/chat", get(chat_example))
             .route("/examples/call", get(call_example))
             .route("/v1/ws", get(ws::upgrade))
@@ -303,6 +306,11 @@ pub(crate) fn identity(
         .and_then(|v| v.strip_prefix("Bearer "));
     let token = bearer.or(query_token).unwrap_or("");
     g.shared.auth.authenticate(token).map_err(|why| {
+        g.shared.metrics.auth_failed(if token.is_empty() {
+            AuthFailure::MissingToken
+        } else {
+            AuthFailure::InvalidToken
+        });
         Refusal::Unauthorized(format!(
             "{why} (Authorization: Bearer TOKEN, or ?token= for WebSocket and SSE)"
         ))
@@ -322,6 +330,18 @@ async fn call_example() -> Response {
 
 fn html(page: &'static str) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition (OpenMetrics), see `crate::metrics`.
+async fn metrics(State(g): State<Gateway>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        g.shared.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -79,6 +79,7 @@ pub(super) async fn poll(
             tracker: opened.tracker,
         },
         peer: format!("poll {peer}"),
+        transport: "poll",
     });
 
     let mut messages = Vec::new();

@@ -33,6 +33,7 @@ use super::{identity, refused, Gateway, RateLimit};
 use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::delivery::{Answer, AnswerTo, Origin};
+use crate::metrics::{AuthFailure, Tally};
 use crate::publish::{self, Contents};
 use crate::refusal::Refusal;
 use crate::router::Flushes;
@@ -218,15 +219,25 @@ async fn start(g: &Gateway, identity: &Identity, topic: String, contents: Conten
     }
     let settings = match publish::check_topic(&*shared.log, identity, &topic) {
         Ok(s) => s,
-        Err(r) => return Pending::Done(Err(r)),
+        Err(r) => {
+            if let Refusal::PermissionDenied(_) = r {
+                shared.metrics.auth_failed(AuthFailure::PermissionDenied);
+            }
+            return Pending::Done(Err(r));
+        }
     };
     let (message, len) = match publish::message(&shared.config, topic, contents, now_ms()) {
         Ok(m) => m,
         Err(r) => return Pending::Done(Err(r)),
     };
+    let mut tally = Tally {
+        messages_in: 1,
+        bytes_in: message.payload.len() as u64,
+        ..Tally::default()
+    };
     if !is_durable(&settings) {
         let mut later = Flushes::default();
-        shared.router.publish(
+        let fanout = shared.router.publish(
             &message.topic,
             0,
             settings.datagram,
@@ -234,6 +245,9 @@ async fn start(g: &Gateway, identity: &Identity, topic: String, contents: Conten
             &mut later,
         );
         later.flush_all();
+        tally.messages_out = fanout.queued as u64;
+        tally.bytes_out = (fanout.queued * len) as u64;
+        shared.metrics.add(tally);
         return Pending::Done(Ok((0, false)));
     }
     let permit = shared.delivery.permit().await;
@@ -242,6 +256,7 @@ async fn start(g: &Gateway, identity: &Identity, topic: String, contents: Conten
         to: AnswerTo::Reply(tx),
         permit,
     };
+    shared.metrics.add(tally);
     let append = publish::append(message, origin);
     match shared.publishes.append(append, false) {
         Ok(()) => Pending::Waiting(rx),

@@ -69,6 +69,7 @@ pub(super) async fn stream(
             tracker: opened.tracker,
         },
         peer: format!("sse {peer}"),
+        transport: "sse",
     };
     g.acceptor.admit(incoming);
     let body = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -365,6 +365,8 @@ pub struct StreamIncoming<S, K> {
     pub source: S,
     pub sink: K,
     pub peer: String,
+    /// `sse` or `poll`, for the metrics.
+    pub transport: &'static str,
 }
 
 impl<S: FrameSource, K: StreamSink> Incoming for StreamIncoming<S, K> {
@@ -375,11 +377,16 @@ impl<S: FrameSource, K: StreamSink> Incoming for StreamIncoming<S, K> {
         self.peer.clone()
     }
 
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
     async fn open(self, _max_frame_size: usize) -> std::io::Result<Connection<S, Frames<K>>> {
         let StreamIncoming {
             source,
             mut sink,
             peer,
+            transport: _,
         } = self;
         sink.start().await?;
         Ok(Connection {

@@ -174,7 +174,7 @@ async fn the_writer_writes_both_kinds_in_order_and_releases_its_buffers_once_idl
     use tokio::io::AsyncReadExt;
     let outbox = std::sync::Arc::new(Outbox::new(1 << 24, 1 << 20, 1 << 20));
     let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let writer_task = tokio::spawn(write_loop(outbox.clone(), ByteStream(writer)));
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), ByteStream(writer), Default::default()));
     let mut expected = BytesMut::new();
     for i in 0..2000u64 {
         let msg = Bytes::from(vec![i as u8; 100]);
@@ -209,7 +209,7 @@ async fn a_writer_that_stops_leaves_its_queue_holding_nothing() {
     use tokio::io::AsyncReadExt;
     let outbox = std::sync::Arc::new(Outbox::new(1 << 24, 1 << 20, 1 << 20));
     let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let writer_task = tokio::spawn(write_loop(outbox.clone(), ByteStream(writer)));
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), ByteStream(writer), Default::default()));
     let msg = zeros(100);
     for _ in 0..1000 {
         assert!(outbox.push_deliver(1, &msg, Share::Copy));
@@ -244,7 +244,7 @@ async fn the_writer_reports_dropped_deliveries_before_the_next_batch() {
     }
     assert_eq!(outbox.dropped_total(), 3);
     let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let writer_task = tokio::spawn(write_loop(outbox.clone(), ByteStream(writer)));
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), ByteStream(writer), Default::default()));
     outbox.close();
     writer_task.await.unwrap();
     let mut all = Vec::new();

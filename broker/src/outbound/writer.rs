@@ -55,7 +55,11 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for ByteStream<W> {
 
 /// Drains `outbox` into `sink` until the outbox is closed and empty or the sink fails,
 /// then closes the sink.
-pub(crate) async fn write_loop<W: FrameSink>(outbox: std::sync::Arc<Outbox>, mut writer: W) {
+pub(crate) async fn write_loop<W: FrameSink>(
+    outbox: std::sync::Arc<Outbox>,
+    mut writer: W,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
     let mut batch = VecDeque::new();
     // Shared deliveries (and the slow-consumer notice) are encoded here.
     let mut out = BytesMut::new();
@@ -85,6 +89,7 @@ pub(crate) async fn write_loop<W: FrameSink>(outbox: std::sync::Arc<Outbox>, mut
         }
         let dropped = outbox.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
+            metrics.dropped(dropped);
             let _ = encode_frame(
                 &Frame::slow_consumer(dropped),
                 outbox.max_frame_size,

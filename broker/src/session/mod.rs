@@ -46,6 +46,7 @@ use crate::config::Config;
 use crate::consumer::Consumers;
 use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
+use crate::metrics::{AuthFailure, Metrics, Tally};
 use crate::outbound::{write_loop, Closed, DirectWrite, FrameSink, Outbox};
 use crate::presence::Presence;
 use crate::refusal::Refusal;
@@ -109,6 +110,8 @@ pub struct Shared {
     pub requests: Arc<Requests>,
     /// Who is in each room.
     pub presence: Arc<Presence>,
+    /// What the broker counts, for `/metrics`.
+    pub metrics: Arc<Metrics>,
     next_conn_id: AtomicU64,
 }
 
@@ -124,6 +127,7 @@ impl Shared {
         consumers: Consumers,
         auth: Auth,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let presence = Arc::new(Presence::new(
             config.presence_events_max,
@@ -140,7 +144,8 @@ impl Shared {
             consumers,
             auth,
             tasks,
-            requests: Arc::default(),
+            requests: Arc::new(Requests::new(metrics.clone())),
+            metrics,
             next_conn_id: AtomicU64::new(1),
         }
     }
@@ -194,7 +199,7 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         config.max_frame_size,
         direct,
     ));
-    let writer_task = tokio::spawn(write_loop(outbox.clone(), sink));
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), sink, shared.metrics.clone()));
     let mut session = Session {
         conn_id,
         shared: shared.clone(),
@@ -210,6 +215,7 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         lone: false,
         later: Flushes::default(),
         waiting: Arc::default(),
+        tally: Tally::default(),
     };
     tracing::debug!(conn_id, %peer, "connection opened");
     let _ = session.serve(source, &cancel).await;
@@ -279,6 +285,8 @@ struct Session {
     later: Flushes,
     /// This connection's requests waiting for a reply (see [`crate::request`]).
     waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Messages counted since the last flush, for the metrics.
+    tally: Tally,
 }
 
 impl Session {
@@ -290,6 +298,11 @@ impl Session {
 
     /// Answers request `req_id` (0: none) with `refusal`'s `Error`.
     async fn refuse(&self, req_id: u64, refusal: Refusal) -> Result<(), Closed> {
+        if let Refusal::PermissionDenied(_) = refusal {
+            self.shared
+                .metrics
+                .auth_failed(AuthFailure::PermissionDenied);
+        }
         self.send(refusal.frame(req_id)).await
     }
 
@@ -300,6 +313,7 @@ impl Session {
     fn flush(&mut self) {
         self.later.flush_all();
         self.outbox.flush();
+        self.shared.metrics.add(std::mem::take(&mut self.tally));
     }
 
     async fn serve<S: FrameSource>(
@@ -340,6 +354,13 @@ impl Session {
         match self.shared.auth.authenticate(&hello.auth_token) {
             Ok(identity) => self.set_identity(identity),
             Err(why) => {
+                self.shared
+                    .metrics
+                    .auth_failed(if hello.auth_token.is_empty() {
+                        AuthFailure::MissingToken
+                    } else {
+                        AuthFailure::InvalidToken
+                    });
                 tracing::info!(conn_id = self.conn_id, client = %hello.client_name, %why, "refused: invalid or missing token");
                 let msg = format!("{why}: this broker requires a valid token in Hello.auth_token");
                 return self.close_with(Refusal::Unauthorized(msg)).await;

@@ -84,6 +84,8 @@ impl Session {
                 Ok(m) => m,
                 Err(refusal) => return self.refuse(req_id, refusal).await,
             };
+        self.tally.messages_in += 1;
+        self.tally.bytes_in += message.payload.len() as u64;
         if !is_durable(&settings) {
             let fanout = self.shared.router.publish_cached(
                 &mut self.matches,
@@ -93,6 +95,8 @@ impl Session {
                 || rtc_proto::codec::encode_message_sized(&message, message_len),
                 &mut self.later,
             );
+            self.tally.messages_out += fanout.queued as u64;
+            self.tally.bytes_out += (fanout.queued * message_len) as u64;
             if fanout.backlogged {
                 // A subscriber's writer is behind this publisher (a client streaming
                 // publishes always has the next frame ready): let it run before its

@@ -60,8 +60,10 @@ impl Session {
             Ok((message, _)) => message,
             Err(refusal) => return self.refuse(req_id, refusal).await,
         };
+        self.shared.metrics.request_sent();
         let recipients = self.shared.router.recipients(&message.topic);
         if recipients.is_empty() {
+            self.shared.metrics.request_unanswered(false);
             let msg = format!("nothing subscribes to {:?}", message.topic);
             return self.refuse(req_id, Refusal::NoResponders(msg)).await;
         }
@@ -93,6 +95,7 @@ impl Session {
             }
         }
         if taken == 0 {
+            self.shared.metrics.request_unanswered(false);
             requests.cancel(id);
             let msg = format!(
                 "the subscribers of {:?} are too far behind to take a request",

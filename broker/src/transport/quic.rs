@@ -168,6 +168,10 @@ impl Listener for Quic {
 pub struct QuicIncoming(quinn::Incoming);
 
 impl Incoming for QuicIncoming {
+    fn transport(&self) -> &'static str {
+        "quic"
+    }
+
     type Source = ByteStreamSource<quinn::RecvStream>;
     type Sink = QuicSink;
 

@@ -95,6 +95,10 @@ pub struct TcpIncoming {
 }
 
 impl Incoming for TcpIncoming {
+    fn transport(&self) -> &'static str {
+        "tcp"
+    }
+
     type Source = ByteStreamSource<OwnedReadHalf>;
     type Sink = ByteStream<TcpWriter>;
 
@@ -184,6 +188,10 @@ pub struct TlsIncoming {
 }
 
 impl Incoming for TlsIncoming {
+    fn transport(&self) -> &'static str {
+        "tls"
+    }
+
     type Source = ByteStreamSource<ReadHalf<TlsStream<TcpStream>>>;
     type Sink = ByteStream<WriteHalf<TlsStream<TcpStream>>>;
 

@@ -188,6 +188,10 @@ pub struct WsIncoming {
 }
 
 impl Incoming for WsIncoming {
+    fn transport(&self) -> &'static str {
+        "ws"
+    }
+
     type Source = WsSource;
     type Sink = WsSink;
 

@@ -163,7 +163,7 @@ async fn without_a_direct_socket_a_flush_wakes_the_writer_task() {
     use tokio::io::AsyncReadExt;
     let outbox = Arc::new(Outbox::new(1 << 24, 1 << 20, 1 << 20));
     let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), crate::outbound::ByteStream(writer)));
+    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), crate::outbound::ByteStream(writer), Default::default()));
     let mut expected = BytesMut::new();
     push(&outbox, 0, 10, &mut expected);
     let mut later = Flushes::default();
@@ -208,7 +208,7 @@ async fn spare_chunks_left_by_direct_writes_are_released_once_idle() {
     let socket = FakeSocket::new(usize::MAX, usize::MAX);
     let outbox = outbox_on(&socket);
     let (writer, _reader) = tokio::io::duplex(1 << 16);
-    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), crate::outbound::ByteStream(writer)));
+    let writer_task = tokio::spawn(crate::outbound::write_loop(outbox.clone(), crate::outbound::ByteStream(writer), Default::default()));
     // The writer task waits with nothing to time: it holds no memory.
     tokio::task::yield_now().await;
     push(&outbox, 0, 10, &mut BytesMut::new());

@@ -1,0 +1,290 @@
+//! The broker's metrics, for Prometheus at `GET /metrics` (the gateway serves
+//! [`Metrics::render`]). One registry, names prefixed `rtc_`, text exposition format.
+//!
+//! Label sets are bounded: a transport (`tcp`, `tls`, `quic`, `ws`, `sse`, `poll`, or
+//! what an embedding program's listener calls itself), an auth-failure reason from a
+//! fixed list; never a topic or anything else a client invents.
+//!
+//! The hot path stays cheap: a session counts its messages in plain integers
+//! ([`Tally`]) and adds them to the shared counters once per read (one atomic add per
+//! counter per read, not per message); fan-out after a commit adds once per pass.
+//! Process figures (resident memory, open descriptors) are read from `/proc` when
+//! scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A connection's transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Transport {
+    pub transport: String,
+}
+
+/// Why authentication or authorization failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No token where one is required.
+    MissingToken,
+    /// A token that is not valid (unknown, bad signature, expired, not yet valid).
+    InvalidToken,
+    /// A valid identity without the permission for the topic.
+    PermissionDenied,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+/// Counts a session has not added to the shared counters yet.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+}
+
+/// Every metric of one broker.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections_open: Family<Transport, Gauge>,
+    connections_accepted: Family<Transport, Counter>,
+    messages_in: Counter,
+    bytes_in: Counter,
+    messages_out: Counter,
+    bytes_out: Counter,
+    dropped: Counter,
+    auth_failures: Family<Reason, Counter>,
+    requests: Counter,
+    requests_unanswered: Family<Reason, Counter>,
+    resident_memory: Gauge,
+    open_fds: Gauge,
+    /// Deliveries dropped for slow consumers, added by writers without a lock.
+    pending_dropped: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("rtc");
+        let m = Metrics {
+            connections_open: Family::default(),
+            connections_accepted: Family::default(),
+            messages_in: Counter::default(),
+            bytes_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_out: Counter::default(),
+            dropped: Counter::default(),
+            auth_failures: Family::default(),
+            requests: Counter::default(),
+            requests_unanswered: Family::default(),
+            resident_memory: Gauge::default(),
+            open_fds: Gauge::default(),
+            pending_dropped: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "connections_open",
+            "Connections being served, by transport",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Connections accepted since start, by transport",
+            m.connections_accepted.clone(),
+        );
+        r.register(
+            "messages_in",
+            "Messages published to the broker (every transport, HTTP included)",
+            m.messages_in.clone(),
+        );
+        r.register("bytes_in", "Payload bytes published", m.bytes_in.clone());
+        r.register(
+            "messages_out",
+            "Live deliveries queued for subscribers",
+            m.messages_out.clone(),
+        );
+        r.register(
+            "bytes_out",
+            "Encoded message bytes of the live deliveries queued",
+            m.bytes_out.clone(),
+        );
+        r.register(
+            "deliveries_dropped",
+            "Deliveries dropped because a subscriber's queue was full (slow consumers)",
+            m.dropped.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Refused tokens and permissions, by reason",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "requests",
+            "Requests (request-reply) sent",
+            m.requests.clone(),
+        );
+        r.register(
+            "requests_unanswered",
+            "Requests that got no reply, by reason (no_responders, timeout)",
+            m.requests_unanswered.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the broker process",
+            m.resident_memory.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Open file descriptors of the broker process",
+            m.open_fds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A connection over `transport` is being served (until [`Metrics::closed`]).
+    pub fn opened(&self, transport: &str) {
+        let label = Transport {
+            transport: transport.to_string(),
+        };
+        self.connections_accepted.get_or_create(&label).inc();
+        self.connections_open.get_or_create(&label).inc();
+    }
+
+    /// A connection over `transport` ended.
+    pub fn closed(&self, transport: &str) {
+        let label = Transport {
+            transport: transport.to_string(),
+        };
+        self.connections_open.get_or_create(&label).dec();
+    }
+
+    /// Adds what a session counted.
+    pub fn add(&self, t: Tally) {
+        let Tally {
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
+        } = t;
+        for (counter, n) in [
+            (&self.messages_in, messages_in),
+            (&self.bytes_in, bytes_in),
+            (&self.messages_out, messages_out),
+            (&self.bytes_out, bytes_out),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+    }
+
+    /// Deliveries a writer dropped for a slow consumer.
+    pub fn dropped(&self, n: u64) {
+        self.pending_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn auth_failed(&self, why: AuthFailure) {
+        let reason = match why {
+            AuthFailure::MissingToken => "missing_token",
+            AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::PermissionDenied => "permission_denied",
+        };
+        self.auth_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A request was sent to responders.
+    pub fn request_sent(&self) {
+        self.requests.inc();
+    }
+
+    /// A request got no reply: `no_responders` or `timeout`.
+    pub fn request_unanswered(&self, timeout: bool) {
+        let reason = if timeout { "timeout" } else { "no_responders" };
+        self.requests_unanswered
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// The text exposition of every metric, with the process figures read now.
+    pub fn render(&self) -> String {
+        let dropped = self.pending_dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            self.dropped.inc_by(dropped);
+        }
+        if let Some(rss) = resident_bytes() {
+            self.resident_memory.set(rss as i64);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's resident memory, from /proc (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_with_the_prefix_and_labels() {
+        let m = Metrics::new();
+        m.opened("tcp");
+        m.opened("ws");
+        m.closed("ws");
+        m.add(Tally {
+            messages_in: 3,
+            bytes_in: 30,
+            ..Tally::default()
+        });
+        m.dropped(2);
+        m.auth_failed(AuthFailure::InvalidToken);
+        let text = m.render();
+        for line in [
+            "rtc_connections_open{transport=\"tcp\"} 1",
+            "rtc_connections_open{transport=\"ws\"} 0",
+            "rtc_connections_accepted_total{transport=\"ws\"} 1",
+            "rtc_messages_in_total 3",
+            "rtc_bytes_in_total 30",
+            "rtc_deliveries_dropped_total 2",
+            "rtc_auth_failures_total{reason=\"invalid_token\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert!(
+            text.contains("rtc_process_resident_memory_bytes "),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
