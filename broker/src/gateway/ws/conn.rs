@@ -192,12 +192,14 @@ impl FrameSource for WsSource {
             if self.closed {
                 return Ok(false);
             }
-            // Room for the rest of a large message in one go; otherwise a buffer that
-            // grows while the peer streams (a partial frame is left behind a read) and
-            // stays small while it is quiet.
+            // Room for more of a large message, up to a streaming buffer at a time: the
+            // buffer grows with what arrives, not with what a header announces (a
+            // header alone must not make the broker allocate a whole frame). Otherwise
+            // a buffer that grows while the peer streams (a partial frame is left
+            // behind a read) and stays small while it is quiet.
             let wanted = self.reader.wanted(&self.buf);
             if wanted > 0 {
-                self.buf.reserve(wanted);
+                self.buf.reserve(wanted.min(STREAMING_READ_BUFFER));
             } else if !self.buf.is_empty() && self.buf.capacity() < STREAMING_READ_BUFFER / 2 {
                 self.buf.reserve(STREAMING_READ_BUFFER);
             }
