@@ -78,15 +78,8 @@ pub async fn run_reply(server: &crate::Server, args: ReplyArgs) -> anyhow::Resul
     eprintln!("replying on {}", args.topic);
     let mut answered = 0u64;
     while args.count.is_none_or(|n| answered < n) {
-        let next = tokio::select! {
-            m = sub.next() => m,
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let Some(request) = next else {
-            let reason = client
-                .closed_reason()
-                .unwrap_or_else(|| "unknown reason".into());
-            anyhow::bail!("connection closed: {reason}");
+        let Some(request) = crate::subscribe::next_or_stop(&client, &mut sub).await? else {
+            break;
         };
         if request.reply_to.is_empty() {
             continue;

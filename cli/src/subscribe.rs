@@ -53,6 +53,26 @@ pub struct SubArgs {
     presence: Option<String>,
 }
 
+/// The next message of `sub`; `None` on Ctrl-C; the reason when the connection closed.
+pub async fn next_or_stop(
+    client: &rtc_client::Client,
+    sub: &mut rtc_client::Subscription,
+) -> anyhow::Result<Option<rtc_client::Message>> {
+    let next = tokio::select! {
+        m = sub.next() => m,
+        _ = tokio::signal::ctrl_c() => return Ok(None),
+    };
+    match next {
+        Some(message) => Ok(Some(message)),
+        None => {
+            let reason = client
+                .closed_reason()
+                .unwrap_or_else(|| "unknown reason".into());
+            anyhow::bail!("connection closed: {reason}")
+        }
+    }
+}
+
 /// Runs `rtc-cli sub`.
 pub async fn run(server: &crate::Server, args: SubArgs) -> anyhow::Result<()> {
     let client = crate::connect(server).await?;
@@ -83,15 +103,8 @@ pub async fn run(server: &crate::Server, args: SubArgs) -> anyhow::Result<()> {
     eprintln!("subscribed to {}", args.pattern);
     let mut received = 0u64;
     while args.count.is_none_or(|n| received < n) {
-        let next = tokio::select! {
-            m = sub.next() => m,
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let Some(message) = next else {
-            let reason = client
-                .closed_reason()
-                .unwrap_or_else(|| "unknown reason".into());
-            anyhow::bail!("connection closed: {reason}");
+        let Some(message) = next_or_stop(&client, &mut sub).await? else {
+            break;
         };
         let mut out = std::io::stdout().lock();
         if args.json {
