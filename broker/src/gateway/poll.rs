@@ -5,7 +5,8 @@
 //! Each poll is a short session on a transport of its own, like an SSE stream (see
 //! [`super::stream`]): it subscribes from `after` (the `next` of the previous answer) or
 //! from `from`, and answers as soon as it has messages — the history after the position
-//! at once, or else the first live ones — or when `timeout` passes with none:
+//! at once (however short `timeout` is: it is the wait for live messages, after the
+//! history), or else the first live ones — or when `timeout` passes with none:
 //!
 //! `{"messages": [...], "gaps": [...], "errors": [...], "next": ID}`
 //!
@@ -86,13 +87,19 @@ pub(super) async fn poll(
     let mut gaps = Vec::new();
     let mut errors = Vec::new();
     let mut replaying = opened.replaying;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    // The history after the position is answered whatever the timeout (which is the
+    // wait for live messages): a replay always ends with its ReplayEnd, and this only
+    // bounds a replay that would take longer than any poll may wait.
+    let replay_deadline = started + MAX_TIMEOUT.max(timeout);
     let mut linger = None;
     loop {
         // History is answered whole once every pattern has caught up; a live message
         // after a short linger for the ones that come with it.
         let until = match linger {
             Some(l) => l,
+            None if replaying > 0 => replay_deadline,
             None => deadline,
         };
         let items = tokio::select! {
