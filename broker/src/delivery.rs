@@ -38,6 +38,9 @@ pub struct Origin {
     pub to: AnswerTo,
     /// Held until the answer is queued; bounds the appends in flight.
     pub permit: OwnedSemaphorePermit,
+    /// When the broker received the publish (the read that brought it), for the
+    /// publish latency metric.
+    pub received: tokio::time::Instant,
 }
 
 /// Where the answer to one append goes.
@@ -131,6 +134,7 @@ impl CommitSink<Origin> for Delivery {
                 origin,
             } = c;
             if let Some(origin) = origin {
+                self.metrics.publish_answered(origin.received.elapsed());
                 if let Some(outbox) = answer(origin, outcome) {
                     later.push(outbox);
                 }
@@ -142,7 +146,11 @@ impl CommitSink<Origin> for Delivery {
 
 /// Queues the answer to one append; returns the outbox if it must then be flushed.
 fn answer(origin: Origin, outcome: Outcome) -> Option<Arc<Outbox>> {
-    let Origin { to, permit } = origin;
+    let Origin {
+        to,
+        permit,
+        received: _,
+    } = origin;
     let (req_id, due) = match to {
         AnswerTo::Queue { req_id, due } => (req_id, due),
         AnswerTo::Reply(reply) => {

@@ -17,6 +17,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// A connection's transport.
@@ -66,6 +67,7 @@ pub struct Metrics {
     requests_unanswered: Family<Reason, Counter>,
     resident_memory: Gauge,
     open_fds: Gauge,
+    publish_latency: Histogram,
     /// Deliveries dropped for slow consumers, added by writers without a lock.
     pending_dropped: AtomicU64,
 }
@@ -93,6 +95,10 @@ impl Metrics {
             requests_unanswered: Family::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
+            // 50 µs to ~3.3 s, doubling.
+            publish_latency: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 17),
+            ),
             pending_dropped: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -142,6 +148,11 @@ impl Metrics {
             "requests_unanswered",
             "Requests that got no reply, by reason (no_responders, timeout)",
             m.requests_unanswered.clone(),
+        );
+        r.register(
+            "publish_latency_seconds",
+            "Durable publishes, from the read that brought them to their answer (stored per the fsync policy, or refused)",
+            m.publish_latency.clone(),
         );
         r.register(
             "process_resident_memory_bytes",
@@ -205,6 +216,11 @@ impl Metrics {
             AuthFailure::PermissionDenied => "permission_denied",
         };
         self.auth_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A durable publish was answered `elapsed` after it was received.
+    pub fn publish_answered(&self, elapsed: std::time::Duration) {
+        self.publish_latency.observe(elapsed.as_secs_f64());
     }
 
     /// A request was sent to responders.

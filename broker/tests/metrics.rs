@@ -81,6 +81,12 @@ async fn counters_move_when_clients_do() {
     assert_eq!(moved("rtc_bytes_in_total"), 40.0);
     assert_eq!(moved("rtc_messages_out_total"), 5.0);
     assert!(moved("rtc_bytes_out_total") >= 40.0);
+    assert_eq!(moved("rtc_publish_latency_seconds_count"), 5.0);
+    assert!(moved("rtc_publish_latency_seconds_sum") > 0.0);
+    assert_eq!(
+        moved("rtc_publish_latency_seconds_bucket{le=\"+Inf\"}"),
+        5.0
+    );
     assert_eq!(moved("rtc_requests_total"), 1.0);
     assert_eq!(
         moved("rtc_requests_unanswered_total{reason=\"no_responders\"}"),

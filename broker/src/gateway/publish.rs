@@ -253,6 +253,7 @@ async fn start(g: &Gateway, identity: &Identity, topic: String, contents: Conten
     let permit = shared.delivery.permit().await;
     let (tx, rx) = oneshot::channel();
     let origin = Origin {
+        received: tokio::time::Instant::now(),
         to: AnswerTo::Reply(tx),
         permit,
     };

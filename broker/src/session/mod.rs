@@ -212,6 +212,7 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         known_topics: TopicCache::default(),
         matches: MatchCache::default(),
         read_ms: now_ms(),
+        read_at: Instant::now(),
         lone: false,
         later: Flushes::default(),
         waiting: Arc::default(),
@@ -275,6 +276,8 @@ struct Session {
     /// epoch): the timestamp of the messages published in them. Read from the clock once
     /// per read, not per message.
     read_ms: i64,
+    /// The same moment as an `Instant`, for the publish latency metric.
+    read_at: Instant,
     /// The frame being handled is the only one its read brought, with nothing after it
     /// in the buffer: a lone publish may be stored inline (see
     /// [`crate::engine::Appender::append`]); one of a stream goes to the storage
@@ -385,6 +388,7 @@ impl Session {
         // once per frame. Silence is counted in heartbeat ticks, not by reading the
         // clock (see rtc_proto::silence).
         self.read_ms = now_ms();
+        self.read_at = Instant::now();
         let interval = config.heartbeat_interval;
         let mut silence = Silence::default();
         // The Hello just arrived: the first interval is not a silent one.
@@ -435,6 +439,7 @@ impl Session {
                 Ok(true) => {
                     silence.heard();
                     self.read_ms = now_ms();
+                    self.read_at = Instant::now();
                 }
                 // The client closed, or the connection broke.
                 Ok(false) | Err(_) => return Ok(()),

@@ -73,6 +73,7 @@ impl Session {
             tokio::time::sleep(wait).await;
             // Accepted after the wait, not when read.
             self.read_ms = now_ms();
+            self.read_at = tokio::time::Instant::now();
         }
         let contents = publish::Contents {
             payload,
@@ -126,6 +127,7 @@ impl Session {
             }
         };
         let origin = Origin {
+            received: self.read_at,
             to: AnswerTo::Queue {
                 req_id,
                 due: self.outbox.answer_due(),
