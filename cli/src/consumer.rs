@@ -1,5 +1,6 @@
-//! `rtc-cli consumer ls TOPIC` and `rtc-cli consumer info TOPIC NAME`: the durable
-//! consumers of a topic, with ack floor, pending, redelivered and dead-lettered counts.
+//! `rtc-cli consumer ls TOPIC` and `rtc-cli consumer info TOPIC NAME` (`--json` for
+//! one JSON object per consumer): the durable consumers of a topic, with ack floor,
+//! pending, redelivered and dead-lettered counts.
 
 use std::io::Write;
 
@@ -11,6 +12,9 @@ use rtc_client::ConsumerInfo;
 pub struct ConsumerArgs {
     #[command(subcommand)]
     command: ConsumerCommand,
+    /// One JSON object per consumer instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,39 +40,58 @@ pub async fn run(server: &crate::Server, args: ConsumerArgs) -> anyhow::Result<(
     match args.command {
         ConsumerCommand::Ls { topic } => {
             let consumers = client.list_consumers(&topic).await?;
-            writeln!(
-                out,
-                "{:<24} {:>10} {:>10} {:>8} {:>11} {:>13} {:>7}",
-                "NAME",
-                "ACK_FLOOR",
-                "NEXT_SEQ",
-                "PENDING",
-                "REDELIVERED",
-                "DEAD_LETTERED",
-                "MEMBERS"
-            )?;
-            for c in &consumers {
-                writeln!(
-                    out,
-                    "{:<24} {:>10} {:>10} {:>8} {:>11} {:>13} {:>7}",
-                    c.name,
-                    c.ack_floor,
-                    c.next_seq,
-                    c.pending,
-                    c.redelivered,
-                    c.dead_lettered,
-                    c.members
-                )?;
+            if args.json {
+                for c in &consumers {
+                    writeln!(out, "{}", json(c))?;
+                }
+            } else {
+                table(&mut out, &consumers)?;
             }
         }
         ConsumerCommand::Info { topic, name } => {
             let c = client.consumer_info(&topic, &name).await?;
-            write_info(&mut out, &c)?;
+            if args.json {
+                writeln!(out, "{}", json(&c))?;
+            } else {
+                write_info(&mut out, &c)?;
+            }
         }
     }
     drop(out);
     client.close().await;
     Ok(())
+}
+
+/// The consumers as a table.
+fn table(out: &mut impl Write, consumers: &[ConsumerInfo]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>8} {:>11} {:>13} {:>7}",
+        "NAME", "ACK_FLOOR", "NEXT_SEQ", "PENDING", "REDELIVERED", "DEAD_LETTERED", "MEMBERS"
+    )?;
+    for c in consumers {
+        writeln!(
+            out,
+            "{:<24} {:>10} {:>10} {:>8} {:>11} {:>13} {:>7}",
+            c.name, c.ack_floor, c.next_seq, c.pending, c.redelivered, c.dead_lettered, c.members
+        )?;
+    }
+    Ok(())
+}
+
+/// A consumer as JSON, with the fields of its table.
+fn json(c: &ConsumerInfo) -> serde_json::Value {
+    serde_json::json!({
+        "topic": c.topic,
+        "name": c.name,
+        "ack_floor": c.ack_floor,
+        "next_seq": c.next_seq,
+        "pending": c.pending,
+        "redelivered": c.redelivered,
+        "dead_lettered": c.dead_lettered,
+        "members": c.members,
+        "dead_letter_topic": c.dead_letter_topic,
+    })
 }
 
 fn write_info(out: &mut impl Write, c: &ConsumerInfo) -> std::io::Result<()> {

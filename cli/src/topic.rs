@@ -1,5 +1,6 @@
-//! `rtc-cli topic create|ls|info`: create a topic (or change its retention), list the
-//! topics with what their logs hold, describe one.
+//! `rtc-cli topic create|ls|info [--json]`: create a topic (or change its retention),
+//! list the topics with what their logs hold, describe one. With `--json`, one JSON
+//! object per topic (per line for `ls`), with the same fields; durations in ms.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,6 +13,9 @@ use rtc_client::{TopicConfig, TopicInfo};
 pub struct TopicArgs {
     #[command(subcommand)]
     command: TopicCommand,
+    /// One JSON object per topic instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,26 +70,16 @@ pub async fn run(server: &crate::Server, args: TopicArgs) -> anyhow::Result<()> 
                 datagram: a.datagram,
             };
             let info = client.create_topic(&a.name, &config).await?;
-            write_info(&mut out, &info)?;
+            write_info(&mut out, &info, args.json)?;
         }
         TopicCommand::Ls => {
             let (topics, truncated) = client.list_topics().await?;
-            writeln!(
-                out,
-                "{:<40} {:<9} {:>10} {:>10} {:>10} {:>12}",
-                "NAME", "STORAGE", "FIRST", "LAST", "MESSAGES", "BYTES"
-            )?;
-            for t in &topics {
-                writeln!(
-                    out,
-                    "{:<40} {:<9} {:>10} {:>10} {:>10} {:>12}",
-                    t.name,
-                    storage(&t.config),
-                    t.first_seq,
-                    t.last_seq,
-                    t.messages,
-                    t.bytes
-                )?;
+            if args.json {
+                for t in &topics {
+                    writeln!(out, "{}", json(t))?;
+                }
+            } else {
+                table(&mut out, &topics)?;
             }
             if truncated {
                 eprintln!("(list cut short: more topics than fit in one answer)");
@@ -93,12 +87,52 @@ pub async fn run(server: &crate::Server, args: TopicArgs) -> anyhow::Result<()> 
         }
         TopicCommand::Info { name } => {
             let info = client.topic_info(&name).await?;
-            write_info(&mut out, &info)?;
+            write_info(&mut out, &info, args.json)?;
         }
     }
     drop(out);
     client.close().await;
     Ok(())
+}
+
+/// The topics as a table.
+fn table(out: &mut impl Write, topics: &[TopicInfo]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<40} {:<9} {:>10} {:>10} {:>10} {:>12}",
+        "NAME", "STORAGE", "FIRST", "LAST", "MESSAGES", "BYTES"
+    )?;
+    for t in topics {
+        writeln!(
+            out,
+            "{:<40} {:<9} {:>10} {:>10} {:>10} {:>12}",
+            t.name,
+            storage(&t.config),
+            t.first_seq,
+            t.last_seq,
+            t.messages,
+            t.bytes
+        )?;
+    }
+    Ok(())
+}
+
+/// A topic as JSON: its info and settings, durations in ms (null for none).
+fn json(t: &TopicInfo) -> serde_json::Value {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    serde_json::json!({
+        "name": t.name,
+        "storage": storage(&t.config),
+        "first_seq": t.first_seq,
+        "last_seq": t.last_seq,
+        "messages": t.messages,
+        "bytes": t.bytes,
+        "max_age_ms": ms(t.config.max_age),
+        "max_msgs": t.config.max_msgs,
+        "max_bytes": t.config.max_bytes,
+        "dedup_window_ms": ms(t.config.dedup_window),
+        "datagram": t.config.datagram,
+    })
 }
 
 fn storage(c: &TopicConfig) -> &'static str {
@@ -120,7 +154,10 @@ fn duration(v: Option<Duration>) -> String {
     )
 }
 
-fn write_info(out: &mut impl Write, t: &TopicInfo) -> std::io::Result<()> {
+fn write_info(out: &mut impl Write, t: &TopicInfo, as_json: bool) -> std::io::Result<()> {
+    if as_json {
+        return writeln!(out, "{}", json(t));
+    }
     writeln!(out, "name:         {}", t.name)?;
     writeln!(out, "storage:      {}", storage(&t.config))?;
     writeln!(out, "first seq:    {}", t.first_seq)?;

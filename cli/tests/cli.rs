@@ -284,6 +284,24 @@ fn topic_create_ls_and_info() {
         info.contains("last seq:     2") && info.contains("messages:     2"),
         "{info}"
     );
+    // The same as JSON, one object per topic.
+    let ls = stdout_of(&run(&mut cli(&url, &["topic", "ls", "--json"])));
+    let topics: Vec<serde_json::Value> = ls
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(topics.len(), 2);
+    assert_eq!(
+        (
+            &topics[1]["name"],
+            &topics[1]["storage"],
+            &topics[1]["last_seq"]
+        ),
+        (&"orders".into(), &"durable".into(), &2.into())
+    );
+    let info = stdout_of(&run(&mut cli(&url, &["topic", "info", "orders", "--json"])));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["messages"], 2);
     let missing = run(&mut cli(&url, &["topic", "info", "nope"]));
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
@@ -310,6 +328,18 @@ fn durable_sub_with_ack_resumes_where_it_left_off_and_consumer_commands_show_it(
     let ls = stdout_of(&run(&mut cli(&url, &["consumer", "ls", "jobs"])));
     let row: Vec<&str> = ls.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[..4], ["w", "4", "6", "1"]);
+    let ls = stdout_of(&run(&mut cli(&url, &["consumer", "ls", "jobs", "--json"])));
+    let c: serde_json::Value = serde_json::from_str(ls.trim()).unwrap();
+    assert_eq!(
+        (&c["name"], &c["ack_floor"], &c["pending"]),
+        (&"w".into(), &4.into(), &1.into())
+    );
+    let info = stdout_of(&run(&mut cli(
+        &url,
+        &["consumer", "info", "jobs", "w", "--json"],
+    )));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["dead_letter_topic"], "$dlq.jobs.w");
     assert_eq!(
         stdout_of(&run(&mut cli(
             &url,
