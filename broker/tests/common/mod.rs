@@ -106,19 +106,7 @@ pub fn jwt_config(secret: &str) -> rtc_broker::auth::jwt::JwtConfig {
 impl RawConn {
     /// Connects and completes the handshake with `token`.
     pub async fn login(addr: SocketAddr, token: &str) -> RawConn {
-        let mut c = Self::connect(addr).await;
-        c.send(Frame::from_op(Op::Hello(v1::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: "raw-test".into(),
-            auth_token: token.into(),
-        })))
-        .await;
-        match c.recv().await {
-            Some(Frame {
-                op: Some(Op::Welcome(_)),
-            }) => c,
-            other => panic!("expected Welcome, got {other:?}"),
-        }
+        Self::connect(addr).await.handshake_with(token).await
     }
 
     /// Connects without sending anything.
@@ -143,12 +131,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
     }
 
     /// Sends `Hello` and expects `Welcome`.
-    pub async fn handshake(mut self) -> RawConn<S> {
+    pub async fn handshake(self) -> RawConn<S> {
+        self.handshake_with("").await
+    }
+
+    /// Sends `Hello` with `token` and expects `Welcome`.
+    pub async fn handshake_with(mut self, token: &str) -> RawConn<S> {
         let c = &mut self;
         c.send(Frame::from_op(Op::Hello(v1::Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: "raw-test".into(),
-            auth_token: String::new(),
+            auth_token: token.into(),
         })))
         .await;
         match c.recv().await {
