@@ -121,9 +121,7 @@ async fn a_page_in_chromium_uses_sse_websocket_and_fetch() {
     let url = format!("{origin}/?broker={}", g.http);
     let (mut chrome, _profile) = open_page(&browser, &url);
 
-    let report = tokio::time::timeout(PAGE_WAIT, results.expect_deliver())
-        .await
-        .expect("the page reports within the wait");
+    let report = results.expect_deliver_within(PAGE_WAIT).await;
     let _ = chrome.kill().await;
     let report: serde_json::Value = serde_json::from_slice(&report.2).unwrap();
     println!("the page saw: {report}");
@@ -159,9 +157,7 @@ async fn the_example_chat_joins_a_room_and_sends_a_message() {
         g.http
     );
     let (mut chrome, _profile) = open_page(&browser, &url);
-    let (_, topic, payload) = tokio::time::timeout(PAGE_WAIT, room.expect_deliver())
-        .await
-        .expect("the page's message within the wait");
+    let (_, topic, payload) = room.expect_deliver_within(PAGE_WAIT).await;
     let _ = chrome.kill().await;
     assert_eq!(topic, "chat.lobby");
     let message: serde_json::Value = serde_json::from_slice(&payload).unwrap();
@@ -197,9 +193,7 @@ async fn two_pages_signal_through_inboxes_and_open_a_data_channel() {
     }
     let mut reports = std::collections::BTreeMap::new();
     while reports.len() < 2 {
-        let (_, _, payload) = tokio::time::timeout(PAGE_WAIT, results.expect_deliver())
-            .await
-            .expect("both pages report within the wait");
+        let (_, _, payload) = results.expect_deliver_within(PAGE_WAIT).await;
         let report: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         println!("a page saw: {report}");
         assert!(report.get("error").is_none(), "{report}");

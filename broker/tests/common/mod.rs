@@ -167,12 +167,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
     /// The next frame; `None` when the broker closed the connection. Fails the test after
     /// [`WAIT`].
     pub async fn recv(&mut self) -> Option<Frame> {
-        match tokio::time::timeout(WAIT, self.framed.next()).await {
+        match self.recv_within(WAIT).await {
             Err(_) => panic!("no frame within {WAIT:?}"),
-            Ok(None) => None,
-            Ok(Some(Err(e))) if is_reset(&e) => None,
-            Ok(Some(r)) => Some(r.expect("decodable frame from the broker")),
+            Ok(f) => f,
         }
+    }
+
+    /// The next frame within `wait` (`Err` when none came); `Ok(None)` when the broker
+    /// closed the connection.
+    pub async fn recv_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Frame>, tokio::time::error::Elapsed> {
+        Ok(
+            match tokio::time::timeout(wait, self.framed.next()).await? {
+                None => None,
+                Some(Err(e)) if is_reset(&e) => None,
+                Some(r) => Some(r.expect("decodable frame from the broker")),
+            },
+        )
+    }
+
+    /// The next Deliver within `wait`, however long, as (sub_id, topic, payload). The
+    /// connection pings while it waits, so the broker's heartbeat keeps it open; the
+    /// Pongs are skipped.
+    pub async fn expect_deliver_within(&mut self, wait: Duration) -> (u64, String, Bytes) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut nonce = 0;
+        while tokio::time::Instant::now() < deadline {
+            match self.recv_within(Duration::from_secs(2)).await {
+                Err(_) => {
+                    nonce += 1;
+                    self.send(Frame::from_op(Op::Ping(v1::Ping { nonce })))
+                        .await;
+                }
+                Ok(Some(Frame {
+                    op: Some(Op::Pong(_)),
+                })) => {}
+                Ok(Some(Frame {
+                    op: Some(Op::Deliver(d)),
+                })) => {
+                    let m = d.message.expect("Deliver has a message");
+                    return (d.sub_id, m.topic, m.payload);
+                }
+                other => panic!("expected Deliver, got {other:?}"),
+            }
+        }
+        panic!("no Deliver within {wait:?}")
     }
 
     pub async fn expect_error(&mut self, code: ErrorCode) -> v1::Error {
