@@ -113,7 +113,7 @@ impl Acceptor {
             let limit = shared.config.handshake_timeout;
             let max_frame_size = shared.config.max_frame_size;
             match tokio::time::timeout(limit, incoming.open(max_frame_size)).await {
-                Ok(Ok(conn)) => session::run(shared.clone(), conn, cancel).await,
+                Ok(Ok(conn)) => session::run(shared.clone(), conn, transport, cancel).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "transport handshake failed"),
                 Err(_) => tracing::debug!(%peer, "transport handshake timed out"),
             }

@@ -157,6 +157,9 @@ pub struct TopicView {
     pub settings: TopicSettings,
     /// Counters as of the last committed pass.
     pub stats: TopicStats,
+    /// The incarnation of its log (`Message.epoch`): an engine gives a topic created
+    /// again after a delete another one. 0 for an ephemeral topic.
+    pub epoch: u64,
 }
 
 impl TopicView {
@@ -175,6 +178,7 @@ impl TopicView {
             last_seq: self.stats.last_seq,
             messages: self.stats.messages,
             bytes: self.stats.bytes,
+            epoch: self.epoch,
         }
     }
 }
@@ -259,6 +263,22 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'static, Result<TopicView, Refusal>>;
     /// Creates topic `name` with its configured settings unless it exists.
     fn ensure_topic(&self, name: String) -> BoxFuture<'static, Result<TopicView, Refusal>>;
+    /// Deletes topic `name` with its log, dedup entries and stored consumers (the caller
+    /// stops the consumers first). Answered once that is on disk. A topic created again
+    /// under the name gets another epoch. `NOT_FOUND` if it does not exist.
+    fn delete_topic(&self, name: String) -> BoxFuture<'static, Result<(), Refusal>>;
+    /// Removes topic `name`'s stored messages but the newest `keep`; its dedup window
+    /// and its seq numbers stay (the next message is still `last_seq + 1`). Answered with
+    /// the topic as it is after.
+    fn purge_topic(&self, name: String, keep: u64)
+        -> BoxFuture<'static, Result<TopicView, Refusal>>;
+    /// Removes durable consumer `name`'s stored state on `topic` (its actor is stopped
+    /// first).
+    fn delete_consumer(
+        &self,
+        topic: String,
+        name: String,
+    ) -> BoxFuture<'static, Result<(), Refusal>>;
     /// Stores a message on behalf of the broker itself (a dead letter); its seq. It is
     /// fanned out like any other, with no origin.
     fn append_internal(

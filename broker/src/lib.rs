@@ -53,6 +53,7 @@ mod accept;
 pub mod auth;
 mod clock;
 pub mod config;
+mod connections;
 mod consumer;
 mod delivery;
 pub mod error;

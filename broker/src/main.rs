@@ -101,6 +101,9 @@ enum Command {
         /// A topic pattern the holder may subscribe to (repeat for more).
         #[arg(long, value_name = "PATTERN")]
         subscribe: Vec<String>,
+        /// The holder may use the admin API and delete topics and consumers.
+        #[arg(long)]
+        admin: bool,
         /// How long the token is valid, e.g. 1h or 15m.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
@@ -120,9 +123,10 @@ fn main() -> ExitCode {
             sub,
             publish,
             subscribe,
+            admin,
             ttl,
         }) => {
-            return match mint_token(&args, sub, publish, subscribe, *ttl) {
+            return match mint_token(&args, sub, publish, subscribe, *admin, *ttl) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS
@@ -150,6 +154,7 @@ fn mint_token(
     sub: &str,
     publish: &[String],
     subscribe: &[String],
+    admin: bool,
     ttl: std::time::Duration,
 ) -> anyhow::Result<String> {
     use rtc_broker::auth::jwt;
@@ -167,6 +172,7 @@ fn mint_token(
         nbf: None,
         publish: publish.to_vec(),
         subscribe: subscribe.to_vec(),
+        admin,
     };
     jwt::mint_hs256(secret, &claims).map_err(anyhow::Error::msg)
 }

@@ -18,8 +18,9 @@ use crate::config::Config;
 use crate::engine::{Append, Log};
 use crate::refusal::Refusal;
 
-/// Bytes the broker may add to a message when it stores it (the seq field at most).
-const STORED_OVERHEAD: usize = 11;
+/// Bytes the broker may add to a message when it stores it: the seq field (at most 11)
+/// and the epoch field (a `u32` topic id in the local engine, at most 6; 11 allowed).
+const STORED_OVERHEAD: usize = 22;
 
 /// Whether `identity` may publish to `topic`, and the topic's settings if so.
 pub fn check_topic(
@@ -94,6 +95,7 @@ pub fn message(
         msg_id,
         delivery_count: 1,
         reply_to: String::new(),
+        epoch: 0,
     };
     // The Deliver built from this publish must fit the frame limit the broker announces.
     let message_len = prost::Message::encoded_len(&message);
@@ -119,6 +121,8 @@ pub fn append<O>(message: v1::Message, origin: O) -> Append<O> {
         delivery_count: _,
         // Set only on requests, which are never stored.
         reply_to: _,
+        // The engine's.
+        epoch: _,
     } = message;
     Append {
         topic,

@@ -78,6 +78,12 @@ pub enum Refusal {
     /// No reply came within a request's timeout (`TIMEOUT`).
     #[error("{0}")]
     Timeout(String),
+    /// A position's epoch is not its topic's (`UNRECOVERABLE_POSITION`).
+    #[error("{0}")]
+    UnrecoverablePosition(String),
+    /// An operator disconnected the connection (`DISCONNECTED`).
+    #[error("{0}")]
+    Disconnected(String),
 }
 
 impl Refusal {
@@ -107,6 +113,8 @@ impl Refusal {
             Refusal::HeartbeatTimeout(_) => ErrorCode::HeartbeatTimeout,
             Refusal::NoResponders(_) => ErrorCode::NoResponders,
             Refusal::Timeout(_) => ErrorCode::Timeout,
+            Refusal::UnrecoverablePosition(_) => ErrorCode::UnrecoverablePosition,
+            Refusal::Disconnected(_) => ErrorCode::Disconnected,
         }
     }
 

@@ -17,12 +17,14 @@ fn users() -> Vec<UserConfig> {
             token_hash: hash_token("billing-token"),
             publish: vec!["orders.>".into()],
             subscribe: vec!["orders.*".into()],
+            admin: false,
         },
         UserConfig {
             name: "admin".into(),
             token_hash: hash_token("admin-token"),
             publish: vec![">".into()],
             subscribe: vec![">".into()],
+            admin: false,
         },
     ]
 }

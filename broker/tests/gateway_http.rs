@@ -150,6 +150,7 @@ async fn tokens_and_permissions_apply_to_http_publish() {
             token_hash: hash_token("shop-token"),
             publish: vec!["orders.>".into()],
             subscribe: vec![],
+            admin: false,
         }]
     })
     .await;

@@ -292,6 +292,7 @@ async fn refusals_come_before_the_stream_with_a_status() {
             token_hash: hash_token("view-token"),
             publish: vec![],
             subscribe: vec!["news.>".into()],
+            admin: false,
         }]
     })
     .await;

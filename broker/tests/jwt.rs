@@ -45,6 +45,7 @@ fn token_for(sub: &str, ttl_s: i64, publish: &[&str]) -> String {
         nbf: None,
         publish: publish.iter().map(|p| p.to_string()).collect(),
         subscribe: vec!["chat.>".into()],
+        admin: false,
     };
     mint_hs256(SECRET, &claims).unwrap()
 }

@@ -1,6 +1,7 @@
 //! `rtc-cli consumer ls TOPIC` and `rtc-cli consumer info TOPIC NAME` (`--json` for
 //! one JSON object per consumer): the durable consumers of a topic, with ack floor,
-//! pending, redelivered and dead-lettered counts.
+//! pending, redelivered and dead-lettered counts. `rtc-cli consumer rm TOPIC NAME`
+//! deletes one.
 
 use std::io::Write;
 
@@ -31,6 +32,14 @@ enum ConsumerCommand {
         /// Consumer name.
         name: String,
     },
+    /// Delete a durable consumer and its state (needs an admin token); its members'
+    /// subscriptions end.
+    Rm {
+        /// Topic name.
+        topic: String,
+        /// Consumer name.
+        name: String,
+    },
 }
 
 /// Runs `rtc-cli consumer ...`.
@@ -54,6 +63,15 @@ pub async fn run(server: &crate::Server, args: ConsumerArgs) -> anyhow::Result<(
                 writeln!(out, "{}", json(&c))?;
             } else {
                 write_info(&mut out, &c)?;
+            }
+        }
+        ConsumerCommand::Rm { topic, name } => {
+            client.delete_consumer(&topic, &name).await?;
+            if args.json {
+                let v = serde_json::json!({ "deleted": { "topic": topic, "name": name } });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "deleted consumer {name} of {topic}")?;
             }
         }
     }

@@ -1,7 +1,7 @@
 //! How `rtc-cli sub --json` prints a message: one JSON object per line with `topic`,
 //! `payload` (when the payload is valid UTF-8) or `payload_base64` (when it is not),
-//! `headers`, `seq`, `timestamp` (RFC 3339), `timestamp_ms`, `msg_id` and
-//! `delivery_count`.
+//! `headers`, `seq`, `epoch` (the incarnation of the topic's log), `timestamp` (RFC 3339),
+//! `timestamp_ms`, `msg_id` and `delivery_count`.
 
 use base64::Engine;
 use rtc_client::Message;
@@ -20,6 +20,7 @@ pub fn json(m: &Message) -> Value {
     };
     obj.insert("headers".into(), json!(m.headers));
     obj.insert("seq".into(), json!(m.seq));
+    obj.insert("epoch".into(), json!(m.epoch));
     let time =
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.timestamp_ms.max(0) as u64);
     obj.insert(
@@ -52,6 +53,7 @@ mod tests {
             msg_id: "id".into(),
             delivery_count: 1,
             reply_to: String::new(),
+            epoch: 2,
         }
     }
 

@@ -98,6 +98,7 @@ pub async fn run(server: &crate::Server, args: SubArgs) -> anyhow::Result<()> {
             info,
             events: false,
         }),
+        epoch: None,
     };
     let mut sub = client.subscribe_with(&args.pattern, options).await?;
     eprintln!("subscribed to {}", args.pattern);

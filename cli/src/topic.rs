@@ -1,6 +1,7 @@
-//! `rtc-cli topic create|ls|info [--json]`: create a topic (or change its retention),
-//! list the topics with what their logs hold, describe one. With `--json`, one JSON
-//! object per topic (per line for `ls`), with the same fields; durations in ms.
+//! `rtc-cli topic create|ls|info|rm|purge [--json]`: create a topic (or change its
+//! retention), list the topics with what their logs hold, describe one, delete one,
+//! remove its messages. With `--json`, one JSON object per topic (per line for `ls`),
+//! with the same fields; durations in ms.
 
 use std::io::Write;
 use std::time::Duration;
@@ -28,6 +29,21 @@ enum TopicCommand {
     Info {
         /// Topic name.
         name: String,
+    },
+    /// Delete a topic: its messages, dedup entries and durable consumers (needs an
+    /// admin token). Its subscribers are told; the name can be used again.
+    Rm {
+        /// Topic name.
+        name: String,
+    },
+    /// Remove a topic's stored messages, all or all but the newest N (needs an admin
+    /// token). Seqs are not reused.
+    Purge {
+        /// Topic name.
+        name: String,
+        /// Keep the newest N messages.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep: u64,
     },
 }
 
@@ -89,6 +105,18 @@ pub async fn run(server: &crate::Server, args: TopicArgs) -> anyhow::Result<()> 
             let info = client.topic_info(&name).await?;
             write_info(&mut out, &info, args.json)?;
         }
+        TopicCommand::Rm { name } => {
+            client.delete_topic(&name).await?;
+            if args.json {
+                writeln!(out, "{}", serde_json::json!({ "deleted": name }))?;
+            } else {
+                writeln!(out, "deleted topic {name}")?;
+            }
+        }
+        TopicCommand::Purge { name, keep } => {
+            let info = client.purge_topic(&name, keep).await?;
+            write_info(&mut out, &info, args.json)?;
+        }
     }
     drop(out);
     client.close().await;
@@ -127,6 +155,7 @@ fn json(t: &TopicInfo) -> serde_json::Value {
         "last_seq": t.last_seq,
         "messages": t.messages,
         "bytes": t.bytes,
+        "epoch": t.epoch,
         "max_age_ms": ms(t.config.max_age),
         "max_msgs": t.config.max_msgs,
         "max_bytes": t.config.max_bytes,
@@ -164,6 +193,7 @@ fn write_info(out: &mut impl Write, t: &TopicInfo, as_json: bool) -> std::io::Re
     writeln!(out, "last seq:     {}", t.last_seq)?;
     writeln!(out, "messages:     {}", t.messages)?;
     writeln!(out, "bytes:        {}", t.bytes)?;
+    writeln!(out, "epoch:        {}", t.epoch)?;
     writeln!(out, "max age:      {}", duration(t.config.max_age))?;
     writeln!(out, "max msgs:     {}", limit(t.config.max_msgs))?;
     writeln!(out, "max bytes:    {}", limit(t.config.max_bytes))?;

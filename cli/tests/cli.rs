@@ -308,6 +308,60 @@ fn topic_create_ls_and_info() {
 }
 
 #[test]
+fn topic_purge_rm_and_consumer_rm() {
+    let dir = temp_dir();
+    let b = broker(dir.path());
+    let url = b.url();
+    for i in 1..=5 {
+        stdout_of(&run(&mut cli(&url, &["pub", "old", &format!("m{i}")])));
+    }
+    let purged = stdout_of(&run(&mut cli(
+        &url,
+        &["topic", "purge", "old", "--keep", "2", "--json"],
+    )));
+    let purged: serde_json::Value = serde_json::from_str(&purged).unwrap();
+    assert_eq!(
+        (&purged["first_seq"], &purged["messages"]),
+        (&4.into(), &2.into())
+    );
+    let args = ["sub", "old", "--durable", "w", "--ack", "--count", "1"];
+    assert_eq!(
+        stdout_of(&run(&mut cli(&url, &args))),
+        "m4
+"
+    );
+    let rm = stdout_of(&run(&mut cli(&url, &["consumer", "rm", "old", "w"])));
+    assert_eq!(
+        rm,
+        "deleted consumer w of old
+"
+    );
+    let info = run(&mut cli(&url, &["consumer", "info", "old", "w"]));
+    assert!(String::from_utf8_lossy(&info.stderr).contains("NOT_FOUND"));
+    let epoch = |url: &str| {
+        let info = stdout_of(&run(&mut cli(url, &["topic", "info", "old", "--json"])));
+        serde_json::from_str::<serde_json::Value>(&info).unwrap()["epoch"].clone()
+    };
+    let before = epoch(&url);
+    assert_eq!(
+        stdout_of(&run(&mut cli(&url, &["topic", "rm", "old"]))),
+        "deleted topic old
+"
+    );
+    let missing = run(&mut cli(&url, &["topic", "info", "old"]));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
+    let again = run(&mut cli(&url, &["topic", "rm", "old"]));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("NOT_FOUND"));
+    assert_eq!(
+        stdout_of(&run(&mut cli(&url, &["pub", "old", "new", "--ack"]))),
+        "seq=1\n",
+        "the name starts again at seq 1"
+    );
+    assert_ne!(epoch(&url), before);
+}
+
+#[test]
 fn durable_sub_with_ack_resumes_where_it_left_off_and_consumer_commands_show_it() {
     let dir = temp_dir();
     let b = broker(dir.path());

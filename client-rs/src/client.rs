@@ -290,6 +290,10 @@ impl Client {
             resume_after: Default::default(),
             group: options.group.clone().unwrap_or_default(),
             presence: options.presence.clone(),
+            epochs: options
+                .epoch
+                .map(|e| [(pattern.to_string(), e)].into())
+                .unwrap_or_default(),
         };
         self.inner
             .shared

@@ -537,6 +537,11 @@ fn on_connection_error(shared: &Shared, e: &v1::Error) {
         );
         return;
     }
+    if code == ErrorCode::TopicDeleted {
+        tracing::info!(topic = %e.topic, sub_id = e.sub_id, message = %e.message, "topic or consumer deleted");
+        shared.topic_deleted(e.sub_id, &e.topic);
+        return;
+    }
     tracing::warn!(code = code.name(), message = %e.message, sub_id = e.sub_id, "broker error");
     shared.set_last_error(format!("{}: {}", code.name(), e.message));
 }

@@ -132,6 +132,9 @@ pub struct Message {
     pub delivery_count: u32,
     /// Set when the message is a request: answer it with [`crate::Client::reply`].
     pub reply_to: String,
+    /// The incarnation of the topic's log (0 for ephemeral topics): a topic deleted and
+    /// created again starts again at seq 1 with another epoch.
+    pub epoch: u64,
 }
 
 impl From<v1::Message> for Message {
@@ -149,15 +152,27 @@ impl Message {
 
     /// `m`'s fields, with `topic` in place of its own.
     fn with_topic(topic: Topic, m: v1::Message) -> Message {
+        let v1::Message {
+            topic: _,
+            payload,
+            headers,
+            seq,
+            timestamp_ms,
+            msg_id,
+            delivery_count,
+            reply_to,
+            epoch,
+        } = m;
         Message {
             topic,
-            payload: m.payload,
-            headers: m.headers,
-            seq: m.seq,
-            timestamp_ms: m.timestamp_ms,
-            msg_id: m.msg_id,
-            delivery_count: m.delivery_count,
-            reply_to: m.reply_to,
+            payload,
+            headers,
+            seq,
+            timestamp_ms,
+            msg_id,
+            delivery_count,
+            reply_to,
+            epoch,
         }
     }
 }

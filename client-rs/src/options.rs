@@ -88,6 +88,11 @@ pub struct SubscribeOptions {
     /// user: `info` is the app's JSON about the member; with `events`, the room's
     /// changes arrive on [`crate::Client::presence_events`].
     pub presence: Option<rtc_proto::v1::PresenceJoin>,
+    /// The epoch ([`crate::Message::epoch`], [`crate::TopicInfo::epoch`]) a
+    /// [`StartAt::Seq`] position belongs to: if the topic was deleted and created again
+    /// since, the subscription is refused (`UNRECOVERABLE_POSITION`) rather than served
+    /// from the new log's seqs.
+    pub epoch: Option<u64>,
 }
 
 /// A durable consumer to join: the broker keeps its position and unacknowledged

@@ -100,6 +100,15 @@ impl SubEntry {
                 .iter()
                 .map(|(t, seq)| (t.clone(), *seq))
                 .collect();
+            // A topic deleted and created again meanwhile is then resumed from its new
+            // log's start (with a TOPIC_DELETED notice), not after an old seq.
+            s.epochs = self
+                .resume
+                .epochs
+                .iter()
+                .filter(|(t, _)| s.resume_after.contains_key(*t))
+                .map(|(t, e)| (t.clone(), *e))
+                .collect();
             match original {
                 None | Some(Position::New(_)) => since_start(),
                 Some(p) => p,
@@ -125,6 +134,8 @@ const MAX_RESUME_AFTER: usize = 1000;
 struct Resume {
     /// Highest seq delivered per topic, to drop repeats after a resume.
     seen: HashMap<String, u64>,
+    /// The epoch of each topic's seqs in `seen` (`Message.epoch`).
+    epochs: HashMap<String, u64>,
     /// Broker timestamp of the last delivery, where a resume starts.
     last_ts: Option<i64>,
 }
@@ -135,6 +146,13 @@ impl Resume {
     fn accept(&mut self, consumer: bool, m: &Message) -> bool {
         if m.seq == 0 || consumer {
             return true;
+        }
+        if m.epoch != 0 && self.epochs.get(m.topic.as_str()) != Some(&m.epoch) {
+            // A topic's first message, or the first of a new log under its name (the
+            // topic was deleted and created again): its seqs start again.
+            if self.epochs.insert(m.topic.to_string(), m.epoch).is_some() {
+                self.seen.remove(m.topic.as_str());
+            }
         }
         match self.seen.get_mut(m.topic.as_str()) {
             Some(last) if *last >= m.seq => return false,
@@ -320,6 +338,22 @@ impl Shared {
 
     pub(crate) fn remove_sub(&self, sub_id: u64) {
         lock(&self.subs).remove(&sub_id);
+    }
+
+    /// The broker deleted `topic`, which subscription `sub_id` received: a durable
+    /// consumer's subscription ends (its consumer is gone; its stream ends), a plain one
+    /// forgets the topic's position, so a resume does not start after an old seq.
+    pub(crate) fn topic_deleted(&self, sub_id: u64, topic: &str) {
+        let mut subs = lock(&self.subs);
+        let Some(entry) = subs.get_mut(&sub_id) else {
+            return;
+        };
+        if entry.is_consumer() {
+            subs.remove(&sub_id);
+        } else {
+            entry.resume.seen.remove(topic);
+            entry.resume.epochs.remove(topic);
+        }
     }
 
     /// Hands a delivery to its subscription's channel unless it is a repeat after a

@@ -43,6 +43,9 @@ pub struct TopicInfo {
     pub messages: u64,
     /// Bytes stored (encoded messages).
     pub bytes: u64,
+    /// The incarnation of its log (0 for an ephemeral topic): deleting the topic and
+    /// creating it again gives another.
+    pub epoch: u64,
 }
 
 fn ms(d: Option<Duration>) -> u64 {
@@ -87,13 +90,24 @@ impl TopicConfig {
 
 impl From<v1::TopicInfo> for TopicInfo {
     fn from(t: v1::TopicInfo) -> Self {
+        let v1::TopicInfo {
+            req_id: _,
+            name,
+            settings,
+            first_seq,
+            last_seq,
+            messages,
+            bytes,
+            epoch,
+        } = t;
         TopicInfo {
-            name: t.name,
-            config: TopicConfig::from_wire(t.settings.unwrap_or_default()),
-            first_seq: t.first_seq,
-            last_seq: t.last_seq,
-            messages: t.messages,
-            bytes: t.bytes,
+            name,
+            config: TopicConfig::from_wire(settings.unwrap_or_default()),
+            first_seq,
+            last_seq,
+            messages,
+            bytes,
+            epoch,
         }
     }
 }
@@ -190,6 +204,63 @@ impl Client {
         match reply {
             Op::TopicInfo(t) => Ok(t.into()),
             other => Err(unexpected("TopicInfo", other)),
+        }
+    }
+
+    /// Deletes a topic with its stored messages, dedup entries and durable consumers
+    /// (needs an admin identity). Its subscribers are told (`TOPIC_DELETED`); the name
+    /// can be used again, as a new log from seq 1 with another epoch.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::TopicDelete(v1::TopicDelete {
+                    req_id,
+                    name: name.to_string(),
+                }))
+            })
+            .await?;
+        match reply {
+            Op::Confirm(_) => Ok(()),
+            other => Err(unexpected("Confirm", other)),
+        }
+    }
+
+    /// Removes a topic's stored messages but the newest `keep` (needs an admin
+    /// identity). Seqs are not reused; the answer is the topic as it is after.
+    pub async fn purge_topic(&self, name: &str, keep: u64) -> Result<TopicInfo, Error> {
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::TopicPurge(v1::TopicPurge {
+                    req_id,
+                    name: name.to_string(),
+                    keep,
+                }))
+            })
+            .await?;
+        match reply {
+            Op::TopicInfo(t) => Ok(t.into()),
+            other => Err(unexpected("TopicInfo", other)),
+        }
+    }
+
+    /// Deletes durable consumer `name` on `topic` and its state (needs an admin
+    /// identity); its members' subscriptions end.
+    pub async fn delete_consumer(&self, topic: &str, name: &str) -> Result<(), Error> {
+        let reply = self
+            .inner
+            .request(|req_id| {
+                Frame::from_op(Op::ConsumerDelete(v1::ConsumerDelete {
+                    req_id,
+                    topic: topic.to_string(),
+                    name: name.to_string(),
+                }))
+            })
+            .await?;
+        match reply {
+            Op::Confirm(_) => Ok(()),
+            other => Err(unexpected("Confirm", other)),
         }
     }
 

@@ -447,6 +447,7 @@ mod tests {
             msg_id: "id".into(),
             delivery_count: 1,
             reply_to: "r1".into(),
+            epoch: 7,
         };
         let shared = encode_message(&message);
         for sub_id in [0u64, 1, 127, 128, 300, u64::MAX] {

@@ -17,6 +17,7 @@ impl Frame {
             message: message.into(),
             sub_id: 0,
             count: 0,
+            topic: String::new(),
         }))
     }
 
@@ -28,6 +29,19 @@ impl Frame {
             message: message.into(),
             sub_id,
             count: 0,
+            topic: String::new(),
+        }))
+    }
+
+    /// The `Error{TOPIC_DELETED}` notice for subscription `sub_id`: `topic` is gone.
+    pub fn topic_deleted(sub_id: u64, topic: &str) -> Self {
+        Self::from_op(Op::Error(v1::Error {
+            req_id: 0,
+            code: ErrorCode::TopicDeleted as i32,
+            message: format!("topic {topic:?} was deleted"),
+            sub_id,
+            count: 0,
+            topic: topic.to_string(),
         }))
     }
 
@@ -42,6 +56,7 @@ impl Frame {
             ),
             sub_id: 0,
             count,
+            topic: String::new(),
         }))
     }
 
@@ -84,6 +99,9 @@ impl Frame {
             Some(Op::PresenceRequest(_)) => "PresenceRequest",
             Some(Op::PresenceInfo(_)) => "PresenceInfo",
             Some(Op::PresenceUpdate(_)) => "PresenceUpdate",
+            Some(Op::TopicDelete(_)) => "TopicDelete",
+            Some(Op::TopicPurge(_)) => "TopicPurge",
+            Some(Op::ConsumerDelete(_)) => "ConsumerDelete",
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct Claims {
     /// Topic patterns the holder may subscribe to.
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// The holder is an operator: the admin API, deleting topics and consumers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// The verifier the config describes.
@@ -193,6 +196,7 @@ mod tests {
             exp: crate::clock::now_ms() / 1000 + exp_in,
             nbf: None,
             publish: vec!["chat.>".into()],
+            admin: false,
             subscribe: vec!["chat.>".into()],
         }
     }

@@ -45,6 +45,10 @@ pub struct UserConfig {
     /// Topic patterns the user may subscribe to.
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// May use the admin API and the operations that delete (topic and consumer
+    /// deletion, purge, disconnecting others).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// The stored form of `token`: `sha256:<hex>`.
@@ -125,6 +129,16 @@ impl Identity {
     }
 
     /// When its token expires (ms since the epoch); `None` for never.
+    /// Whether it may administer the broker: a user or token with `admin`, or anyone on
+    /// a broker without users or JWT (which is open for everything).
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Identity::Open => true,
+            Identity::User(u) => u.admin,
+            Identity::Token(c) => c.admin,
+        }
+    }
+
     pub fn expires_at_ms(&self) -> Option<i64> {
         match self {
             Identity::Token(c) => Some(c.exp.saturating_mul(1000)),
@@ -191,6 +205,7 @@ mod tests {
             token_hash: hash_token("s3cret"),
             publish: vec!["orders.>".into()],
             subscribe: vec!["orders.*".into(), "$dlq.orders.>".into()],
+            admin: false,
         }
     }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use rtc_proto::topic::dead_letter_topic;
-use rtc_proto::v1::{self, start_position::Position};
+use rtc_proto::v1::{self, frame::Op, start_position::Position};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -172,12 +172,16 @@ impl Actor {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 cmd = rx.recv() => match cmd {
+                    Some(Command::Stop(done)) => return self.stop(done),
                     Some(cmd) => {
                         self.handle(cmd).await;
                         // Take what else is queued (a stream of acks) before pumping.
                         for _ in 1..COMMANDS_PER_TURN {
-                            let Ok(cmd) = rx.try_recv() else { break };
-                            self.handle(cmd).await;
+                            match rx.try_recv() {
+                                Ok(Command::Stop(done)) => return self.stop(done),
+                                Ok(cmd) => self.handle(cmd).await,
+                                Err(_) => break,
+                            }
                         }
                     }
                     None => break,
@@ -199,8 +203,30 @@ impl Actor {
         self.save();
     }
 
+    /// The consumer (or its topic) is deleted: each member is told, and nothing more is
+    /// stored — not even the state changed since the last save, which the deletion
+    /// removes.
+    fn stop(self, done: tokio::sync::oneshot::Sender<()>) {
+        for m in self.members.values() {
+            let mut notice = rtc_proto::Frame::topic_deleted(m.sub_id, &self.topic);
+            if let Some(Op::Error(e)) = &mut notice.op {
+                e.message = format!(
+                    "durable consumer {:?} on topic {:?} was deleted; this subscription has ended",
+                    self.name, self.topic
+                );
+            }
+            let _ = m.outbox.push_frame_now(notice);
+        }
+        tracing::info!(topic = %self.topic, consumer = %self.name, members = self.members.len(), "consumer stopped for deletion");
+        let _ = done.send(());
+    }
+
     async fn handle(&mut self, cmd: Command) {
         match cmd {
+            Command::Stop(done) => {
+                debug_assert!(false, "run handles Stop");
+                let _ = done.send(());
+            }
             Command::Join(spec, reply) => {
                 let result = self.join(*spec).await;
                 let _ = reply.send(result);
@@ -243,6 +269,7 @@ impl Actor {
             let view = self.log.topic(&self.topic).unwrap_or(TopicView {
                 settings: Default::default(),
                 stats: Default::default(),
+                epoch: 0,
             });
             let start = spec.start.unwrap_or(Position::First(true));
             let next = start_seq(&*self.log, &self.topic, &view, &start).await?;

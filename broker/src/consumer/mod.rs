@@ -67,6 +67,8 @@ enum Command {
     Nack(Vec<u64>, Duration, oneshot::Sender<()>),
     InProgress(u64, Vec<u64>, oneshot::Sender<()>),
     Info(oneshot::Sender<v1::ConsumerInfo>),
+    /// Tell the members it is deleted, and end without storing anything more.
+    Stop(oneshot::Sender<()>),
 }
 
 /// One member's handle on its consumer: what its session uses to ack and to leave.
@@ -188,6 +190,55 @@ impl Consumers {
         Ok(MemberRef { tx, member })
     }
 
+    /// Deletes consumer `name` on `topic`: its members are told (`TOPIC_DELETED` with
+    /// their sub_id), its actor ends, and its stored state is removed. `NOT_FOUND` if
+    /// it does not exist.
+    pub async fn delete(&self, topic: &str, name: &str) -> Result<(), Refusal> {
+        let tx = self.lock().remove(&(topic.to_string(), name.to_string()));
+        let Some(tx) = tx else {
+            return Err(Refusal::NotFound(format!(
+                "topic {topic:?} has no durable consumer {name:?}"
+            )));
+        };
+        stop(tx).await;
+        self.log
+            .delete_consumer(topic.to_string(), name.to_string())
+            .await
+    }
+
+    /// Stops every consumer of `topic` (before the topic is deleted, which removes their
+    /// stored state); their members are told.
+    pub async fn stop_all(&self, topic: &str) -> usize {
+        let txs: Vec<mpsc::Sender<Command>> = {
+            let mut actors = self.lock();
+            let names: Vec<(String, String)> =
+                actors.keys().filter(|(t, _)| t == topic).cloned().collect();
+            names.iter().filter_map(|k| actors.remove(k)).collect()
+        };
+        let n = txs.len();
+        for tx in txs {
+            stop(tx).await;
+        }
+        n
+    }
+
+    /// Every consumer's info, sorted by topic and name (the admin view).
+    pub async fn all(&self) -> Vec<v1::ConsumerInfo> {
+        let mut txs: Vec<((String, String), mpsc::Sender<Command>)> = self
+            .lock()
+            .iter()
+            .map(|(k, tx)| (k.clone(), tx.clone()))
+            .collect();
+        txs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        for (_, tx) in txs {
+            if let Some(info) = ask_info(tx).await {
+                out.push(info);
+            }
+        }
+        out
+    }
+
     /// Describes consumer `name` on `topic`, if it exists.
     pub async fn info(&self, topic: &str, name: &str) -> Option<v1::ConsumerInfo> {
         let tx = self
@@ -213,6 +264,14 @@ impl Consumers {
             }
         }
         out
+    }
+}
+
+/// Stops an actor and waits until it has told its members (or was gone already).
+async fn stop(tx: mpsc::Sender<Command>) {
+    let (done, rx) = oneshot::channel();
+    if tx.send(Command::Stop(done)).await.is_ok() {
+        let _ = rx.await;
     }
 }
 

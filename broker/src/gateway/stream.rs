@@ -41,6 +41,10 @@ pub struct StreamPosition {
     t: i64,
     /// Last seq delivered, per durable topic.
     c: BTreeMap<String, u64>,
+    /// The epoch of each topic's seq in `c` (`Message.epoch`), where known: a topic
+    /// deleted and created again since is resumed from its new log's start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    e: BTreeMap<String, u64>,
 }
 
 impl StreamPosition {
@@ -148,7 +152,7 @@ pub fn open(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token = bearer.map_or(request.token.clone(), str::to_string);
-    let (position, start) = match resume {
+    let (mut position, start) = match resume {
         // Topics with a seq continue after it; the others from `from`, or from when the
         // stream first began.
         Some(p) => {
@@ -158,11 +162,24 @@ pub fn open(
         None => (
             StreamPosition {
                 t: now_ms(),
-                c: BTreeMap::new(),
+                ..StreamPosition::default()
             },
             request.from,
         ),
     };
+    // A topic deleted and created again since: its seqs are another log's, which the
+    // stream has seen none of.
+    let epochs = std::mem::take(&mut position.e);
+    for (topic, epoch) in epochs {
+        match g.shared.log.topic(&topic).map(|t| t.epoch) {
+            Some(now) if now == epoch => {
+                position.e.insert(topic, epoch);
+            }
+            _ => {
+                position.c.insert(topic, 0);
+            }
+        }
+    }
     let replaying = match start {
         None | Some(Position::New(_)) if position.c.is_empty() => 0,
         _ => request.patterns.len(),
@@ -270,8 +287,16 @@ impl Tracker {
             delivery_count: _,
             // A stream cannot answer a request (docs/protocol.md, "Request-reply").
             reply_to: _,
+            epoch,
         } = m;
         let mut id = None;
+        if seq != 0 && epoch != 0 && self.position.e.get(&topic) != Some(&epoch) {
+            // A new log under this name (the topic was deleted and created again): its
+            // seqs are no duplicates of the old one's.
+            if self.position.e.insert(topic.clone(), epoch).is_some() {
+                self.position.c.remove(&topic);
+            }
+        }
         if seq != 0 {
             match self.position.c.get(&topic).copied() {
                 // Already delivered (two patterns matching one topic, or the overlap of
@@ -319,6 +344,7 @@ impl Tracker {
                 .cloned()
             {
                 self.position.c.remove(&oldest);
+                self.position.e.remove(&oldest);
                 self.recent.remove(&oldest);
             }
         }
@@ -439,6 +465,7 @@ mod tests {
                 ("ünï.côdé".to_string(), 1),
             ]
             .into(),
+            e: [("ünï.côdé".to_string(), 4)].into(),
         };
         let id = p.encode();
         assert!(id

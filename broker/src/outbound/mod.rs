@@ -153,6 +153,25 @@ struct State {
     direct: Option<Arc<dyn DirectWrite>>,
     /// An empty queue kept for direct writers to swap with (keeps its capacity).
     spare_queue: VecDeque<Entry>,
+    /// Deliveries queued over the connection's life, and their bytes (the admin view;
+    /// counted under the lock the queueing holds anyway).
+    delivered: u64,
+    delivered_bytes: u64,
+}
+
+/// What an outbound queue holds and has carried, for the admin view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Frames waiting to be written.
+    pub queued_frames: usize,
+    /// Their bytes.
+    pub queued_bytes: usize,
+    /// Deliveries queued over the connection's life.
+    pub delivered: u64,
+    /// Their bytes on the wire.
+    pub delivered_bytes: u64,
+    /// Deliveries dropped because the queue was full.
+    pub dropped: u64,
 }
 
 impl State {
@@ -310,6 +329,8 @@ impl Outbox {
             Share::Copy => st.append(len, |buf| encode_deliver(sub_id, message, buf)),
             Share::Reference => st.push_shared(sub_id, message.clone(), len),
         };
+        st.delivered += 1;
+        st.delivered_bytes += len as u64;
         if st.frames * 2 > self.max_frames || st.bytes * 2 > self.max_bytes {
             self.backlog.store(true, Ordering::Relaxed);
         }
@@ -451,6 +472,18 @@ impl Outbox {
         self.lock().closed = true;
         self.ready.notify_one();
         self.space.notify_waiters();
+    }
+
+    /// What it holds and has carried.
+    pub fn stats(&self) -> OutboxStats {
+        let st = self.lock();
+        OutboxStats {
+            queued_frames: st.frames,
+            queued_bytes: st.bytes,
+            delivered: st.delivered,
+            delivered_bytes: st.delivered_bytes,
+            dropped: self.dropped_total.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether `Outbox::close` was called or the writer stopped.

@@ -78,7 +78,7 @@ impl Session {
             .await
         {
             Ok(member) => {
-                self.subs.insert(
+                self.add_sub(
                     s.sub_id,
                     ActiveSub {
                         pattern: s.pattern,

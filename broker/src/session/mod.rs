@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, Identity};
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::connections::{Conn, Connections};
 use crate::consumer::Consumers;
 use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
@@ -112,6 +113,8 @@ pub struct Shared {
     pub presence: Arc<Presence>,
     /// What the broker counts, for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The connections past their handshake, for the admin API.
+    pub connections: Arc<Connections>,
     next_conn_id: AtomicU64,
 }
 
@@ -146,6 +149,7 @@ impl Shared {
             tasks,
             requests: Arc::new(Requests::new(metrics.clone())),
             metrics,
+            connections: Arc::default(),
             next_conn_id: AtomicU64::new(1),
         }
     }
@@ -182,6 +186,7 @@ pub struct Connection<S, K> {
 pub async fn run<S: FrameSource, K: FrameSink>(
     shared: Arc<Shared>,
     conn: Connection<S, K>,
+    transport: &'static str,
     cancel: CancellationToken,
 ) {
     let Connection {
@@ -207,6 +212,9 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         identity: Identity::Open,
         expires: None,
         datagrams,
+        transport,
+        peer: peer.clone(),
+        entry: None,
         throttle: Throttle::new(config.publish_rate, config.publish_burst),
         subs: HashMap::new(),
         known_topics: TopicCache::default(),
@@ -222,6 +230,9 @@ pub async fn run<S: FrameSource, K: FrameSink>(
     let _ = session.serve(source, &cancel).await;
     // Whatever the last frames queued for others (the session may end mid-read).
     session.flush();
+    if session.entry.take().is_some() {
+        shared.connections.remove(conn_id);
+    }
     session.remove_all_subscriptions().await;
     // Publishes still being stored are answered into the queue before it closes: a
     // client that closed its write side after publishing still gets its PubAcks.
@@ -266,6 +277,11 @@ struct Session {
     throttle: Option<Throttle>,
     /// The transport's datagrams, for subscriptions that ask for them.
     datagrams: Option<Arc<dyn Datagrams>>,
+    /// The transport's name and the peer's address, for the admin view.
+    transport: &'static str,
+    peer: String,
+    /// Its entry in [`Shared::connections`], from the handshake on.
+    entry: Option<Arc<Conn>>,
     /// Active subscriptions by sub_id.
     subs: HashMap<u64, pubsub::ActiveSub>,
     /// Settings of the topics this client published to lately (valid and permitted).
@@ -316,7 +332,11 @@ impl Session {
     fn flush(&mut self) {
         self.later.flush_all();
         self.outbox.flush();
-        self.shared.metrics.add(std::mem::take(&mut self.tally));
+        let tally = std::mem::take(&mut self.tally);
+        if let Some(entry) = &self.entry {
+            entry.received(tally.messages_in, tally.bytes_in);
+        }
+        self.shared.metrics.add(tally);
     }
 
     async fn serve<S: FrameSource>(
@@ -370,6 +390,16 @@ impl Session {
             }
         }
         tracing::debug!(conn_id = self.conn_id, client = %hello.client_name, user = self.identity.name(), "handshake done");
+        let entry = Arc::new(Conn::new(
+            self.conn_id,
+            self.transport,
+            self.peer.clone(),
+            self.identity.name(),
+            now_ms(),
+            self.outbox.clone(),
+        ));
+        self.shared.connections.add(entry.clone());
+        self.entry = Some(entry.clone());
         self.send(Frame::from_op(Op::Welcome(v1::Welcome {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: PROTOCOL_VERSION,
@@ -422,6 +452,10 @@ impl Session {
             self.flush();
             let read = tokio::select! {
                 _ = cancel.cancelled() => return self.close_with(shutting_down()).await,
+                _ = entry.kicked() => {
+                    let why = format!("disconnected by an operator: {}", entry.kick_reason());
+                    return self.close_with(Refusal::Disconnected(why)).await;
+                }
                 _ = token::until(self.expires) => return self.close_with(token::expired()).await,
                 _ = ticks.tick() => {
                     if silence.tick() {
@@ -524,6 +558,9 @@ impl Session {
             Some(Op::Reply(r)) => self.reply(r).await?,
             Some(Op::PresenceRequest(r)) => self.presence_query(r).await?,
             Some(Op::PresenceUpdate(u)) => self.presence_update(u).await?,
+            Some(Op::TopicDelete(d)) => self.topic_delete(d).await?,
+            Some(Op::TopicPurge(p)) => self.topic_purge(p).await?,
+            Some(Op::ConsumerDelete(d)) => self.consumer_delete(d).await?,
             None => {
                 self.refuse(0, Refusal::Unsupported("unknown operation".into()))
                     .await?

@@ -9,6 +9,7 @@
 //! flight. A subscription with a start position other than `new` gets a [`Gate`] and a
 //! replay task (see [`crate::replay`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rtc_proto::topic::{validate_group_name, validate_pattern};
@@ -143,7 +144,7 @@ impl Session {
     }
 
     pub(super) async fn subscribe(&mut self, mut s: v1::Subscribe) -> Result<(), Closed> {
-        let resume_after = std::mem::take(&mut s.resume_after);
+        let mut resume_after = std::mem::take(&mut s.resume_after);
         let req_id = s.req_id;
         if s.sub_id == 0 {
             let refusal = Refusal::InvalidRequest("sub_id must not be 0".into());
@@ -179,6 +180,10 @@ impl Session {
             );
             return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }
+        let recreated = match self.stale_epochs(req_id, &s.epochs, &mut resume_after) {
+            Ok(recreated) => recreated,
+            Err(frame) => return self.send(*frame).await,
+        };
         if !resume_after.is_empty() && !s.consumer.is_empty() {
             let msg = "resume_after is for plain subscriptions: a durable consumer resumes where the broker keeps it".to_string();
             return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
@@ -239,7 +244,7 @@ impl Session {
         self.shared.router.subscribe_in(&s.pattern, group, member);
         let join = s.presence.take();
         let presence = join.as_ref().map(|_| self.presence_user());
-        self.subs.insert(
+        self.add_sub(
             s.sub_id,
             ActiveSub {
                 pattern: s.pattern.clone(),
@@ -253,6 +258,10 @@ impl Session {
             sub_id: s.sub_id,
         })))
         .await?;
+        for topic in &recreated {
+            // Its history comes from its new log's start, after this notice.
+            self.send(Frame::topic_deleted(s.sub_id, topic)).await?;
+        }
         // After the SubAck: the room's events for this subscription follow it.
         if let (Some(join), Some(user)) = (join, &presence) {
             let watcher = join.events.then(|| self.outbox.clone());
@@ -289,9 +298,56 @@ impl Session {
         .await
     }
 
+    /// Checks the epochs a subscription names (`Subscribe.epochs`) against the topics'
+    /// now. A topic of `resume_after` whose log was deleted since resumes from the start
+    /// of its new log (the automatic resume of a reconnecting client must not skip it);
+    /// those topics are returned, to be told with `TOPIC_DELETED`. Any other stale
+    /// epoch (the topic of a `seq` start) refuses the subscription.
+    fn stale_epochs(
+        &self,
+        req_id: u64,
+        epochs: &BTreeMap<String, u64>,
+        resume_after: &mut BTreeMap<String, u64>,
+    ) -> Result<Vec<String>, Box<Frame>> {
+        if epochs.len() > MAX_RESUME_AFTER {
+            let msg = format!(
+                "epochs lists {} topics; the limit is {MAX_RESUME_AFTER}",
+                epochs.len()
+            );
+            return Err(Box::new(Refusal::InvalidRequest(msg).frame(req_id)));
+        }
+        let mut recreated = Vec::new();
+        for (topic, &given) in epochs {
+            let now = self.shared.log.topic(topic).map_or(0, |t| t.epoch);
+            if given == 0 || now == given {
+                continue;
+            }
+            match resume_after.get_mut(topic) {
+                Some(after) => {
+                    *after = 0;
+                    recreated.push(topic.clone());
+                }
+                None => return Err(Box::new(unrecoverable(req_id, topic, given, now))),
+            }
+        }
+        Ok(recreated)
+    }
+
+    /// Records an active subscription (also in the admin view).
+    /// Records an active subscription (also in the admin view).
+    pub(super) fn add_sub(&mut self, sub_id: u64, sub: ActiveSub) {
+        if let Some(entry) = &self.entry {
+            entry.subscribed(sub_id, &sub.pattern);
+        }
+        self.subs.insert(sub_id, sub);
+    }
+
     /// Removes a subscription from the router and stops its replay, so that nothing more
     /// is queued for it once this returns.
     async fn end_subscription(&self, sub_id: u64, sub: ActiveSub) {
+        if let Some(entry) = &self.entry {
+            entry.unsubscribed(sub_id);
+        }
         self.shared
             .router
             .unsubscribe(&sub.pattern, self.conn_id, sub_id);
@@ -314,4 +370,19 @@ impl Session {
             self.end_subscription(sub_id, sub).await;
         }
     }
+}
+
+/// `Error{UNRECOVERABLE_POSITION}` for a position in epoch `given` of `topic`, whose
+/// epoch is `now` (0: it does not exist).
+fn unrecoverable(req_id: u64, topic: &str, given: u64, now: u64) -> Frame {
+    let msg = if now == 0 {
+        format!("topic {topic:?} (epoch {given}) was deleted; the position refers to a log that is gone")
+    } else {
+        format!("topic {topic:?} was deleted and created again (epoch {given} is now {now}); the position refers to the old log")
+    };
+    let mut frame = Refusal::UnrecoverablePosition(msg).frame(req_id);
+    if let Some(Op::Error(e)) = &mut frame.op {
+        e.topic = topic.to_string();
+    }
+    frame
 }

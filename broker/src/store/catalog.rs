@@ -121,6 +121,24 @@ impl Catalog {
             .subscribe()
     }
 
+    /// Forgets topic `name`, deleted (the writer only). Sessions' cached settings for it
+    /// are stale from here on, and its watchers see its last seq go to 0.
+    pub(super) fn remove(&self, name: &str) {
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.generation.fetch_add(1, Ordering::Release);
+        if let Some(tx) = self
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            tx.send_replace(0);
+        }
+    }
+
     /// Publishes topic `name` as the writer now has it (the writer only).
     pub(super) fn set(&self, name: &str, id: TopicId, view: TopicView) {
         let last = view.stats.last_seq;
@@ -167,6 +185,7 @@ mod tests {
         let view = TopicView {
             settings: default_settings(),
             stats: TopicStats::default(),
+            epoch: 1,
         };
         catalog.set("game.saved", 1, view.clone());
         assert!(

@@ -164,6 +164,26 @@ impl<O: Send + 'static> Log for LocalEngine<O> {
         self.ask(|reply| Request::EnsureTopic { name, reply })
     }
 
+    fn delete_topic(&self, name: String) -> BoxFuture<'static, Result<(), Refusal>> {
+        self.ask(|reply| Request::DeleteTopic { name, reply })
+    }
+
+    fn purge_topic(
+        &self,
+        name: String,
+        keep: u64,
+    ) -> BoxFuture<'static, Result<TopicView, Refusal>> {
+        self.ask(|reply| Request::PurgeTopic { name, keep, reply })
+    }
+
+    fn delete_consumer(
+        &self,
+        topic: String,
+        name: String,
+    ) -> BoxFuture<'static, Result<(), Refusal>> {
+        self.ask(|reply| Request::DeleteConsumer { topic, name, reply })
+    }
+
     fn append_internal(
         &self,
         topic: String,

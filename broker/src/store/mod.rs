@@ -39,6 +39,11 @@
 //! | `b"m" ++ id: u32 ++ first_seq: u64` | a chunk of consecutive messages from `first_seq` on, each `ts_ms: i64 ++ len: u32 ++ rtc.v1.Message` (protobuf, as delivered; see [`chunk`]) |
 //! | `b"c" ++ id: u32 ++ name` | a durable consumer's state ([`ConsumerRecord::encode`]) |
 //!
+//! Deleting a topic removes its `t`, `s`, `m` and `c` keys in one atomic batch. Its id is
+//! never handed out again, so the id is also the topic's *epoch* (`Message.epoch`): a
+//! topic created again under the same name gets a new id, and positions of the old log
+//! cannot be mistaken for positions in the new one.
+//!
 //! A chunk holds each `Message` exactly as it goes on the wire, so a replay sends the
 //! stored bytes without re-encoding or copying them. `last_seq` in the stats survives the
 //! removal of every message by retention, so sequence numbers are never reused; on
@@ -197,6 +202,20 @@ pub enum WriteOp {
         name: String,
         /// Its state.
         record: ConsumerRecord,
+    },
+    /// Remove a topic whole: its metadata, stats, every message and every consumer.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+        /// Its id (0 for an ephemeral topic: metadata only).
+        id: TopicId,
+    },
+    /// Remove a durable consumer's state.
+    DeleteConsumer {
+        /// Topic id.
+        id: TopicId,
+        /// Consumer name.
+        name: String,
     },
     /// Remove the messages with `from <= seq < to` (retention).
     RemoveRange {

@@ -80,6 +80,17 @@ pub struct RawConn<S = TcpStream> {
 /// A JWT (HS256, signed with `secret`) for user `sub`, valid for an hour, with these
 /// publish and subscribe permissions.
 pub fn jwt_for(secret: &str, sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
+    jwt_with(secret, sub, publish, subscribe, false)
+}
+
+/// [`jwt_for`] with the `admin` claim set as given.
+pub fn jwt_with(
+    secret: &str,
+    sub: &str,
+    publish: &[&str],
+    subscribe: &[&str],
+    admin: bool,
+) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
@@ -91,6 +102,7 @@ pub fn jwt_for(secret: &str, sub: &str, publish: &[&str], subscribe: &[&str]) ->
         nbf: None,
         publish: publish.iter().map(|p| p.to_string()).collect(),
         subscribe: subscribe.iter().map(|p| p.to_string()).collect(),
+        admin,
     };
     rtc_broker::auth::jwt::mint_hs256(secret, &claims).expect("mint a token")
 }

@@ -221,6 +221,7 @@ impl<'a> Reader<'a> {
                 0x32 => m.msg_id = self.string()?,
                 0x38 => m.delivery_count = self.varint()? as u32,
                 0x42 => m.reply_to = self.string()?,
+                0x48 => m.epoch = self.varint()?,
                 _ => return None,
             }
             if self.at > end {

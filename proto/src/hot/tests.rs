@@ -27,6 +27,7 @@ fn decodes_what_prost_decodes() {
             msg_id: "m-1".into(),
             delivery_count: 3,
             reply_to: "r1f".into(),
+            epoch: 300,
         },
         Message {
             topic: "ünïcödé.x".into(),

@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use super::{encode_single, engine, msg_key, seq_of, SledStorage};
+use super::{
+    consumer_key, encode_single, engine, msg_key, seq_of, stats_key, topic_key, SledStorage,
+    CONSUMER_PREFIX, MSG_PREFIX,
+};
 use crate::store::chunk::{self, ChunkBuilder, Record};
 use crate::store::{LogEntry, StoreError, TopicId, TopicStats, WriteOp};
 
@@ -222,6 +225,12 @@ impl SledStorage {
                         WriteOp::RemoveRange { id, from, to } => {
                             self.remove_entries(id, from, to, &mut out)?
                         }
+                        WriteOp::DeleteTopic { name, id } => {
+                            self.delete_entries(&name, id, &mut out)?
+                        }
+                        WriteOp::DeleteConsumer { id, name } => {
+                            out.push(Entry::Remove(consumer_key(id, &name)))
+                        }
                         single => {
                             let (k, v) = encode_single(single);
                             out.push(Entry::Put(k, v));
@@ -234,6 +243,31 @@ impl SledStorage {
             out.push(chunk_entry(id, builder));
         }
         Ok(out)
+    }
+
+    /// Entries removing topic `name` (id `id`) whole: its metadata and stats, and every
+    /// key of its messages and consumers.
+    fn delete_entries(
+        &self,
+        name: &str,
+        id: TopicId,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StoreError> {
+        out.push(Entry::Remove(topic_key(name)));
+        if id == 0 {
+            return Ok(());
+        }
+        out.push(Entry::Remove(stats_key(id).to_vec()));
+        let db = self.db()?;
+        for prefix in [MSG_PREFIX, CONSUMER_PREFIX] {
+            let mut p = vec![prefix];
+            p.extend_from_slice(&id.to_be_bytes());
+            for item in db.scan_prefix(p) {
+                let (k, _) = item.map_err(engine)?;
+                out.push(Entry::Remove(k.to_vec()));
+            }
+        }
+        Ok(())
     }
 
     /// Entries removing messages `from..to` of topic `id`: whole chunks go, and a chunk

@@ -46,6 +46,7 @@ use crate::topic::{is_durable, normalize};
 
 mod failure;
 mod flush;
+mod removal;
 mod request;
 mod retention;
 mod shared;
@@ -97,6 +98,8 @@ impl TopicLog {
         TopicView {
             settings: self.settings,
             stats: self.stats,
+            // Ids are never reused in a store, so the id is the log's incarnation.
+            epoch: u64::from(self.id),
         }
     }
 }
@@ -242,7 +245,21 @@ impl<O> Writer<O> {
         Ok(())
     }
 
+    /// Handles `batch`: its removals alone, in order, and the requests between them as
+    /// passes.
     fn process(&mut self, batch: &mut Vec<Request<O>>) {
+        while let Some(i) = batch.iter().position(Request::is_removal) {
+            let rest = batch.split_off(i + 1);
+            let removal = batch.pop().expect("found at i");
+            self.pass(batch);
+            self.remove(removal);
+            *batch = rest;
+        }
+        self.pass(batch);
+    }
+
+    /// One pass: the appends, creations and consumer saves of `batch`, in one write.
+    fn pass(&mut self, batch: &mut Vec<Request<O>>) {
         // A failed store refuses the whole pass, unless it can be had back now (which
         // reloads topic state, so before any seq is assigned).
         let usable = self.store_usable();
@@ -296,6 +313,11 @@ impl<O> Writer<O> {
                     }
                 }
                 Request::Enforce | Request::Shutdown | Request::Wake => {}
+                Request::DeleteTopic { .. }
+                | Request::PurgeTopic { .. }
+                | Request::DeleteConsumer { .. } => {
+                    unreachable!("process hands removals to remove")
+                }
             }
         }
         let stats_saved = self.stats_due(undo.stats.keys(), now, &mut ops);
@@ -444,6 +466,7 @@ impl<O> Writer<O> {
             msg_id: std::mem::take(&mut a.msg_id),
             delivery_count: 1,
             reply_to: String::new(),
+            epoch: u64::from(log.id),
         };
         let message = rtc_proto::codec::encode_message(&stored);
         (a.topic, a.headers, a.msg_id) = (stored.topic, stored.headers, stored.msg_id);

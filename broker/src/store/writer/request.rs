@@ -16,6 +16,16 @@ pub enum Reply<O> {
     Internal(oneshot::Sender<Result<u64, Refusal>>),
 }
 
+impl<O> Request<O> {
+    /// A request that removes data, handled alone rather than in a pass of appends.
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Request::DeleteTopic { .. } | Request::PurgeTopic { .. } | Request::DeleteConsumer { .. }
+        )
+    }
+}
+
 /// Work for the storage thread.
 #[derive(Debug)]
 pub enum Request<O> {
@@ -49,6 +59,32 @@ pub enum Request<O> {
         record: ConsumerRecord,
         /// Told once the state is stored (and flushed per the fsync policy).
         stored: Option<oneshot::Sender<()>>,
+    },
+    /// Delete a topic: its log, dedup entries and stored consumers. Handled on its own,
+    /// after the requests before it.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+        /// Answer.
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    /// Remove a topic's stored messages but the newest `keep`. Handled on its own.
+    PurgeTopic {
+        /// Topic name.
+        name: String,
+        /// Messages kept.
+        keep: u64,
+        /// Answer: the topic as it is after.
+        reply: oneshot::Sender<Result<TopicView, Refusal>>,
+    },
+    /// Remove a durable consumer's stored state. Handled on its own.
+    DeleteConsumer {
+        /// Its topic.
+        topic: String,
+        /// Consumer name.
+        name: String,
+        /// Answer.
+        reply: oneshot::Sender<Result<(), Refusal>>,
     },
     /// Apply retention limits and expire dedup entries.
     Enforce,

@@ -75,7 +75,7 @@ impl<O> Writer<O> {
     }
 
     /// Removes every message before `to`, a chunk per write.
-    fn remove_before(&mut self, name: &str, to: u64) -> Result<(), StoreError> {
+    pub(super) fn remove_before(&mut self, name: &str, to: u64) -> Result<(), StoreError> {
         loop {
             let log = &self.topics[name];
             let from = log.stats.first_seq;
