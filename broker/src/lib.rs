@@ -57,6 +57,7 @@ mod connections;
 mod consumer;
 mod delivery;
 pub mod error;
+mod events;
 pub mod gateway;
 mod metrics;
 mod presence;

@@ -204,6 +204,15 @@ impl Metrics {
         }
     }
 
+    /// Messages in and out, and deliveries dropped, since start (the admin figures).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.messages_in.get(),
+            self.messages_out.get(),
+            self.dropped.get() + self.pending_dropped.load(Ordering::Relaxed),
+        )
+    }
+
     /// Deliveries a writer dropped for a slow consumer.
     pub fn dropped(&self, n: u64) {
         self.pending_dropped.fetch_add(n, Ordering::Relaxed);

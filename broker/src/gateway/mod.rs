@@ -10,7 +10,8 @@
 //! - `GET /v1/sse`: Server-Sent Events, resumable with `Last-Event-ID` (see `sse`);
 //! - `GET /v1/poll`: long-polling from a position (see `poll`);
 //! - `POST /v1/publish/{topic}` and `POST /v1/publish` (a batch): see `publish`;
-//! - `GET /v1/presence/{topic}`: who is in a room (see `presence`).
+//! - `GET /v1/presence/{topic}`: who is in a room (see `presence`);
+//! - `GET /`: the dashboard, and `/v1/admin/…`: the admin API (see `admin`).
 //!
 //! Each TCP connection is served by hyper with a header-read timeout of the broker's
 //! `handshake_timeout` (a client that dribbles its headers is closed) and, with TLS, the
@@ -25,6 +26,7 @@
 //! Origins and CORS, for every route: see `cors`. By default no page of another origin
 //! may use the gateway.
 
+mod admin;
 mod cors;
 mod poll;
 mod presence;
@@ -39,7 +41,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -106,6 +108,7 @@ impl Http {
 
     /// Serves until `cancel`, every connection on `tracker`.
     pub fn spawn(self, gateway: Gateway, cancel: CancellationToken, tracker: &TaskTracker) {
+        tracker.spawn(admin::sample(gateway.clone(), cancel.clone()));
         tracker.spawn(serve(self, gateway, cancel, tracker.clone()));
     }
 }
@@ -116,6 +119,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     acceptor: Acceptor,
     cancel: CancellationToken,
+    /// The admin API's per-second figures.
+    history: Arc<admin::History>,
 }
 
 impl Gateway {
@@ -125,6 +130,7 @@ impl Gateway {
             shared,
             acceptor,
             cancel,
+            history: Arc::default(),
         }
     }
 
@@ -141,6 +147,26 @@ impl Gateway {
             .route("/v1/publish", post(publish::batch))
             .route("/v1/publish/{topic}", post(publish::one))
             .route("/v1/presence/{topic}", get(presence::get))
+            .route("/", get(dashboard))
+            .route("/v1/admin/stats", get(admin::stats))
+            .route("/v1/admin/connections", get(admin::connections))
+            .route("/v1/admin/connections/{id}", delete(admin::disconnect))
+            .route("/v1/admin/topics", get(admin::topics))
+            .route(
+                "/v1/admin/topics/{name}",
+                get(admin::topic)
+                    .put(admin::create_topic)
+                    .delete(admin::delete_topic),
+            )
+            .route("/v1/admin/topics/{name}/purge", post(admin::purge_topic))
+            .route("/v1/admin/consumers", get(admin::consumers))
+            .route(
+                "/v1/admin/consumers/{topic}/{name}",
+                get(admin::consumer).delete(admin::delete_consumer),
+            )
+            .route("/v1/admin/events", get(admin::events))
+            .route("/v1/admin/events/stream", get(admin::event_stream))
+            .route("/v1/admin/settings", get(admin::settings))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 cors::cors,
@@ -322,6 +348,11 @@ pub(crate) fn identity(
 /// broker from its own origin.
 async fn chat_example() -> Response {
     html(include_str!("../../../examples/web/chat.html"))
+}
+
+/// `GET /`: the dashboard (`broker/src/gateway/dashboard.html`), a page of the admin API.
+async fn dashboard() -> Response {
+    html(include_str!("dashboard.html"))
 }
 
 /// The example WebRTC call (examples/web/call.html), served the same way.

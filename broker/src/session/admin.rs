@@ -35,19 +35,37 @@ impl Shared {
                     .push_frame_now(Frame::topic_deleted(sub_id, name));
             }
         }
+        self.events.record(
+            "topic_deleted",
+            format!("topic {name} deleted; {} subscription(s) told", told.len()),
+        );
         Ok(told.len())
     }
 
     /// Removes topic `name`'s stored messages but the newest `keep`.
     pub async fn purge_topic(&self, name: &str, keep: u64) -> Result<TopicView, Refusal> {
         existing_topic(self, name)?;
-        self.log.purge_topic(name.to_string(), keep).await
+        let view = self.log.purge_topic(name.to_string(), keep).await?;
+        self.events.record(
+            "topic_purged",
+            format!(
+                "topic {name} purged: {} message(s) kept, next seq {}",
+                view.stats.messages,
+                view.stats.last_seq + 1
+            ),
+        );
+        Ok(view)
     }
 
     /// Deletes durable consumer `name` on `topic` (its members are told).
     pub async fn delete_consumer(&self, topic: &str, name: &str) -> Result<(), Refusal> {
         existing_topic(self, topic)?;
-        self.consumers.delete(topic, name).await
+        self.consumers.delete(topic, name).await?;
+        self.events.record(
+            "consumer_deleted",
+            format!("consumer {name} of {topic} deleted"),
+        );
+        Ok(())
     }
 }
 

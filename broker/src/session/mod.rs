@@ -47,6 +47,7 @@ use crate::connections::{Conn, Connections};
 use crate::consumer::Consumers;
 use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
+use crate::events::Events;
 use crate::metrics::{AuthFailure, Metrics, Tally};
 use crate::outbound::{write_loop, Closed, DirectWrite, FrameSink, Outbox};
 use crate::presence::Presence;
@@ -115,6 +116,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The connections past their handshake, for the admin API.
     pub connections: Arc<Connections>,
+    /// Recent events, for the admin API.
+    pub events: Arc<Events>,
+    /// When the broker started.
+    pub started: std::time::Instant,
     next_conn_id: AtomicU64,
 }
 
@@ -150,6 +155,8 @@ impl Shared {
             requests: Arc::new(Requests::new(metrics.clone())),
             metrics,
             connections: Arc::default(),
+            events: Arc::default(),
+            started: std::time::Instant::now(),
             next_conn_id: AtomicU64::new(1),
         }
     }
@@ -230,8 +237,16 @@ pub async fn run<S: FrameSource, K: FrameSink>(
     let _ = session.serve(source, &cancel).await;
     // Whatever the last frames queued for others (the session may end mid-read).
     session.flush();
-    if session.entry.take().is_some() {
+    if let Some(entry) = session.entry.take() {
         shared.connections.remove(conn_id);
+        let v = entry.view();
+        shared.events.record(
+            "disconnect",
+            format!(
+                "connection {conn_id} ({} {}, user {}) closed after {} in / {} out, {} dropped",
+                v.transport, v.peer, v.user, v.messages_in, v.messages_out, v.dropped
+            ),
+        );
     }
     session.remove_all_subscriptions().await;
     // Publishes still being stored are answered into the queue before it closes: a
@@ -317,10 +332,14 @@ impl Session {
 
     /// Answers request `req_id` (0: none) with `refusal`'s `Error`.
     async fn refuse(&self, req_id: u64, refusal: Refusal) -> Result<(), Closed> {
-        if let Refusal::PermissionDenied(_) = refusal {
+        if let Refusal::PermissionDenied(why) = &refusal {
             self.shared
                 .metrics
                 .auth_failed(AuthFailure::PermissionDenied);
+            self.shared.events.record(
+                "auth_failure",
+                format!("connection {}: {why}", self.conn_id),
+            );
         }
         self.send(refusal.frame(req_id)).await
     }
@@ -385,6 +404,10 @@ impl Session {
                         AuthFailure::InvalidToken
                     });
                 tracing::info!(conn_id = self.conn_id, client = %hello.client_name, %why, "refused: invalid or missing token");
+                self.shared.events.record(
+                    "auth_failure",
+                    format!("{} {}: {why}", self.transport, self.peer),
+                );
                 let msg = format!("{why}: this broker requires a valid token in Hello.auth_token");
                 return self.close_with(Refusal::Unauthorized(msg)).await;
             }
@@ -399,6 +422,17 @@ impl Session {
             self.outbox.clone(),
         ));
         self.shared.connections.add(entry.clone());
+        self.shared.events.record(
+            "connect",
+            format!(
+                "connection {} ({} {}, user {}, client {:?})",
+                self.conn_id,
+                self.transport,
+                self.peer,
+                self.identity.name(),
+                hello.client_name
+            ),
+        );
         self.entry = Some(entry.clone());
         self.send(Frame::from_op(Op::Welcome(v1::Welcome {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
