@@ -10,10 +10,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::browser::{chromium, open_page, open_page_with};
 use common::{start_gateway, RawConn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -21,22 +20,6 @@ use tokio::net::TcpListener;
 const PAGE: &str = include_str!("browser/page.html");
 /// How long the page may take, Chromium's start included.
 const PAGE_WAIT: Duration = Duration::from_secs(60);
-
-/// The browser, installed if missing; fails the test if it cannot be.
-fn chromium() -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-chromium.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed: Chromium is needed for this test",
-        script.display()
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// Serves the page on 127.0.0.1:0 (any path), until the test ends.
 async fn serve_page() -> SocketAddr {
@@ -67,42 +50,6 @@ async fn serve_page() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Headless Chromium on `url`, with a profile of its own (kept until the test ends).
-fn open_page(browser: &str, url: &str) -> (tokio::process::Child, tempfile::TempDir) {
-    open_page_with(browser, url, &[])
-}
-
-/// [`open_page`] with more Chromium flags.
-fn open_page_with(
-    browser: &str,
-    url: &str,
-    extra: &[&str],
-) -> (tokio::process::Child, tempfile::TempDir) {
-    let profile = tempfile::tempdir().unwrap();
-    // The flags the machine notes give: no sandbox as root, and no background traffic
-    // to hosts a closed network refuses.
-    let chrome = tokio::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .args(extra)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {browser}: {e}"));
-    (chrome, profile)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! protocol connection that sends and expects frames exactly as a foreign client would.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod http;
 
 use std::net::SocketAddr;
