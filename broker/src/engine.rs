@@ -115,6 +115,17 @@ pub trait CommitSink<O>: Send + Sync {
     fn committed(&self, pass: Vec<Committed<O>>);
 }
 
+/// What an engine reports of its own work, for the metrics. Defined here and
+/// implemented above (`crate::metrics::Metrics`), like [`CommitSink`]. Called on the
+/// engine's thread: it must not wait.
+pub trait StorageObserver: Send + Sync + std::fmt::Debug {
+    /// A pass stored `appends` appends; `commit` is the time from its start until it was
+    /// as durable as the fsync policy asks (write and flush).
+    fn pass(&self, appends: usize, commit: std::time::Duration);
+    /// One flush to disk took `took`.
+    fn fsync(&self, took: std::time::Duration);
+}
+
 /// Takes appends whose outcomes go to a [`CommitSink`] with origins of type `O`.
 pub trait Appender<O>: Send + Sync + std::fmt::Debug {
     /// Hands `append` to the engine. With `lone` (the only frame its read brought), an

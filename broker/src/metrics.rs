@@ -37,6 +37,24 @@ pub enum AuthFailure {
     PermissionDenied,
 }
 
+/// A durable consumer's series: its topic and name, or both empty for the sum of the
+/// consumers on topics no config rule names.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabel {
+    pub topic: String,
+    pub consumer: String,
+}
+
+/// One durable consumer's figures, for [`Metrics::set_consumers`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerFigures {
+    pub topic: String,
+    pub name: String,
+    pub pending: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
@@ -68,6 +86,14 @@ pub struct Metrics {
     resident_memory: Gauge,
     open_fds: Gauge,
     publish_latency: Histogram,
+    storage_pass_appends: Histogram,
+    storage_commit: Histogram,
+    storage_fsync: Histogram,
+    replay_reads: Counter,
+    replay_messages: Counter,
+    consumer_pending: Family<ConsumerLabel, Gauge>,
+    consumer_redelivered: Family<ConsumerLabel, Gauge>,
+    consumer_dead_lettered: Family<ConsumerLabel, Gauge>,
     /// Deliveries dropped for slow consumers, added by writers without a lock.
     pending_dropped: AtomicU64,
 }
@@ -99,6 +125,22 @@ impl Metrics {
             publish_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 17),
             ),
+            // 1 to 4096 appends, doubling.
+            storage_pass_appends: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 13),
+            ),
+            // 10 µs to ~5 s, doubling.
+            storage_commit: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(10e-6, 2.0, 20),
+            ),
+            storage_fsync: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(10e-6, 2.0, 20),
+            ),
+            replay_reads: Counter::default(),
+            replay_messages: Counter::default(),
+            consumer_pending: Family::default(),
+            consumer_redelivered: Family::default(),
+            consumer_dead_lettered: Family::default(),
             pending_dropped: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -153,6 +195,46 @@ impl Metrics {
             "publish_latency_seconds",
             "Durable publishes, from the read that brought them to their answer (stored per the fsync policy, or refused)",
             m.publish_latency.clone(),
+        );
+        r.register(
+            "storage_pass_appends",
+            "Appends stored per storage pass (one write, one flush per the fsync policy)",
+            m.storage_pass_appends.clone(),
+        );
+        r.register(
+            "storage_commit_seconds",
+            "Storage passes, from their start until as durable as the fsync policy asks",
+            m.storage_commit.clone(),
+        );
+        r.register(
+            "storage_fsync_seconds",
+            "Flushes of the store to disk",
+            m.storage_fsync.clone(),
+        );
+        r.register(
+            "replay_reads",
+            "Reads of the log by replays (subscriptions from a position, resumes, SSE and long-polling)",
+            m.replay_reads.clone(),
+        );
+        r.register(
+            "replay_messages_read",
+            "Messages read from the log by replays",
+            m.replay_messages.clone(),
+        );
+        r.register(
+            "consumer_pending",
+            "Delivered and unacknowledged messages of durable consumers: one series per consumer on a topic a config rule names exactly, the rest summed under topic=\"\"",
+            m.consumer_pending.clone(),
+        );
+        r.register(
+            "consumer_redelivered",
+            "Redeliveries made by durable consumers (labelled as consumer_pending)",
+            m.consumer_redelivered.clone(),
+        );
+        r.register(
+            "consumer_dead_lettered",
+            "Messages durable consumers moved to their dead-letter topic (labelled as consumer_pending)",
+            m.consumer_dead_lettered.clone(),
         );
         r.register(
             "process_resident_memory_bytes",
@@ -245,6 +327,49 @@ impl Metrics {
             .inc();
     }
 
+    /// A replay read `messages` from the log.
+    pub fn replay_read(&self, messages: usize) {
+        self.replay_reads.inc();
+        self.replay_messages.inc_by(messages as u64);
+    }
+
+    /// Replaces the durable consumers' series: those whose topic is in `named` (the
+    /// topics config rules name exactly) one each, the others summed, so a client that
+    /// invents consumer names cannot grow the series.
+    pub fn set_consumers(&self, consumers: &[ConsumerFigures], named: &[String]) {
+        let families = [
+            &self.consumer_pending,
+            &self.consumer_redelivered,
+            &self.consumer_dead_lettered,
+        ];
+        for f in families {
+            f.clear();
+        }
+        let rest = ConsumerLabel {
+            topic: String::new(),
+            consumer: String::new(),
+        };
+        for f in families {
+            f.get_or_create(&rest).set(0);
+        }
+        for c in consumers {
+            let label = if named.contains(&c.topic) {
+                ConsumerLabel {
+                    topic: c.topic.clone(),
+                    consumer: c.name.clone(),
+                }
+            } else {
+                rest.clone()
+            };
+            for (f, n) in families
+                .iter()
+                .zip([c.pending, c.redelivered, c.dead_lettered])
+            {
+                f.get_or_create(&label).inc_by(n as i64);
+            }
+        }
+    }
+
     /// The text exposition of every metric, with the process figures read now.
     pub fn render(&self) -> String {
         let dropped = self.pending_dropped.swap(0, Ordering::Relaxed);
@@ -261,6 +386,17 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl crate::engine::StorageObserver for Metrics {
+    fn pass(&self, appends: usize, commit: std::time::Duration) {
+        self.storage_pass_appends.observe(appends as f64);
+        self.storage_commit.observe(commit.as_secs_f64());
+    }
+
+    fn fsync(&self, took: std::time::Duration) {
+        self.storage_fsync.observe(took.as_secs_f64());
     }
 }
 

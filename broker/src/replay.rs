@@ -30,6 +30,7 @@ use rtc_proto::v1::{self, frame::Op, start_position::Position};
 use rtc_proto::Frame;
 
 use crate::engine::{start_seq, Log, StoreError};
+use crate::metrics::Metrics;
 use crate::outbound::{Closed, Outbox};
 use crate::refusal::Refusal;
 use crate::router::{Flushes, Live, Share, Subscriber};
@@ -149,6 +150,7 @@ impl Subscriber for Gate {
 pub async fn run(
     gate: Arc<Gate>,
     log: Arc<dyn Log>,
+    metrics: Arc<Metrics>,
     pattern: String,
     start: Position,
     resume_after: std::collections::BTreeMap<String, u64>,
@@ -157,7 +159,7 @@ pub async fn run(
         .into_iter()
         .map(|(topic, seq)| (topic, seq.saturating_add(1)))
         .collect();
-    match catch_up(&gate, &*log, &pattern, start, cursors).await {
+    match catch_up(&gate, &*log, &metrics, &pattern, start, cursors).await {
         Ok(()) | Err(Failure::Closed) => {}
         Err(Failure::Store(e)) => {
             tracing::error!(sub_id = gate.sub_id, error = %e, "replay failed; continuing live");
@@ -190,6 +192,7 @@ impl From<StoreError> for Failure {
 async fn catch_up(
     gate: &Gate,
     log: &dyn Log,
+    metrics: &Metrics,
     pattern: &str,
     start: Position,
     mut cursors: HashMap<String, u64>,
@@ -203,7 +206,7 @@ async fn catch_up(
                 // A topic that appeared after the subscription: all of it is new.
                 None => 1,
             };
-            let next = replay_topic(gate, log, &name, from).await?;
+            let next = replay_topic(gate, log, metrics, &name, from).await?;
             cursors.insert(name, next);
         }
         first_pass = false;
@@ -259,10 +262,17 @@ fn open(st: &mut GateState, cursors: HashMap<String, u64>) {
 }
 
 /// Delivers `topic` from seq `from` to the end of its log; returns the next seq owed.
-async fn replay_topic(gate: &Gate, log: &dyn Log, topic: &str, from: u64) -> Result<u64, Failure> {
+async fn replay_topic(
+    gate: &Gate,
+    log: &dyn Log,
+    metrics: &Metrics,
+    topic: &str,
+    from: u64,
+) -> Result<u64, Failure> {
     let mut cursor = from;
     loop {
         let entries = log.read(topic, cursor, READ_MSGS, READ_BYTES).await?;
+        metrics.replay_read(entries.len());
         if entries.is_empty() {
             return Ok(cursor);
         }

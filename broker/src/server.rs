@@ -194,6 +194,7 @@ impl BrokerBuilder {
                     fsync: config.fsync,
                     max_topics: config.max_topics,
                     store_reserve: config.store_reserve,
+                    observer: Some(metrics.clone()),
                 },
             )
             .map_err(in_data_dir)?,

@@ -138,3 +138,98 @@ async fn auth_failures_are_counted_by_reason() {
     }
     g.handle.shutdown().await;
 }
+
+/// Storage passes, replay reads and durable consumers show in their series; a consumer on
+/// a topic a config rule names gets series of its own, any other one only counts in the
+/// sum (so invented names cannot grow the series).
+#[tokio::test]
+async fn storage_replay_and_consumer_series_move() {
+    let g = start_gateway(|c| {
+        c.fsync = rtc_broker::config::FsyncPolicy::Always;
+        let mut rule = rtc_broker::topic::TopicRule::ephemeral("jobs");
+        rule.storage = rtc_broker::topic::StorageName::Durable;
+        c.topic = vec![rule];
+    })
+    .await;
+    let tcp = g.handle.tcp_addr();
+    let mut c = RawConn::hello(tcp).await;
+    for topic in ["jobs", "other"] {
+        for _ in 0..3 {
+            c.publish_acked(topic, b"job").await;
+        }
+    }
+    let mut replayer = RawConn::hello(tcp).await;
+    replayer
+        .send(Frame::from_op(Op::Subscribe(v1::Subscribe {
+            req_id: 1,
+            sub_id: 1,
+            pattern: "jobs".into(),
+            start: Some(v1::StartPosition {
+                position: Some(v1::start_position::Position::First(true)),
+            }),
+            ..Default::default()
+        })))
+        .await;
+    assert!(matches!(
+        replayer.recv().await.unwrap().op,
+        Some(Op::SubAck(_))
+    ));
+    for _ in 0..3 {
+        replayer.expect_deliver().await;
+    }
+    // A consumer on each topic, each holding 3 unacknowledged messages.
+    let mut worker = RawConn::hello(tcp).await;
+    for (sub_id, topic) in [(1, "jobs"), (2, "other")] {
+        worker
+            .send(Frame::from_op(Op::Subscribe(v1::Subscribe {
+                req_id: sub_id,
+                sub_id,
+                pattern: topic.into(),
+                consumer: "w".into(),
+                ..Default::default()
+            })))
+            .await;
+        assert!(matches!(
+            worker.recv().await.unwrap().op,
+            Some(Op::SubAck(_))
+        ));
+        for _ in 0..3 {
+            worker.expect_deliver().await;
+        }
+    }
+    // The consumer series are sampled once a second.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let s = loop {
+        let s = scrape(g.http).await;
+        if get(&s, "rtc_consumer_pending{topic=\"\",consumer=\"\"}") == 3.0 {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no consumer series: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        get(&s, "rtc_consumer_pending{topic=\"jobs\",consumer=\"w\"}"),
+        3.0
+    );
+    assert!(
+        !s.keys().any(|k| k.contains("topic=\"other\"")),
+        "no series of its own for a topic no rule names"
+    );
+    assert!(get(&s, "rtc_storage_pass_appends_count") >= 1.0, "{s:?}");
+    assert_eq!(
+        get(&s, "rtc_storage_pass_appends_sum"),
+        6.0,
+        "six appends in the passes"
+    );
+    assert!(get(&s, "rtc_storage_commit_seconds_count") >= 1.0);
+    assert!(
+        get(&s, "rtc_storage_fsync_seconds_count") >= 1.0,
+        "fsync always flushes every pass"
+    );
+    assert!(get(&s, "rtc_replay_reads_total") >= 1.0);
+    assert_eq!(get(&s, "rtc_replay_messages_read_total"), 3.0);
+    g.handle.shutdown().await;
+}

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::{identity, refused, Gateway};
 use crate::clock::now_ms;
 use crate::engine::TopicView;
+use crate::metrics::ConsumerFigures;
 use crate::refusal::Refusal;
 
 /// Seconds of per-second figures kept for the dashboard's charts.
@@ -74,9 +75,18 @@ impl History {
     }
 }
 
-/// Once a second until `cancel`: the per-second figures, and events for deliveries
-/// dropped (slow consumers) in that second.
+/// Once a second until `cancel`: the per-second figures, events for deliveries dropped
+/// (slow consumers) in that second, and the durable consumers' metrics.
 pub async fn sample(g: Gateway, cancel: CancellationToken) {
+    // The topics config rules name exactly: their consumers get series of their own.
+    let named: Vec<String> = g
+        .shared
+        .config
+        .topic
+        .iter()
+        .map(|r| r.pattern.clone())
+        .filter(|p| !p.contains(['*', '>']))
+        .collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut was_in, mut was_out, mut was_dropped) = g.shared.metrics.totals();
@@ -102,6 +112,21 @@ pub async fn sample(g: Gateway, cancel: CancellationToken) {
             );
         }
         (was_in, was_out, was_dropped) = (now_in, now_out, dropped);
+        let figures: Vec<ConsumerFigures> = g
+            .shared
+            .consumers
+            .all()
+            .await
+            .into_iter()
+            .map(|c| ConsumerFigures {
+                topic: c.topic,
+                name: c.name,
+                pending: c.pending,
+                redelivered: c.redelivered,
+                dead_lettered: c.dead_lettered,
+            })
+            .collect();
+        g.shared.metrics.set_consumers(&figures, &named);
     }
 }
 

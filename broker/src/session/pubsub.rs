@@ -271,11 +271,15 @@ impl Session {
                 .join(&s.pattern, user, seat, join.info, watcher);
         }
         if let (Some(gate), Some(start)) = (gate, start) {
-            let log = self.shared.log.clone();
-            let task =
-                self.shared
-                    .tasks
-                    .spawn(replay::run(gate, log, s.pattern, start, resume_after));
+            let (log, metrics) = (self.shared.log.clone(), self.shared.metrics.clone());
+            let task = self.shared.tasks.spawn(replay::run(
+                gate,
+                log,
+                metrics,
+                s.pattern,
+                start,
+                resume_after,
+            ));
             if let Some(sub) = self.subs.get_mut(&s.sub_id) {
                 sub.replay = Some(task);
             }

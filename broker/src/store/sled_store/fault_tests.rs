@@ -103,6 +103,7 @@ fn engine_always(s: &SledStorage, reserve: u64) -> crate::store::LocalEngine<()>
             fsync: crate::config::FsyncPolicy::Always,
             max_topics: 100,
             store_reserve: reserve,
+            observer: None,
         },
     )
     .unwrap()

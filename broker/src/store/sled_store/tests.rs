@@ -34,6 +34,7 @@ fn start_writer(storage: SledStorage) -> crate::store::LocalEngine<()> {
             fsync: crate::config::FsyncPolicy::Never,
             max_topics: 100,
             store_reserve: 0,
+            observer: None,
         },
     )
     .unwrap()

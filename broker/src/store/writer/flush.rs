@@ -49,7 +49,11 @@ impl<O> Writer<O> {
     }
 
     pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        let began = Instant::now();
         self.storage.flush()?;
+        if let Some(observer) = &self.observer {
+            observer.fsync(began.elapsed());
+        }
         self.dirty = false;
         self.last_flush = Instant::now();
         Ok(())

@@ -40,7 +40,7 @@ use super::catalog::Catalog;
 use super::{Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp};
 use crate::clock::now_ms;
 use crate::config::FsyncPolicy;
-use crate::engine::{Append, CommitSink, Committed, Outcome, TopicView};
+use crate::engine::{Append, CommitSink, Committed, Outcome, StorageObserver, TopicView};
 use crate::refusal::Refusal;
 use crate::topic::{is_durable, normalize};
 
@@ -138,6 +138,7 @@ struct Writer<O> {
     /// The store failed and is not back yet (see `writer/failure.rs`).
     failed: Option<failure::Episode>,
     reserve: failure::Reserve,
+    observer: Option<Arc<dyn StorageObserver>>,
 }
 
 /// The storage thread as its engine holds it: the channel to it, the writer it shares
@@ -152,7 +153,7 @@ pub struct Started<O> {
 }
 
 /// How the storage thread writes, from the broker's config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// When written messages are flushed to disk (`Config::fsync`).
     pub fsync: FsyncPolicy,
@@ -160,6 +161,8 @@ pub struct WriterConfig {
     pub max_topics: usize,
     /// Bytes the store's filesystem keeps free; 0 for none (`Config::store_reserve`).
     pub store_reserve: u64,
+    /// Who is told each pass's size and commit time, and each flush's duration.
+    pub observer: Option<Arc<dyn StorageObserver>>,
 }
 
 /// Loads the store, rebuilds the dedup windows, publishes every topic to `catalog`, and
@@ -174,6 +177,7 @@ pub fn start<O: Send + 'static>(
         fsync,
         max_topics,
         store_reserve,
+        observer,
     } = config;
     let mut writer = Writer {
         next_id: storage.next_topic_id()?,
@@ -188,6 +192,7 @@ pub fn start<O: Send + 'static>(
         stopped: false,
         failed: None,
         reserve: failure::Reserve::new(store_reserve),
+        observer,
     };
     writer.recover(storage.load_topics()?)?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -263,6 +268,7 @@ impl<O> Writer<O> {
         // A failed store refuses the whole pass, unless it can be had back now (which
         // reloads topic state, so before any seq is assigned).
         let usable = self.store_usable();
+        let began = Instant::now();
         let mut ops = Vec::new();
         let mut undo = Undo::default();
         let mut appends = Vec::new();
@@ -370,6 +376,11 @@ impl<O> Writer<O> {
             _ => {}
         }
 
+        if let (Ok(()), Some(observer)) = (&result, &self.observer) {
+            if !appends.is_empty() {
+                observer.pass(appends.len(), began.elapsed());
+            }
+        }
         if result.is_ok() {
             for done in saved {
                 let _ = done.send(());
