@@ -290,6 +290,12 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         topic: String,
         name: String,
     ) -> BoxFuture<'static, Result<(), Refusal>>;
+    /// Replaces the config's topic rules; the topics not created explicitly take their
+    /// new settings (as on a restart). How many changed.
+    fn set_topic_rules(
+        &self,
+        rules: crate::topic::TopicRules,
+    ) -> BoxFuture<'static, Result<usize, Refusal>>;
     /// Stores a message on behalf of the broker itself (a dead letter); its seq. It is
     /// fanned out like any other, with no origin.
     fn append_internal(

@@ -67,6 +67,7 @@ mod replay;
 mod request;
 pub mod server;
 mod session;
+pub mod settings;
 mod throttle;
 pub mod topic;
 mod topic_cache;

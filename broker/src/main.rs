@@ -205,24 +205,49 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let config_file = args.config.clone();
     let config = load_config(args)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .map_err(|e| anyhow::anyhow!("invalid --log {:?}: {e}", config.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    // The filter sits in a reload layer so that the admin API and SIGHUP can change it.
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    let log_hook: rtc_broker::settings::LogHook = std::sync::Arc::new(move |spec: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(spec)
+            .map_err(|e| format!("invalid log filter {spec:?}: {e}"))?;
+        reload.reload(filter).map_err(|e| e.to_string())
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         // Handlers go in before the listening line, so a supervisor that signals as soon
         // as it sees the line gets a graceful shutdown, not the default kill.
-        let signals = Signals::install()?;
-        let handle = Broker::builder().config(config).start().await?;
+        let mut signals = Signals::install()?;
+        let mut builder = Broker::builder().config(config).log_hook(log_hook);
+        if let Some(path) = config_file {
+            builder = builder.config_file(path);
+        }
+        let handle = builder.start().await?;
         announce(&handle)?;
-        signals.wait().await;
+        while signals.wait().await == Signal::Reload {
+            // SIGHUP: reread the config file; a bad one changes nothing.
+            match handle.reload().await {
+                Ok(changed) => tracing::info!(changed = %changed.join("; "), "config reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload refused; the old settings stay")
+                }
+            }
+        }
         tracing::info!("signal received; shutting down");
         handle.shutdown().await;
         Ok(())
@@ -248,10 +273,18 @@ fn announce(handle: &BrokerHandle) -> std::io::Result<()> {
     out.flush()
 }
 
-/// SIGTERM and SIGINT handlers, installed once at start.
+/// SIGTERM, SIGINT and SIGHUP handlers, installed once at start.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
 }
 
 impl Signals {
@@ -260,13 +293,15 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait(mut self) {
+    async fn wait(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

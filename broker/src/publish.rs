@@ -17,6 +17,7 @@ use crate::auth::Identity;
 use crate::config::Config;
 use crate::engine::{Append, Log};
 use crate::refusal::Refusal;
+use crate::settings::Live;
 
 /// Bytes the broker may add to a message when it stores it: the seq field (at most 11)
 /// and the epoch field (a `u32` topic id in the local engine, at most 6; 11 allowed).
@@ -60,6 +61,7 @@ pub struct Contents {
 /// its encoded length; or why it is refused.
 pub fn message(
     config: &Config,
+    live: &Live,
     topic: String,
     contents: Contents,
     ts_ms: i64,
@@ -69,7 +71,7 @@ pub fn message(
         headers,
         msg_id,
     } = contents;
-    let max_payload = config.max_payload;
+    let max_payload = live.max_payload();
     if payload.len() > max_payload {
         let msg = format!(
             "payload of {} bytes; the limit is {max_payload}",
@@ -77,7 +79,7 @@ pub fn message(
         );
         return Err(Refusal::PayloadTooLarge(msg));
     }
-    let max_msg_id = config.max_msg_id;
+    let max_msg_id = live.max_msg_id();
     if msg_id.len() > max_msg_id {
         let msg = format!(
             "msg_id of {} bytes; the limit is {max_msg_id}",

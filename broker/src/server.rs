@@ -29,6 +29,7 @@ use crate::gateway::{Gateway, Http};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::session::Shared;
+use crate::settings::{Live, LogHook};
 use crate::store::sled_store::{BackgroundFlush, SledStorage};
 use crate::store::{LocalEngine, Storage, WriterConfig};
 use crate::topic::TopicRules;
@@ -71,6 +72,8 @@ pub struct BrokerBuilder {
     config: Config,
     storage: Option<Arc<dyn Storage>>,
     listeners: Vec<Box<dyn AnyListener>>,
+    log_hook: Option<LogHook>,
+    config_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -90,7 +93,23 @@ impl BrokerBuilder {
             config,
             storage: None,
             listeners: Vec::new(),
+            log_hook: None,
+            config_file: None,
         }
+    }
+
+    /// How the broker changes the process's log filter at run time (the admin API's
+    /// `log` setting): the binary installs one over its tracing subscriber.
+    pub fn log_hook(mut self, hook: LogHook) -> Self {
+        self.log_hook = Some(hook);
+        self
+    }
+
+    /// The file the config came from, reread by [`BrokerHandle::reload`] and the admin
+    /// API's reload.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
     }
 
     /// Uses `storage` under the local engine instead of opening sled in the data
@@ -213,6 +232,7 @@ impl BrokerBuilder {
         let auth = Auth::with_jwt(&config.user, config.jwt.as_ref())
             .map_err(BrokerError::InvalidConfig)?;
         let quic_config = config.quic;
+        let live = Live::new(&config, auth, self.log_hook, self.config_file);
         let shared = Arc::new(Shared::new(
             config,
             router,
@@ -220,7 +240,7 @@ impl BrokerBuilder {
             publishes,
             delivery,
             consumers,
-            auth,
+            live,
             tracker.clone(),
             metrics,
         ));
@@ -359,6 +379,17 @@ impl BrokerHandle {
     /// The URL clients use: `tcp://ADDR` or `tls://ADDR`.
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.tcp_addr)
+    }
+
+    /// Rereads the config file ([`BrokerBuilder::config_file`]) and applies what can
+    /// change at run time: users and JWT, topic rules, limits, log filter
+    /// (docs/admin.md, "Reload"). A bad file is refused whole and the old settings stay;
+    /// the error says why. On success, what changed.
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        let Some(shared) = &self.shared else {
+            return Err("the broker is stopping".into());
+        };
+        shared.reload_file().await.map_err(|r| r.to_string())
     }
 
     /// Stops accepting, tells every client `SHUTTING_DOWN`, lets each connection flush

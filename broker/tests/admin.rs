@@ -234,3 +234,111 @@ async fn the_event_stream_sends_events_and_figures() {
     }
     g.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn settings_changed_at_run_time_take_effect_and_bad_ones_change_nothing() {
+    let g = start_gateway(|_| {}).await;
+    let patch = |body: &'static str| {
+        request(
+            g.http,
+            "PATCH",
+            "/v1/admin/settings",
+            &["Content-Type: application/json"],
+            body.as_bytes(),
+        )
+    };
+    let changed = patch(r#"{"max_payload": 100, "publish_rate": 0}"#).await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    assert_eq!(changed.json()["max_payload"], 100);
+    let mut c = RawConn::hello(g.handle.tcp_addr()).await;
+    static BIG: [u8; 200] = [b'x'; 200];
+    c.publish("s.t", &BIG).await;
+    c.expect_error(ErrorCode::PayloadTooLarge).await;
+    c.publish_acked("s.t", b"small").await;
+
+    // Refused whole: one bad value, an unknown field, a log filter without its hook.
+    let bad = patch(r#"{"max_payload": 5000, "max_msg_id": 0}"#).await;
+    assert_eq!(
+        (bad.status, bad.json()["code"].clone()),
+        (400, "INVALID_REQUEST".into())
+    );
+    assert_eq!(patch(r#"{"max_payloads": 1}"#).await.status, 422);
+    let log = patch(r#"{"log": "debug"}"#).await;
+    assert_eq!(log.status, 400, "{}", log.text());
+    let settings = get(g.http, "/v1/admin/settings", &[]).await.json();
+    assert_eq!(settings["max_payload"], 100, "nothing changed: {settings}");
+    c.publish("s.t", &BIG).await;
+    c.expect_error(ErrorCode::PayloadTooLarge).await;
+
+    // No config file to reread.
+    let reload = request(g.http, "POST", "/v1/admin/reload", &[], b"").await;
+    assert_eq!(reload.status, 404, "{}", reload.text());
+    g.handle.shutdown().await;
+}
+
+/// `POST /v1/admin/reload` rereads the file: a new topic rule reaches the topics that
+/// follow the rules (retention then trims them), not one created explicitly.
+#[tokio::test]
+async fn a_reloaded_topic_rule_applies_to_the_topics_that_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rtc.toml");
+    std::fs::write(&file, "").unwrap();
+    let handle = rtc_broker::Broker::builder()
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .http(Some("127.0.0.1:0".parse().unwrap()))
+        .data_dir(dir.path().join("data"))
+        .config_file(&file)
+        .start()
+        .await
+        .unwrap();
+    let http = handle.http_addr().unwrap();
+    let mut c = RawConn::hello(handle.tcp_addr()).await;
+    let created = request(
+        http,
+        "PUT",
+        "/v1/admin/topics/keep.explicit",
+        &["Content-Type: application/json"],
+        b"{}",
+    )
+    .await;
+    assert_eq!(created.status, 200);
+    for topic in ["keep.auto", "keep.explicit"] {
+        for _ in 0..5 {
+            c.publish_acked(topic, b"m").await;
+        }
+    }
+    std::fs::write(&file, "[[topic]]\npattern = \"keep.>\"\nmax_msgs = 2\n").unwrap();
+    let reload = request(http, "POST", "/v1/admin/reload", &[], b"").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    assert_eq!(
+        c.topic_info("keep.auto").await.settings.unwrap().max_msgs,
+        2
+    );
+    assert_eq!(
+        c.topic_info("keep.explicit")
+            .await
+            .settings
+            .unwrap()
+            .max_msgs,
+        0
+    );
+    // Retention runs every second.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while c.topic_info("keep.auto").await.messages != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never trimmed it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.topic_info("keep.explicit").await.messages, 5);
+    // A file that does not parse is refused, and the rule stays.
+    std::fs::write(&file, "[[topic]\n").unwrap();
+    let bad = request(http, "POST", "/v1/admin/reload", &[], b"").await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(
+        c.topic_info("keep.auto").await.settings.unwrap().max_msgs,
+        2
+    );
+    handle.shutdown().await;
+}

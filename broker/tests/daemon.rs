@@ -183,3 +183,112 @@ async fn locked_damaged_or_foreign_data_dir_stops_the_broker_with_one_line_namin
         other => panic!("expected TopicInfo, got {other:?}"),
     }
 }
+
+/// The config file for the reload test: the admin user, and `ana` when `with_ana`.
+fn users_config(with_ana: bool, max_payload: usize) -> String {
+    let user = |name: &str, admin: bool| {
+        format!(
+            "[[user]]\nname = \"{name}\"\ntoken_hash = \"{}\"\npublish = [\">\"]\nsubscribe = [\">\"]\nadmin = {admin}\n",
+            rtc_broker::auth::hash_token(&format!("{name}-token"))
+        )
+    };
+    let mut text = format!("max_payload = {max_payload}\n{}", user("ops", true));
+    if with_ana {
+        text.push_str(&user("ana", false));
+    }
+    text
+}
+
+/// The first frame the broker answers a Hello with `token` with.
+async fn first_answer(addr: std::net::SocketAddr, token: &str) -> rtc_proto::Frame {
+    let mut c = RawConn::connect(addr).await;
+    c.send(rtc_proto::Frame::from_op(rtc_proto::v1::frame::Op::Hello(
+        rtc_proto::v1::Hello {
+            protocol_version: rtc_proto::PROTOCOL_VERSION,
+            client_name: "reload-test".into(),
+            auth_token: token.into(),
+        },
+    )))
+    .await;
+    c.recv().await.expect("an answer")
+}
+
+fn is_welcome(f: &rtc_proto::Frame) -> bool {
+    matches!(f.op, Some(rtc_proto::v1::frame::Op::Welcome(_)))
+}
+
+#[tokio::test]
+async fn sighup_applies_a_good_config_file_and_refuses_a_bad_one_whole() {
+    let dir = temp_dir();
+    let config = dir.path().join("rtc.toml");
+    std::fs::write(&config, users_config(false, 1000)).unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(
+        Path::new(BIN),
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = broker.http.expect("the gateway is on");
+    let refused = first_answer(broker.addr, "ana-token").await;
+    assert!(!is_welcome(&refused), "ana is not a user yet: {refused:?}");
+
+    // A good file: ana is let in, and the payload limit is the new one.
+    std::fs::write(&config, users_config(true, 2000)).unwrap();
+    broker.signal(rtc_testkit::SIGHUP);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !is_welcome(&first_answer(broker.addr, "ana-token").await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reload never let ana in"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ana = RawConn::login(broker.addr, "ana-token").await;
+    static PAYLOAD: [u8; 1500] = [b'x'; 1500];
+    ana.publish_acked("reload.t", &PAYLOAD).await;
+
+    // A bad file (ana's token hash is malformed) changes nothing at all.
+    let bad = users_config(true, 500).replace("sha256:", "sha1:");
+    std::fs::write(&config, bad).unwrap();
+    broker.signal(rtc_testkit::SIGHUP);
+    let admin = "Authorization: Bearer ops-token";
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let events = common::http::get(http, "/v1/admin/events", &[admin])
+            .await
+            .json();
+        let refused = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "reload_refused");
+        if refused {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reload_refused event: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        is_welcome(&first_answer(broker.addr, "ana-token").await),
+        "ana still a user"
+    );
+    ana.publish_acked("reload.t", &PAYLOAD).await;
+    let settings = common::http::get(http, "/v1/admin/settings", &[admin])
+        .await
+        .json();
+    assert_eq!(settings["max_payload"], 2000, "the old limit stays");
+
+    broker.signal(SIGTERM);
+    let (status, stderr) = broker.wait(EXIT_WAIT);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("config reload refused"), "{stderr}");
+    assert!(stderr.contains("config reloaded"), "{stderr}");
+}

@@ -38,6 +38,7 @@ use crate::clock::now_ms;
 use crate::engine::TopicView;
 use crate::metrics::ConsumerFigures;
 use crate::refusal::Refusal;
+use crate::session::SettingsChange;
 
 /// Seconds of per-second figures kept for the dashboard's charts.
 const HISTORY: usize = 300;
@@ -486,9 +487,35 @@ pub(super) async fn settings(State(g): State<Gateway>, headers: HeaderMap) -> Re
     for_admin!(g, headers, None, Json(settings_json(&g)).into_response())
 }
 
+/// `PATCH settings`: a [`SettingsChange`] as JSON; the settings after.
+pub(super) async fn change_settings(
+    State(g): State<Gateway>,
+    headers: HeaderMap,
+    Json(change): Json<SettingsChange>,
+) -> Response {
+    if let Err(refusal) = admin(&g, &headers, None) {
+        return refused(refusal);
+    }
+    match g.shared.change(change) {
+        Ok(_) => Json(settings_json(&g)).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+/// `POST reload`: rereads the config file, as SIGHUP does.
+pub(super) async fn reload(State(g): State<Gateway>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = admin(&g, &headers, None) {
+        return refused(refusal);
+    }
+    match g.shared.reload_file().await {
+        Ok(changed) => Json(json!({ "reloaded": changed })).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
 /// The effective configuration; token hashes and JWT secrets are left out.
 fn settings_json(g: &Gateway) -> Value {
-    let c = &g.shared.config;
+    let c = g.shared.live.current();
     let d = |d: Duration| humantime::format_duration(d).to_string();
     let users: Vec<Value> = c
         .user
@@ -546,5 +573,8 @@ fn settings_json(g: &Gateway) -> Value {
         "users": users,
         "jwt": jwt,
         "topic_rules": topics,
+        "adjustable": ["max_payload", "max_msg_id", "publish_rate", "publish_burst", "max_subscriptions_per_connection", "max_requests_per_connection", "log"],
+        "log_adjustable": g.shared.live.can_set_log(),
+        "config_file": g.shared.live.file(),
     })
 }

@@ -166,7 +166,11 @@ impl Gateway {
             )
             .route("/v1/admin/events", get(admin::events))
             .route("/v1/admin/events/stream", get(admin::event_stream))
-            .route("/v1/admin/settings", get(admin::settings))
+            .route(
+                "/v1/admin/settings",
+                get(admin::settings).patch(admin::change_settings),
+            )
+            .route("/v1/admin/reload", post(admin::reload))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 cors::cors,
@@ -201,10 +205,7 @@ struct Peer(SocketAddr);
 async fn serve(http: Http, gateway: Gateway, cancel: CancellationToken, tracker: TaskTracker) {
     let Http { listener, tls, .. } = http;
     let limit = gateway.shared.config.handshake_timeout;
-    let (rate, burst) = (
-        gateway.shared.config.publish_rate,
-        gateway.shared.config.publish_burst,
-    );
+    let shared = gateway.shared.clone();
     let router = gateway.router();
     loop {
         let accepted = tokio::select! {
@@ -222,6 +223,7 @@ async fn serve(http: Http, gateway: Gateway, cancel: CancellationToken, tracker:
             }
         };
         let _ = tcp.set_nodelay(true);
+        let (rate, burst) = shared.live.publish_rate();
         let limit_rate = RateLimit(Arc::new(std::sync::Mutex::new(Throttle::new(rate, burst))));
         let router = router
             .clone()
@@ -332,7 +334,7 @@ pub(crate) fn identity(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token = bearer.or(query_token).unwrap_or("");
-    g.shared.auth.authenticate(token).map_err(|why| {
+    g.shared.live.auth().authenticate(token).map_err(|why| {
         g.shared.metrics.auth_failed(if token.is_empty() {
             AuthFailure::MissingToken
         } else {

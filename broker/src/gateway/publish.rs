@@ -86,7 +86,7 @@ async fn who_and_body(
     body: Body,
 ) -> Result<(Identity, Bytes), Refusal> {
     let who = identity(g, headers, None)?;
-    let max = g.shared.config.max_payload;
+    let max = g.shared.live.max_payload();
     let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
         // Over the limit, or the client stopped sending: either way nothing is published.
         Refusal::PayloadTooLarge(format!(
@@ -115,7 +115,7 @@ pub(super) async fn one(
             return refused(r);
         }
     };
-    if let Err(r) = rate.take(g.shared.config.publish_rate) {
+    if let Err(r) = rate.take(g.shared.live.publish_rate().0) {
         return refused(r);
     }
     let contents = Contents {
@@ -154,7 +154,7 @@ pub(super) async fn batch(
     for (i, line) in lines.into_iter().enumerate() {
         let p = match parse(line) {
             // Each line is one publish against the connection's rate.
-            Ok((topic, contents)) => match rate.take(g.shared.config.publish_rate) {
+            Ok((topic, contents)) => match rate.take(g.shared.live.publish_rate().0) {
                 Ok(()) => start(&g, &identity, topic, contents).await,
                 Err(r) => Pending::Done(Err(r)),
             },
@@ -226,10 +226,11 @@ async fn start(g: &Gateway, identity: &Identity, topic: String, contents: Conten
             return Pending::Done(Err(r));
         }
     };
-    let (message, len) = match publish::message(&shared.config, topic, contents, now_ms()) {
-        Ok(m) => m,
-        Err(r) => return Pending::Done(Err(r)),
-    };
+    let (message, len) =
+        match publish::message(&shared.config, &shared.live, topic, contents, now_ms()) {
+            Ok(m) => m,
+            Err(r) => return Pending::Done(Err(r)),
+        };
     let mut tally = Tally {
         messages_in: 1,
         bytes_in: message.payload.len() as u64,

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, Identity};
+use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::connections::{Conn, Connections};
@@ -54,6 +54,7 @@ use crate::presence::Presence;
 use crate::refusal::Refusal;
 use crate::request::Requests;
 use crate::router::{Flushes, MatchCache, Router, Subscriber};
+use crate::settings::Live;
 use crate::throttle::Throttle;
 use crate::topic_cache::TopicCache;
 
@@ -61,11 +62,13 @@ mod admin;
 mod consume;
 mod presence;
 mod pubsub;
+mod reload;
 mod request;
 mod source;
 mod token;
 
 use consume::Settle;
+pub use reload::SettingsChange;
 pub use source::{codec_refusal, ByteStreamSource, FrameSource};
 
 /// How long a closing connection's writer gets to flush what is queued.
@@ -104,8 +107,8 @@ pub struct Shared {
     pub delivery: Arc<Delivery>,
     /// Durable consumers.
     pub consumers: Consumers,
-    /// Users and tokens.
-    pub auth: Auth,
+    /// The settings that change at run time: limits, users and tokens, log level.
+    pub live: Live,
     /// Where sessions run the tasks they start (replays), so shutdown waits for them.
     pub tasks: TaskTracker,
     /// Requests waiting for a reply.
@@ -133,7 +136,7 @@ impl Shared {
         publishes: Arc<Publishes>,
         delivery: Arc<Delivery>,
         consumers: Consumers,
-        auth: Auth,
+        live: Live,
         tasks: TaskTracker,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -150,7 +153,7 @@ impl Shared {
             publishes,
             delivery,
             consumers,
-            auth,
+            live,
             tasks,
             requests: Arc::new(Requests::new(metrics.clone())),
             metrics,
@@ -222,7 +225,10 @@ pub async fn run<S: FrameSource, K: FrameSink>(
         transport,
         peer: peer.clone(),
         entry: None,
-        throttle: Throttle::new(config.publish_rate, config.publish_burst),
+        throttle: {
+            let (rate, burst) = shared.live.publish_rate();
+            Throttle::new(rate, burst)
+        },
         subs: HashMap::new(),
         known_topics: TopicCache::default(),
         matches: MatchCache::default(),
@@ -393,7 +399,7 @@ impl Session {
             );
             return self.close_with(Refusal::UnsupportedVersion(msg)).await;
         }
-        match self.shared.auth.authenticate(&hello.auth_token) {
+        match self.shared.live.auth().authenticate(&hello.auth_token) {
             Ok(identity) => self.set_identity(identity),
             Err(why) => {
                 self.shared
@@ -441,8 +447,8 @@ impl Session {
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u32,
             features: self.features(),
             connection_id: self.conn_id,
-            max_payload: saturating_u32(config.max_payload),
-            max_msg_id: saturating_u32(config.max_msg_id),
+            max_payload: saturating_u32(self.shared.live.max_payload()),
+            max_msg_id: saturating_u32(self.shared.live.max_msg_id()),
         })))
         .await?;
         self.flush();

@@ -64,7 +64,7 @@ impl Session {
         };
         if let Some((wait, tell)) = self.throttle.as_mut().and_then(|t| t.take()) {
             if tell {
-                let rate = self.shared.config.publish_rate;
+                let (rate, _) = self.shared.live.publish_rate();
                 let msg = format!(
                     "publishing faster than {rate}/s; this connection is being slowed down"
                 );
@@ -81,11 +81,16 @@ impl Session {
             headers,
             msg_id,
         };
-        let (message, message_len) =
-            match publish::message(&self.shared.config, topic, contents, self.read_ms) {
-                Ok(m) => m,
-                Err(refusal) => return self.refuse(req_id, refusal).await,
-            };
+        let (message, message_len) = match publish::message(
+            &self.shared.config,
+            &self.shared.live,
+            topic,
+            contents,
+            self.read_ms,
+        ) {
+            Ok(m) => m,
+            Err(refusal) => return self.refuse(req_id, refusal).await,
+        };
         self.tally.messages_in += 1;
         self.tally.bytes_in += message.payload.len() as u64;
         if !is_durable(&settings) {
@@ -168,7 +173,7 @@ impl Session {
                 .refuse(req_id, Refusal::DuplicateSubscription(msg))
                 .await;
         }
-        let limit = self.shared.config.max_subscriptions_per_connection;
+        let limit = self.shared.live.max_subscriptions();
         if self.subs.len() >= limit {
             let msg = format!("this connection already has {limit} subscriptions, the limit");
             return self.refuse(req_id, Refusal::LimitExceeded(msg)).await;

@@ -42,7 +42,7 @@ impl Session {
             return self.refuse(req_id, refusal).await;
         }
         let config = &self.shared.config;
-        let limit = config.max_requests_per_connection;
+        let limit = self.shared.live.max_requests();
         if self.waiting.load(Ordering::Relaxed) >= limit {
             let msg = format!("this connection already has {limit} requests waiting, the limit");
             return self.refuse(req_id, Refusal::LimitExceeded(msg)).await;
@@ -56,10 +56,11 @@ impl Session {
             headers,
             msg_id: String::new(),
         };
-        let mut message = match publish::message(config, topic, contents, self.read_ms) {
-            Ok((message, _)) => message,
-            Err(refusal) => return self.refuse(req_id, refusal).await,
-        };
+        let mut message =
+            match publish::message(config, &self.shared.live, topic, contents, self.read_ms) {
+                Ok((message, _)) => message,
+                Err(refusal) => return self.refuse(req_id, refusal).await,
+            };
         self.shared.metrics.request_sent();
         let recipients = self.shared.router.recipients(&message.topic);
         if recipients.is_empty() {
@@ -113,7 +114,7 @@ impl Session {
             payload,
             headers,
         } = r;
-        let max = self.shared.config.max_payload;
+        let max = self.shared.live.max_payload();
         let checked = if payload.len() > max {
             Err(Refusal::PayloadTooLarge(format!(
                 "reply payload of {} bytes; the limit is {max}",

@@ -43,7 +43,7 @@ impl Session {
 
     pub(super) async fn refresh(&mut self, r: v1::AuthRefresh) -> Result<(), Closed> {
         let v1::AuthRefresh { req_id, auth_token } = r;
-        let identity = match self.shared.auth.authenticate(&auth_token) {
+        let identity = match self.shared.live.auth().authenticate(&auth_token) {
             Ok(identity) => identity,
             Err(why) => return self.refuse(req_id, Refusal::Unauthorized(why)).await,
         };

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use rtc_proto::v1::TopicSettings;
 use tokio::sync::watch;
@@ -27,7 +27,8 @@ struct Entry {
 /// The topics of the local engine; see the module docs.
 #[derive(Debug)]
 pub struct Catalog {
-    rules: TopicRules,
+    /// Replaced whole when the config is reloaded.
+    rules: RwLock<Arc<TopicRules>>,
     topics: RwLock<HashMap<String, Entry>>,
     /// Bumped whenever the settings in force for some name change.
     generation: AtomicU64,
@@ -39,7 +40,7 @@ impl Catalog {
     /// An empty catalog over the config's rules.
     pub fn new(rules: TopicRules) -> Self {
         Catalog {
-            rules,
+            rules: RwLock::new(Arc::new(rules)),
             topics: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             watchers: Mutex::new(HashMap::new()),
@@ -47,8 +48,15 @@ impl Catalog {
     }
 
     /// The config's rules.
-    pub fn rules(&self) -> &TopicRules {
-        &self.rules
+    pub fn rules(&self) -> Arc<TopicRules> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the rules (the writer only, which then applies them to the topics that
+    /// follow the rules); the settings of names not yet known may change.
+    pub(super) fn set_rules(&self, rules: TopicRules) {
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Entry>> {
@@ -59,7 +67,7 @@ impl Catalog {
     pub fn settings(&self, name: &str) -> TopicSettings {
         match self.read().get(name) {
             Some(e) => e.view.settings,
-            None => self.rules.configured(name),
+            None => self.rules().configured(name),
         }
     }
 
@@ -146,7 +154,7 @@ impl Catalog {
             let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
             let before = match topics.get(name) {
                 Some(e) => e.view.settings,
-                None => self.rules.configured(name),
+                None => self.rules().configured(name),
             };
             let changed = before != view.settings;
             match topics.get_mut(name) {

@@ -164,6 +164,10 @@ impl<O: Send + 'static> Log for LocalEngine<O> {
         self.ask(|reply| Request::EnsureTopic { name, reply })
     }
 
+    fn set_topic_rules(&self, rules: TopicRules) -> BoxFuture<'static, Result<usize, Refusal>> {
+        self.ask(|reply| Request::SetRules { rules, reply })
+    }
+
     fn delete_topic(&self, name: String) -> BoxFuture<'static, Result<(), Refusal>> {
         self.ask(|reply| Request::DeleteTopic { name, reply })
     }

@@ -321,7 +321,8 @@ impl<O> Writer<O> {
                 Request::Enforce | Request::Shutdown | Request::Wake => {}
                 Request::DeleteTopic { .. }
                 | Request::PurgeTopic { .. }
-                | Request::DeleteConsumer { .. } => {
+                | Request::DeleteConsumer { .. }
+                | Request::SetRules { .. } => {
                     unreachable!("process hands removals to remove")
                 }
             }

@@ -1,5 +1,6 @@
-//! Removals an operator asks for: deleting a topic, purging its messages, deleting a
-//! durable consumer's state. Each is handled alone, after the requests that came before
+//! What an operator asks of the store, each outside the passes of appends: deleting a
+//! topic, purging its messages, deleting a durable consumer's state, new topic rules
+//! from a reloaded config. Each is handled alone, after the requests that came before
 //! it and before those after it (`Writer::process` cuts the batch there), written and
 //! flushed before it is answered, so an answer means the data is gone from disk.
 //!
@@ -23,6 +24,9 @@ impl<O> Writer<O> {
             }
             Request::DeleteConsumer { topic, name, reply } => {
                 let _ = reply.send(self.delete_consumer(&topic, &name));
+            }
+            Request::SetRules { rules, reply } => {
+                let _ = reply.send(self.set_rules(rules));
             }
             other => debug_assert!(!other.is_removal(), "every removal is handled"),
         }
@@ -89,6 +93,43 @@ impl<O> Writer<O> {
             }])?;
         }
         Ok(())
+    }
+}
+
+impl<O> Writer<O> {
+    /// New topic rules: the topics that follow the rules take their new settings, as
+    /// they would on a restart (`Writer::recover`).
+    fn set_rules(&mut self, rules: crate::topic::TopicRules) -> Result<usize, Refusal> {
+        self.removable()?;
+        let mut ops = Vec::new();
+        for (name, log) in &self.topics {
+            if log.explicit {
+                continue;
+            }
+            let now = rules.configured(name);
+            if now != log.settings {
+                ops.push(WriteOp::PutTopic {
+                    name: name.clone(),
+                    id: log.id,
+                    settings: now,
+                    explicit: false,
+                });
+            }
+        }
+        let changed = ops.len();
+        if changed > 0 {
+            self.write_now(ops)?;
+        }
+        for (name, log) in self.topics.iter_mut() {
+            if !log.explicit {
+                log.settings = rules.configured(name);
+            }
+        }
+        self.catalog.set_rules(rules);
+        for (name, log) in &self.topics {
+            self.catalog.set(name, log.id, log.view());
+        }
+        Ok(changed)
     }
 }
 

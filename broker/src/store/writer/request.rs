@@ -21,7 +21,10 @@ impl<O> Request<O> {
     pub fn is_removal(&self) -> bool {
         matches!(
             self,
-            Request::DeleteTopic { .. } | Request::PurgeTopic { .. } | Request::DeleteConsumer { .. }
+            Request::DeleteTopic { .. }
+                | Request::PurgeTopic { .. }
+                | Request::DeleteConsumer { .. }
+                | Request::SetRules { .. }
         )
     }
 }
@@ -85,6 +88,14 @@ pub enum Request<O> {
         name: String,
         /// Answer.
         reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    /// Replace the config's topic rules and apply them to the topics that follow them
+    /// (those not created explicitly). Handled on its own.
+    SetRules {
+        /// The new rules.
+        rules: crate::topic::TopicRules,
+        /// Answer: how many topics changed settings.
+        reply: oneshot::Sender<Result<usize, Refusal>>,
     },
     /// Apply retention limits and expire dedup entries.
     Enforce,
