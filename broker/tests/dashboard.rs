@@ -1,8 +1,8 @@
 //! The dashboard (`GET /`) in headless Chromium, driven over the DevTools protocol: it
 //! logs in with an admin token, shows three clients within 2 s of their connecting, a
 //! press on a row's disconnect button closes that client's connection (the client gets
-//! `Error{DISCONNECTED}`), and the live tail of a topic shows a message published after
-//! it opened. The test saves a screenshot as `dashboard.png` under the target directory
+//! `Error{DISCONNECTED}`), the live tail of a topic shows a message published after it
+//! opened, and a setting edited on the page is in force. The test saves a screenshot as `dashboard.png` under the target directory
 //! (`target/tmp/`), for a reviewer to look at.
 
 mod common;
@@ -105,6 +105,25 @@ async fn the_dashboard_shows_clients_disconnects_one_and_tails_a_topic() {
         clients[i]
             .expect_deliver_within(Duration::from_secs(10))
             .await;
+    }
+
+    // A setting edited on the page is in force.
+    page.eval("(() => { const i = document.querySelector('#adjust input[name=max_payload]'); i.value = '4321'; document.querySelector('#adjust button[type=submit]').click(); return true; })()")
+        .await;
+    let admin_header = format!("Authorization: Bearer {admin}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = common::http::get(g.http, "/v1/admin/settings", &[&admin_header])
+            .await
+            .json();
+        if s["max_payload"] == 4321 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edit never applied: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let png = page.screenshot().await;
