@@ -2,8 +2,8 @@
 //!
 //! `main` parses the command line and dispatches to one module per command family:
 //! [`publish`] (`pub`), [`subscribe`] (`sub`), [`request`] (`req`, `reply`),
-//! [`presence`] (`presence`), [`topic`] (`topic create|ls|info`) and [`consumer`]
-//! (`consumer ls|info`);
+//! [`presence`] (`presence`), [`topic`] (`topic create|ls|info|rm|purge`),
+//! [`consumer`] (`consumer ls|info|rm`) and [`top`] (`top`);
 //! [`output`] formats received messages.
 //! Errors end the process with one line on stderr and exit code 1.
 
@@ -13,6 +13,7 @@ mod presence;
 mod publish;
 mod request;
 mod subscribe;
+mod top;
 mod topic;
 
 use std::process::ExitCode;
@@ -57,10 +58,12 @@ enum Command {
     Reply(request::ReplyArgs),
     /// Who is in a room: its members, or their count.
     Presence(presence::PresenceArgs),
-    /// Create, list and inspect topics.
+    /// Create, list, inspect, delete and purge topics.
     Topic(topic::TopicArgs),
-    /// List and inspect a topic's durable consumers.
+    /// List, inspect and delete a topic's durable consumers.
     Consumer(consumer::ConsumerArgs),
+    /// The broker's figures, refreshed every second (reads the admin API over HTTP).
+    Top(top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Presence(args) => presence::run(&server, args).await,
             Command::Topic(args) => topic::run(&server, args).await,
             Command::Consumer(args) => consumer::run(&server, args).await,
+            Command::Top(args) => top::run(&server, args).await,
         }
     });
     match result {

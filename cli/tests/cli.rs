@@ -544,3 +544,46 @@ fn presence_lists_who_is_in_a_room() {
     ana.kill().unwrap();
     ana.wait().unwrap();
 }
+
+#[test]
+fn top_shows_the_figures_and_the_connections() {
+    let dir = temp_dir();
+    let b = BrokerProcess::start(
+        &workspace_bin("rtc-broker"),
+        dir.path(),
+        &["--http", "127.0.0.1:0"],
+    );
+    let url = b.url();
+    let http = format!("http://{}", b.http.expect("the gateway is on"));
+    stdout_of(&run(&mut cli(&url, &["pub", "top.t", "one"])));
+    let sub = start_sub(&url, &["sub", "top.>", "--count", "1"]);
+    let screen = stdout_of(&run(&mut cli(
+        &url,
+        &["top", "--http", &http, "--count", "1"],
+    )));
+    assert!(screen.contains("connections 1"), "{screen}");
+    assert!(screen.contains("top.t"), "{screen}");
+    assert!(
+        screen.contains(" tcp "),
+        "the connection's transport: {screen}"
+    );
+    let json = stdout_of(&run(&mut cli(
+        &url,
+        &["top", "--http", &http, "--count", "2", "--json"],
+    )));
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{json}");
+    assert_eq!(lines[0]["stats"]["connections"], 1);
+    assert_eq!(lines[0]["connections"][0]["subscriptions"]["1"], "top.>");
+    assert_eq!(lines[0]["topics"][0]["name"], "top.t");
+    stdout_of(&run(&mut cli(&url, &["pub", "top.t", "two"])));
+    assert_eq!(finish(sub).stdout, b"two\n");
+    let refused = run(&mut cli(
+        &url,
+        &["top", "--http", "https://x:1", "--count", "1"],
+    ));
+    assert!(!refused.status.success());
+}
