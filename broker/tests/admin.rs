@@ -342,3 +342,47 @@ async fn a_reloaded_topic_rule_applies_to_the_topics_that_follow_the_rules() {
     );
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_consumer_created_over_the_api_starts_where_it_was_told() {
+    let g = start_gateway(|_| {}).await;
+    let mut c = RawConn::hello(g.handle.tcp_addr()).await;
+    for _ in 0..4 {
+        c.publish_acked("made.t", b"m").await;
+    }
+    let put = |body: &'static [u8]| {
+        request(
+            g.http,
+            "PUT",
+            "/v1/admin/consumers/made.t/audit",
+            &["Content-Type: application/json"],
+            body,
+        )
+    };
+    let created = put(br#"{"start": "seq:3"}"#).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(
+        (
+            created.json()["next_seq"].clone(),
+            created.json()["members"].clone()
+        ),
+        (3.into(), 0.into())
+    );
+    // Again: left as it is.
+    assert_eq!(put(br#"{"start": "first"}"#).await.json()["next_seq"], 3);
+    assert_eq!(put(br#"{"start": "soon"}"#).await.status, 400);
+    let sub = v1::Subscribe {
+        req_id: 1,
+        sub_id: 1,
+        pattern: "made.t".into(),
+        consumer: "audit".into(),
+        ..Default::default()
+    };
+    c.send(Frame::from_op(Op::Subscribe(sub))).await;
+    assert!(matches!(c.recv().await.unwrap().op, Some(Op::SubAck(_))));
+    match c.recv().await.unwrap().op {
+        Some(Op::Deliver(d)) => assert_eq!(d.message.unwrap().seq, 3),
+        other => panic!("expected seq 3, got {other:?}"),
+    }
+    g.handle.shutdown().await;
+}

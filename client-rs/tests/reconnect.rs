@@ -428,3 +428,66 @@ async fn an_idle_client_keeps_its_connection_with_pings() {
     assert_eq!(client.publish("idle.x", "after").await.unwrap().seq, 2);
     assert_eq!(*state.borrow(), ConnectionState::Connected);
 }
+
+/// A topic deleted and created again, while the client is connected and while it is
+/// away: its subscription takes the new log's messages (seq 1 again, another epoch) for
+/// new ones, not for repeats of the old log's, and a resume across the gap starts at the
+/// new log's beginning.
+#[tokio::test]
+async fn a_topic_deleted_and_created_again_is_followed_from_its_new_start() {
+    let b = start().await;
+    let proxy = Proxy::start(broker_addr(&b.url)).await;
+    let admin = Client::connect(&b.url).await.unwrap();
+    let client = Client::connect_with(&proxy.url(), fast_reconnect())
+        .await
+        .unwrap();
+    let mut state = client.state();
+    let mut sub = client
+        .subscribe_with(
+            "ep.>",
+            SubscribeOptions {
+                start: StartAt::First,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        admin.publish("ep.t", format!("old{i}")).await.unwrap();
+    }
+    let old = take(&mut sub, 3).await;
+    assert_eq!(seqs(&old), vec![1, 2, 3]);
+    let first_epoch = old[0].epoch;
+    assert_ne!(first_epoch, 0);
+
+    // While connected: the new log's seq 1 is delivered.
+    admin.delete_topic("ep.t").await.unwrap();
+    admin.publish("ep.t", "live1").await.unwrap();
+    let m = next(&mut sub).await;
+    assert_eq!((m.seq, &m.payload[..]), (1, &b"live1"[..]));
+    let second_epoch = m.epoch;
+    assert_ne!(second_epoch, first_epoch);
+    admin.publish("ep.t", "live2").await.unwrap();
+    assert_eq!(next(&mut sub).await.seq, 2);
+
+    // While away: the client resumes after seq 2 of a log that is gone; it gets the
+    // newest log from its start, each message once.
+    proxy.drop_replies(true);
+    admin.delete_topic("ep.t").await.unwrap();
+    for i in 1..=2 {
+        admin.publish("ep.t", format!("away{i}")).await.unwrap();
+    }
+    proxy.drop_replies(false);
+    proxy.cut();
+    wait_for_state(&mut state, |s| {
+        matches!(s, ConnectionState::Reconnecting(_))
+    })
+    .await;
+    wait_for_state(&mut state, |s| s == ConnectionState::Connected).await;
+    admin.publish("ep.t", "after").await.unwrap();
+    let got = take(&mut sub, 3).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, [&b"away1"[..], b"away2", b"after"]);
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    assert!(got.iter().all(|m| m.epoch != second_epoch && m.epoch != 0));
+}

@@ -190,6 +190,44 @@ impl Consumers {
         Ok(MemberRef { tx, member })
     }
 
+    /// Creates consumer `name` on `topic` with no member yet, starting at `start` (the
+    /// admin API), and stores it before answering; an existing one is left as it is. Its
+    /// info either way. The names are checked by the caller.
+    pub async fn create(
+        &self,
+        topic: &str,
+        name: &str,
+        start: Position,
+    ) -> Result<v1::ConsumerInfo, Refusal> {
+        let view = self.log.ensure_topic(topic.to_string()).await?;
+        if !view.is_durable() {
+            return Err(Refusal::Conflict(format!(
+                "topic {topic:?} is ephemeral; durable consumers need a durable topic"
+            )));
+        }
+        if let Some(info) = self.info(topic, name).await {
+            return Ok(info);
+        }
+        let next = crate::engine::start_seq(&*self.log, topic, &view, &start)
+            .await?
+            .max(1);
+        let record = crate::engine::ConsumerRecord {
+            ack_floor: next - 1,
+            next_seq: next,
+            ..Default::default()
+        };
+        let (stored, rx) = oneshot::channel();
+        self.log
+            .save_consumer(topic, name, record.clone(), Some(stored))
+            .map_err(Refusal::from)?;
+        rx.await
+            .map_err(|_| Refusal::ShuttingDown("the store has stopped".into()))?;
+        self.spawn(topic, name, Some(record));
+        self.info(topic, name)
+            .await
+            .ok_or_else(|| Refusal::ShuttingDown("the consumer has stopped".into()))
+    }
+
     /// Deletes consumer `name` on `topic`: its members are told (`TOPIC_DELETED` with
     /// their sub_id), its actor ends, and its stored state is removed. `NOT_FOUND` if
     /// it does not exist.

@@ -8,7 +8,7 @@
 //!   ([`History`], sampled by [`sample`]);
 //! - `GET connections`, `DELETE connections/{id}[?reason=…]`;
 //! - `GET topics`, `GET|PUT|DELETE topics/{name}`, `POST topics/{name}/purge[?keep=N]`;
-//! - `GET consumers`, `GET|DELETE consumers/{topic}/{name}`;
+//! - `GET consumers`, `GET|PUT|DELETE consumers/{topic}/{name}`;
 //! - `GET events` (the ring), `GET events/stream` (SSE: each new event, and a `stats`
 //!   event every second);
 //! - `GET settings`: the effective configuration, secrets redacted.
@@ -419,6 +419,45 @@ pub(super) async fn consumer(
         None => refused(Refusal::NotFound(format!(
             "no consumer {name:?} on topic {topic:?}"
         ))),
+    }
+}
+
+/// The body of `PUT consumers/{topic}/{name}`: where a new consumer starts (the text
+/// forms of `rtc-cli sub --from`; default `first`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConsumerBody {
+    #[serde(default)]
+    start: Option<String>,
+}
+
+pub(super) async fn create_consumer(
+    State(g): State<Gateway>,
+    Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<ConsumerBody>>,
+) -> Response {
+    if let Err(refusal) = admin(&g, &headers, None) {
+        return refused(refusal);
+    }
+    if let Err(e) = rtc_proto::topic::validate_topic(&topic) {
+        return refused(Refusal::InvalidTopic(format!("{topic:?}: {e}")));
+    }
+    if let Err(e) = rtc_proto::topic::validate_consumer_name(&name) {
+        return refused(Refusal::InvalidRequest(e));
+    }
+    let start = match body.and_then(|Json(b)| b.start) {
+        None => v1::start_position::Position::First(true),
+        Some(text) => match rtc_proto::position::parse_start(&text) {
+            Ok(p) => p
+                .position
+                .unwrap_or(v1::start_position::Position::First(true)),
+            Err(e) => return refused(Refusal::InvalidRequest(e.to_string())),
+        },
+    };
+    match g.shared.consumers.create(&topic, &name, start).await {
+        Ok(c) => Json(consumer_json(&c)).into_response(),
+        Err(r) => refused(r),
     }
 }
 

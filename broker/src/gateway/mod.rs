@@ -162,7 +162,9 @@ impl Gateway {
             .route("/v1/admin/consumers", get(admin::consumers))
             .route(
                 "/v1/admin/consumers/{topic}/{name}",
-                get(admin::consumer).delete(admin::delete_consumer),
+                get(admin::consumer)
+                    .put(admin::create_consumer)
+                    .delete(admin::delete_consumer),
             )
             .route("/v1/admin/events", get(admin::events))
             .route("/v1/admin/events/stream", get(admin::event_stream))
