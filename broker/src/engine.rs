@@ -124,6 +124,11 @@ pub trait StorageObserver: Send + Sync + std::fmt::Debug {
     fn pass(&self, appends: usize, commit: std::time::Duration);
     /// One flush to disk took `took`.
     fn fsync(&self, took: std::time::Duration);
+    /// The store failed (an I/O error, or the disk below its reserve): writes are
+    /// refused until it is back.
+    fn failed(&self, error: &str);
+    /// The store is back after a failure.
+    fn recovered(&self);
 }
 
 /// Takes appends whose outcomes go to a [`CommitSink`] with origins of type `O`.

@@ -91,6 +91,10 @@ pub struct Metrics {
     storage_fsync: Histogram,
     replay_reads: Counter,
     replay_messages: Counter,
+    storage_failures: Counter,
+    storage_failed: Gauge,
+    /// The last storage failure's text, for the admin events.
+    storage_error: std::sync::Mutex<String>,
     consumer_pending: Family<ConsumerLabel, Gauge>,
     consumer_redelivered: Family<ConsumerLabel, Gauge>,
     consumer_dead_lettered: Family<ConsumerLabel, Gauge>,
@@ -138,6 +142,9 @@ impl Metrics {
             ),
             replay_reads: Counter::default(),
             replay_messages: Counter::default(),
+            storage_failures: Counter::default(),
+            storage_failed: Gauge::default(),
+            storage_error: std::sync::Mutex::default(),
             consumer_pending: Family::default(),
             consumer_redelivered: Family::default(),
             consumer_dead_lettered: Family::default(),
@@ -210,6 +217,16 @@ impl Metrics {
             "storage_fsync_seconds",
             "Flushes of the store to disk",
             m.storage_fsync.clone(),
+        );
+        r.register(
+            "storage_failures",
+            "Times the store failed (I/O error, or the disk below store_reserve) and refused writes",
+            m.storage_failures.clone(),
+        );
+        r.register(
+            "storage_failed",
+            "1 while the store is failed and refuses writes, else 0",
+            m.storage_failed.clone(),
         );
         r.register(
             "replay_reads",
@@ -327,6 +344,21 @@ impl Metrics {
             .inc();
     }
 
+    /// Storage failures since start, whether the store is failed now, and the last
+    /// failure's text (the admin events).
+    pub fn storage_state(&self) -> (u64, bool, String) {
+        let error = self
+            .storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (
+            self.storage_failures.get(),
+            self.storage_failed.get() != 0,
+            error,
+        )
+    }
+
     /// A replay read `messages` from the log.
     pub fn replay_read(&self, messages: usize) {
         self.replay_reads.inc();
@@ -397,6 +429,16 @@ impl crate::engine::StorageObserver for Metrics {
 
     fn fsync(&self, took: std::time::Duration) {
         self.storage_fsync.observe(took.as_secs_f64());
+    }
+
+    fn failed(&self, error: &str) {
+        *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = error.to_string();
+        self.storage_failures.inc();
+        self.storage_failed.set(1);
+    }
+
+    fn recovered(&self) {
+        self.storage_failed.set(0);
     }
 }
 

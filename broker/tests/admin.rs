@@ -386,3 +386,54 @@ async fn a_consumer_created_over_the_api_starts_where_it_was_told() {
     }
     g.handle.shutdown().await;
 }
+
+/// A store that refuses writes (here: its disk is below a reserve no disk has) shows as
+/// an event and in the metrics.
+#[tokio::test]
+async fn a_storage_failure_is_an_event_and_a_metric() {
+    let g = start_gateway(|c| c.store_reserve = 1 << 60).await;
+    let mut c = RawConn::hello(g.handle.tcp_addr()).await;
+    // The free space is looked at every second (or after a quarter of the reserve is
+    // written): publish until a write is refused.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        c.publish("full.t", b"m").await;
+        match c.recv().await.unwrap().op {
+            Some(Op::PubAck(_)) => {}
+            Some(Op::Error(e)) if e.error_code() == ErrorCode::Storage => break,
+            other => panic!("expected PubAck or STORAGE, got {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write was refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let events = get(g.http, "/v1/admin/events", &[]).await.json();
+        let hit = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "storage_error");
+        if hit {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no storage_error event: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = get(g.http, "/metrics", &[]).await.text();
+    assert!(
+        metrics.lines().any(|l| l == "rtc_storage_failed 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "rtc_storage_failures_total 1"),
+        "{metrics}"
+    );
+    g.handle.shutdown().await;
+}

@@ -77,7 +77,8 @@ impl History {
 }
 
 /// Once a second until `cancel`: the per-second figures, events for deliveries dropped
-/// (slow consumers) in that second, and the durable consumers' metrics.
+/// (slow consumers) and storage failures in that second, and the durable consumers'
+/// metrics.
 pub async fn sample(g: Gateway, cancel: CancellationToken) {
     // The topics config rules name exactly: their consumers get series of their own.
     let named: Vec<String> = g
@@ -91,6 +92,7 @@ pub async fn sample(g: Gateway, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut was_in, mut was_out, mut was_dropped) = g.shared.metrics.totals();
+    let (mut was_failures, mut was_failed, _) = g.shared.metrics.storage_state();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -113,6 +115,19 @@ pub async fn sample(g: Gateway, cancel: CancellationToken) {
             );
         }
         (was_in, was_out, was_dropped) = (now_in, now_out, dropped);
+        let (failures, failed, error) = g.shared.metrics.storage_state();
+        if failures > was_failures {
+            g.shared.events.record(
+                "storage_error",
+                format!("the store failed and refuses writes: {error}"),
+            );
+        } else if was_failed && !failed {
+            g.shared.events.record(
+                "storage_recovered",
+                "the store is back: writes are accepted again",
+            );
+        }
+        (was_failures, was_failed) = (failures, failed);
         let figures: Vec<ConsumerFigures> = g
             .shared
             .consumers

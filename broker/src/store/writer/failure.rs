@@ -96,6 +96,9 @@ impl<O> Writer<O> {
 
     fn begin_episode(&mut self, error: String, reopen: bool) {
         let now = Instant::now();
+        if let Some(observer) = &self.observer {
+            observer.failed(&error);
+        }
         self.failed = Some(Episode {
             since: now,
             error,
@@ -201,6 +204,9 @@ impl<O> Writer<O> {
                 refused = e.refused,
                 "the store is back: writes are accepted again"
             );
+            if let Some(observer) = &self.observer {
+                observer.recovered();
+            }
         }
         true
     }
