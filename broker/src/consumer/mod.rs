@@ -262,9 +262,15 @@ impl Consumers {
 
     /// Every consumer's info, sorted by topic and name (the admin view).
     pub async fn all(&self) -> Vec<v1::ConsumerInfo> {
+        self.infos(|_| true).await
+    }
+
+    /// The info of the consumers whose topic `keep` takes, sorted by topic and name.
+    async fn infos(&self, keep: impl Fn(&str) -> bool) -> Vec<v1::ConsumerInfo> {
         let mut txs: Vec<((String, String), mpsc::Sender<Command>)> = self
             .lock()
             .iter()
+            .filter(|((topic, _), _)| keep(topic))
             .map(|(k, tx)| (k.clone(), tx.clone()))
             .collect();
         txs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -288,20 +294,7 @@ impl Consumers {
 
     /// Describes every consumer of `topic`, sorted by name.
     pub async fn list(&self, topic: &str) -> Vec<v1::ConsumerInfo> {
-        let mut txs: Vec<(String, mpsc::Sender<Command>)> = self
-            .lock()
-            .iter()
-            .filter(|((t, _), _)| t == topic)
-            .map(|((_, n), tx)| (n.clone(), tx.clone()))
-            .collect();
-        txs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = Vec::new();
-        for (_, tx) in txs {
-            if let Some(info) = ask_info(tx).await {
-                out.push(info);
-            }
-        }
-        out
+        self.infos(|t| t == topic).await
     }
 }
 

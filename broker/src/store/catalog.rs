@@ -137,13 +137,18 @@ impl Catalog {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         self.generation.fetch_add(1, Ordering::Release);
+        self.tell_watchers(name, 0);
+    }
+
+    /// Sends topic `name`'s watchers its last seq, if it changed.
+    fn tell_watchers(&self, name: &str, last: u64) {
         if let Some(tx) = self
             .watchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
-            tx.send_replace(0);
+            tx.send_if_modified(|v| std::mem::replace(v, last) != last);
         }
     }
 
@@ -168,14 +173,7 @@ impl Catalog {
                 self.generation.fetch_add(1, Ordering::Release);
             }
         }
-        if let Some(tx) = self
-            .watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            tx.send_if_modified(|v| std::mem::replace(v, last) != last);
-        }
+        self.tell_watchers(name, last);
     }
 }
 
