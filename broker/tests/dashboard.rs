@@ -2,7 +2,8 @@
 //! logs in with an admin token, shows three clients within 2 s of their connecting, a
 //! press on a row's disconnect button closes that client's connection (the client gets
 //! `Error{DISCONNECTED}`), the live tail of a topic shows a message published after it
-//! opened, and a setting edited on the page is in force. The test saves a screenshot as `dashboard.png` under the target directory
+//! opened, and a setting edited on the page is in force. The test saves screenshots as
+//! `dashboard.png` and `dashboard-phone.png` (390 px wide) under the target directory
 //! (`target/tmp/`), for a reviewer to look at.
 
 mod common;
@@ -130,6 +131,20 @@ async fn the_dashboard_shows_clients_disconnects_one_and_tails_a_topic() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&path, &png).unwrap();
+    println!("screenshot: {}", path.display());
+    // And as a phone shows it: one column, nothing cut off at the side but the wide
+    // tables, which scroll inside their box.
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({ "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true }),
+    )
+    .await;
+    let overflow = page
+        .eval("document.documentElement.scrollWidth <= window.innerWidth")
+        .await;
+    assert_eq!(overflow, true, "the page is no wider than a phone's screen");
+    let path = path.with_file_name("dashboard-phone.png");
+    std::fs::write(&path, page.screenshot().await).unwrap();
     println!("screenshot: {}", path.display());
     let _ = chrome.kill().await;
     g.handle.shutdown().await;
