@@ -1,0 +1,113 @@
+// Test helpers: the real rtc-broker binary on 127.0.0.1 ports of its own (its path in
+// RTC_BROKER_BIN, else the workspace's debug build), and a TCP proxy that can cut every
+// connection through it.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const BROKER_BIN = process.env.RTC_BROKER_BIN ?? join(here, "../../target/debug/rtc-broker");
+
+/** Starts a broker; resolves with { http, tcp, url, stop() } once it listens. */
+export async function startBroker(extra = []) {
+  const dir = mkdtempSync(join(tmpdir(), "rtc-js-"));
+  const child = spawn(BROKER_BIN, ["--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", join(dir, "data"), "--log", "warn", ...extra], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  const addrs = await new Promise((resolve, reject) => {
+    let out = "";
+    const found = {};
+    const timer = setTimeout(() => reject(new Error(`the broker did not start: ${stderr}`)), 20000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      for (const line of out.split("\n")) {
+        const m = line.match(/^listening (tcp|http) (\S+)/);
+        if (m) found[m[1]] = m[2];
+      }
+      if (found.tcp && found.http) {
+        clearTimeout(timer);
+        resolve(found);
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`the broker exited (${code}): ${stderr}`)));
+  });
+  return {
+    http: addrs.http,
+    tcp: addrs.tcp,
+    url: `ws://${addrs.http}/v1/ws`,
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A TCP proxy to `target` ("host:port"): `cut()` closes every connection through it;
+ *  `refuse(on)` closes new ones at once. */
+export async function startProxy(target) {
+  const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
+  const sockets = new Set();
+  let refusing = false;
+  const server = createServer((client) => {
+    if (refusing) return client.destroy();
+    const upstream = connect(port, host);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {});
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const addr = `127.0.0.1:${server.address().port}`;
+  return {
+    addr,
+    url: `ws://${addr}/v1/ws`,
+    cut() {
+      for (const s of sockets) s.destroy();
+    },
+    refuse(on) {
+      refusing = on;
+      if (on) this.cut();
+    },
+    close() {
+      this.cut();
+      return new Promise((r) => server.close(r));
+    },
+  };
+}
+
+/** Waits until `f()` is true, for at most `ms`. */
+export async function until(f, ms = 10000, what = "the condition") {
+  const deadline = Date.now() + ms;
+  while (!(await f())) {
+    if (Date.now() > deadline) throw new Error(`${what} did not come within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The next `n` messages of a subscription, within `ms`. */
+export async function take(sub, n, ms = 10000) {
+  const out = [];
+  const it = sub[Symbol.asyncIterator]();
+  const deadline = Date.now() + ms;
+  while (out.length < n) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`only ${out.length} of ${n} messages within ${ms} ms`);
+    let timer;
+    const r = await Promise.race([it.next(), new Promise((_, rej) => (timer = setTimeout(() => rej(new Error(`only ${out.length} of ${n} messages within ${ms} ms`)), left)))]);
+    clearTimeout(timer);
+    if (r.done) throw new Error(`the subscription ended after ${out.length} messages`);
+    out.push(r.value);
+  }
+  return out;
+}
