@@ -13,6 +13,7 @@ await build({
   target: "es2020",
   outfile: out,
   legalComments: "none",
+  banner: { js: "// rtc-client browser build, generated from client-js/ by `npm run build`: do not edit." },
 });
 const bytes = readFileSync(out);
 console.log(`${out}: ${bytes.length} bytes, ${gzipSync(bytes, { level: 9 }).length} gzipped`);

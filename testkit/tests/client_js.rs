@@ -1,7 +1,8 @@
 //! client-js (the TypeScript client) as part of the workspace's tests: its packages from
 //! the lock file (`npm ci`), the type check, the linter, and `npm test` — the build, then
 //! node's test runner against the real `rtc-broker` binary this `cargo test` built
-//! (`RTC_BROKER_BIN`). Needs the machine's Node 20+ and npm; it fails, saying so, without
+//! (`RTC_BROKER_BIN`) — and that the browser build the examples use
+//! (examples/web/rtc-client.js) is the current one. Needs the machine's Node 20+ and npm; it fails, saying so, without
 //! them.
 
 use std::path::Path;
@@ -34,4 +35,12 @@ fn client_js_installs_checks_lints_and_passes_its_tests() {
     npm(&dir, &["run", "check"]);
     npm(&dir, &["run", "lint"]);
     npm(&dir, &["test"]);
+    // The examples import the browser build the broker serves from the repository: it
+    // must be this build.
+    let built = std::fs::read(dir.join("dist/rtc-client.browser.js")).expect("the browser build");
+    let served = std::fs::read(dir.join("../examples/web/rtc-client.js")).unwrap_or_default();
+    assert!(
+        built == served,
+        "examples/web/rtc-client.js is not the current browser build: run `npm run examples` in client-js/ and commit it"
+    );
 }

@@ -4,7 +4,8 @@
 //! - `GET /healthz`: 200 while the broker serves;
 //! - `GET /readyz`: 200 once the store is open and until the broker stops (503 then);
 //! - `GET /metrics`: Prometheus metrics (see `crate::metrics`);
-//! - `GET /examples/chat` and `/examples/call`: the example pages (`examples/web/`);
+//! - `GET /examples/chat` and `/examples/call`: the example pages (`examples/web/`), and
+//!   `/examples/rtc-client.js`, the browser build of client-js they import;
 //! - `GET /v1/ws`: a WebSocket upgrade, subprotocol `rtc.v1.proto` (see [`ws`]), handed
 //!   to the one accept path like any connection;
 //! - `GET /v1/sse`: Server-Sent Events, resumable with `Last-Event-ID` (see `sse`);
@@ -141,6 +142,7 @@ impl Gateway {
             .route("/metrics", get(metrics))
             .route("/examples/chat", get(chat_example))
             .route("/examples/call", get(call_example))
+            .route("/examples/rtc-client.js", get(client_js))
             .route("/v1/ws", get(ws::upgrade))
             .route("/v1/sse", get(sse::stream))
             .route("/v1/poll", get(poll::poll))
@@ -362,6 +364,16 @@ async fn dashboard() -> Response {
 /// The example WebRTC call (examples/web/call.html), served the same way.
 async fn call_example() -> Response {
     html(include_str!("../../../examples/web/call.html"))
+}
+
+/// The browser build of client-js the examples import (examples/web/rtc-client.js, made
+/// by `npm run examples` in client-js/; testkit's client_js test checks it is current).
+async fn client_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../../examples/web/rtc-client.js"),
+    )
+        .into_response()
 }
 
 fn html(page: &'static str) -> Response {
