@@ -9,9 +9,15 @@
 // waiting for an answer fail with ClosedError (publishes excepted: they stay in the
 // outbox), the state is `reconnecting`, and the next attempt waits per the backoff.
 // `close()` ends it for good.
+//
+// When a WebSocket cannot be opened at all (no Welcome on an attempt), the next attempt
+// falls back to Server-Sent Events with HTTP publish, and the one after that to
+// long-polling, then to WebSocket again (see http.ts); a transport that worked is kept
+// until it fails. The app's code does not change; `transport` says which is in use.
 
 import { delayFor, type ReconnectPolicy } from "./backoff.js";
 import { ClosedError, RtcError } from "./errors.js";
+import { HttpTransport, type FetchLike, type Stream } from "./http.js";
 import { Message, type WireMessage } from "./message.js";
 import { Outbox, type KeyValueStorage, type Pending } from "./outbox.js";
 import { toWire, type Payload } from "./payload.js";
@@ -51,7 +57,14 @@ export interface ConnectOptions {
   outboxName?: string;
   /** How long the first connection may take (default 10 s). */
   connectTimeoutMs?: number;
+  /** Fall back to SSE, then long-polling, when a WebSocket cannot be opened (default true). */
+  fallback?: boolean;
+  /** The fetch for the fallbacks (default: globalThis.fetch). */
+  fetch?: FetchLike;
 }
+
+/** The transport in use. */
+export type Transport = "websocket" | "sse" | "poll";
 
 export interface PublishOptions {
   headers?: Record<string, string>;
@@ -150,6 +163,15 @@ export class Client {
   #timer: unknown;
   #attempt = 0;
   #welcome: Record<string, unknown> = {};
+  #mode: Transport = "websocket";
+  /** Bumped by every attempt and every loss: a callback of an earlier attempt (a socket's
+   *  late error, a stream's failure) sees another generation and does nothing. */
+  #gen = 0;
+  /** This attempt reached a working connection (a Welcome, or the fallback's first answers). */
+  #reached = false;
+  /** On a fallback: its HTTP side, and each subscription's stream. */
+  #http: HttpTransport | undefined;
+  readonly #streams = new Map<number, Stream>();
 
   private constructor(url: string, opts: ConnectOptions) {
     this.#url = url;
@@ -191,9 +213,9 @@ export class Client {
     return this.#state;
   }
 
-  /** `websocket` (the fallbacks to SSE and long-polling are not built yet). */
-  get transport(): "websocket" {
-    return "websocket";
+  /** `websocket`, or a fallback: `sse` or `poll`. */
+  get transport(): Transport {
+    return this.#mode;
   }
 
   /** The broker's Welcome (server_version, connection_id, max_payload, ...). */
@@ -227,11 +249,17 @@ export class Client {
     this.#outbox.add(p);
     const done = new Promise<PubAck>((resolve, reject) => this.#acks.set(p.msgId, { resolve, reject }));
     if (this.#ready) this.#sendPublish(p);
+    else if (this.#http && this.#reached) void this.#httpPublish([p]);
     return done;
   }
 
   /** Publishes without an answer (nothing is kept or resent). */
   publishNoAck(topic: string, payload: Payload, opts: PublishOptions = {}): void {
+    if (this.#http) {
+      // Over HTTP every publish is answered; this one's answer is not waited for.
+      void this.#http.publish([{ msgId: opts.msgId ?? "", topic, payload: toWire(payload), headers: opts.headers ?? {} }]).catch(() => {});
+      return;
+    }
     this.#send({ publish: { topic, payload: toWire(payload), headers: opts.headers ?? {}, msg_id: opts.msgId ?? "" } });
   }
 
@@ -270,6 +298,22 @@ export class Client {
       request.presence = { info, events: !!opts.presence.events };
     }
     const sub = new Subscription(request, (s) => this.#unsubscribe(s));
+    if (this.#http) {
+      if (request.consumer || request.group || request.presence) {
+        throw this.#unsupported("durable consumers, queue groups and presence");
+      }
+      const http = this.#http;
+      const gen = this.#gen;
+      this.#subs.set(subId, sub);
+      sub.confirmed();
+      await new Promise<void>((resolve, reject) => {
+        this.#streams.set(subId, http.follow(sub, this.#mode === "poll", resolve, (why) => {
+          reject(new ClosedError(why));
+          if (gen === this.#gen) this.#lost(why);
+        }));
+      });
+      return sub;
+    }
     this.#subs.set(subId, sub);
     try {
       await this.#request("subscribe", { ...request });
@@ -284,6 +328,8 @@ export class Client {
   async #unsubscribe(s: Subscription): Promise<void> {
     if (!this.#subs.delete(s.id)) return;
     s.end(null);
+    this.#streams.get(s.id)?.close();
+    this.#streams.delete(s.id);
     if (this.#ready) {
       await this.#request("unsubscribe", { sub_id: s.id }).catch(() => {});
     }
@@ -312,12 +358,16 @@ export class Client {
   // ---- presence ----
 
   async presence(topic: string, page: { after?: string; limit?: number; countOnly?: boolean } = {}): Promise<PresenceInfo> {
-    const [, r] = await this.#request("presence_request", {
-      topic,
-      after: page.after ?? "",
-      limit: page.limit ?? 0,
-      count_only: !!page.countOnly,
-    });
+    const r = this.#http
+      ? await this.#http.presence(topic, page.after ?? "", page.limit ?? 0, !!page.countOnly)
+      : (
+          await this.#request("presence_request", {
+            topic,
+            after: page.after ?? "",
+            limit: page.limit ?? 0,
+            count_only: !!page.countOnly,
+          })
+        )[1];
     return {
       topic: (r.topic as string) ?? topic,
       members: (r.members as number) ?? 0,
@@ -386,6 +436,12 @@ export class Client {
         console.warn(`rtc-client: tokenProvider failed: ${String(e)}`);
       }
     }
+    this.#reached = false;
+    const gen = ++this.#gen;
+    if (this.#mode !== "websocket") {
+      await this.#openHttp(gen);
+      return;
+    }
     let ws: WebSocketLike;
     try {
       ws = new this.#WS(this.#url, "rtc.v1.json");
@@ -398,7 +454,7 @@ export class Client {
       ws.send(JSON.stringify({ hello: { protocol_version: 1, client_name: this.#opts.name ?? "rtc-client-js", auth_token: this.#token } }));
     };
     ws.onmessage = (ev) => {
-      if (ws !== this.#ws) return;
+      if (gen !== this.#gen) return;
       this.#heard = Date.now();
       let frame: Frame;
       try {
@@ -411,23 +467,24 @@ export class Client {
     // Some hosts (Node's WebSocket when the handshake fails) report an error and no
     // close: either ends this attempt, once.
     ws.onclose = () => {
-      if (ws === this.#ws) this.#lost("the connection closed");
+      if (gen === this.#gen) this.#lost("the connection closed");
     };
-    ws.onerror = () => {
-      if (ws !== this.#ws) return;
+    // The loss is recorded before the socket is closed: closing a socket that is still
+    // connecting fires its error handler again, at once.
+    const drop = (why: string) => {
+      this.#lost(why);
       try {
         ws.close();
       } catch {
         // Not open yet: nothing to close.
       }
-      this.#lost("the connection failed");
+    };
+    ws.onerror = () => {
+      if (gen === this.#gen) drop("the connection failed");
     };
     // An attempt that has not been welcomed within the limit is given up.
     this.#timer = setTimeout(() => {
-      if (ws === this.#ws && !this.#ready) {
-        ws.close();
-        this.#lost("no Welcome within the handshake limit");
-      }
+      if (gen === this.#gen && !this.#ready) drop("no Welcome within the handshake limit");
     }, HANDSHAKE_MS);
   }
 
@@ -486,6 +543,7 @@ export class Client {
     this.#welcome = w;
     this.#heartbeatMs = (w.heartbeat_interval_ms as number) || 15_000;
     this.#ready = true;
+    this.#reached = true;
     this.#attempt = 0;
     // Restore: subscriptions first, so that the resent publishes' messages reach them.
     for (const sub of this.#subs.values()) {
@@ -544,12 +602,87 @@ export class Client {
 
   /** Sends `op` with a fresh req_id and resolves with the answer. */
   #request(op: string, body: Record<string, unknown>): Promise<[string, Record<string, unknown>]> {
+    if (this.#http) return Promise.reject(this.#unsupported(op));
     if (!this.#ready) return Promise.reject(new ClosedError(`not connected (${this.#state})`));
     const reqId = this.#nextId++;
     return new Promise((resolve, reject) => {
       this.#waiting.set(reqId, { resolve, reject });
       this.#send({ [op]: { ...body, req_id: reqId } });
     });
+  }
+
+  #unsupported(what: string): RtcError {
+    return new RtcError("UNSUPPORTED", `${what} needs the WebSocket transport; this connection fell back to ${this.#mode}`);
+  }
+
+  /** Publishes over HTTP and settles each publish's promise. A failure leaves them in
+   *  the outbox, for the next connection. */
+  async #httpPublish(list: Pending[]): Promise<void> {
+    const http = this.#http;
+    const gen = this.#gen;
+    if (!http || list.length === 0) return;
+    let results;
+    try {
+      results = await http.publish(list);
+    } catch (e) {
+      if (e instanceof RtcError && e.code !== "RATE_LIMITED" && !e.code.startsWith("HTTP_")) {
+        // The whole batch was refused (a bad token, say): it would be refused again.
+        for (const p of list) this.#settle(p.msgId, e);
+      } else if (gen === this.#gen) {
+        this.#lost(`HTTP publish failed: ${String(e)}`);
+      }
+      return;
+    }
+    list.forEach((p, i) => this.#settle(p.msgId, results[i] ?? new RtcError("INTERNAL", "no answer")));
+  }
+
+  /** A publish's answer: it leaves the outbox unless it must be sent again. */
+  #settle(msgId: string, answer: PubAck | RtcError): void {
+    if (answer instanceof RtcError && answer.code === "RATE_LIMITED") return;
+    this.#outbox.remove(msgId);
+    const w = this.#acks.get(msgId);
+    this.#acks.delete(msgId);
+    if (answer instanceof RtcError) w?.reject(answer);
+    else w?.resolve(answer);
+  }
+
+  /** A fallback connection: the gateway reachable, every subscription's stream open,
+   *  then the outbox sent. */
+  async #openHttp(gen: number): Promise<void> {
+    const fetchImpl = this.#opts.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
+    if (!fetchImpl) {
+      this.#lost("no fetch here for the HTTP fallback");
+      return;
+    }
+    const http = new HttpTransport(this.#url.replace(/^ws/, "http").replace(/\/v1\/ws.*$/, ""), fetchImpl.bind(globalThis), () => this.#token);
+    this.#http = http;
+    if (!(await http.reachable())) {
+      // The broker is away, not a proxy in the way: the next attempt is a WebSocket
+      // again, so that a restarted broker is not left on a fallback.
+      if (gen === this.#gen) {
+        this.#mode = "poll";
+        this.#lost("the gateway cannot be reached");
+      }
+      return;
+    }
+    const poll = this.#mode === "poll";
+    const opening: Promise<void>[] = [];
+    for (const sub of this.#subs.values()) {
+      opening.push(
+        new Promise<void>((resolve) => {
+          this.#streams.set(sub.id, http.follow(sub, poll, resolve, (why) => {
+            resolve();
+            if (gen === this.#gen) this.#lost(why);
+          }));
+        }),
+      );
+    }
+    await Promise.all(opening);
+    if (gen !== this.#gen) return;
+    this.#reached = true;
+    this.#attempt = 0;
+    this.#setState("connected");
+    await this.#httpPublish(this.#outbox.all());
   }
 
   #send(frame: Frame): void {
@@ -562,8 +695,9 @@ export class Client {
     clearTimeout(this.#timer);
     if (!this.#ready) return;
     if (Date.now() - this.#heard > 3 * this.#heartbeatMs) {
-      this.#ws?.close();
+      const ws = this.#ws;
       this.#lost("nothing received for three heartbeat intervals");
+      ws?.close();
       return;
     }
     this.#send({ ping: { nonce: this.#nextId++ } });
@@ -572,8 +706,14 @@ export class Client {
 
   /** The connection is gone: fail what waits, then reconnect (or close). */
   #lost(why: string): void {
+    this.#gen++;
     this.#ready = false;
     this.#ws = undefined;
+    this.#closeStreams();
+    if (!this.#reached && this.#opts.fallback !== false) {
+      // This transport could not be opened at all: try the next.
+      this.#mode = this.#mode === "websocket" ? "sse" : this.#mode === "sse" ? "poll" : "websocket";
+    }
     clearTimeout(this.#timer);
     this.#inFlight.clear();
     for (const w of this.#waiting.values()) w.reject(new ClosedError(why));
@@ -589,9 +729,16 @@ export class Client {
     this.#timer = setTimeout(() => void this.#open(), delayFor(policy ?? {}, this.#attempt));
   }
 
+  #closeStreams(): void {
+    this.#http = undefined;
+    for (const s of this.#streams.values()) s.close();
+    this.#streams.clear();
+  }
+
   #finish(why: string): void {
     if (this.#state === "closed") return;
     this.#setState("closed");
+    this.#closeStreams();
     clearTimeout(this.#timer);
     const ws = this.#ws;
     this.#ws = undefined;

@@ -16,3 +16,9 @@ declare function clearTimeout(id: unknown): void;
 declare const console: {
   warn(...args: unknown[]): void;
 };
+
+declare class URLSearchParams {
+  constructor(init?: Record<string, string>);
+  set(name: string, value: string): void;
+  toString(): string;
+}

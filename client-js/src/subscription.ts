@@ -9,7 +9,7 @@
 // (its start position, or the time it was made for a live one). Repeats are dropped by
 // seq, so across reconnects nothing is missed and nothing repeats.
 
-import { Message } from "./message.js";
+import { Message, type WireMessage } from "./message.js";
 
 /** Where a subscription starts in the durable topics' logs. */
 export type StartAt =
@@ -69,6 +69,8 @@ export class Subscription implements AsyncIterable<Message> {
   #waiting: ((r: IteratorResult<Message>) => void) | undefined;
   #ended: Error | null | undefined;
   readonly #unsubscribe: (s: Subscription) => Promise<void>;
+  /** On the HTTP fallbacks: the broker's position id of this subscription's stream. */
+  streamId: string | undefined;
 
   constructor(request: WireSubscribe, unsubscribe: (s: Subscription) => Promise<void>) {
     this.id = request.sub_id;
@@ -124,6 +126,26 @@ export class Subscription implements AsyncIterable<Message> {
     } else {
       console.warn(`rtc-client: subscription ${this.pattern} holds ${QUEUE_MAX} unread messages; dropping`);
     }
+  }
+
+  /** A message a fallback stream brought. */
+  deliverWire(m: WireMessage): void {
+    this.deliver(new Message(m));
+  }
+
+  /** Where a fallback stream without a position id starts (the `from` of SSE and
+   *  long-polling): the time of the last delivery (repeats are dropped by seq), else the
+   *  subscription's own start. */
+  streamStart(): string {
+    const iso = (ms: number) => `time:${new Date(ms).toISOString()}`;
+    if (this.#lastTs !== undefined) return iso(this.#lastTs);
+    const p = this.request.start?.position;
+    if (!p || "new" in p) return iso(this.#since - 1000);
+    if ("first" in p) return "first";
+    if ("last" in p) return "last";
+    if ("seq" in p) return `seq:${String(p.seq)}`;
+    if ("time_ms" in p) return iso(Number(p.time_ms));
+    return `time:-${String(-Number(p.relative_ms))}ms`;
   }
 
   /** The broker deleted `topic`: a consumer's subscription ends, a plain one forgets it. */

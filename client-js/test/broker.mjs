@@ -49,23 +49,34 @@ export async function startBroker(extra = []) {
 }
 
 /** A TCP proxy to `target` ("host:port"): `cut()` closes every connection through it;
- *  `refuse(on)` closes new ones at once. */
+ *  `refuse(on)` closes new ones at once; `block({ws, sse})` answers 403 to WebSocket
+ *  upgrades and to SSE requests, as a proxy that does not pass them would. */
 export async function startProxy(target) {
   const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
   const sockets = new Set();
   let refusing = false;
+  let blocked = { ws: false, sse: false };
   const server = createServer((client) => {
     if (refusing) return client.destroy();
-    const upstream = connect(port, host);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on("close", () => sockets.delete(s));
-      s.on("error", () => {});
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-    client.on("close", () => upstream.destroy());
-    upstream.on("close", () => client.destroy());
+    client.on("error", () => {});
+    client.once("data", (first) => {
+      const head = first.toString("latin1");
+      if ((blocked.ws && /^upgrade:\s*websocket/im.test(head)) || (blocked.sse && head.startsWith("GET /v1/sse"))) {
+        client.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+      }
+      const upstream = connect(port, host);
+      for (const s of [client, upstream]) {
+        sockets.add(s);
+        s.on("close", () => sockets.delete(s));
+        s.on("error", () => {});
+      }
+      upstream.write(first);
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.on("close", () => upstream.destroy());
+      upstream.on("close", () => client.destroy());
+    });
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   const addr = `127.0.0.1:${server.address().port}`;
@@ -78,6 +89,9 @@ export async function startProxy(target) {
     refuse(on) {
       refusing = on;
       if (on) this.cut();
+    },
+    block(what) {
+      blocked = { ws: false, sse: false, ...what };
     },
     close() {
       this.cut();
