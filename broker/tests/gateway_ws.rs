@@ -128,7 +128,20 @@ async fn health_and_readiness_answer_while_serving() {
         .header("content-type")
         .unwrap_or_default()
         .starts_with("text/html"));
-    assert!(chat.text().contains("EventSource"), "the example page");
+    assert!(
+        chat.text().contains("/examples/rtc-client.js"),
+        "the example page, on client-js"
+    );
+    let js = http::get(g.http, "/examples/rtc-client.js", &[]).await;
+    assert_eq!(js.status, 200);
+    assert!(js
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/javascript"));
+    assert!(
+        js.text().contains("rtc.v1.json"),
+        "the browser build of client-js"
+    );
     g.handle.shutdown().await;
 }
 
