@@ -172,6 +172,9 @@ export class Client {
   /** On a fallback: its HTTP side, and each subscription's stream. */
   #http: HttpTransport | undefined;
   readonly #streams = new Map<number, Stream>();
+  /** Publishes waiting for their HTTP batch, and whether one is being sent. */
+  #httpQueue: Pending[] = [];
+  #httpSending = false;
 
   private constructor(url: string, opts: ConnectOptions) {
     this.#url = url;
@@ -249,7 +252,7 @@ export class Client {
     this.#outbox.add(p);
     const done = new Promise<PubAck>((resolve, reject) => this.#acks.set(p.msgId, { resolve, reject }));
     if (this.#ready) this.#sendPublish(p);
-    else if (this.#http && this.#reached) void this.#httpPublish([p]);
+    else if (this.#http && this.#reached) this.#httpEnqueue([p]);
     return done;
   }
 
@@ -682,7 +685,23 @@ export class Client {
     this.#reached = true;
     this.#attempt = 0;
     this.#setState("connected");
-    await this.#httpPublish(this.#outbox.all());
+    this.#httpQueue = [];
+    this.#httpEnqueue(this.#outbox.all());
+  }
+
+  /** Queues publishes for HTTP: one batch at a time, in order, so that they are stored
+   *  in the order they were made (concurrent requests could overtake each other). */
+  #httpEnqueue(list: Pending[]): void {
+    this.#httpQueue.push(...list);
+    if (this.#httpSending) return;
+    this.#httpSending = true;
+    void (async () => {
+      while (this.#httpQueue.length > 0 && this.#http) {
+        const batch = this.#httpQueue.splice(0, 1000);
+        await this.#httpPublish(batch);
+      }
+      this.#httpSending = false;
+    })();
   }
 
   #send(frame: Frame): void {
