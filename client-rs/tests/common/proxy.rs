@@ -1,6 +1,7 @@
 //! A TCP proxy for fault tests: forwards loopback connections to a target, and on
-//! command cuts every current connection, starts dropping the target's replies, or
-//! passes them on cut into pieces of 1 to 13 bytes, each its own write.
+//! command cuts every current connection, refuses new ones, starts dropping the
+//! target's replies, or passes them on cut into pieces of 1 to 13 bytes, each its own
+//! write.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,7 @@ pub struct Proxy {
     generation: watch::Sender<u64>,
     drop_replies: Arc<AtomicBool>,
     chop_replies: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,8 +38,14 @@ impl Proxy {
             drop: Some(drop_replies.clone()),
             chop: Some(chop_replies.clone()),
         };
+        let refusing = Arc::new(AtomicBool::new(false));
+        let refuse = refusing.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if refuse.load(Ordering::SeqCst) {
+                    // Closed at once: the client's attempt fails.
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -54,7 +62,17 @@ impl Proxy {
             generation,
             drop_replies,
             chop_replies,
+            refusing,
             task,
+        }
+    }
+
+    /// Cuts every connection and closes new ones at once (or accepts them again): the
+    /// client is away, with nothing lost on a link that is still up.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
+        if on {
+            self.cut();
         }
     }
 
