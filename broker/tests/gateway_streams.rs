@@ -344,7 +344,30 @@ async fn a_slow_reader_is_told_what_it_missed_and_slows_nobody() {
     let mut slow = slow.unwrap();
     let mut fast = RawConn::hello(g.handle.tcp_addr()).await;
     fast.subscribe_ok(1, "fast.>").await;
-    // Let the stream's subscription be in place: a first message through it.
+    // The stream's headers can come before its session has subscribed (and a message of
+    // an ephemeral topic published before that reaches nobody): wait until the admin
+    // API lists its subscription.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let list = common::http::get(g.http, "/v1/admin/connections", &[])
+            .await
+            .json();
+        let subscribed = list["connections"].as_array().unwrap().iter().any(|c| {
+            c["transport"] == "sse"
+                && c["subscriptions"]
+                    .as_object()
+                    .is_some_and(|s| !s.is_empty())
+        });
+        if subscribed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never subscribed: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A first message through it.
     let mut p = RawConn::hello(g.handle.tcp_addr()).await;
     p.publish_acked("fast.x", b"first").await;
     assert_eq!(slow.next_message().await.json()["payload"], "first");
