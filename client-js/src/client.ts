@@ -16,6 +16,7 @@
 // until it fails. The app's code does not change; `transport` says which is in use.
 
 import { delayFor, type ReconnectPolicy } from "./backoff.js";
+import { jsonCodec, type Codec, type Frame } from "./codec.js";
 import { ClosedError, RtcError } from "./errors.js";
 import { HttpTransport, type FetchLike, type Stream } from "./http.js";
 import { Message, type WireMessage } from "./message.js";
@@ -29,7 +30,11 @@ export type ConnectionState = "connecting" | "connected" | "reconnecting" | "clo
 /** The WebSocket the host provides (browsers, React Native, Node 20 with --experimental-websocket or the `ws` package). */
 export interface WebSocketLike {
   readonly readyState: number;
-  send(data: string): void;
+  /** The subprotocol the server chose (browsers, Node, `ws`). */
+  readonly protocol?: string;
+  /** Set to "arraybuffer" for the binary mode. */
+  binaryType?: string;
+  send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
   onopen: ((ev: unknown) => void) | null;
   onclose: ((ev: unknown) => void) | null;
@@ -61,6 +66,9 @@ export interface ConnectOptions {
   fallback?: boolean;
   /** The fetch for the fallbacks (default: globalThis.fetch). */
   fetch?: FetchLike;
+  /** How frames travel on the WebSocket: `jsonCodec` (rtc.v1.json, the default), or
+   *  `protoCodec` from "rtc-client/proto" for the binary rtc.v1.proto. */
+  codec?: Codec;
 }
 
 /** The transport in use. */
@@ -121,8 +129,6 @@ export interface PresenceEvent {
   members: number;
 }
 
-type Frame = Record<string, Record<string, unknown>>;
-
 interface Waiting {
   resolve: (op: [string, Record<string, unknown>]) => void;
   reject: (e: Error) => void;
@@ -144,6 +150,7 @@ export class Client {
   readonly #url: string;
   readonly #opts: ConnectOptions;
   readonly #WS: WebSocketConstructor;
+  readonly #codec: Codec;
   readonly #outbox: Outbox;
   /** Publishes waiting for their PubAck, by msg_id. */
   readonly #acks = new Map<string, { resolve: (a: PubAck) => void; reject: (e: Error) => void }>();
@@ -183,6 +190,7 @@ export class Client {
     const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) throw new Error("no WebSocket here: pass ConnectOptions.WebSocket (in Node 20, run with --experimental-websocket or use the ws package)");
     this.#WS = WS;
+    this.#codec = opts.codec ?? jsonCodec;
     this.#outbox = new Outbox(opts.outboxMax ?? 10_000, opts.storage, opts.outboxName ?? "default");
   }
 
@@ -219,6 +227,11 @@ export class Client {
   /** `websocket`, or a fallback: `sse` or `poll`. */
   get transport(): Transport {
     return this.#mode;
+  }
+
+  /** The WebSocket subprotocol in use (`rtc.v1.json` or `rtc.v1.proto`); "" on a fallback. */
+  get protocol(): string {
+    return this.#ws && this.#ready ? this.#ws.protocol || this.#codec.subprotocol : "";
   }
 
   /** The broker's Welcome (server_version, connection_id, max_payload, ...). */
@@ -447,24 +460,27 @@ export class Client {
     }
     let ws: WebSocketLike;
     try {
-      ws = new this.#WS(this.#url, "rtc.v1.json");
+      ws = new this.#WS(this.#url, this.#codec.subprotocol);
     } catch (e) {
       this.#lost(`cannot open ${this.#url}: ${String(e)}`);
       return;
     }
     this.#ws = ws;
+    if (this.#codec.binary) ws.binaryType = "arraybuffer";
     ws.onopen = () => {
-      ws.send(JSON.stringify({ hello: { protocol_version: 1, client_name: this.#opts.name ?? "rtc-client-js", auth_token: this.#token } }));
+      // A server that chose another subprotocol would read these frames as something
+      // else: this attempt ends (a host that does not report it, reports "").
+      if (ws.protocol && ws.protocol !== this.#codec.subprotocol) {
+        drop(`the server chose the subprotocol ${ws.protocol}, not ${this.#codec.subprotocol}`);
+        return;
+      }
+      ws.send(this.#codec.encode({ hello: { protocol_version: 1, client_name: this.#opts.name ?? "rtc-client-js", auth_token: this.#token } }));
     };
     ws.onmessage = (ev) => {
       if (gen !== this.#gen) return;
       this.#heard = Date.now();
-      let frame: Frame;
-      try {
-        frame = JSON.parse(String(ev.data)) as Frame;
-      } catch {
-        return;
-      }
+      const frame = this.#codec.decode(ev.data);
+      if (!frame) return;
       for (const [op, body] of Object.entries(frame)) this.#handle(op, body ?? {});
     };
     // Some hosts (Node's WebSocket when the handshake fails) report an error and no
@@ -706,7 +722,7 @@ export class Client {
 
   #send(frame: Frame): void {
     const ws = this.#ws;
-    if (ws && ws.readyState === OPEN) ws.send(JSON.stringify(frame));
+    if (ws && ws.readyState === OPEN) ws.send(this.#codec.encode(frame));
   }
 
   /** Pings every heartbeat interval; closes a link silent for three. */

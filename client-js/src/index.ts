@@ -17,8 +17,12 @@ export type {
   WebSocketLike,
 } from "./client.js";
 export type { ReconnectPolicy } from "./backoff.js";
+export { jsonCodec } from "./codec.js";
+export type { Codec, Frame } from "./codec.js";
 export { ClosedError, OutboxFullError, RtcError } from "./errors.js";
 export { Message } from "./message.js";
+export { IndexedDbStorage } from "./idb.js";
+export type { IdbFactory } from "./idb.js";
 export { MemoryStorage } from "./outbox.js";
 export type { KeyValueStorage } from "./outbox.js";
 export type { Payload } from "./payload.js";

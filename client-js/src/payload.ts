@@ -21,14 +21,22 @@ export function toWire(p: Payload): WirePayload {
   }
 }
 
-/** A payload from a JSON frame (absent: empty). */
+/** A payload from a frame (absent: empty): JSON's string or {base64}, or the binary
+ *  mode's bytes. */
 export function fromWire(v: unknown): { text?: string; bytes?: Uint8Array } {
   if (v === undefined || v === null) return { text: "" };
   if (typeof v === "string") return { text: v };
+  if (v instanceof Uint8Array) return { bytes: v };
   if (typeof v === "object" && typeof (v as { base64?: unknown }).base64 === "string") {
     return { bytes: base64Decode((v as { base64: string }).base64) };
   }
   throw new Error("a payload is a string or {base64}");
+}
+
+/** A payload's bytes, whichever form it has (for the binary mode). */
+export function payloadBytes(v: unknown): Uint8Array {
+  const p = fromWire(v);
+  return p.bytes ?? utf8(p.text ?? "");
 }
 
 /** UTF-8 bytes of `s`. */

@@ -1,9 +1,11 @@
 // Reliability through a TCP proxy that cuts the link: states, subscriptions restored
 // without gap or repeat, every acknowledged publish stored exactly once, and the outbox
-// kept across a restart of the application.
+// kept across a restart of the application. The load test runs in both of the
+// gateway's modes.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Client, MemoryStorage } from "../dist/index.js";
+import { protoCodec } from "../dist/proto.js";
 import { startBroker, startProxy, take, until } from "./broker.mjs";
 
 const fast = { reconnect: { initialMs: 20, maxMs: 200 } };
@@ -37,43 +39,46 @@ test("states, and a subscription that resumes without gap or repeat", async () =
   await proxy.close();
 });
 
-test("5 000 acknowledged publishes through a link cut again and again: each stored once, each processed", async () => {
-  const N = 5000;
-  const pubProxy = await startProxy(broker.http);
-  const subProxy = await startProxy(broker.http);
-  const publisher = await Client.connect(pubProxy.url, fast);
-  const worker = await Client.connect(subProxy.url, fast);
-  const seen = new Set();
-  let deliveries = 0;
-  const sub = await worker.subscribe("rel.load", { consumer: { name: "w", ackWaitMs: 2000 }, start: "first" });
-  sub.onMessage((m) => {
-    deliveries++;
-    seen.add(m.text);
-    m.ack().catch(() => {}); // a lost ack means a redelivery, which the set absorbs
+for (const [mode, opts] of [["json", {}], ["proto", { codec: protoCodec }]]) {
+  test(`${mode}: 5 000 acknowledged publishes through a link cut again and again: each stored once, each processed`, async () => {
+    const N = 5000;
+    const topic = `rel.load.${mode}`;
+    const pubProxy = await startProxy(broker.http);
+    const subProxy = await startProxy(broker.http);
+    const publisher = await Client.connect(pubProxy.url, { ...fast, ...opts });
+    const worker = await Client.connect(subProxy.url, { ...fast, ...opts });
+    const seen = new Set();
+    let deliveries = 0;
+    const sub = await worker.subscribe(topic, { consumer: { name: "w", ackWaitMs: 2000 }, start: "first" });
+    sub.onMessage((m) => {
+      deliveries++;
+      seen.add(m.text);
+      m.ack().catch(() => {}); // a lost ack means a redelivery, which the set absorbs
+    });
+    let cuts = 0;
+    const cutter = setInterval(() => {
+      (cuts % 2 ? subProxy : pubProxy).cut();
+      cuts++;
+    }, 150);
+    const window = 200;
+    for (let i = 0; i < N; i += window) {
+      const batch = [];
+      for (let j = i; j < Math.min(N, i + window); j++) batch.push(publisher.publish(topic, `m${j}`));
+      await Promise.all(batch);
+    }
+    clearInterval(cutter);
+    await until(() => seen.size === N, 60000, `all ${N} processed (have ${seen.size})`);
+    const info = await publisher.topicInfo(topic);
+    assert.equal(info.messages, N, "each stored exactly once");
+    assert.equal(info.last_seq, N, "no seq used twice");
+    assert.ok(cuts >= 5, `the link was cut ${cuts} times`);
+    console.log(`# ${mode}: ${cuts} cuts; ${deliveries} deliveries for ${N} messages`);
+    await publisher.close();
+    await worker.close();
+    await pubProxy.close();
+    await subProxy.close();
   });
-  let cuts = 0;
-  const cutter = setInterval(() => {
-    (cuts % 2 ? subProxy : pubProxy).cut();
-    cuts++;
-  }, 150);
-  const window = 200;
-  for (let i = 0; i < N; i += window) {
-    const batch = [];
-    for (let j = i; j < Math.min(N, i + window); j++) batch.push(publisher.publish("rel.load", `m${j}`));
-    await Promise.all(batch);
-  }
-  clearInterval(cutter);
-  await until(() => seen.size === N, 60000, `all ${N} processed (have ${seen.size})`);
-  const info = await publisher.topicInfo("rel.load");
-  assert.equal(info.messages, N, "each stored exactly once");
-  assert.equal(info.last_seq, N, "no seq used twice");
-  assert.ok(cuts >= 5, `the link was cut ${cuts} times`);
-  console.log(`# ${cuts} cuts; ${deliveries} deliveries for ${N} messages`);
-  await publisher.close();
-  await worker.close();
-  await pubProxy.close();
-  await subProxy.close();
-});
+}
 
 test("the outbox survives a restart of the application", async () => {
   const proxy = await startProxy(broker.http);
