@@ -44,7 +44,7 @@ before(async () => {
   page = await openPage(`${origin}/`);
 });
 after(async () => {
-  page?.close();
+  await page?.close();
   await proxy?.close();
   await broker?.stop();
   await new Promise((r) => site.close(r));

@@ -25,11 +25,19 @@ export async function openPage(url) {
   const child = spawn(
     chromium(),
     ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--remote-debugging-port=0", `--user-data-dir=${profile}`, url],
-    { stdio: "ignore" },
+    // A process group of its own, so that stopping it stops its renderers too (they
+    // would go on writing to the profile as it is removed).
+    { stdio: "ignore", detached: true },
   );
-  const stop = () => {
-    child.kill("SIGKILL");
-    rmSync(profile, { recursive: true, force: true });
+  const exited = new Promise((r) => child.once("exit", r));
+  const stop = async () => {
+    try {
+      process.kill(-child.pid, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await exited;
+    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   };
   try {
     const port = await poll(() => readFileSync(join(profile, "DevToolsActivePort"), "utf8").split("\n")[0], 60000, "DevToolsActivePort");
@@ -77,13 +85,13 @@ export async function openPage(url) {
       },
       close() {
         ws.close();
-        stop();
+        return stop();
       },
     };
     await page.until("window.__ready");
     return page;
   } catch (e) {
-    stop();
+    await stop();
     throw e;
   }
 }
