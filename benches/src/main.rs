@@ -9,6 +9,7 @@
 //! rtc-bench fanout --transport tcp --transport tls --transport quic --subscribers 1 --subscribers 10
 //! rtc-bench latency --transport tcp --transport tls --transport quic --rate 10000
 //! rtc-bench request --system rtc --system nats --window 1 --window 64
+//! rtc-bench soak --count 10000000                # the broker as its own process
 //! ```
 
 mod connections;
@@ -19,6 +20,7 @@ mod harness;
 mod live;
 mod request;
 mod rounds;
+mod soak;
 mod systems;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,9 @@ enum Workload {
     Connections(connections::ConnectionsArgs),
     /// Request-reply round trips with W requests in flight.
     Request(request::RequestArgs),
+    /// A long run against the broker's own process: rate per slice, disk, memory, and
+    /// the restart (clean and after SIGKILL) of the log it leaves.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Workload::Latency(args) => live::latency(args).await,
             Workload::Connections(args) => connections::run(args).await,
             Workload::Request(args) => request::run(args).await,
+            Workload::Soak(args) => soak::run(args).await,
         }
     })
 }

@@ -1,0 +1,367 @@
+//! `rtc-bench soak`: a long run against the broker as its own process, to see what a log
+//! of millions of messages does to it. It starts `rtc-broker` on a data directory,
+//! publishes `--count` acknowledged messages with `--window` in flight into `--topics`
+//! topics, and prints a row every `--every` messages: the rate of that slice and of the
+//! run so far, the disk the data directory uses (allocated blocks) against the bytes the
+//! broker says it stores (TopicInfo.bytes, the encoded messages), and the broker's
+//! resident memory. Then it stops the broker cleanly (SIGTERM), starts it again and
+//! times the start to its `listening tcp` line, reads its memory, checks every message
+//! is still there, and does the same after a SIGKILL.
+//!
+//! ```text
+//! rtc-bench soak --count 10000000                # fsync never, 128 B, W = 256, one topic
+//! rtc-bench soak --count 3000000 --topics 16 --store-cache 67108864 --data-dir /tmp/soak
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use rtc_client::{Client, PublishMessage, Topic};
+
+#[derive(Debug, clap::Args)]
+pub struct SoakArgs {
+    /// Messages to publish.
+    #[arg(long, default_value_t = 10_000_000)]
+    count: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// Publishes in flight.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Topics the messages are spread over, in turn.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// The broker's fsync policy (`always`, `interval:MS`, `never`).
+    #[arg(long, default_value = "never")]
+    fsync: String,
+    /// The broker's storage cache in bytes (`store_cache`) [default: the broker's].
+    #[arg(long)]
+    store_cache: Option<u64>,
+    /// A row every this many messages.
+    #[arg(long, default_value_t = 1_000_000)]
+    every: u64,
+    /// The rtc-broker binary [default: the one beside rtc-bench].
+    #[arg(long)]
+    broker: Option<PathBuf>,
+    /// Data directory, kept afterwards [default: a temporary one, removed].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// The broker as a child process.
+struct BrokerProcess {
+    child: Child,
+    url: String,
+    /// From spawn to its `listening tcp` line.
+    started_in: Duration,
+}
+
+impl BrokerProcess {
+    fn start(bin: &Path, dir: &Path, config: &Path) -> anyhow::Result<BrokerProcess> {
+        let began = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["--tcp", "127.0.0.1:0", "--http", "off", "--log", "warn"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("the broker's stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads every line the broker prints, for as long as it runs, so that it never
+        // writes to a closed pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening tcp ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(300))
+            .context("the broker did not print its listening line within 300 s")?;
+        Ok(BrokerProcess {
+            child,
+            url: format!("tcp://{addr}"),
+            started_in: began.elapsed(),
+        })
+    }
+
+    /// Resident memory, from /proc.
+    fn rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("VmRSS in /proc/PID/status")?;
+        Ok(kb * 1024)
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    fn stop(mut self) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let exit = self.child.wait()?;
+        ensure!(exit.success(), "the broker exited with {exit} on SIGTERM");
+        Ok(began.elapsed())
+    }
+
+    fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes allocated to the files under `dir` (what `du` counts).
+fn disk_use(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn topic_names(n: usize) -> Vec<Topic> {
+    (0..n.max(1))
+        .map(|i| Topic::from(format!("soak.t{i}").as_str()))
+        .collect()
+}
+
+/// Messages and bytes the broker stores over all the topics.
+async fn stored(client: &Client, topics: &[Topic]) -> anyhow::Result<(u64, u64)> {
+    let (mut messages, mut bytes) = (0, 0);
+    for t in topics {
+        let info = client.topic_info(t.as_str()).await?;
+        messages += info.messages;
+        bytes += info.bytes;
+    }
+    Ok((messages, bytes))
+}
+
+/// The broker beside this program (target/<profile>/, or its parent for a test binary
+/// in target/<profile>/deps/).
+fn default_broker() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let bin = dir.join("rtc-broker");
+        if bin.exists() {
+            return Ok(bin);
+        }
+    }
+    bail!("no rtc-broker beside {}: pass --broker", exe.display())
+}
+
+pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
+    let bin = match &args.broker {
+        Some(b) => b.clone(),
+        None => default_broker()?,
+    };
+    let temp;
+    let dir = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let config = dir.join("soak.toml");
+    let mut toml = format!("fsync = {:?}\npublish_rate = 0\n", args.fsync);
+    if let Some(cache) = args.store_cache {
+        toml.push_str(&format!("store_cache = {cache}\n"));
+    }
+    std::fs::write(&config, toml)?;
+    let topics = topic_names(args.topics);
+    let data = dir.join("data");
+
+    let broker = BrokerProcess::start(&bin, &dir, &config)?;
+    println!(
+        "soak: {} messages of {} B, W = {}, {} topic(s), fsync {}, store_cache {}; broker {} (started in {:.2} s)",
+        args.count,
+        args.payload,
+        args.window,
+        topics.len(),
+        args.fsync,
+        args.store_cache
+            .map_or("default".to_string(), |c| c.to_string()),
+        bin.display(),
+        broker.started_in.as_secs_f64()
+    );
+    println!();
+    println!("| messages | msgs/s, this slice | msgs/s, so far | disk MB | stored MB | disk / stored | broker RSS MB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let client = Client::connect(&broker.url).await?;
+    let body = bytes::Bytes::from(vec![b'x'; args.payload]);
+    let started = Instant::now();
+    let mut slice_start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let every = args.every.max(1);
+    while acked < args.count {
+        while sent < args.count && in_flight.len() < args.window.max(1) {
+            let topic = topics[(sent % topics.len() as u64) as usize].clone();
+            let m = PublishMessage::new(topic, body.clone());
+            in_flight.push(client.publish_queued(m).await.context("publish")?);
+            sent += 1;
+        }
+        let Some(ack) = in_flight.next().await else {
+            break;
+        };
+        ack.context("publish")?;
+        acked += 1;
+        if acked % 100_000 == 0 {
+            eprint!("\rsoak: {acked} of {} acknowledged", args.count);
+        }
+        if acked % every == 0 || acked == args.count {
+            let slice = acked - (acked - 1) / every * every;
+            let (_, bytes) = stored(&client, &topics).await?;
+            let disk = disk_use(&data);
+            eprint!("\r");
+            println!(
+                "| {acked} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} |",
+                slice as f64 / slice_start.elapsed().as_secs_f64(),
+                acked as f64 / started.elapsed().as_secs_f64(),
+                mb(disk),
+                mb(bytes),
+                disk as f64 / bytes.max(1) as f64,
+                mb(broker.rss()?)
+            );
+            slice_start = Instant::now();
+        }
+    }
+    let (messages, _) = stored(&client, &topics).await?;
+    ensure!(
+        messages == args.count,
+        "the broker stores {messages} messages, not {}",
+        args.count
+    );
+    client.close().await;
+
+    println!();
+    println!(
+        "| restart | stop s | start to listening s | broker RSS MB right after | messages after |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let stop = broker.stop()?;
+    let again = BrokerProcess::start(&bin, &dir, &config)?;
+    let rss = again.rss()?;
+    let after = check_all(&again, &topics, args.count).await?;
+    println!(
+        "| after a clean stop | {:.2} | {:.2} | {:.0} | {after} |",
+        stop.as_secs_f64(),
+        again.started_in.as_secs_f64(),
+        mb(rss)
+    );
+    again.kill()?;
+    let third = BrokerProcess::start(&bin, &dir, &config)?;
+    let rss = third.rss()?;
+    let after = check_all(&third, &topics, args.count).await?;
+    println!(
+        "| after SIGKILL | — | {:.2} | {:.0} | {after} |",
+        third.started_in.as_secs_f64(),
+        mb(rss)
+    );
+    third.stop()?;
+    println!();
+    println!(
+        "data directory: {} MB at the end{}",
+        mb(disk_use(&data)).round(),
+        if args.data_dir.is_some() {
+            format!(", kept in {}", dir.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Every message is still stored after a restart.
+async fn check_all(broker: &BrokerProcess, topics: &[Topic], count: u64) -> anyhow::Result<u64> {
+    let client = Client::connect(&broker.url).await?;
+    let (messages, _) = stored(&client, topics).await?;
+    client.close().await;
+    ensure!(
+        messages == count,
+        "after the restart the broker stores {messages} messages, not {count}"
+    );
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short soak against the workspace's broker binary: publishes, restarts twice
+    /// (clean and SIGKILL) and finds every message each time, or fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_soak_restarts_and_keeps_every_message() {
+        let all = [
+            "rtc-bench",
+            "soak",
+            "--count",
+            "3000",
+            "--every",
+            "1000",
+            "--topics",
+            "3",
+            "--window",
+            "64",
+        ];
+        let args = match <crate::Cli as clap::Parser>::try_parse_from(all)
+            .expect("valid arguments")
+            .workload
+        {
+            crate::Workload::Soak(args) => args,
+            _ => unreachable!("a soak command line"),
+        };
+        run(args).await.expect("every message kept across restarts");
+    }
+
+    #[test]
+    fn disk_use_counts_allocated_bytes_under_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a"), vec![1u8; 10_000]).unwrap();
+        let used = disk_use(dir.path());
+        assert!((10_000..=20_000).contains(&used), "{used}");
+    }
+}
