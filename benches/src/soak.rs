@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use rtc_client::{Client, PublishMessage, Topic};
+use rtc_client::{Client, PublishMessage, Topic, TopicConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct SoakArgs {
@@ -43,6 +43,12 @@ pub struct SoakArgs {
     /// The broker's storage cache in bytes (`store_cache`) [default: the broker's].
     #[arg(long)]
     store_cache: Option<u64>,
+    /// Each topic's dedup window (created with it), e.g. `1s` [default: the broker's, 2 min].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    dedup_window: Option<Duration>,
+    /// Each topic's retention by count (created with it) [default: none].
+    #[arg(long)]
+    max_msgs: Option<u64>,
     /// A row every this many messages.
     #[arg(long, default_value_t = 1_000_000)]
     every: u64,
@@ -215,7 +221,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
 
     let broker = BrokerProcess::start(&bin, &dir, &config)?;
     println!(
-        "soak: {} messages of {} B, W = {}, {} topic(s), fsync {}, store_cache {}; broker {} (started in {:.2} s)",
+        "soak: {} messages of {} B, W = {}, {} topic(s), fsync {}, store_cache {}, dedup window {}, max_msgs {}; broker {} (started in {:.2} s)",
         args.count,
         args.payload,
         args.window,
@@ -223,6 +229,9 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         args.fsync,
         args.store_cache
             .map_or("default".to_string(), |c| c.to_string()),
+        args.dedup_window
+            .map_or("default".to_string(), |d| humantime::format_duration(d).to_string()),
+        args.max_msgs.map_or("none".to_string(), |m| m.to_string()),
         bin.display(),
         broker.started_in.as_secs_f64()
     );
@@ -230,6 +239,24 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     println!("| messages | msgs/s, this slice | msgs/s, so far | disk MB | stored MB | disk / stored | broker RSS MB |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let client = Client::connect(&broker.url).await?;
+    if args.dedup_window.is_some() || args.max_msgs.is_some() {
+        let settings = TopicConfig {
+            dedup_window: args.dedup_window,
+            max_msgs: args.max_msgs,
+            ..Default::default()
+        };
+        for t in &topics {
+            client.create_topic(t.as_str(), &settings).await?;
+        }
+    }
+    let expected = args.max_msgs.map_or(args.count, |max| {
+        // Retention keeps the newest max_msgs of each topic.
+        let per = args.count / topics.len() as u64;
+        let extra = args.count % topics.len() as u64;
+        (0..topics.len() as u64)
+            .map(|i| (per + u64::from(i < extra)).min(max))
+            .sum()
+    });
     let body = bytes::Bytes::from(vec![b'x'; args.payload]);
     let started = Instant::now();
     let mut slice_start = Instant::now();
@@ -270,9 +297,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     }
     let (messages, _) = stored(&client, &topics).await?;
     ensure!(
-        messages == args.count,
-        "the broker stores {messages} messages, not {}",
-        args.count
+        messages == expected,
+        "the broker stores {messages} messages, not {expected}"
     );
     client.close().await;
 
@@ -284,7 +310,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let stop = broker.stop()?;
     let again = BrokerProcess::start(&bin, &dir, &config)?;
     let rss = again.rss()?;
-    let after = check_all(&again, &topics, args.count).await?;
+    let after = check_all(&again, &topics, expected).await?;
     println!(
         "| after a clean stop | {:.2} | {:.2} | {:.0} | {after} |",
         stop.as_secs_f64(),
@@ -294,7 +320,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     again.kill()?;
     let third = BrokerProcess::start(&bin, &dir, &config)?;
     let rss = third.rss()?;
-    let after = check_all(&third, &topics, args.count).await?;
+    let after = check_all(&third, &topics, expected).await?;
     println!(
         "| after SIGKILL | — | {:.2} | {:.0} | {after} |",
         third.started_in.as_secs_f64(),
@@ -330,8 +356,9 @@ async fn check_all(broker: &BrokerProcess, topics: &[Topic], count: u64) -> anyh
 mod tests {
     use super::*;
 
-    /// A short soak against the workspace's broker binary: publishes, restarts twice
-    /// (clean and SIGKILL) and finds every message each time, or fails.
+    /// A short soak against the workspace's broker binary, with topics of its own
+    /// settings: publishes, restarts twice (clean and SIGKILL) and finds every message
+    /// retention keeps (3 × 900) each time, or fails.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_short_soak_restarts_and_keeps_every_message() {
         let all = [
