@@ -71,10 +71,19 @@ interface ReadPlan {
 
 const readPlans = new WeakMap<DescMessage, Map<number, ReadPlan>>();
 
+/** What `make` gives for `desc`, made once. */
+function cached<T>(store: WeakMap<DescMessage, T>, desc: DescMessage, make: () => T): T {
+  let v = store.get(desc);
+  if (v === undefined) {
+    v = make();
+    store.set(desc, v);
+  }
+  return v;
+}
+
 function readPlan(desc: DescMessage): Map<number, ReadPlan> {
-  let plan = readPlans.get(desc);
-  if (!plan) {
-    plan = new Map();
+  return cached(readPlans, desc, () => {
+    const plan = new Map<number, ReadPlan>();
     for (const f of desc.fields) {
       const s = f as unknown as Shape;
       const e = elementKind(f) === "enum" && s.enum && NAMED_ENUMS.has(s.enum.typeName) ? s.enum : undefined;
@@ -89,9 +98,8 @@ function readPlan(desc: DescMessage): Map<number, ReadPlan> {
         oneof: f.oneof && desc.typeName !== FLAT_ONEOF ? f.oneof.name : undefined,
       });
     }
-    readPlans.set(desc, plan);
-  }
-  return plan;
+    return plan;
+  });
 }
 
 const TWO32 = 4294967296;
@@ -286,26 +294,10 @@ function readMessage(desc: DescMessage, r: Reader): Plain {
 // ---- JSON mapping -> protobuf message ----
 
 const byName = new WeakMap<DescMessage, Map<string, DescField>>();
-
 const oneofsByName = new WeakMap<DescMessage, Map<string, DescOneof>>();
 
-function fieldsOf(desc: DescMessage): Map<string, DescField> {
-  let m = byName.get(desc);
-  if (!m) {
-    m = new Map(desc.fields.map((f) => [f.name, f]));
-    byName.set(desc, m);
-  }
-  return m;
-}
-
-function oneofsOf(desc: DescMessage): Map<string, DescOneof> {
-  let m = oneofsByName.get(desc);
-  if (!m) {
-    m = new Map(desc.oneofs.map((o) => [o.name, o]));
-    oneofsByName.set(desc, m);
-  }
-  return m;
-}
+const fieldsOf = (desc: DescMessage) => cached(byName, desc, () => new Map(desc.fields.map((f) => [f.name, f])));
+const oneofsOf = (desc: DescMessage) => cached(oneofsByName, desc, () => new Map(desc.oneofs.map((o) => [o.name, o])));
 
 function inValue(kind: "scalar" | "enum" | "message", s: Shape, v: unknown): unknown {
   if (kind === "message") return fromPlain(s.message!, v as Plain);
