@@ -9,7 +9,7 @@ export default tseslint.config(
   {
     files: ["test/**/*.mjs", "scripts/**/*.mjs", "bench/**/*.mjs"],
     languageOptions: {
-      globals: { console: "readonly", process: "readonly", setTimeout: "readonly", clearTimeout: "readonly", setInterval: "readonly", clearInterval: "readonly", setImmediate: "readonly", performance: "readonly", fetch: "readonly", URL: "readonly", WebSocket: "readonly", Buffer: "readonly", TextEncoder: "readonly" },
+      globals: { console: "readonly", process: "readonly", setTimeout: "readonly", clearTimeout: "readonly", setInterval: "readonly", clearInterval: "readonly", setImmediate: "readonly", performance: "readonly", fetch: "readonly", URL: "readonly", WebSocket: "readonly", Buffer: "readonly", TextEncoder: "readonly", TextDecoder: "readonly" },
     },
   },
 );

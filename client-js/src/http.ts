@@ -16,6 +16,7 @@
 import { RtcError } from "./errors.js";
 import type { WireMessage } from "./message.js";
 import type { Pending } from "./outbox.js";
+import { fromUtf8 } from "./payload.js";
 import type { Subscription } from "./subscription.js";
 
 /** The fetch the host provides. */
@@ -161,13 +162,21 @@ export class HttpTransport {
       const reader = r.body.getReader();
       cancel = () => void reader.cancel().catch(() => {});
       opened();
-      const decoder = new TextDecoder();
+      // Bytes are decoded a whole line at a time: a line never ends inside a character,
+      // while a chunk of the stream may.
+      let bytes = new Uint8Array(0);
       let buffer = "";
       let event = { id: "", name: "", data: "" };
       for (;;) {
         const { done, value } = await reader.read();
         if (done) throw new Error("the stream ended");
-        buffer += decoder.decode(value);
+        const chunk = value ?? new Uint8Array(0);
+        const joined = new Uint8Array(bytes.length + chunk.length);
+        joined.set(bytes);
+        joined.set(chunk, bytes.length);
+        const end = joined.lastIndexOf(10) + 1;
+        buffer += fromUtf8(joined.subarray(0, end));
+        bytes = joined.slice(end);
         let nl: number;
         while ((nl = buffer.indexOf("\n")) >= 0) {
           const line = buffer.slice(0, nl).replace(/\r$/, "");

@@ -1,7 +1,7 @@
 // A delivered message, as the app sees it: text or bytes on demand, the topic's position
 // (epoch, seq), and for a durable consumer's deliveries ack / nack / inProgress.
 
-import { fromWire, utf8 } from "./payload.js";
+import { fromUtf8, fromWire, utf8 } from "./payload.js";
 
 /** The wire form of a delivered message (rtc.proto `Message`, JSON mapping). */
 export interface WireMessage {
@@ -22,8 +22,6 @@ export interface Settler {
   nack(seq: number, delayMs: number): Promise<void>;
   inProgress(seq: number): Promise<void>;
 }
-
-const decoder = new TextDecoder();
 
 export class Message {
   readonly topic: string;
@@ -61,7 +59,7 @@ export class Message {
 
   /** The payload as text (bytes that are not UTF-8 are decoded with replacements). */
   get text(): string {
-    this.#text ??= decoder.decode(this.#bytes);
+    this.#text ??= fromUtf8(this.#bytes ?? new Uint8Array(0));
     return this.#text;
   }
 

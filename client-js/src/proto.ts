@@ -21,7 +21,7 @@
 import { create, toBinary, ScalarType, type DescEnum, type DescField, type DescMessage, type DescOneof } from "@bufbuild/protobuf";
 import type { Codec, Frame } from "./codec.js";
 import { FrameSchema } from "./gen/rtc_pb.js";
-import { payloadBytes } from "./payload.js";
+import { fromUtf8, payloadBytes } from "./payload.js";
 
 /** What a field holds: its element's kind for lists and maps. */
 interface Shape {
@@ -103,7 +103,6 @@ function readPlan(desc: DescMessage): Map<number, ReadPlan> {
 }
 
 const TWO32 = 4294967296;
-const text = new TextDecoder();
 
 class Reader {
   pos = 0;
@@ -160,12 +159,12 @@ class Reader {
       let s = "";
       for (let i = 0; i < c.length; i++) {
         const ch = c[i]!;
-        if (ch >= 0x80) return text.decode(c);
+        if (ch >= 0x80) return fromUtf8(c);
         s += String.fromCharCode(ch);
       }
       return s;
     }
-    return text.decode(c);
+    return fromUtf8(c);
   }
 
   skip(wire: number): void {
