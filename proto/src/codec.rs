@@ -25,6 +25,7 @@ pub use crate::wire::{CodecError, LEN_PREFIX};
 const FRAME_DELIVER_FIELD: u32 = 7;
 const DELIVER_SUB_ID_FIELD: u32 = 1;
 const DELIVER_MESSAGE_FIELD: u32 = 2;
+const MESSAGE_MSG_ID_FIELD: u32 = 6;
 
 /// tokio-util codec for rtc frames. See the module docs for the format.
 #[derive(Debug, Clone)]
@@ -222,6 +223,37 @@ pub fn encode_message_sized(message: &Message, encoded_len: usize) -> Bytes {
     message.encode_raw(&mut buf);
     debug_assert_eq!(buf.len(), encoded_len, "encoded_len of another message");
     buf.into()
+}
+
+/// The `msg_id` of an encoded [`Message`] ("" when it has none), read without decoding
+/// the rest: the broker rebuilds its dedup index on start from every message of the
+/// dedup window, millions of them, and needs only this field. It does not check the
+/// other fields (the broker wrote these bytes itself); bytes the quick scan cannot read
+/// at all are decoded whole, for the error a full decode gives.
+pub fn message_msg_id(encoded: &[u8]) -> Result<String, prost::DecodeError> {
+    match scan_msg_id(encoded) {
+        Some(id) => Ok(id.to_owned()),
+        None => Message::decode(encoded).map(|m| m.msg_id),
+    }
+}
+
+/// The last `msg_id` field of `buf` (as protobuf's last-one-wins has it), or None when
+/// `buf` is not a well-formed message with UTF-8 in that field.
+fn scan_msg_id(mut buf: &[u8]) -> Option<&str> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext};
+    let mut id = "";
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        if tag == MESSAGE_MSG_ID_FIELD && wire_type == WireType::LengthDelimited {
+            let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+            let (field, rest) = (buf.get(..len)?, buf.get(len..)?);
+            id = std::str::from_utf8(field).ok()?;
+            buf = rest;
+        } else {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?;
+        }
+    }
+    Some(id)
 }
 
 /// The length prefix value of a `Deliver` frame carrying an encoded message of
@@ -529,5 +561,42 @@ mod tests {
         };
         assert_eq!(Some(other), frames.decode(&mut again).unwrap());
         assert!(client.decode(&mut wire).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_msg_id_alone_is_what_a_full_decode_finds() {
+        let mut headers = BTreeMap::new();
+        headers.insert("k".to_string(), "değer".to_string());
+        let messages = [
+            v1::Message::default(),
+            v1::Message {
+                topic: "orders.created".into(),
+                payload: Bytes::from(vec![7u8; 300]),
+                headers,
+                seq: 1 << 40,
+                timestamp_ms: -5,
+                msg_id: "sipariş-😀-1".into(),
+                delivery_count: 3,
+                reply_to: "_inbox.x".into(),
+                epoch: 9,
+            },
+            v1::Message {
+                payload: Bytes::from_static(b"no id"),
+                seq: 2,
+                ..Default::default()
+            },
+        ];
+        for m in &messages {
+            let encoded = encode_message(m);
+            assert_eq!(message_msg_id(&encoded).unwrap(), m.msg_id);
+            // Every cut of it: the same answer as decoding it whole.
+            for cut in 0..encoded.len() {
+                let part = &encoded[..cut];
+                match Message::decode(part) {
+                    Ok(whole) => assert_eq!(message_msg_id(part).unwrap(), whole.msg_id),
+                    Err(_) => assert!(message_msg_id(part).is_err(), "cut at {cut}"),
+                }
+            }
+        }
     }
 }

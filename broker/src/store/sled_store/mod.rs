@@ -535,10 +535,10 @@ impl Storage for SledStorage {
     fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError> {
         let mut out = Vec::new();
         self.for_each_record(id, from, |at| {
-            let m = rtc_proto::v1::Message::decode(at.message())
+            let msg_id = rtc_proto::codec::message_msg_id(at.message())
                 .map_err(|e| StoreError::Corrupt(format!("stored message {}: {e}", at.seq())))?;
-            if !m.msg_id.is_empty() {
-                out.push((m.msg_id, at.seq(), at.ts_ms()));
+            if !msg_id.is_empty() {
+                out.push((msg_id, at.seq(), at.ts_ms()));
             }
             Ok(ControlFlow::Continue(()))
         })?;
