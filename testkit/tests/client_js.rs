@@ -1,9 +1,10 @@
 //! client-js (the TypeScript client) as part of the workspace's tests: its packages from
 //! the lock file (`npm ci`), the type check, the linter, and `npm test` — the build, then
 //! node's test runner against the real `rtc-broker` binary this `cargo test` built
-//! (`RTC_BROKER_BIN`) — and that the browser build the examples use
-//! (examples/web/rtc-client.js) is the current one. Needs the machine's Node 20+ and npm; it fails, saying so, without
-//! them.
+//! (`RTC_BROKER_BIN`), headless Chromium among them (installed by
+//! scripts/ensure-chromium.sh when missing) — and that the browser build the examples
+//! use (examples/web/rtc-client.js) is the current one. Needs the machine's Node 20+ and
+//! npm; it fails, saying so, without them.
 
 use std::path::Path;
 use std::process::Command;
