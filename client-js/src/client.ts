@@ -21,7 +21,7 @@ import { ClosedError, RtcError } from "./errors.js";
 import { HttpTransport, type FetchLike, type Stream } from "./http.js";
 import { Message, type WireMessage } from "./message.js";
 import { Outbox, type KeyValueStorage, type Pending } from "./outbox.js";
-import { toWire, type Payload } from "./payload.js";
+import { base64Decode, fromUtf8, toWire, type Payload } from "./payload.js";
 import { startToWire, Subscription, type StartAt, type WireSubscribe } from "./subscription.js";
 
 /** What the app can watch. */
@@ -46,7 +46,8 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface ConnectOptions {
   /** A token or JWT for a broker with users. */
   token?: string;
-  /** Called for a fresh token before each reconnect (and by refreshToken()). */
+  /** Called for a fresh token before each reconnect, before a JWT's `exp` (the
+   *  connection is given the new one with AuthRefresh), and by refreshToken(). */
   tokenProvider?: () => string | Promise<string>;
   /** The client's name in the handshake. */
   name?: string;
@@ -182,6 +183,8 @@ export class Client {
   /** Publishes waiting for their HTTP batch, and whether one is being sent. */
   #httpQueue: Pending[] = [];
   #httpSending = false;
+  /** Fetches a fresh token before the current one expires (with a tokenProvider). */
+  #refreshTimer: unknown;
 
   private constructor(url: string, opts: ConnectOptions) {
     this.#url = url;
@@ -426,12 +429,38 @@ export class Client {
     return r;
   }
 
-  /** Gives the connection a fresh token (from `tokenProvider` when none is passed). */
+  /** Gives the connection a fresh token (from `tokenProvider` when none is passed). On a
+   *  fallback the token goes with each HTTP request, so it is only kept. */
   async refreshToken(token?: string): Promise<void> {
     const t = token ?? (await this.#opts.tokenProvider?.());
     if (!t) throw new Error("no token to refresh with");
     this.#token = t;
-    await this.#request("auth_refresh", { auth_token: t });
+    if (this.#http) {
+      this.#scheduleRefresh(jwtExpiry(t));
+      return;
+    }
+    const [, r] = await this.#request("auth_refresh", { auth_token: t });
+    this.#scheduleRefresh((r.expires_at_ms as number) || jwtExpiry(t));
+  }
+
+  /** With a tokenProvider, refreshes before `expiresAtMs`: a fifth of the token's
+   *  remaining life early, at most 30 s; a failed refresh is tried again every 5 s
+   *  while the token lasts (then the broker closes and the reconnect gets a new one). */
+  #scheduleRefresh(expiresAtMs: number): void {
+    clearTimeout(this.#refreshTimer);
+    if (!this.#opts.tokenProvider || !expiresAtMs || this.#state === "closed") return;
+    const left = expiresAtMs - Date.now();
+    const lead = Math.min(30_000, left / 5);
+    const gen = this.#gen;
+    this.#refreshTimer = setTimeout(() => {
+      if (gen !== this.#gen) return;
+      this.refreshToken().catch((e) => {
+        console.warn(`rtc-client: token refresh failed: ${String(e)}`);
+        if (gen === this.#gen && Date.now() + 5000 < expiresAtMs) {
+          this.#refreshTimer = setTimeout(() => this.#scheduleRefresh(expiresAtMs), 5000);
+        }
+      });
+    }, Math.max(0, left - lead));
   }
 
   /** Closes for good: pending requests fail; publishes not acknowledged stay in the
@@ -570,6 +599,7 @@ export class Client {
     }
     for (const p of this.#outbox.all()) this.#sendPublish(p);
     this.#tick();
+    this.#scheduleRefresh(jwtExpiry(this.#token));
     this.#setState("connected");
   }
 
@@ -700,6 +730,7 @@ export class Client {
     if (gen !== this.#gen) return;
     this.#reached = true;
     this.#attempt = 0;
+    this.#scheduleRefresh(jwtExpiry(this.#token));
     this.#setState("connected");
     this.#httpQueue = [];
     this.#httpEnqueue(this.#outbox.all());
@@ -742,6 +773,7 @@ export class Client {
   /** The connection is gone: fail what waits, then reconnect (or close). */
   #lost(why: string): void {
     this.#gen++;
+    clearTimeout(this.#refreshTimer);
     this.#ready = false;
     this.#ws = undefined;
     this.#closeStreams();
@@ -775,6 +807,7 @@ export class Client {
     this.#setState("closed");
     this.#closeStreams();
     clearTimeout(this.#timer);
+    clearTimeout(this.#refreshTimer);
     const ws = this.#ws;
     this.#ws = undefined;
     this.#ready = false;
@@ -801,6 +834,19 @@ function member(m: Record<string, unknown>): PresenceMember {
     connections: (m.connections as number) ?? 0,
     state: (m.state as Record<string, string>) ?? {},
   };
+}
+
+/** When a JWT expires (its `exp`, in ms), or 0 for a token that is not a JWT. */
+export function jwtExpiry(token: string): number {
+  const parts = token.split(".");
+  if (parts.length !== 3) return 0;
+  try {
+    const b64 = parts[1]!.replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(fromUtf8(base64Decode(b64))) as { exp?: unknown };
+    return typeof claims.exp === "number" ? claims.exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
 }
 
 /** `http(s)://host` or `ws(s)://host[/v1/ws]` as the WebSocket URL. */
