@@ -7,6 +7,7 @@ import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { before, after } from "node:test";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const BROKER_BIN = process.env.RTC_BROKER_BIN ?? join(here, "../../target/debug/rtc-broker");
@@ -44,6 +45,29 @@ export async function startBroker(extra = []) {
       child.kill("SIGTERM");
       await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A broker for this file's tests: started before them (with the arguments `extra()`
+ *  gives), stopped after them. Its `url`, `http` and `tcp` are read once it runs. */
+export function brokerForTests(extra = () => []) {
+  let broker;
+  before(async () => {
+    broker = await startBroker(extra());
+  });
+  after(async () => {
+    await broker?.stop();
+  });
+  return {
+    get url() {
+      return broker.url;
+    },
+    get http() {
+      return broker.http;
+    },
+    get tcp() {
+      return broker.tcp;
     },
   };
 }

@@ -1,18 +1,12 @@
 // Transport fallback: a proxy that stops passing WebSocket upgrades, then SSE. The
 // client goes on over SSE with HTTP publish, then over long-polling, with no change to
 // the app's code and no message lost or repeated across a switch.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Client } from "../dist/index.js";
-import { startBroker, startProxy, take, until } from "./broker.mjs";
+import { brokerForTests, startProxy, take, until } from "./broker.mjs";
 
-let broker;
-before(async () => {
-  broker = await startBroker();
-});
-after(async () => {
-  await broker.stop();
-});
+const broker = brokerForTests();
 
 test("WebSocket, then SSE with HTTP publish, then long-polling, nothing lost or repeated", async () => {
   const proxy = await startProxy(broker.http);

@@ -1,19 +1,13 @@
 // The client against the real broker: publish and subscribe, replay, binary payloads,
 // durable consumers, request-reply, presence, topic info and refusals, in both of the
 // gateway's modes (JSON, and binary protobuf through protoCodec).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Client, RtcError } from "../dist/index.js";
 import { protoCodec } from "../dist/proto.js";
-import { startBroker, take, until } from "./broker.mjs";
+import { brokerForTests, take, until } from "./broker.mjs";
 
-let broker;
-before(async () => {
-  broker = await startBroker();
-});
-after(async () => {
-  await broker.stop();
-});
+const broker = brokerForTests();
 
 for (const [mode, opts, p] of [["json", {}, "js"], ["proto", { codec: protoCodec }, "jsb"]]) {
   test(`${mode}: publish and subscribe, live and acknowledged`, async () => {

@@ -1,20 +1,14 @@
 // The client where the host has no TextEncoder / TextDecoder (React Native's Hermes
 // until recently): a process that removes both before loading the client publishes
 // and reads back text and bytes in the JSON mode, against the real broker.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
-import { startBroker } from "./broker.mjs";
+import { brokerForTests } from "./broker.mjs";
 
-let broker;
-before(async () => {
-  broker = await startBroker();
-});
-after(async () => {
-  await broker.stop();
-});
+const broker = brokerForTests();
 
 test("text and bytes travel without the host's TextEncoder and TextDecoder", async () => {
   const script = fileURLToPath(new URL("./no-text-codec.mjs", import.meta.url));

@@ -2,20 +2,14 @@
 // without gap or repeat, every acknowledged publish stored exactly once, and the outbox
 // kept across a restart of the application. The load test runs in both of the
 // gateway's modes.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Client, MemoryStorage } from "../dist/index.js";
 import { protoCodec } from "../dist/proto.js";
-import { startBroker, startProxy, take, until } from "./broker.mjs";
+import { brokerForTests, startProxy, take, until } from "./broker.mjs";
 
 const fast = { reconnect: { initialMs: 20, maxMs: 200 } };
-let broker;
-before(async () => {
-  broker = await startBroker();
-});
-after(async () => {
-  await broker.stop();
-});
+const broker = brokerForTests();
 
 test("states, and a subscription that resumes without gap or repeat", async () => {
   const proxy = await startProxy(broker.http);

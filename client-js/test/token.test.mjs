@@ -2,7 +2,7 @@
 // tokenProvider and tokens of 4 s gets a new token before each one expires and hands it
 // to the connection (AuthRefresh), so the broker never closes it: it stays connected,
 // on its first connection, well past the first token's expiry.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Client } from "../dist/index.js";
 import { jwtExpiry } from "../dist/client.js";
-import { startBroker, take, until } from "./broker.mjs";
+import { brokerForTests, take, until } from "./broker.mjs";
 
 const SECRET = "client-js token test secret, 32 bytes or more";
 const b64url = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
@@ -23,14 +23,10 @@ function jwt(sub, seconds) {
   return `${head}.${claims}.${sig}`;
 }
 
-let broker;
-before(async () => {
+const broker = brokerForTests(() => {
   const config = join(mkdtempSync(join(tmpdir(), "rtc-js-jwt-")), "rtc.toml");
   writeFileSync(config, `[jwt]\nhs256_secret = "${SECRET}"\n`);
-  broker = await startBroker(["--config", config]);
-});
-after(async () => {
-  await broker.stop();
+  return ["--config", config];
 });
 
 test("a JWT's expiry is read from its claims", () => {
