@@ -171,9 +171,13 @@ export class HttpTransport {
         const { done, value } = await reader.read();
         if (done) throw new Error("the stream ended");
         const chunk = value ?? new Uint8Array(0);
-        const joined = new Uint8Array(bytes.length + chunk.length);
-        joined.set(bytes);
-        joined.set(chunk, bytes.length);
+        // Joined with the unfinished line only when there is one (most chunks end a line).
+        let joined = chunk;
+        if (bytes.length > 0) {
+          joined = new Uint8Array(bytes.length + chunk.length);
+          joined.set(bytes);
+          joined.set(chunk, bytes.length);
+        }
         const end = joined.lastIndexOf(10) + 1;
         buffer += fromUtf8(joined.subarray(0, end));
         bytes = joined.slice(end);

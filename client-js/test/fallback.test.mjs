@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Client } from "../dist/index.js";
+import { protoCodec } from "../dist/proto.js";
 import { brokerForTests, startProxy, take, until } from "./broker.mjs";
 
 const broker = brokerForTests();
@@ -46,22 +47,26 @@ test("WebSocket, then SSE with HTTP publish, then long-polling, nothing lost or 
   await proxy.close();
 });
 
-test("over SSE, a long text arrives whole, however the stream is cut into chunks", async () => {
-  const proxy = await startProxy(broker.http);
-  proxy.block({ ws: true });
-  const c = await Client.connect(proxy.url, { reconnect: { initialMs: 20, maxMs: 200 } });
-  await until(() => c.transport === "sse" && c.state === "connected", 10000, "on SSE");
-  const sub = await c.subscribe("fb.long");
-  // 300 KB of characters of 2 and 4 bytes: the stream's chunks end inside some of them.
-  const text = "ğüş😀".repeat(30000);
-  const publisher = await Client.connect(broker.url);
-  await publisher.publish("fb.long", text);
-  await publisher.publish("fb.long", "after");
-  const [long, after] = await take(sub, 2);
-  assert.equal(long.text.length, text.length);
-  assert.ok(long.text === text, "the long text unchanged");
-  assert.equal(after.text, "after");
-  await c.close();
-  await publisher.close();
-  await proxy.close();
-});
+// A client on the binary mode falls back the same way: HTTP speaks JSON whatever the codec.
+for (const [mode, opts] of [["json", {}], ["proto", { codec: protoCodec }]]) {
+  test(`${mode}: over SSE, a long text arrives whole, however the stream is cut into chunks`, async () => {
+    const proxy = await startProxy(broker.http);
+    proxy.block({ ws: true });
+    const c = await Client.connect(proxy.url, { reconnect: { initialMs: 20, maxMs: 200 }, ...opts });
+    await until(() => c.transport === "sse" && c.state === "connected", 10000, "on SSE");
+    const topic = `fb.long.${mode}`;
+    const sub = await c.subscribe(topic);
+    // 300 KB of characters of 2 and 4 bytes: the stream's chunks end inside some of them.
+    const text = "ğüş😀".repeat(30000);
+    const publisher = await Client.connect(broker.url);
+    await publisher.publish(topic, text);
+    await publisher.publish(topic, "after");
+    const [long, after] = await take(sub, 2);
+    assert.equal(long.text.length, text.length);
+    assert.ok(long.text === text, "the long text unchanged");
+    assert.equal(after.text, "after");
+    await c.close();
+    await publisher.close();
+    await proxy.close();
+  });
+}
