@@ -341,8 +341,13 @@ impl Storage for Faulty {
     fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
         self.inner.timestamp(id, seq)
     }
-    fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError> {
-        self.inner.message_ids(id, from)
+    fn for_each_message_id(
+        &self,
+        id: TopicId,
+        from: u64,
+        each: &mut dyn FnMut(&str, u64, i64) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.inner.for_each_message_id(id, from, each)
     }
     fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         self.inner.sizes(id, from, to)

@@ -10,6 +10,8 @@
 //! each subscriber's `Deliver` frame is only a few header bytes (length, tags, `sub_id`)
 //! written in front of those bytes. A `Publish` is encoded by [`crate::publish`].
 
+use std::borrow::Cow;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message as _;
@@ -230,10 +232,10 @@ pub fn encode_message_sized(message: &Message, encoded_len: usize) -> Bytes {
 /// dedup window, millions of them, and needs only this field. It does not check the
 /// other fields (the broker wrote these bytes itself); bytes the quick scan cannot read
 /// at all are decoded whole, for the error a full decode gives.
-pub fn message_msg_id(encoded: &[u8]) -> Result<String, prost::DecodeError> {
+pub fn message_msg_id(encoded: &[u8]) -> Result<Cow<'_, str>, prost::DecodeError> {
     match scan_msg_id(encoded) {
-        Some(id) => Ok(id.to_owned()),
-        None => Message::decode(encoded).map(|m| m.msg_id),
+        Some(id) => Ok(Cow::Borrowed(id)),
+        None => Message::decode(encoded).map(|m| Cow::Owned(m.msg_id)),
     }
 }
 

@@ -1,64 +1,88 @@
 //! The in-memory dedup index of one topic (see the storage thread's docs): message ID →
 //! (seq, timestamp) for the topic's dedup window, rebuilt from the log on start.
 //!
-//! The storage thread hashes an append's ID once ([`Dedup::hash`]) and uses that hash to
-//! look it up and then to insert it. Each entry keeps its hash, so growing the table
-//! does not hash the IDs again (rehashing showed in the storage thread's profile with
-//! many publishes in flight). Hashed with foldhash (randomly seeded per process), not
-//! std's SipHash.
+//! The index keeps a 128-bit fingerprint of each ID, not the ID: a keyed SipHash-1-3
+//! ([`Fingerprint`]), with a key drawn at random once per process, so an ID costs about
+//! 70 bytes here whatever its length (the IDs themselves, each in its own allocation, made
+//! it about 180 bytes: 10 million IDs in a 2-minute window took 1.8 GB, and the allocations
+//! slowed the storage thread; docs/benchmarks.md, "Long logs"). Two different IDs are
+//! taken for one only if their fingerprints are equal: with a random key, the chance is
+//! about n / 2^128 per lookup against n indexed IDs, and a client cannot aim for it
+//! without the key, which never leaves the process.
+//!
+//! The storage thread fingerprints an append's ID once ([`Dedup::fingerprint`]) and uses
+//! it to look the ID up and then to insert it.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 
 use hashbrown::hash_table::{Entry, HashTable};
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+/// A message ID's keyed 128-bit SipHash-1-3; the first half also places it in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fingerprint([u64; 2]);
 
 /// One ID in the index.
 #[derive(Debug)]
 struct Slot {
-    hash: u64,
-    id: Arc<str>,
+    fp: Fingerprint,
     seq: u64,
     ts: i64,
 }
 
-/// Dedup entries of one topic: message ID → (seq, ts), plus arrival order for expiry.
+/// Dedup entries of one topic: fingerprint → (seq, ts), plus arrival order for expiry.
 #[derive(Debug, Default)]
 pub(super) struct Dedup {
     ids: HashTable<Slot>,
-    /// (ts, seq, id, hash), oldest first.
-    order: VecDeque<(i64, u64, Arc<str>, u64)>,
-    hasher: foldhash::fast::RandomState,
+    /// (seq, first half of the fingerprint) of each insert, oldest first. An entry whose
+    /// ID was stored again since is stale: its slot now has the later seq.
+    order: VecDeque<(u64, u64)>,
+}
+
+/// The process's SipHash key, drawn once from std's random source.
+fn sip_key() -> &'static (u64, u64) {
+    static KEY: OnceLock<(u64, u64)> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let random = std::collections::hash_map::RandomState::new();
+        (random.hash_one(0u8), random.hash_one(1u8))
+    })
 }
 
 impl Dedup {
-    /// The hash of `id`, for [`Dedup::lookup`] and [`Dedup::insert`].
-    pub(super) fn hash(&self, id: &str) -> u64 {
-        self.hasher.hash_one(id)
+    /// The fingerprint of `id`, for [`Dedup::lookup`] and [`Dedup::insert`].
+    pub(super) fn fingerprint(id: &str) -> Fingerprint {
+        let (k0, k1) = *sip_key();
+        let mut h = SipHasher13::new_with_keys(k0, k1);
+        h.write(id.as_bytes());
+        let h = h.finish128();
+        Fingerprint([h.h1, h.h2])
     }
 
-    /// Records `id` (whose [`Dedup::hash`] is `hash`) as stored at `seq`, `ts`.
-    pub(super) fn insert(&mut self, hash: u64, id: &str, seq: u64, ts: i64) {
-        let id: Arc<str> = id.into();
-        let slot = Slot {
-            hash,
-            id: id.clone(),
-            seq,
-            ts,
-        };
-        match self.ids.entry(hash, |s| s.id == id, |s| s.hash) {
+    /// Makes room for `more` IDs, so a rebuild of millions of them does not grow the
+    /// table step by step (moving every entry at each step was a third of the restart).
+    pub(super) fn reserve(&mut self, more: usize) {
+        self.ids.reserve(more, |s| s.fp.0[0]);
+        self.order.reserve(more);
+    }
+
+    /// Records the ID fingerprinted as `fp` as stored at `seq`, `ts`.
+    pub(super) fn insert(&mut self, fp: Fingerprint, seq: u64, ts: i64) {
+        let slot = Slot { fp, seq, ts };
+        match self.ids.entry(fp.0[0], |s| s.fp == fp, |s| s.fp.0[0]) {
             // Stored again after its entry fell out of the window (not yet expired).
             Entry::Occupied(mut e) => *e.get_mut() = slot,
             Entry::Vacant(e) => {
                 e.insert(slot);
             }
         }
-        self.order.push_back((ts, seq, id, hash));
+        self.order.push_back((seq, fp.0[0]));
     }
 
-    /// The original seq if `id` (hashed to `hash`) was stored at or after `since`.
-    pub(super) fn lookup(&self, hash: u64, id: &str, since: i64) -> Option<u64> {
-        match self.ids.find(hash, |s| &*s.id == id) {
+    /// The original seq if the ID fingerprinted as `fp` was stored at or after `since`.
+    pub(super) fn lookup(&self, fp: Fingerprint, since: i64) -> Option<u64> {
+        match self.ids.find(fp.0[0], |s| s.fp == fp) {
             Some(s) if s.ts >= since => Some(s.seq),
             _ => None,
         }
@@ -66,26 +90,34 @@ impl Dedup {
 
     /// Forgets entries stored before `before`.
     pub(super) fn expire(&mut self, before: i64) {
-        while let Some((ts, ..)) = self.order.front() {
-            if *ts >= before {
-                break;
-            }
-            let (_, seq, id, hash) = self.order.pop_front().expect("front exists");
-            // Only if it was not stored again since (then the later entry stays).
-            if let Ok(e) = self.ids.find_entry(hash, |s| s.id == id && s.seq == seq) {
+        while let Some(&(seq, hash)) = self.order.front() {
+            // Seqs are unique in a topic, so (hash, seq) names one slot, or none if the
+            // ID was stored again since (then the later entry stays).
+            if let Ok(e) = self
+                .ids
+                .find_entry(hash, |s| s.fp.0[0] == hash && s.seq == seq)
+            {
+                if e.get().ts >= before {
+                    break;
+                }
                 e.remove();
             }
+            self.order.pop_front();
         }
     }
 
     /// Undoes the newest insert of `id` (a failed write).
     pub(super) fn remove_newest(&mut self, id: &str) {
-        if let Some(pos) = self.order.iter().rposition(|(_, _, i, _)| &**i == id) {
-            self.order.remove(pos);
-        }
-        let hash = self.hash(id);
-        if let Ok(e) = self.ids.find_entry(hash, |s| &*s.id == id) {
-            e.remove();
+        let fp = Self::fingerprint(id);
+        if let Ok(e) = self.ids.find_entry(fp.0[0], |s| s.fp == fp) {
+            let (slot, _) = e.remove();
+            if let Some(pos) = self
+                .order
+                .iter()
+                .rposition(|&(seq, hash)| seq == slot.seq && hash == fp.0[0])
+            {
+                self.order.remove(pos);
+            }
         }
     }
 
@@ -101,12 +133,11 @@ mod tests {
     use super::*;
 
     fn insert(d: &mut Dedup, id: &str, seq: u64, ts: i64) {
-        let h = d.hash(id);
-        d.insert(h, id, seq, ts);
+        d.insert(Dedup::fingerprint(id), seq, ts);
     }
 
     fn lookup(d: &Dedup, id: &str, since: i64) -> Option<u64> {
-        d.lookup(d.hash(id), id, since)
+        d.lookup(Dedup::fingerprint(id), since)
     }
 
     #[test]

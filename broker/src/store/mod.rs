@@ -56,6 +56,8 @@ pub mod local;
 pub mod sled_store;
 pub mod writer;
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 
 pub use crate::engine::{ConsumerRecord, LogEntry, StoreError, TopicStats};
@@ -286,9 +288,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<LogEntry>, StoreError>;
     /// The timestamp of message `seq`, if stored.
     fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError>;
-    /// (msg_id, seq, ts_ms) of the messages of topic `id` with `seq >= from`, in order —
-    /// used to rebuild the dedup window on start.
-    fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError>;
+    /// Calls `each(msg_id, seq, ts_ms)` for the messages of topic `id` with `seq >= from`
+    /// (msg_id "" for one without), in order, until it breaks — used to rebuild the dedup window,
+    /// so it lends each ID rather than allocating millions of them.
+    fn for_each_message_id(
+        &self,
+        id: TopicId,
+        from: u64,
+        each: &mut dyn FnMut(&str, u64, i64) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
     /// Every durable consumer's state: `(topic id, name, record)`.
     fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError>;
     /// `(seq, encoded size)` of the messages with `from <= seq < to`, for byte-based

@@ -532,17 +532,17 @@ impl Storage for SledStorage {
         Ok(ts)
     }
 
-    fn message_ids(&self, id: TopicId, from: u64) -> Result<Vec<(String, u64, i64)>, StoreError> {
-        let mut out = Vec::new();
+    fn for_each_message_id(
+        &self,
+        id: TopicId,
+        from: u64,
+        each: &mut dyn FnMut(&str, u64, i64) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         self.for_each_record(id, from, |at| {
             let msg_id = rtc_proto::codec::message_msg_id(at.message())
                 .map_err(|e| StoreError::Corrupt(format!("stored message {}: {e}", at.seq())))?;
-            if !msg_id.is_empty() {
-                out.push((msg_id, at.seq(), at.ts_ms()));
-            }
-            Ok(ControlFlow::Continue(()))
-        })?;
-        Ok(out)
+            Ok(each(&msg_id, at.seq(), at.ts_ms()))
+        })
     }
 
     fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError> {

@@ -219,6 +219,10 @@ impl<O> Writer<O> {
         let before = std::mem::take(&mut self.topics);
         if let Err(e) = self.recover(stored) {
             self.topics = before;
+            self.rebuilding = (self.topics.iter())
+                .filter(|(_, log)| log.dedup_from.is_some())
+                .map(|(name, _)| name.clone())
+                .collect();
             return Err(e);
         }
         self.next_id = self.next_id.max(next_id);

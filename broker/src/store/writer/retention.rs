@@ -76,6 +76,8 @@ impl<O> Writer<O> {
 
     /// Removes every message before `to`, a chunk per write.
     pub(super) fn remove_before(&mut self, name: &str, to: u64) -> Result<(), StoreError> {
+        // The IDs of the messages removed stay in the window.
+        self.complete_dedup(name)?;
         loop {
             let log = &self.topics[name];
             let from = log.stats.first_seq;

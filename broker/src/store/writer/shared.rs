@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use super::{Reply, Request, Writer, MAX_BATCH, MAX_PASS_UNSYNCED};
 use crate::engine::{Append, Stopped};
@@ -87,7 +87,10 @@ impl<O> SharedWriter<O> {
         };
         // Checked again under the lock: the thread's pass ends (and the count drops)
         // under it, so a zero here means every earlier request has been processed.
-        if writer.stopped || self.queued.load(Ordering::SeqCst) != 0 {
+        // While dedup indexes are read back, an append could have to complete one: that
+        // is the storage thread's work, not a runtime worker's.
+        if writer.stopped || self.queued.load(Ordering::SeqCst) != 0 || writer.rebuild_pending()
+        {
             return Some(append);
         }
         let was_dirty = writer.dirty;
@@ -116,22 +119,42 @@ pub(super) fn run<O>(shared: &SharedWriter<O>, rx: Receiver<Request<O>>) {
     };
     let mut batch = Vec::with_capacity(max_pass);
     loop {
-        let deadline = shared.lock().deadline();
-        let first = match deadline {
-            Some(deadline) => {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(r) => r,
-                    Err(RecvTimeoutError::Timeout) => {
-                        shared.lock().deadline_passed();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            None => match rx.recv() {
+        let (deadline, rebuilding) = {
+            let writer = shared.lock();
+            (writer.deadline(), writer.rebuild_pending())
+        };
+        let first = if rebuilding {
+            // Idle time reads back the dedup index (`writer/rebuild.rs`), a step at a time.
+            match rx.try_recv() {
                 Ok(r) => r,
-                Err(_) => break,
-            },
+                Err(TryRecvError::Empty) => {
+                    let mut writer = shared.lock();
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        writer.deadline_passed();
+                    } else {
+                        writer.rebuild_step();
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match deadline {
+                Some(deadline) => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(r) => r,
+                        Err(RecvTimeoutError::Timeout) => {
+                            shared.lock().deadline_passed();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            }
         };
         batch.push(first);
         while batch.len() < max_pass {
