@@ -578,3 +578,32 @@ async fn the_storage_thread_seals_held_messages_when_they_are_due() {
     assert_eq!(seqs_read(&s, id, 0), vec![1, 2, 3, 4]);
     log.shutdown().await;
 }
+
+/// sled writes a node larger than a quarter of its segment as a blob file of its own,
+/// which its cache does not count, so blob nodes stay in memory once read
+/// (`chunk::MAX_BYTES`). A log of full chunks of small messages must not make any.
+#[test]
+fn a_log_of_small_messages_is_stored_without_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let body = Bytes::from(vec![b'x'; 140]);
+    let mut seq = 0u64;
+    for _ in 0..200 {
+        let ops = (0..48)
+            .map(|_| {
+                seq += 1;
+                WriteOp::Append {
+                    id: 1,
+                    seq,
+                    ts_ms: seq as i64,
+                    message: body.clone(),
+                }
+            })
+            .collect();
+        s.write(ops).unwrap();
+    }
+    s.flush().unwrap();
+    assert!(chunks_in_sled(&s) > 17, "enough chunks for sled to split leaves");
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+    assert_eq!(blobs, 0, "blob files in the store");
+}
