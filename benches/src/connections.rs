@@ -172,7 +172,9 @@ pub async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
         conns.push(open(&args, i, &hello, &subscribe).await?);
     }
     let opened = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Idle means idle: past the 500 ms after which the broker releases an idle
+    // connection's spare buffers (`outbound::TRIM_AFTER`), for the last one opened too.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = rss_kib(args.pid)?;
     // One broadcast (or one more member); every connection must hear of it.
     let mut publisher = TcpStream::connect(&args.addr).await?;

@@ -27,7 +27,9 @@ pub struct Conn {
     /// Its outbound queue.
     pub outbox: Arc<Outbox>,
     user: Mutex<String>,
-    subs: Mutex<BTreeMap<u64, String>>,
+    /// Its subscriptions' (sub_id, pattern), sorted: a Vec, as most connections have one
+    /// or two (a BTreeMap's first node took 368 bytes of each idle connection).
+    subs: Mutex<Vec<(u64, String)>>,
     messages_in: AtomicU64,
     bytes_in: AtomicU64,
     kick: CancellationToken,
@@ -88,12 +90,19 @@ impl Conn {
 
     /// A subscription was made.
     pub fn subscribed(&self, sub_id: u64, pattern: &str) {
-        lock(&self.subs).insert(sub_id, pattern.to_string());
+        let mut subs = lock(&self.subs);
+        match subs.binary_search_by_key(&sub_id, |(id, _)| *id) {
+            Ok(i) => subs[i].1 = pattern.to_string(),
+            Err(i) => subs.insert(i, (sub_id, pattern.to_string())),
+        }
     }
 
     /// A subscription ended.
     pub fn unsubscribed(&self, sub_id: u64) {
-        lock(&self.subs).remove(&sub_id);
+        let mut subs = lock(&self.subs);
+        if let Ok(i) = subs.binary_search_by_key(&sub_id, |(id, _)| *id) {
+            subs.remove(i);
+        }
     }
 
     /// The connection now acts as `user` (a refreshed token keeps the identity, but the
@@ -134,7 +143,7 @@ impl Conn {
             transport: self.transport,
             peer: self.peer.clone(),
             user: lock(&self.user).clone(),
-            subscriptions: lock(&self.subs).clone(),
+            subscriptions: lock(&self.subs).iter().cloned().collect(),
             queued_frames,
             queued_bytes,
             messages_in: self.messages_in.load(Ordering::Relaxed),

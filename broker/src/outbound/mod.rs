@@ -74,8 +74,9 @@ pub use writer::{ByteStream, FrameSink};
 /// the writer also writes shared deliveries in pieces of about this size.
 const CHUNK: usize = 64 * 1024;
 /// The first chunk of a queue with no spare one: most connections are sent a frame now
-/// and then, and should stay small.
-const FIRST_CHUNK: usize = 1024;
+/// and then, and should stay small (a chunk grows to fit a larger frame). A Welcome, a
+/// SubAck or a delivery of a small message fits.
+const FIRST_CHUNK: usize = 256;
 /// Written chunks kept for reuse.
 const MAX_SPARES: usize = 4;
 /// Buffers the writer keeps grown past this (its batch queue, counted in bytes, and its

@@ -466,28 +466,11 @@ impl Session {
         let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut first = true;
-            loop {
-                let frame = match source.next_frame() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(refusal) => return self.close_with(refusal).await,
-                };
-                self.lone = std::mem::take(&mut first) && source.is_drained();
-                if !matches!(
-                    frame.op,
-                    Some(Op::Publish(_) | Op::Request(_) | Op::Reply(_))
-                ) {
-                    // Anything but a publish, a request or a reply may wait (for the
-                    // storage thread, a consumer, …): what is queued goes out first.
-                    // Those three only queue, so a read's worth of them goes out in one
-                    // write per peer (flushing before each cost a write per request;
-                    // docs/benchmarks.md, "Request-reply").
-                    self.flush();
-                }
-                if self.handle(frame).await?.is_break() {
-                    return Ok(());
-                }
+            // Boxed: the state of handling frames (a publish's, a boxed handler's) is
+            // allocated once per read while it runs, not reserved for the connection's
+            // whole life in its task, which is what an idle connection costs.
+            if Box::pin(self.handle_read(&mut source)).await?.is_break() {
+                return Ok(());
             }
             self.flush();
             let read = tokio::select! {
@@ -521,6 +504,49 @@ impl Session {
         }
     }
 
+    /// Handles every whole frame the last read brought, in turn; `Break` ends the
+    /// session.
+    async fn handle_read<S: FrameSource>(
+        &mut self,
+        source: &mut S,
+    ) -> Result<ControlFlow<()>, Closed> {
+        let mut first = true;
+        loop {
+            let frame = match source.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(ControlFlow::Continue(())),
+                Err(refusal) => {
+                    self.close_with(refusal).await?;
+                    return Ok(ControlFlow::Break(()));
+                }
+            };
+            self.lone = std::mem::take(&mut first) && source.is_drained();
+            if !matches!(
+                frame.op,
+                Some(Op::Publish(_) | Op::Request(_) | Op::Reply(_))
+            ) {
+                // Anything but a publish, a request or a reply may wait (for the
+                // storage thread, a consumer, …): what is queued goes out first.
+                // Those three only queue, so a read's worth of them goes out in one
+                // write per peer (flushing before each cost a write per request;
+                // docs/benchmarks.md, "Request-reply").
+                self.flush();
+            }
+            // Publishes are handled in place; any other frame's handler is boxed, so a
+            // read of publishes allocates nothing per frame.
+            let flow = match frame.op {
+                Some(Op::Publish(p)) => {
+                    self.publish(p).await?;
+                    ControlFlow::Continue(())
+                }
+                op => Box::pin(self.handle(Frame { op })).await?,
+            };
+            if flow.is_break() {
+                return Ok(flow);
+            }
+        }
+    }
+
     /// What `Welcome.features` announces on this connection (docs/protocol.md,
     /// "Features").
     fn features(&self) -> Vec<String> {
@@ -541,7 +567,7 @@ impl Session {
     async fn handle(&mut self, frame: Frame) -> Result<ControlFlow<()>, Closed> {
         let op_name = frame.op_name();
         match frame.op {
-            Some(Op::Publish(p)) => self.publish(p).await?,
+            Some(Op::Publish(p)) => Box::pin(self.publish(p)).await?,
             Some(Op::Subscribe(s)) => self.subscribe(s).await?,
             Some(Op::Unsubscribe(u)) => self.unsubscribe(u).await?,
             Some(Op::Ping(p)) => {
