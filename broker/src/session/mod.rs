@@ -567,7 +567,8 @@ impl Session {
     async fn handle(&mut self, frame: Frame) -> Result<ControlFlow<()>, Closed> {
         let op_name = frame.op_name();
         match frame.op {
-            Some(Op::Publish(p)) => Box::pin(self.publish(p)).await?,
+            // `handle_read` handles publishes itself, in place; this keeps `handle` whole.
+            Some(Op::Publish(p)) => self.publish(p).await?,
             Some(Op::Subscribe(s)) => self.subscribe(s).await?,
             Some(Op::Unsubscribe(u)) => self.unsubscribe(u).await?,
             Some(Op::Ping(p)) => {

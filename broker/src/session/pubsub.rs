@@ -60,7 +60,7 @@ impl Session {
         });
         let settings = match checked {
             Ok(settings) => *settings,
-            Err(refusal) => return Box::pin(self.refuse(req_id, refusal)).await,
+            Err(refusal) => return self.refuse(req_id, refusal).await,
         };
         if let Some((wait, tell)) = self.throttle.as_mut().and_then(|t| t.take()) {
             if tell {
@@ -68,12 +68,10 @@ impl Session {
                 let msg = format!(
                     "publishing faster than {rate}/s; this connection is being slowed down"
                 );
-                Box::pin(self.refuse(0, Refusal::RateLimited(msg))).await?;
+                self.refuse(0, Refusal::RateLimited(msg)).await?;
             }
             self.flush();
-            // Boxed, like the refusals: rare, and a publish's state is kept in every
-            // connection's task (`Session::serve`).
-            Box::pin(tokio::time::sleep(wait)).await;
+            tokio::time::sleep(wait).await;
             // Accepted after the wait, not when read.
             self.read_ms = now_ms();
             self.read_at = tokio::time::Instant::now();
@@ -91,7 +89,7 @@ impl Session {
             self.read_ms,
         ) {
             Ok(m) => m,
-            Err(refusal) => return Box::pin(self.refuse(req_id, refusal)).await,
+            Err(refusal) => return self.refuse(req_id, refusal).await,
         };
         self.tally.messages_in += 1;
         self.tally.bytes_in += message.payload.len() as u64;
@@ -119,10 +117,7 @@ impl Session {
                     seq: 0,
                     duplicate: false,
                 };
-                // Room first, then the frame: not held across the wait.
-                self.outbox.wait_room().await?;
-                self.outbox
-                    .push_frame_deferred(Frame::from_op(Op::PubAck(ack)))?;
+                self.send(Frame::from_op(Op::PubAck(ack))).await?;
             }
             return Ok(());
         }
@@ -148,7 +143,7 @@ impl Session {
         let append = publish::append(message, origin);
         if self.shared.publishes.append(append, self.lone).is_err() {
             let msg = "the storage thread has stopped; the message was not stored".to_string();
-            return Box::pin(self.refuse(req_id, Refusal::Storage(msg))).await;
+            return self.refuse(req_id, Refusal::Storage(msg)).await;
         }
         Ok(())
     }

@@ -471,13 +471,14 @@ impl<O> Writer<O> {
                 return Outcome::Refused(refusal);
             }
         }
-        if !a.msg_id.is_empty() {
-            // Its lookup must see every ID of the window.
+        let mut log = self.topics.get_mut(&a.topic).expect("created above");
+        if !a.msg_id.is_empty() && log.dedup_from.is_some() {
+            // Its lookup must see every ID of the window (`writer/rebuild.rs`).
             if let Err(e) = self.complete_dedup(&a.topic) {
                 return Outcome::Refused(Refusal::from(e));
             }
+            log = self.topics.get_mut(&a.topic).expect("completing keeps the topic");
         }
-        let log = self.topics.get_mut(&a.topic).expect("created above");
         if log.id == 0 {
             // Created as ephemeral while this publish was on its way: nothing to store.
             return Outcome::Refused(Refusal::Conflict(format!(
