@@ -6,7 +6,8 @@
 # workloads (fan-out with 1 and 10 subscribers at 16 B, 128 B and 1 KiB; latency at
 # 10 000 msgs/s) against rtc, NATS core and Redis pub/sub, fan-out over WebSocket (rtc's
 # gateway against nats-server's websocket listener), and the durable workload
-# (acknowledged publish with 1 and 256 in flight, then consume with acks) against rtc,
+# (acknowledged publish with 1 and 256 in flight, then consume with acks; 128 B, and 1 KiB
+# at 256 in flight) against rtc,
 # JetStream and Redis streams at two durability settings. Every table comes from five
 # alternating rounds (medians, and each ratio's range: single runs are short and a
 # shared VM stalls; a median of five stands two stalled rounds, of three only one);
@@ -157,9 +158,20 @@ mkdir -p "$(dirname "$report")"
     --nats-url "nats://127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
     --durability "about 1 s" --window 1 --window 256 --rounds 5
   echo
+  echo "The same at 1 KiB, W = 256:"
+  echo
+  "$bench" durable --system rtc --system jetstream --system redis --server "tcp://127.0.0.1:$RTC_PORT" \
+    --nats-url "nats://127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+    --durability "about 1 s" --window 256 --payload 1024 --rounds 5
+  echo
   echo "Durability always (fsync before the acknowledgement): rtc fsync always, Redis appendfsync always; JetStream 2.9 cannot."
   echo
   "$bench" durable --system rtc --system redis --server "tcp://127.0.0.1:$RTC_ALWAYS_PORT" \
     --redis-url "redis://127.0.0.1:$REDIS_ALWAYS_PORT" --durability always --window 1 --window 256 --rounds 5
+  echo
+  echo "The same at 1 KiB, W = 256:"
+  echo
+  "$bench" durable --system rtc --system redis --server "tcp://127.0.0.1:$RTC_ALWAYS_PORT" \
+    --redis-url "redis://127.0.0.1:$REDIS_ALWAYS_PORT" --durability always --window 256 --payload 1024 --rounds 5
 } | tee "$report"
 echo "compare.sh: report written to $report" >&2
