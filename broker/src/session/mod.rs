@@ -241,6 +241,23 @@ pub async fn run<S: FrameSource, K: FrameSink>(
     };
     tracing::debug!(conn_id, %peer, "connection opened");
     let _ = session.serve(source, &cancel).await;
+    // Boxed, like the handshake: the teardown's state (leaving every subscription, the
+    // drains) is needed once, not reserved for the connection's whole life in its task.
+    Box::pin(close(session, outbox, writer_task)).await;
+}
+
+/// Ends a session: its entry and subscriptions gone, owed answers and the writer
+/// drained (each within [`DRAIN_TIMEOUT`]).
+async fn close(
+    mut session: Session,
+    outbox: Arc<Outbox>,
+    writer_task: tokio::task::JoinHandle<()>,
+) {
+    let (shared, conn_id, peer) = (
+        session.shared.clone(),
+        session.conn_id,
+        session.peer.clone(),
+    );
     // Whatever the last frames queued for others (the session may end mid-read).
     session.flush();
     if let Some(entry) = session.entry.take() {
@@ -372,24 +389,105 @@ impl Session {
         let shared = self.shared.clone();
         let config = &shared.config;
         let shutting_down = || Refusal::ShuttingDown("broker is shutting down".into());
+        // Boxed: its state (the Hello, the Welcome, the refusals) is needed once, not
+        // reserved for the connection's whole life in its task.
+        let Some(entry) = Box::pin(self.handshake(&mut source, cancel)).await? else {
+            return Ok(());
+        };
+
+        // Read loop. Each fill is decoded whole and its frames handled in turn before
+        // the next: the timers and the shutdown signal are polled once per read, not
+        // once per frame. Silence is counted in heartbeat ticks, not by reading the
+        // clock (see rtc_proto::silence).
+        self.read_ms = now_ms();
+        self.read_at = Instant::now();
+        let interval = config.heartbeat_interval;
+        let mut silence = Silence::default();
+        // The Hello just arrived: the first interval is not a silent one.
+        silence.heard();
+        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Boxed: the state of handling frames (a publish's, a boxed handler's) is
+            // allocated once per read while it runs, not reserved for the connection's
+            // whole life in its task, which is what an idle connection costs.
+            if Box::pin(self.handle_read(&mut source)).await?.is_break() {
+                return Ok(());
+            }
+            self.flush();
+            // Each way the session ends here is a refusal to send; `Ok` is a read.
+            let read = tokio::select! {
+                _ = cancel.cancelled() => Err(shutting_down()),
+                _ = entry.kicked() => {
+                    let why = format!("disconnected by an operator: {}", entry.kick_reason());
+                    Err(Refusal::Disconnected(why))
+                }
+                _ = token::until(self.expires) => Err(token::expired()),
+                _ = ticks.tick() => {
+                    if silence.tick() {
+                        let msg = format!("nothing received for {SILENT_INTERVALS} heartbeat intervals ({:?})", interval * SILENT_INTERVALS);
+                        Err(Refusal::HeartbeatTimeout(msg))
+                    } else {
+                        if silence.is_quiet() {
+                            source.quiet();
+                        }
+                        continue;
+                    }
+                }
+                read = source.fill() => Ok(read),
+            };
+            let read = match read {
+                Ok(read) => read,
+                // Boxed, like the handshake: once per connection.
+                Err(ending) => return Box::pin(self.close_with(ending)).await,
+            };
+            match read {
+                Ok(true) => {
+                    silence.heard();
+                    self.read_ms = now_ms();
+                    self.read_at = Instant::now();
+                }
+                // The client closed, or the connection broke.
+                Ok(false) | Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// The handshake: a Hello within the handshake timeout, checked and authenticated,
+    /// answered with a Welcome; the connection's entry, or `None` when it ended (refused,
+    /// or closed by the peer).
+    async fn handshake<S: FrameSource>(
+        &mut self,
+        source: &mut S,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Arc<Conn>>, Closed> {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let shutting_down = || Refusal::ShuttingDown("broker is shutting down".into());
         // Handshake.
         let first = tokio::select! {
-            _ = cancel.cancelled() => return self.close_with(shutting_down()).await,
-            r = tokio::time::timeout(config.handshake_timeout, next_frame(&mut source)) => r,
+            _ = cancel.cancelled() => return self.close_with(shutting_down()).await.map(|()| None),
+            r = tokio::time::timeout(config.handshake_timeout, next_frame(source)) => r,
         };
         let hello = match first {
             Err(_) => {
                 let msg = format!("no Hello within {:?}", config.handshake_timeout);
-                return self.close_with(Refusal::HandshakeTimeout(msg)).await;
+                return self
+                    .close_with(Refusal::HandshakeTimeout(msg))
+                    .await
+                    .map(|()| None);
             }
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(refusal)) => return self.close_with(refusal).await,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(refusal)) => return self.close_with(refusal).await.map(|()| None),
             Ok(Ok(Some(Frame {
                 op: Some(Op::Hello(h)),
             }))) => h,
             Ok(Ok(Some(other))) => {
                 let msg = format!("the first frame must be Hello, got {}", other.op_name());
-                return self.close_with(Refusal::HandshakeRequired(msg)).await;
+                return self
+                    .close_with(Refusal::HandshakeRequired(msg))
+                    .await
+                    .map(|()| None);
             }
         };
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -397,7 +495,10 @@ impl Session {
                 "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
                 hello.protocol_version
             );
-            return self.close_with(Refusal::UnsupportedVersion(msg)).await;
+            return self
+                .close_with(Refusal::UnsupportedVersion(msg))
+                .await
+                .map(|()| None);
         }
         match self.shared.live.auth().authenticate(&hello.auth_token) {
             Ok(identity) => self.set_identity(identity),
@@ -415,7 +516,10 @@ impl Session {
                     format!("{} {}: {why}", self.transport, self.peer),
                 );
                 let msg = format!("{why}: this broker requires a valid token in Hello.auth_token");
-                return self.close_with(Refusal::Unauthorized(msg)).await;
+                return self
+                    .close_with(Refusal::Unauthorized(msg))
+                    .await
+                    .map(|()| None);
             }
         }
         tracing::debug!(conn_id = self.conn_id, client = %hello.client_name, user = self.identity.name(), "handshake done");
@@ -452,56 +556,7 @@ impl Session {
         })))
         .await?;
         self.flush();
-
-        // Read loop. Each fill is decoded whole and its frames handled in turn before
-        // the next: the timers and the shutdown signal are polled once per read, not
-        // once per frame. Silence is counted in heartbeat ticks, not by reading the
-        // clock (see rtc_proto::silence).
-        self.read_ms = now_ms();
-        self.read_at = Instant::now();
-        let interval = config.heartbeat_interval;
-        let mut silence = Silence::default();
-        // The Hello just arrived: the first interval is not a silent one.
-        silence.heard();
-        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            // Boxed: the state of handling frames (a publish's, a boxed handler's) is
-            // allocated once per read while it runs, not reserved for the connection's
-            // whole life in its task, which is what an idle connection costs.
-            if Box::pin(self.handle_read(&mut source)).await?.is_break() {
-                return Ok(());
-            }
-            self.flush();
-            let read = tokio::select! {
-                _ = cancel.cancelled() => return self.close_with(shutting_down()).await,
-                _ = entry.kicked() => {
-                    let why = format!("disconnected by an operator: {}", entry.kick_reason());
-                    return self.close_with(Refusal::Disconnected(why)).await;
-                }
-                _ = token::until(self.expires) => return self.close_with(token::expired()).await,
-                _ = ticks.tick() => {
-                    if silence.tick() {
-                        let msg = format!("nothing received for {SILENT_INTERVALS} heartbeat intervals ({:?})", interval * SILENT_INTERVALS);
-                        return self.close_with(Refusal::HeartbeatTimeout(msg)).await;
-                    }
-                    if silence.is_quiet() {
-                        source.quiet();
-                    }
-                    continue;
-                }
-                read = source.fill() => read,
-            };
-            match read {
-                Ok(true) => {
-                    silence.heard();
-                    self.read_ms = now_ms();
-                    self.read_at = Instant::now();
-                }
-                // The client closed, or the connection broke.
-                Ok(false) | Err(_) => return Ok(()),
-            }
-        }
+        Ok(Some(entry))
     }
 
     /// Handles every whole frame the last read brought, in turn; `Break` ends the
