@@ -4,6 +4,7 @@
 
 use super::tests::{chunks_in_sled, numbered as append, open, seqs_read};
 use super::*;
+use bytes::Bytes;
 
 /// The seqs `storage` reads back for topic `id`, from the first.
 fn seqs(storage: &SledStorage, id: TopicId) -> Vec<u64> {

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
+use bytes::Bytes;
+
 use super::{
     consumer_key, encode_single, engine, msg_key, seq_of, stats_key, topic_key, SledStorage,
     CONSUMER_PREFIX, MSG_PREFIX,
@@ -17,6 +19,17 @@ use crate::store::{LogEntry, StoreError, TopicId, TopicStats, WriteOp};
 pub(super) enum Entry {
     Put(Vec<u8>, Vec<u8>),
     Remove(Vec<u8>),
+}
+
+/// How a walk of the log stands against writes (see `SledStorage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Walk {
+    /// The open chunks' lock is held shared for the whole walk: no write runs meanwhile.
+    Shared,
+    /// The lock is held only to copy the held messages; writes may run while sled is
+    /// scanned, and the scan may then miss or repeat a chunk, so the caller must check
+    /// what it got and walk again [`Walk::Shared`] if it is not whole.
+    Optimistic,
 }
 
 /// A chunk read from the log.
@@ -153,19 +166,84 @@ impl SledStorage {
         Ok(start.map_or_else(|| msg_key(id, from).to_vec(), |k| k.to_vec()))
     }
 
+    /// Up to `max_msgs` messages (and about `max_bytes`) of topic `id` from `from` on,
+    /// walked as `how` says; each shares its chunk's buffer.
+    pub(super) fn read_walk(
+        &self,
+        id: TopicId,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+        how: Walk,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let mut out = Vec::new();
+
+        let mut bytes = 0;
+        // Messages share their chunk's buffer: no copy.
+        let mut shared: Option<(u64, Bytes)> = None;
+        self.walk(id, from, how, |at| {
+            let message = match at {
+                At::Chunk(chunk, r) => {
+                    let whole = match &shared {
+                        Some((first, b)) if *first == chunk.first_seq => b.clone(),
+                        _ => {
+                            let b = Bytes::from_owner(chunk.value.clone());
+                            shared = Some((chunk.first_seq, b.clone()));
+                            b
+                        }
+                    };
+                    whole.slice(r.start..r.start + r.len)
+                }
+                At::Held(e) => e.message.clone(),
+            };
+            bytes += message.len();
+            out.push(LogEntry {
+                seq: at.seq(),
+                ts_ms: at.ts_ms(),
+                message,
+            });
+            Ok(if out.len() >= max_msgs || bytes >= max_bytes {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(out)
+    }
+
+
     /// Calls `f` with each stored message of topic `id` from seq `from` on, in order,
-    /// until `f` breaks: those in sled, then those held in the topic's open chunk.
+    /// until `f` breaks: those in sled, then those held in the topic's open chunk. No
+    /// write runs meanwhile.
     pub(super) fn for_each_record(
         &self,
         id: TopicId,
         from: u64,
+        f: impl FnMut(At<'_>) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.walk(id, from, Walk::Shared, f)
+    }
+
+    /// [`SledStorage::for_each_record`], holding writes off as `how` says.
+    pub(super) fn walk(
+        &self,
+        id: TopicId,
+        from: u64,
+        how: Walk,
         mut f: impl FnMut(At<'_>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        // No write runs while sled is walked (see `SledStorage`). Held messages are read
-        // from the snapshot; everything stored before the first of them is in sled.
+        // Held messages are read from the snapshot; everything stored before the first
+        // of them is in sled (or, if they are sealed meanwhile, at or after it).
         let shared = self.open_chunks_shared();
         let held = shared.snapshot(id, from);
         let sealed_below = held.first().map_or(u64::MAX, |e| e.seq);
+        let shared = match how {
+            Walk::Shared => Some(shared),
+            Walk::Optimistic => {
+                drop(shared);
+                None
+            }
+        };
         let start = self.first_chunk_key(id, from)?;
         let db = self.db()?;
         'sled: for item in db.range(start..=msg_key(id, u64::MAX).to_vec()) {

@@ -1,6 +1,7 @@
 //! Tests of the sled store: layout, chunks, recovery and refusals.
 
 use super::*;
+use bytes::Bytes;
 use crate::store::chunk;
 
 pub(super) fn open(dir: &Path) -> SledStorage {
@@ -606,4 +607,20 @@ fn a_log_of_small_messages_is_stored_without_blob_files() {
     assert!(chunks_in_sled(&s) > 17, "enough chunks for sled to split leaves");
     let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
     assert_eq!(blobs, 0, "blob files in the store");
+}
+
+/// A read that finds its batch not whole reads again with writes held off, and returns
+/// what is stored as it is: a log starting after `from`, and one with a hole (the seqs a
+/// store lost with unflushed writes are never stored or reused).
+#[test]
+fn reads_return_a_log_with_a_hole_or_a_later_start_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.write((1..=5).chain(9..=12).map(|q| numbered(1, q)).collect())
+        .unwrap();
+    s.seal().unwrap();
+    assert_eq!(seqs_read(&s, 1, 1), vec![1, 2, 3, 4, 5, 9, 10, 11, 12]);
+    assert_eq!(seqs_read(&s, 1, 4), vec![4, 5, 9, 10, 11, 12]);
+    assert_eq!(seqs_read(&s, 1, 6), vec![9, 10, 11, 12], "starts after the hole");
+    assert_eq!(seqs_read(&s, 1, 13), Vec::<u64>::new());
 }
