@@ -110,8 +110,10 @@ fn engine(e: sled::Error) -> StoreError {
 /// while they scan. A test racing reads against writes saw a scan come back without the
 /// chunk holding its first seq, so the read started at the next chunk (a replay missing
 /// messages); with the scans shared against writes it did not happen in 100 runs on a
-/// loaded machine. A writer thus waits for the read batch in progress (at most a few
-/// hundred messages or a few MB).
+/// loaded machine. A writer thus waits for the walk in progress — except a replay's
+/// reads ([`Storage::read`]), which scan without the lock and walk again with it only
+/// when the batch they got is not whole (`log::Walk`), so that a long replay does not
+/// hold publishes off batch after batch.
 #[derive(Debug, Clone)]
 pub struct SledStorage {
     db: Arc<DbSlot>,
