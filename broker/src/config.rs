@@ -48,6 +48,10 @@
 //! [[topic]]                 # first matching rule wins; see `crate::topic::TopicRule`
 //! pattern = "game.>"
 //! storage = "ephemeral"
+//!
+//! [cluster]                 # many brokers as one on Redis; see docs/cluster.md
+//! redis = "redis://127.0.0.1:6379"   # rediss:// for TLS; redis://:PASSWORD@HOST:PORT
+//! prefix = "rtc"            # of every key and channel: clusters may share a Redis
 //! ```
 
 use std::net::SocketAddr;
@@ -157,6 +161,60 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// JSON Web Tokens from the application's backend (`[jwt]`, see `crate::auth::jwt`).
     pub jwt: Option<crate::auth::jwt::JwtConfig>,
+    /// Cluster mode on Redis (`[cluster]`, or `--cluster URL`); none: the broker is on
+    /// its own, with the embedded store.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode: every broker given the same Redis and prefix acts as one broker
+/// (`crate::cluster`; docs/cluster.md). Durable topics live in Redis then, not in the
+/// data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT`, `rediss://HOST:PORT` for TLS; a password as
+    /// `redis://:PASSWORD@HOST:PORT` (or with a user, `redis://USER:PASSWORD@…`), a
+    /// database as `/N` at the end.
+    pub redis: String,
+    /// Starts every key and channel the cluster uses, so that several clusters can share
+    /// one Redis.
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: "redis://127.0.0.1:6379".to_string(),
+            prefix: "rtc".to_string(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The cluster at `redis` with the default prefix.
+    pub fn at(redis: &str) -> Self {
+        ClusterConfig {
+            redis: redis.to_string(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.redis.starts_with("redis://") || self.redis.starts_with("rediss://")) {
+            return Err(format!(
+                "[cluster] redis must be a redis:// or rediss:// URL, got {:?}",
+                self.redis
+            ));
+        }
+        let ok = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if self.prefix.is_empty() || self.prefix.len() > 64 || !self.prefix.chars().all(ok) {
+            return Err(format!(
+                "[cluster] prefix must be 1 to 64 letters, digits, '-', '_' or '.', got {:?}",
+                self.prefix
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// When the broker forces stored messages to disk before acknowledging them.
@@ -270,6 +328,7 @@ impl Default for Config {
             http: Some(DEFAULT_HTTP.parse().expect("constant address parses")),
             allowed_origins: Vec::new(),
             jwt: None,
+            cluster: None,
         }
     }
 }
@@ -350,6 +409,9 @@ impl Config {
         }
         if let Some(jwt) = &self.jwt {
             crate::auth::jwt::Verifier::new(jwt).map_err(BrokerError::InvalidConfig)?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(BrokerError::InvalidConfig)?;
         }
         for user in &self.user {
             user.validate().map_err(BrokerError::InvalidConfig)?;

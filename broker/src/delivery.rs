@@ -156,7 +156,7 @@ fn answer(origin: Origin, outcome: Outcome) -> Option<Arc<Outbox>> {
         AnswerTo::Reply(reply) => {
             let answer = match outcome {
                 Outcome::Refused(refusal) => Answer::Refused(refusal),
-                Outcome::Stored { seq, .. } => Answer::Stored {
+                Outcome::Stored { seq, .. } | Outcome::Accepted { seq } => Answer::Stored {
                     seq,
                     duplicate: false,
                 },
@@ -173,7 +173,7 @@ fn answer(origin: Origin, outcome: Outcome) -> Option<Arc<Outbox>> {
     };
     let frame = match outcome {
         Outcome::Refused(refusal) => Some(refusal.frame(req_id)),
-        Outcome::Stored { seq, .. } => ack(req_id, seq, false),
+        Outcome::Stored { seq, .. } | Outcome::Accepted { seq } => ack(req_id, seq, false),
         Outcome::Duplicate { seq } => ack(req_id, seq, true),
     };
     // A closed outbox means the publisher is gone; nobody is left to tell.

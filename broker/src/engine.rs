@@ -88,6 +88,14 @@ pub enum Outcome {
         /// The original's seq.
         seq: u64,
     },
+    /// Stored at `seq`, and fanned out some other way: the engine reports the message
+    /// itself separately, as a commit with no origin (cluster mode: the feed from Redis
+    /// brings every node each stored message, this one's own included, in seq order).
+    /// Only the publisher is answered.
+    Accepted {
+        /// Its position in the topic's log.
+        seq: u64,
+    },
     /// Not stored.
     Refused(Refusal),
 }
@@ -249,11 +257,17 @@ pub enum StoreError {
     /// Another failure inside the storage engine.
     #[error("storage failure: {0}")]
     Engine(String),
+    /// The engine's store cannot be reached (cluster mode: Redis).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
-        Refusal::Storage(e.to_string())
+        match e {
+            StoreError::Unavailable(msg) => Refusal::Unavailable(msg),
+            e => Refusal::Storage(e.to_string()),
+        }
     }
 }
 
@@ -295,6 +309,11 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         topic: String,
         name: String,
     ) -> BoxFuture<'static, Result<(), Refusal>>;
+    /// Whether this engine keeps durable consumers: `UNSUPPORTED` if not (cluster mode,
+    /// for now), and a consumer subscription is refused with it.
+    fn consumers_supported(&self) -> Result<(), Refusal> {
+        Ok(())
+    }
     /// Replaces the config's topic rules; the topics not created explicitly take their
     /// new settings (as on a restart). How many changed.
     fn set_topic_rules(

@@ -37,6 +37,9 @@ pub enum BrokerError {
     /// message names the path.
     #[error("{0}")]
     Storage(String),
+    /// Cluster mode: Redis could not be reached, or its topics not loaded.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),

@@ -51,7 +51,9 @@ macro_rules! internal {
 
 mod accept;
 pub mod auth;
+mod bus;
 mod clock;
+mod cluster;
 pub mod config;
 mod connections;
 mod consumer;

@@ -71,6 +71,10 @@ struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Cluster mode: every broker given this Redis (redis://HOST:PORT, rediss:// for
+    /// TLS) acts as one broker; `[cluster]` in the config file sets the key prefix too.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
 }
 
 /// A listen address, or none (`off`).
@@ -196,6 +200,10 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(Listen(http)) = args.http {
         config.http = http;
+    }
+    if let Some(redis) = args.cluster {
+        let cluster = config.cluster.get_or_insert_with(Default::default);
+        cluster.redis = redis;
     }
     if args.tls_cert.is_some() {
         config.tls_cert = args.tls_cert;

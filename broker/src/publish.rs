@@ -14,6 +14,7 @@ use rtc_proto::v1::{self, TopicSettings};
 use std::collections::BTreeMap;
 
 use crate::auth::Identity;
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::engine::{Append, Log};
 use crate::refusal::Refusal;
@@ -108,6 +109,16 @@ pub fn message(
         return Err(Refusal::PayloadTooLarge(msg));
     }
     Ok((message, message_len))
+}
+
+/// Hands an ephemeral `message` (of `len` bytes encoded) to the other nodes, if there
+/// are any; the encoded message, for this node's own fan-out.
+pub fn relay(bus: &dyn Bus, message: &v1::Message, len: usize, datagram: bool) -> Option<Bytes> {
+    bus.relays().then(|| {
+        let encoded = rtc_proto::codec::encode_message_sized(message, len);
+        bus.relay(&message.topic, datagram, encoded.clone());
+        encoded
+    })
 }
 
 /// The append that stores `message` (checked by [`message`]) on behalf of `origin`.

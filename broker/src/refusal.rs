@@ -84,6 +84,9 @@ pub enum Refusal {
     /// An operator disconnected the connection (`DISCONNECTED`).
     #[error("{0}")]
     Disconnected(String),
+    /// Cluster mode: Redis cannot be reached (`UNAVAILABLE`).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -115,6 +118,7 @@ impl Refusal {
             Refusal::Timeout(_) => ErrorCode::Timeout,
             Refusal::UnrecoverablePosition(_) => ErrorCode::UnrecoverablePosition,
             Refusal::Disconnected(_) => ErrorCode::Disconnected,
+            Refusal::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 

@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::{Acceptor, AnyListener, Listener};
 use crate::auth::Auth;
+use crate::bus::{Alone, Bus};
+use crate::cluster::RedisEngine;
 use crate::config::{Config, FsyncPolicy};
 use crate::consumer::Consumers;
 use crate::delivery::{Delivery, Publishes};
@@ -185,41 +187,45 @@ impl BrokerBuilder {
                 Some(Http::bind(addr, tls).await?)
             }
         };
-        let storage: Arc<dyn Storage> = match self.storage {
-            Some(s) => s,
-            None => {
-                let dir = config.data_dir.join(STORE_DIR);
-                let background = match config.fsync {
-                    FsyncPolicy::Never => BackgroundFlush::EveryMs(1000),
-                    _ => BackgroundFlush::Off,
-                };
-                let storage = SledStorage::open_with_cache(&dir, background, config.store_cache)
-                    .map_err(BrokerError::Storage)?;
-                Arc::new(storage)
-            }
-        };
         let in_data_dir = |e: crate::engine::StoreError| {
             BrokerError::Storage(format!("data directory {}: {e}", config.data_dir.display()))
         };
         let router = Arc::new(Router::new());
         let metrics = Arc::new(Metrics::new());
         let delivery = Arc::new(Delivery::new(router.clone(), metrics.clone()));
-        let engine = Arc::new(
-            LocalEngine::open(
-                storage,
-                delivery.clone(),
-                TopicRules::new(&config.topic),
-                WriterConfig {
-                    fsync: config.fsync,
-                    max_topics: config.max_topics,
-                    store_reserve: config.store_reserve,
-                    observer: Some(metrics.clone()),
-                },
-            )
-            .map_err(in_data_dir)?,
-        );
-        let log: Arc<dyn Log> = engine.clone();
-        let publishes: Arc<Publishes> = engine;
+        let rules = TopicRules::new(&config.topic);
+        let (log, publishes, bus): (Arc<dyn Log>, Arc<Publishes>, Arc<dyn Bus>) =
+            match &config.cluster {
+                Some(cluster) => {
+                    let engine = RedisEngine::open(
+                        cluster,
+                        rules,
+                        config.max_topics,
+                        delivery.clone(),
+                        router.clone(),
+                    )
+                    .await
+                    .map_err(BrokerError::Cluster)?;
+                    (engine.clone(), engine.clone(), engine)
+                }
+                None => {
+                    let engine = Arc::new(
+                        LocalEngine::open(
+                            storage(&config, self.storage)?,
+                            delivery.clone(),
+                            rules,
+                            WriterConfig {
+                                fsync: config.fsync,
+                                max_topics: config.max_topics,
+                                store_reserve: config.store_reserve,
+                                observer: Some(metrics.clone()),
+                            },
+                        )
+                        .map_err(in_data_dir)?,
+                    );
+                    (engine.clone(), engine, Arc::new(Alone))
+                }
+            };
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stored_consumers = log.consumers().map_err(in_data_dir)?;
@@ -238,6 +244,7 @@ impl BrokerBuilder {
             router,
             log,
             publishes,
+            bus,
             delivery,
             consumers,
             live,
@@ -309,6 +316,24 @@ impl BrokerBuilder {
 enum TcpListener {
     Plain(Tcp),
     Tls(Tls),
+}
+
+/// The local engine's store: the one given (tests), else sled in the data directory.
+fn storage(
+    config: &Config,
+    given: Option<Arc<dyn Storage>>,
+) -> Result<Arc<dyn Storage>, BrokerError> {
+    if let Some(s) = given {
+        return Ok(s);
+    }
+    let dir = config.data_dir.join(STORE_DIR);
+    let background = match config.fsync {
+        FsyncPolicy::Never => BackgroundFlush::EveryMs(1000),
+        _ => BackgroundFlush::Off,
+    };
+    let storage = SledStorage::open_with_cache(&dir, background, config.store_cache)
+        .map_err(BrokerError::Storage)?;
+    Ok(Arc::new(storage))
 }
 
 /// Asks the engine to apply retention limits every second.

@@ -4,10 +4,13 @@
 //!
 //! It depends on no rtc crate, so any crate can use it as a dev-dependency.
 //!
+//! [`redis_server`] runs a real redis-server for the cluster-mode tests.
+//!
 //! [`modcycles`] finds import circles between a crate's modules; CI runs it on every
 //! crate of the workspace (`tests/import_circles.rs`).
 
 pub mod modcycles;
+pub mod redis_server;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

@@ -305,6 +305,7 @@ pub(crate) fn status_of(refusal: &Refusal) -> StatusCode {
         Refusal::PayloadTooLarge(_) | Refusal::FrameTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Refusal::RateLimited(_) | Refusal::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         Refusal::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Refusal::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
     }
 }

@@ -238,11 +238,12 @@ async fn start(g: &Gateway, identity: &Identity, topic: String, contents: Conten
     };
     if !is_durable(&settings) {
         let mut later = Flushes::default();
+        let relayed = publish::relay(&*shared.bus, &message, len, settings.datagram);
         let fanout = shared.router.publish(
             &message.topic,
             0,
             settings.datagram,
-            || rtc_proto::codec::encode_message_sized(&message, len),
+            || relayed.unwrap_or_else(|| rtc_proto::codec::encode_message_sized(&message, len)),
             &mut later,
         );
         later.flush_all();

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Identity;
+use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::connections::{Conn, Connections};
@@ -103,6 +104,9 @@ pub struct Shared {
     pub log: Arc<dyn Log>,
     /// The same engine's appends, answered through delivery.
     pub publishes: Arc<Publishes>,
+    /// The other nodes of the cluster, if any: interest in patterns, relay of ephemeral
+    /// messages.
+    pub bus: Arc<dyn Bus>,
     /// Delivery, for its bound on appends in flight.
     pub delivery: Arc<Delivery>,
     /// Durable consumers.
@@ -134,6 +138,7 @@ impl Shared {
         router: Arc<Router>,
         log: Arc<dyn Log>,
         publishes: Arc<Publishes>,
+        bus: Arc<dyn Bus>,
         delivery: Arc<Delivery>,
         consumers: Consumers,
         live: Live,
@@ -151,6 +156,7 @@ impl Shared {
             router,
             log,
             publishes,
+            bus,
             delivery,
             consumers,
             live,

@@ -94,12 +94,20 @@ impl Session {
         self.tally.messages_in += 1;
         self.tally.bytes_in += message.payload.len() as u64;
         if !is_durable(&settings) {
+            // For other nodes too, if there are any: then encoded whether or not a
+            // subscriber here matches.
+            let relayed =
+                publish::relay(&*self.shared.bus, &message, message_len, settings.datagram);
             let fanout = self.shared.router.publish_cached(
                 &mut self.matches,
                 &message.topic,
                 0,
                 settings.datagram,
-                || rtc_proto::codec::encode_message_sized(&message, message_len),
+                || {
+                    relayed.unwrap_or_else(|| {
+                        rtc_proto::codec::encode_message_sized(&message, message_len)
+                    })
+                },
                 &mut self.later,
             );
             self.tally.messages_out += fanout.queued as u64;
@@ -247,6 +255,8 @@ impl Session {
             sub: subscriber,
         };
         self.shared.router.subscribe_in(&s.pattern, group, member);
+        // Messages from other nodes too, before the SubAck says the subscription holds.
+        self.shared.bus.listen(&s.pattern).await;
         let join = s.presence.take();
         let presence = join.as_ref().map(|_| self.presence_user());
         self.add_sub(
@@ -360,6 +370,10 @@ impl Session {
         self.shared
             .router
             .unsubscribe(&sub.pattern, self.conn_id, sub_id);
+        if sub.member.is_none() {
+            // A plain subscription (a consumer's member reads through its actor).
+            self.shared.bus.unlisten(&sub.pattern);
+        }
         if let Some(task) = sub.replay {
             task.abort();
             let _ = task.await;

@@ -54,7 +54,7 @@ impl Catalog {
 
     /// Replaces the rules (the writer only, which then applies them to the topics that
     /// follow the rules); the settings of names not yet known may change.
-    pub(super) fn set_rules(&self, rules: TopicRules) {
+    pub(crate) fn set_rules(&self, rules: TopicRules) {
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -129,9 +129,9 @@ impl Catalog {
             .subscribe()
     }
 
-    /// Forgets topic `name`, deleted (the writer only). Sessions' cached settings for it
+    /// Forgets topic `name`, deleted (the engine's writer only). Sessions' cached settings for it
     /// are stale from here on, and its watchers see its last seq go to 0.
-    pub(super) fn remove(&self, name: &str) {
+    pub(crate) fn remove(&self, name: &str) {
         self.topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -152,8 +152,8 @@ impl Catalog {
         }
     }
 
-    /// Publishes topic `name` as the writer now has it (the writer only).
-    pub(super) fn set(&self, name: &str, id: TopicId, view: TopicView) {
+    /// Publishes topic `name` as the writer now has it (the engine's writer only).
+    pub(crate) fn set(&self, name: &str, id: TopicId, view: TopicView) {
         let last = view.stats.last_seq;
         {
             let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());

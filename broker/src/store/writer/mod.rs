@@ -427,7 +427,9 @@ impl<O> Writer<O> {
                 Reply::Origin(origin) => Some(origin),
                 Reply::Internal(reply) => {
                     let answer = match &outcome {
-                        Outcome::Stored { seq, .. } | Outcome::Duplicate { seq } => Ok(*seq),
+                        Outcome::Stored { seq, .. }
+                        | Outcome::Accepted { seq }
+                        | Outcome::Duplicate { seq } => Ok(*seq),
                         Outcome::Refused(refusal) => Err(refusal.clone()),
                     };
                     internal.push((reply, answer));

@@ -152,7 +152,7 @@ mod tests {
             .map(|(_, outcome)| match outcome {
                 Outcome::Stored { seq, .. } => (seq, false),
                 Outcome::Duplicate { seq } => (seq, true),
-                Outcome::Refused(r) => panic!("refused: {r:?}"),
+                other => panic!("not stored: {other:?}"),
             })
             .collect()
     }

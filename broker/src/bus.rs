@@ -1,0 +1,52 @@
+//! The seam to other brokers: what a node says to and wants from the rest of its
+//! cluster about live messages. A broker on its own ([`Alone`]) has nobody to tell; in
+//! cluster mode the Redis engine (`crate::cluster`) implements [`Bus`].
+//!
+//! Two directions:
+//! - **interest** ([`Bus::listen`], [`Bus::unlisten`]): a session calls `listen` with a
+//!   subscription's pattern before it confirms the subscription (`SubAck`), and
+//!   `unlisten` when the subscription ends. A node asks the cluster only for the
+//!   messages its own subscribers match; what arrives is fanned out here like a local
+//!   publish (durable messages through the commit sink, in seq order; ephemeral ones
+//!   through the router). `listen` resolves once messages published from then on are
+//!   sure to arrive, so a client that has its `SubAck` misses nothing published after.
+//! - **relay** ([`Bus::relay`]): an ephemeral message published on this node, already
+//!   fanned out to this node's subscribers, goes to the other nodes. Durable messages
+//!   need no relay: the engine stores them where every node reads.
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+/// How a node reaches the other nodes of its cluster. See the module docs.
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Whether other nodes may exist: callers skip encoding for [`Bus::relay`] if not.
+    fn relays(&self) -> bool;
+    /// Sends an ephemeral message (an encoded `rtc.v1.Message`) of `topic` to the other
+    /// nodes; `datagram` as the topic is configured. Never waits: while the cluster
+    /// cannot be reached, live messages for other nodes are dropped and counted (local
+    /// subscribers have theirs already).
+    fn relay(&self, topic: &str, datagram: bool, message: Bytes);
+    /// A subscription with `pattern` (validated) starts on this node; resolves once
+    /// messages published anywhere from now on will reach it.
+    fn listen(&self, pattern: &str) -> BoxFuture<'static, ()>;
+    /// A subscription with `pattern` ended.
+    fn unlisten(&self, pattern: &str);
+}
+
+/// A broker that is not part of a cluster.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Alone;
+
+impl Bus for Alone {
+    fn relays(&self) -> bool {
+        false
+    }
+
+    fn relay(&self, _topic: &str, _datagram: bool, _message: Bytes) {}
+
+    fn listen(&self, _pattern: &str) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn unlisten(&self, _pattern: &str) {}
+}

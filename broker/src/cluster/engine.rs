@@ -1,0 +1,272 @@
+//! [`RedisEngine`] as the layers above see it: the engine seam ([`Log`], [`Appender`])
+//! and the bus ([`Bus`]). Metadata is answered from the catalog; everything else is a
+//! round trip to Redis or a message to the writer, the feed or the relay.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use rtc_proto::v1::TopicSettings;
+use tokio::sync::{oneshot, watch};
+
+use super::{feed, store_error, RedisEngine};
+use crate::bus::Bus;
+use crate::engine::{
+    Append, Appender, ConsumerRecord, Log, LogEntry, Stopped, StoreError, StoredConsumer, TopicView,
+};
+use crate::refusal::Refusal;
+use crate::topic::{is_durable, TopicRules};
+
+/// Subscriptions whose topics' counters a `listen` refreshes at most.
+const REFRESH_MAX: usize = 100;
+
+impl<O: Send + 'static> Appender<O> for RedisEngine<O> {
+    fn append(&self, append: Append<O>, _lone: bool) -> Result<(), Stopped> {
+        self.appends.send(append).map_err(|_| Stopped)
+    }
+}
+
+fn consumers_refused() -> Refusal {
+    Refusal::Unsupported(
+        "durable consumers are not available in cluster mode yet: subscribe without a consumer name"
+            .to_string(),
+    )
+}
+
+impl<O: Send + 'static> Log for RedisEngine<O> {
+    fn settings(&self, name: &str) -> TopicSettings {
+        self.inner.catalog.settings(name)
+    }
+
+    fn settings_generation(&self) -> u64 {
+        self.inner.catalog.generation()
+    }
+
+    fn topic(&self, name: &str) -> Option<TopicView> {
+        self.inner.catalog.get(name)
+    }
+
+    fn topics(&self) -> Vec<(String, TopicView)> {
+        self.inner.catalog.list()
+    }
+
+    fn durable_matching(&self, pattern: &str) -> Vec<(String, TopicView)> {
+        self.inner.catalog.durable_matching(pattern)
+    }
+
+    fn create_topic(
+        &self,
+        name: String,
+        settings: TopicSettings,
+    ) -> BoxFuture<'static, Result<TopicView, Refusal>> {
+        let inner = self.inner.clone();
+        async move { inner.create(&name, settings).await }.boxed()
+    }
+
+    fn ensure_topic(&self, name: String) -> BoxFuture<'static, Result<TopicView, Refusal>> {
+        let inner = self.inner.clone();
+        async move {
+            if let Some(view) = inner.catalog.get(&name) {
+                return Ok(view);
+            }
+            let settings = inner.catalog.settings(&name);
+            if !is_durable(&settings) {
+                return Ok(TopicView {
+                    settings,
+                    stats: Default::default(),
+                    epoch: 0,
+                });
+            }
+            inner.ensure_durable(&name).await?;
+            inner
+                .catalog
+                .get(&name)
+                .ok_or_else(|| Refusal::NotFound(format!("topic {name:?} was deleted meanwhile")))
+        }
+        .boxed()
+    }
+
+    fn delete_topic(&self, name: String) -> BoxFuture<'static, Result<(), Refusal>> {
+        let inner = self.inner.clone();
+        async move { inner.delete(&name).await }.boxed()
+    }
+
+    fn purge_topic(
+        &self,
+        name: String,
+        keep: u64,
+    ) -> BoxFuture<'static, Result<TopicView, Refusal>> {
+        let inner = self.inner.clone();
+        async move { inner.purge(&name, keep).await }.boxed()
+    }
+
+    fn delete_consumer(
+        &self,
+        _topic: String,
+        _name: String,
+    ) -> BoxFuture<'static, Result<(), Refusal>> {
+        async { Err(consumers_refused()) }.boxed()
+    }
+
+    fn consumers_supported(&self) -> Result<(), Refusal> {
+        Err(consumers_refused())
+    }
+
+    fn set_topic_rules(&self, rules: TopicRules) -> BoxFuture<'static, Result<usize, Refusal>> {
+        let inner = self.inner.clone();
+        async move { inner.set_rules(rules).await }.boxed()
+    }
+
+    fn append_internal(
+        &self,
+        _topic: String,
+        _payload: Bytes,
+        _headers: BTreeMap<String, String>,
+    ) -> BoxFuture<'static, Result<u64, Refusal>> {
+        // Only durable consumers' dead letters use it, and they are refused here.
+        async { Err(consumers_refused()) }.boxed()
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'static, Result<Vec<LogEntry>, StoreError>> {
+        let inner = self.inner.clone();
+        let topic = topic.to_string();
+        async move {
+            if !inner.catalog.get(&topic).is_some_and(|v| v.is_durable()) {
+                return Ok(Vec::new());
+            }
+            let (epoch, entries) = inner.read_entries(&topic, from, max_msgs).await?;
+            let mut out = Vec::with_capacity(entries.len());
+            let mut bytes = 0;
+            for (seq, ts, body) in entries {
+                if !out.is_empty() && bytes + body.len() > max_bytes {
+                    break;
+                }
+                bytes += body.len();
+                let message = super::message(seq, ts, epoch, &body);
+                out.push(LogEntry {
+                    seq,
+                    ts_ms: ts,
+                    message,
+                });
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn first_at_or_after(
+        &self,
+        topic: &str,
+        ts_ms: i64,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let inner = self.inner.clone();
+        let topic = topic.to_string();
+        async move {
+            let mut conn = inner.conn.clone();
+            let seq: u64 = inner
+                .scripts
+                .seek
+                .key(inner.keys.log(&topic))
+                .arg(ts_ms)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            if seq != 0 {
+                return Ok(seq);
+            }
+            let (_, stats) = inner.stats(&topic).await?;
+            Ok(stats.last_seq + 1)
+        }
+        .boxed()
+    }
+
+    fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+        self.inner.catalog.watch(topic)
+    }
+
+    fn consumers(&self) -> Result<Vec<StoredConsumer>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn save_consumer(
+        &self,
+        _topic: &str,
+        _name: &str,
+        _record: ConsumerRecord,
+        _stored: Option<oneshot::Sender<()>>,
+    ) -> Result<(), Stopped> {
+        // No consumer runs in cluster mode (see `consumers_supported`).
+        Err(Stopped)
+    }
+
+    fn enforce_retention(&self) {
+        // Once a second; a pass that takes longer is not overlapped by the next.
+        if self
+            .retaining
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let inner = self.inner.clone();
+        let retaining = self.retaining.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = inner.retain_all().await {
+                tracing::warn!("cluster: retention and counters: {e}");
+            }
+            retaining.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        self.cancel.cancel();
+        self.tasks.close();
+        let tasks = self.tasks.clone();
+        async move { tasks.wait().await }.boxed()
+    }
+}
+
+impl<O: Send + 'static> Bus for RedisEngine<O> {
+    fn relays(&self) -> bool {
+        true
+    }
+
+    fn relay(&self, topic: &str, datagram: bool, message: Bytes) {
+        let payload = feed::ephemeral(&self.inner.node, datagram, &message);
+        self.relay.send(self.inner.keys.live(topic), payload);
+    }
+
+    fn listen(&self, pattern: &str) -> BoxFuture<'static, ()> {
+        let (done, subscribed) = oneshot::channel();
+        let interest = self.inner.keys.interest(pattern);
+        let sent = self.feed.send(feed::Cmd::Listen(interest, done)).is_ok();
+        let inner = self.inner.clone();
+        let pattern = pattern.to_string();
+        async move {
+            if !sent {
+                return;
+            }
+            let _ = subscribed.await;
+            // The counters a start position is taken from: fresh, now that messages
+            // stored from here on will arrive.
+            let topics = inner.catalog.durable_matching(&pattern);
+            for (name, _) in topics.into_iter().take(REFRESH_MAX) {
+                if let Err(e) = inner.refresh(&name).await {
+                    tracing::debug!(topic = %name, "cluster: counters not refreshed: {e}");
+                    break;
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn unlisten(&self, pattern: &str) {
+        let interest = self.inner.keys.interest(pattern);
+        let _ = self.feed.send(feed::Cmd::Unlisten(interest));
+    }
+}

@@ -1,0 +1,99 @@
+//! The relay of ephemeral messages to the other nodes: `Bus::relay` queues each one
+//! (never waiting), and one task publishes whatever is queued as one pipeline of
+//! `PUBLISH`es, in the order queued, so one publisher's messages reach every node in
+//! publish order. Ephemeral messages are best effort, as on one broker: while Redis is
+//! unreachable, or beyond [`MAX_QUEUED`] bytes waiting, they are dropped for the other
+//! nodes (this node's subscribers had theirs already) and counted in the log.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Inner;
+
+/// Bytes of relayed messages that may wait for Redis.
+const MAX_QUEUED: usize = 64 * 1024 * 1024;
+/// Most messages in one pipeline.
+const MAX_BATCH: usize = 1024;
+
+/// The relay's queue; see the module docs.
+#[derive(Debug)]
+pub struct Relay {
+    tx: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Relay {
+    /// Starts the relay's task on `tasks`.
+    pub fn start(inner: Arc<Inner>, tasks: &TaskTracker, cancel: CancellationToken) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        tasks.spawn(run(inner, rx, queued.clone(), dropped.clone(), cancel));
+        Relay {
+            tx,
+            queued,
+            dropped,
+        }
+    }
+
+    /// Queues `payload` for `channel`, unless too much is waiting already.
+    pub fn send(&self, channel: String, payload: Vec<u8>) {
+        let len = payload.len();
+        if self.queued.fetch_add(len, Ordering::AcqRel) + len > MAX_QUEUED
+            || self.tx.send((channel, payload)).is_err()
+        {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let mut told = 0;
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => first,
+            _ = cancel.cancelled() => None,
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        let mut bytes = 0;
+        for (channel, payload) in &batch {
+            bytes += payload.len();
+            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+        }
+        let mut conn = inner.conn.clone();
+        let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        queued.fetch_sub(bytes, Ordering::AcqRel);
+        if let Err(e) = sent {
+            dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let now = dropped.load(Ordering::Relaxed);
+            // Once per outage-sized step, not per message.
+            if now > told * 2 {
+                told = now;
+                tracing::warn!(
+                    dropped = now,
+                    "cluster: cannot relay live messages to other nodes: {e}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Cluster mode with real parts: a real redis-server (installed by
+//! scripts/ensure-redis.sh when missing) and several real `rtc-broker` processes given
+//! the same `--cluster`, on free loopback ports with temp dirs; clients connect to
+//! different nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{next, take, WAIT};
+use rtc_client::{Client, ErrorCode, PublishMessage, StartAt, SubscribeOptions};
+use rtc_testkit::redis_server::RedisServer;
+use rtc_testkit::{temp_dir, workspace_bin, BrokerProcess};
+
+/// A config every node shares: `live.>` is ephemeral, the rest durable.
+const CONFIG: &str = r#"
+fsync = "never"
+[[topic]]
+pattern = "live.>"
+storage = "ephemeral"
+"#;
+
+struct Node {
+    broker: BrokerProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(redis: &RedisServer, prefix: &str) -> Node {
+        let dir = temp_dir();
+        let config = dir.path().join("rtc.toml");
+        let text = format!(
+            "{CONFIG}\n[cluster]\nredis = \"{}\"\nprefix = \"{prefix}\"\n",
+            redis.url()
+        );
+        std::fs::write(&config, text).unwrap();
+        let data = dir.path().join("data");
+        let config = config.to_str().unwrap().to_string();
+        let broker =
+            BrokerProcess::start(&workspace_bin("rtc-broker"), &data, &["--config", &config]);
+        Node { broker, _dir: dir }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.broker.url()).await.unwrap()
+    }
+}
+
+/// Each test its own prefix on its own Redis, so nothing is shared between tests.
+fn nodes(redis: &RedisServer, n: usize) -> Vec<Node> {
+    (0..n).map(|_| Node::start(redis, "t")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_one_node_reaches_subscribers_on_the_others_once_and_in_order() {
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis, 3);
+    let (a, b, c) = (
+        nodes[0].client().await,
+        nodes[1].client().await,
+        nodes[2].client().await,
+    );
+    let mut on_b = b.subscribe("orders.>").await.unwrap();
+    let mut on_c = c.subscribe("orders.eu").await.unwrap();
+    let mut live_b = b.subscribe("live.*").await.unwrap();
+    let mut live_c = c.subscribe("live.>").await.unwrap();
+    const N: usize = 300;
+    for i in 0..N {
+        let ack = a.publish("orders.eu", format!("m{i}")).await.unwrap();
+        assert_eq!(ack.seq, i as u64 + 1, "seqs from 1, in publish order");
+    }
+    for i in 0..N {
+        a.publish("live.room", format!("e{i}")).await.unwrap();
+    }
+    for (name, sub) in [("B", &mut on_b), ("C", &mut on_c)] {
+        let got = take(sub, N).await;
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(
+                (m.seq, &m.payload[..]),
+                (i as u64 + 1, format!("m{i}").as_bytes()),
+                "on {name}"
+            );
+        }
+    }
+    for (name, sub) in [("B", &mut live_b), ("C", &mut live_c)] {
+        let got = take(sub, N).await;
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(
+                &m.payload[..],
+                format!("e{i}").as_bytes(),
+                "ephemeral on {name}"
+            );
+        }
+    }
+    // Nothing more: each message came once.
+    a.publish("orders.eu", "end").await.unwrap();
+    a.publish("live.room", "end").await.unwrap();
+    for sub in [&mut on_b, &mut on_c, &mut live_b, &mut live_c] {
+        assert_eq!(
+            &next(sub).await.payload[..],
+            b"end",
+            "no repeat before the marker"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_asks_redis_only_for_what_its_clients_want() {
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis, 2);
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let channels = || redis.cli(&["PUBSUB", "CHANNELS", "t:*"]);
+    assert!(
+        !channels().contains("{orders.eu}"),
+        "no interest yet: {}",
+        channels()
+    );
+    let sub = b.subscribe("orders.eu").await.unwrap();
+    assert!(
+        channels().contains("t:{orders.eu}:live"),
+        "B listens once subscribed: {}",
+        channels()
+    );
+    a.publish("orders.eu", "x").await.unwrap();
+    sub.unsubscribe().await.unwrap();
+    // The unsubscribe reaches Redis after the UnsubAck; wait for it, bounded.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while channels().contains("{orders.eu}") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B still listens: {}",
+            channels()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let patterns = || redis.cli(&["PUBSUB", "NUMPAT"]);
+    let _all = b.subscribe("orders.>").await.unwrap();
+    assert_eq!(patterns().trim(), "1", "a wildcard is one glob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_topic_written_through_two_nodes_dedups_across_them_and_replays_on_a_third() {
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis, 3);
+    let (a, b, c) = (
+        nodes[0].client().await,
+        nodes[1].client().await,
+        nodes[2].client().await,
+    );
+    let mut seqs = Vec::new();
+    for i in 0..50 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let ack = via
+            .publish_message(
+                PublishMessage::new("audit", format!("p{i}")).msg_id(format!("id-{i}")),
+            )
+            .await
+            .unwrap();
+        seqs.push(ack.seq);
+    }
+    assert_eq!(
+        seqs,
+        (1..=50).collect::<Vec<u64>>(),
+        "one seq order across nodes"
+    );
+    // A retry sent to the other node is the duplicate it is.
+    let retry = b
+        .publish_message(PublishMessage::new("audit", "p0").msg_id("id-0"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate && retry.seq == 1, "{retry:?}");
+    let opts = SubscribeOptions {
+        start: StartAt::First,
+        ..Default::default()
+    };
+    let mut replay = c.subscribe_with("audit", opts).await.unwrap();
+    let got = take(&mut replay, 50).await;
+    let epoch = got[0].epoch;
+    assert_ne!(epoch, 0, "a durable topic has an epoch");
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(
+            (m.seq, &m.payload[..], m.msg_id.as_str(), m.epoch),
+            (
+                i as u64 + 1,
+                format!("p{i}").as_bytes(),
+                format!("id-{i}").as_str(),
+                epoch
+            )
+        );
+    }
+    // Then live, with no gap and no repeat.
+    a.publish("audit", "after").await.unwrap();
+    let m = next(&mut replay).await;
+    assert_eq!((m.seq, &m.payload[..]), (51, &b"after"[..]));
+    // Every node sees the same topic.
+    let info = c.topic_info("audit").await.unwrap();
+    assert_eq!((info.last_seq, info.epoch), (51, epoch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_publishes_are_refused_and_local_live_delivery_goes_on() {
+    let mut redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]);
+    let nodes = nodes(&redis, 2);
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut on_b = b.subscribe("jobs").await.unwrap();
+    let mut live_a = a.subscribe("live.local").await.unwrap();
+    for i in 0..20 {
+        a.publish("jobs", format!("j{i}")).await.unwrap();
+    }
+    assert_eq!(take(&mut on_b, 20).await.len(), 20);
+    redis.kill();
+    let refused = a.publish("jobs", "during").await.unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            rtc_client::Error::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    // The connection stays, and an ephemeral message still reaches this node's
+    // subscribers.
+    a.publish("live.local", "still here").await.unwrap();
+    assert_eq!(&next(&mut live_a).await.payload[..], b"still here");
+    redis.restart();
+    // Publishes are taken again once the nodes reconnect (bounded wait).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let ack = loop {
+        match a.publish("jobs", "back").await {
+            Ok(ack) => break ack,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "not back: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        ack.seq, 21,
+        "nothing acknowledged was lost, nothing refused was stored"
+    );
+    let m = next(&mut on_b).await;
+    assert_eq!(
+        (m.seq, &m.payload[..]),
+        (21, &b"back"[..]),
+        "B resubscribed"
+    );
+}

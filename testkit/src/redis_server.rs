@@ -1,0 +1,163 @@
+//! A real `redis-server` for the cluster-mode tests: installed by
+//! `scripts/ensure-redis.sh` when missing, started on a free loopback port with its
+//! own temp dir, killed on drop. It can be killed and started again on the same port
+//! and dir (to test an outage, or a restart that reloads its append-only file).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{line_channel, START_TIMEOUT};
+
+/// The path of redis-server, installing it first if needed (once per process).
+pub fn redis_server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-redis.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: redis-server is needed for the cluster tests",
+            script.display()
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+    .clone()
+}
+
+/// A running redis-server; see the module docs.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts redis-server with nothing saved to disk.
+    pub fn start() -> RedisServer {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts redis-server with `args` added (e.g. `--appendonly yes --appendfsync
+    /// always`), on a free port, in a fresh temp dir.
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let port = free_port();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir: crate::temp_dir(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
+                Err(e) => panic!("redis-server did not start: {e}"),
+            }
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its data dir (where an append-only file goes).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills it (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and dir, with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline && e.contains("in use") => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("redis-server did not restart: {e}"),
+            }
+        }
+    }
+
+    /// Runs `redis-cli -p PORT args…` and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let cli = redis_server_bin().with_file_name("redis-cli");
+        let out = Command::new(cli)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut child = Command::new(redis_server_bin())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--protected-mode", "no", "--daemonize", "no", "--dir"])
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = line_channel(stdout);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut seen = String::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("Ready to accept connections") => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        Err(format!("{seen}{err}"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
