@@ -66,6 +66,10 @@ pub struct ConnectOptions {
     /// survives a power loss, not only the process dying. Each such publish then waits
     /// for one fsync, one at a time per client. Default: false.
     pub outbox_fsync: bool,
+    /// More brokers of the same cluster (URLs of the same scheme as the one given to
+    /// `connect_with`): after a lost connection the client tries the next one in turn,
+    /// so that it resumes on another node when its own is gone. Default: none.
+    pub servers: Vec<String>,
 }
 
 impl Default for ConnectOptions {
@@ -83,6 +87,7 @@ impl Default for ConnectOptions {
             insecure: false,
             outbox_file: None,
             outbox_fsync: false,
+            servers: Vec::new(),
         }
     }
 }
@@ -125,6 +130,17 @@ impl Client {
     /// Connects with explicit [`ConnectOptions`].
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, Error> {
         let endpoint = connection::parse_url(url)?;
+        let mut endpoints = vec![endpoint.clone()];
+        for other in &options.servers {
+            let e = connection::parse_url(other)?;
+            if e.scheme != endpoint.scheme {
+                return Err(Error::InvalidUrl {
+                    url: other.clone(),
+                    reason: format!("every server must use the scheme of {url:?}"),
+                });
+            }
+            endpoints.push(e);
+        }
         let tls = match endpoint.scheme {
             connection::Scheme::Tcp => None,
             scheme => Some(crate::tls::client_config(
@@ -156,7 +172,7 @@ impl Client {
         shared.state.send_replace(ConnectionState::Connected);
         let (tx, rx) = queue::bounded(options.write_queue);
         let dial = Dial {
-            endpoint,
+            endpoints,
             tls,
             client_name: options.client_name,
             token: options.token,

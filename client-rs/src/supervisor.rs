@@ -65,7 +65,8 @@ impl ReconnectPolicy {
 /// Where and how to (re)connect.
 #[derive(Debug, Clone)]
 pub(crate) struct Dial {
-    pub(crate) endpoint: crate::connection::Endpoint,
+    /// The URL given first, then `ConnectOptions::servers`.
+    pub(crate) endpoints: Vec<crate::connection::Endpoint>,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) client_name: String,
     pub(crate) token: String,
@@ -83,10 +84,12 @@ pub(crate) async fn supervise(
 ) {
     let mut first = Some(first);
     let mut last_reason = String::new();
+    // The endpoint of the connection: a reconnect tries the next one first.
+    let mut at = 0;
     loop {
         let (s, restore) = match first.take() {
             Some(f) => f,
-            None => match reconnect(&shared, &dial, &rx, &last_reason).await {
+            None => match reconnect(&shared, &dial, &rx, &last_reason, &mut at).await {
                 // Publishes still queued in the channel may go out twice (restored, then
                 // from the queue); they carry their message ID, so the broker stores them
                 // once and answers the second as a duplicate.
@@ -118,6 +121,7 @@ async fn reconnect(
     dial: &Dial,
     rx: &queue::Receiver<Outgoing>,
     last_reason: &str,
+    at: &mut usize,
 ) -> Option<Session> {
     let policy = dial.reconnect.as_ref()?;
     let mut last = last_reason.to_string();
@@ -145,8 +149,10 @@ async fn reconnect(
             }
             _ = tokio::time::sleep(policy.delay(attempt)) => {}
         }
+        let n = dial.endpoints.len();
+        let which = (*at + attempt as usize) % n;
         match connection::handshake(
-            &dial.endpoint,
+            &dial.endpoints[which],
             dial.tls.as_ref(),
             &dial.client_name,
             &dial.token,
@@ -155,7 +161,8 @@ async fn reconnect(
         .await
         {
             Ok(s) => {
-                tracing::info!(attempt, "reconnected");
+                tracing::info!(attempt, server = %dial.endpoints[which].addr, "reconnected");
+                *at = which;
                 return Some(s);
             }
             Err(e) => last = e.to_string(),

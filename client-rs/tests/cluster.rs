@@ -254,3 +254,137 @@ async fn while_redis_is_down_publishes_are_refused_and_local_live_delivery_goes_
         "B resubscribed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_lost_in_redis_starts_a_new_epoch_instead_of_reusing_seqs() {
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis, 2);
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut on_b = b.subscribe("ledger").await.unwrap();
+    for i in 0..3 {
+        a.publish("ledger", format!("old{i}")).await.unwrap();
+    }
+    let before = take(&mut on_b, 3).await;
+    let old_epoch = before[2].epoch;
+    redis.cli(&["FLUSHALL"]);
+    let ack = a.publish("ledger", "new").await.unwrap();
+    assert_eq!(ack.seq, 1, "the lost log's seqs start again");
+    let m = next(&mut on_b).await;
+    assert_eq!((m.seq, &m.payload[..]), (1, &b"new"[..]));
+    assert_ne!(
+        m.epoch, old_epoch,
+        "under another epoch, so seq 1 is not mistaken for the old one"
+    );
+    // A position in the lost history is refused, not served from the new one.
+    let opts = SubscribeOptions {
+        start: StartAt::Seq(2),
+        epoch: Some(old_epoch),
+        ..Default::default()
+    };
+    let refused = b.subscribe_with("ledger", opts).await.unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            rtc_client::Error::Server {
+                code: ErrorCode::UnrecoverablePosition,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    // And the topic is still known to every node.
+    let info = a.topic_info("ledger").await.unwrap();
+    assert_eq!((info.last_seq, info.epoch), (1, m.epoch));
+}
+
+/// Publishes `n` messages to `topic` one after another, each acknowledged, with IDs
+/// `<who>-<i>`.
+fn publish_in_background(
+    client: Client,
+    who: &'static str,
+    topic: &'static str,
+    n: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..n {
+            let m = PublishMessage::new(topic, format!("m{i}")).msg_id(format!("{who}-{i}"));
+            client.publish_message(m).await.unwrap();
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_pubsub_connection_drops_delivers_what_it_missed_in_order() {
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis, 2);
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut on_b = b.subscribe("stream").await.unwrap();
+    const N: usize = 1500;
+    let publisher = publish_in_background(a.clone(), "a", "stream", N);
+    // Redis drops every pub/sub connection, five times while the publisher runs.
+    let mut killed = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        killed += redis
+            .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0);
+    }
+    assert!(killed >= 5, "the feeds were cut ({killed} connections)");
+    let got = take(&mut on_b, N).await;
+    publisher.await.unwrap();
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(
+            (m.seq, &m.payload[..]),
+            (i as u64 + 1, format!("m{i}").as_bytes())
+        );
+    }
+    a.publish("stream", "end").await.unwrap();
+    assert_eq!(
+        &next(&mut on_b).await.payload[..],
+        b"end",
+        "nothing delivered twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_resume_on_another_with_no_gap() {
+    let redis = RedisServer::start();
+    let mut nodes = nodes(&redis, 3);
+    let a = nodes[0].client().await;
+    let options = rtc_client::ConnectOptions {
+        servers: vec![nodes[2].broker.url()],
+        ..Default::default()
+    };
+    let on_b = Client::connect_with(&nodes[1].broker.url(), options.clone())
+        .await
+        .unwrap();
+    let mut sub = on_b.subscribe("orders").await.unwrap();
+    // A publisher on the node that dies too: its outbox resends, dedup stores once.
+    let via_b = Client::connect_with(&nodes[1].broker.url(), options)
+        .await
+        .unwrap();
+    const N: usize = 1000;
+    let from_a = publish_in_background(a.clone(), "a", "orders", N);
+    let from_b = publish_in_background(via_b, "b", "orders", 200);
+    let first = take(&mut sub, 100).await;
+    nodes.remove(1).broker.kill();
+    let rest = take(&mut sub, N + 200 - 100).await;
+    from_a.await.unwrap();
+    from_b.await.unwrap();
+    let seqs: Vec<u64> = first.iter().chain(&rest).map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=(N + 200) as u64).collect::<Vec<_>>(),
+        "every seq once, in order, across the failover"
+    );
+    let mut ids: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|m| m.msg_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), N + 200, "no message stored twice");
+}

@@ -175,6 +175,26 @@ impl Inner {
             .map_or(settings, |view| view.settings))
     }
 
+    /// Puts topic `name` back in the registry with the settings this node has for it,
+    /// if the registry lost it.
+    pub(super) async fn register_again(&self, name: &str) -> Result<(), StoreError> {
+        let explicit = self
+            .explicit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name);
+        let settings = self.catalog.settings(name);
+        let mut conn = self.conn.clone();
+        let added: bool = conn
+            .hset_nx(self.keys.topics(), name, encode(explicit, &settings))
+            .await
+            .map_err(store_error)?;
+        if added {
+            self.announce(name).await?;
+        }
+        Ok(())
+    }
+
     /// Creates topic `name` with `settings`, or changes an existing one's.
     pub(super) async fn create(
         &self,

@@ -116,9 +116,14 @@ pub async fn append_all<O>(inner: &Inner, batch: Vec<Append<O>>) -> Vec<Committe
         });
     }
     let results = run_pipeline(inner, &ready).await;
+    let mut lost = Vec::new();
     for ((at, p), result) in ready.iter().zip(results) {
         out[*at].outcome = match result {
             Ok(Appended::Stored { seq, epoch }) => {
+                let known = inner.catalog.get(&p.topic).map_or(0, |v| v.epoch);
+                if known != 0 && known != epoch && !lost.contains(&p.topic) {
+                    lost.push(p.topic.clone());
+                }
                 inner.saw(&p.topic, epoch, seq, now_ms(), p.body.len());
                 Outcome::Accepted { seq }
             }
@@ -128,6 +133,17 @@ pub async fn append_all<O>(inner: &Inner, batch: Vec<Append<O>>) -> Vec<Committe
             }
             Err(refusal) => Outcome::Refused(refusal),
         };
+    }
+    for topic in lost {
+        // The script started a new epoch: the topic's keys were lost (a flush, an
+        // eviction, a failover), its registry entry perhaps too.
+        tracing::warn!(
+            topic,
+            "cluster: a topic's history was lost in Redis; it starts again with a new epoch"
+        );
+        if let Err(e) = inner.register_again(&topic).await {
+            tracing::warn!(topic, "cluster: cannot register the topic again: {e}");
+        }
     }
     out
 }
