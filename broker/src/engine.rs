@@ -281,6 +281,13 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     fn settings_generation(&self) -> u64;
     /// One topic, if it exists.
     fn topic(&self, name: &str) -> Option<TopicView>;
+    /// One topic with its counters as the engine has them now: [`Log::topic`] for an
+    /// engine whose counters are always current, a round trip for one shared with other
+    /// nodes (cluster mode: the copy a node keeps of a topic it does not follow may be
+    /// a second old).
+    fn topic_now(&self, name: &str) -> BoxFuture<'static, Option<TopicView>> {
+        Box::pin(std::future::ready(self.topic(name)))
+    }
     /// Every topic, sorted by name.
     fn topics(&self) -> Vec<(String, TopicView)>;
     /// The durable topics whose names match `pattern`.

@@ -388,3 +388,89 @@ async fn clients_of_a_killed_node_resume_on_another_with_no_gap() {
     ids.dedup();
     assert_eq!(ids.len(), N + 200, "no message stored twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_loses_no_acknowledged_message_and_acks_none_it_did_not_store() {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]);
+    let nodes = nodes(&redis, 2);
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut acked = std::collections::HashMap::new();
+    let mut refused = 0;
+    let mut in_flight = FuturesUnordered::new();
+    let mut next_id = 0u64;
+    let mut killed_at = None;
+    // 64 in flight from two nodes; Redis is killed (SIGKILL) after 1000 acks and
+    // restarted 300 ms later from its append-only file.
+    while acked.len() < 3000 {
+        while in_flight.len() < 64 {
+            let via = if next_id % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
+            let id = format!("w-{next_id}");
+            next_id += 1;
+            in_flight.push(async move {
+                let r = via
+                    .publish_message(PublishMessage::new("ledger", id.clone()).msg_id(id.clone()))
+                    .await;
+                (id, r)
+            });
+        }
+        let (id, r) = in_flight.next().await.unwrap();
+        match r {
+            Ok(ack) => assert!(acked.insert(id, ack.seq).is_none() || ack.duplicate),
+            Err(rtc_client::Error::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+        if acked.len() == 1000 && killed_at.is_none() {
+            redis.kill();
+            killed_at = Some(tokio::time::Instant::now());
+        }
+        if killed_at.is_some_and(|t| t.elapsed() > Duration::from_millis(300))
+            && killed_at.take().is_some()
+        {
+            redis.restart();
+        }
+    }
+    while let Some((id, r)) = in_flight.next().await {
+        if let Ok(ack) = r {
+            acked.insert(id, ack.seq);
+        }
+    }
+    assert!(refused > 0, "the outage was met");
+    let opts = SubscribeOptions {
+        start: StartAt::First,
+        ..Default::default()
+    };
+    let info = a.topic_info("ledger").await.unwrap();
+    let mut replay = a.subscribe_with("ledger", opts).await.unwrap();
+    let stored = take(&mut replay, info.last_seq as usize).await;
+    let mut by_id = std::collections::HashMap::new();
+    for (i, m) in stored.iter().enumerate() {
+        assert_eq!(m.seq, i as u64 + 1, "seqs without gaps");
+        assert!(
+            by_id.insert(m.msg_id.clone(), m.seq).is_none(),
+            "{} stored twice",
+            m.msg_id
+        );
+    }
+    for (id, seq) in &acked {
+        assert_eq!(
+            by_id.get(id),
+            Some(seq),
+            "acknowledged {id} at seq {seq} is there"
+        );
+    }
+}

@@ -46,6 +46,18 @@ impl<O: Send + 'static> Log for RedisEngine<O> {
         self.inner.catalog.get(name)
     }
 
+    fn topic_now(&self, name: &str) -> BoxFuture<'static, Option<TopicView>> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        async move {
+            if let Err(e) = inner.reload(&name).await {
+                tracing::debug!(topic = %name, "cluster: topic not refreshed: {e}");
+            }
+            inner.catalog.get(&name)
+        }
+        .boxed()
+    }
+
     fn topics(&self) -> Vec<(String, TopicView)> {
         self.inner.catalog.list()
     }

@@ -275,7 +275,7 @@ pub(super) async fn topic(
     headers: HeaderMap,
 ) -> Response {
     for_admin!(g, headers, None, {
-        match g.shared.log.topic(&name) {
+        match g.shared.log.topic_now(&name).await {
             Some(t) => Json(topic_json(&name, &t)).into_response(),
             None => refused(Refusal::NotFound(format!("no topic {name:?}"))),
         }

@@ -115,7 +115,7 @@ impl Session {
             let msg = format!("{:?}: {e}", r.name);
             return self.refuse(r.req_id, Refusal::InvalidTopic(msg)).await;
         }
-        match self.shared.log.topic(&r.name) {
+        match self.shared.log.topic_now(&r.name).await {
             Some(view) => {
                 let info = view.info(r.req_id, &r.name);
                 self.send(Frame::from_op(Op::TopicInfo(info))).await

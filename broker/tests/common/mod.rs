@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod http;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::time::Duration;
