@@ -316,11 +316,6 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         topic: String,
         name: String,
     ) -> BoxFuture<'static, Result<(), Refusal>>;
-    /// Whether this engine keeps durable consumers: `UNSUPPORTED` if not (cluster mode,
-    /// for now), and a consumer subscription is refused with it.
-    fn consumers_supported(&self) -> Result<(), Refusal> {
-        Ok(())
-    }
     /// Replaces the config's topic rules; the topics not created explicitly take their
     /// new settings (as on a restart). How many changed.
     fn set_topic_rules(

@@ -23,7 +23,7 @@ use crate::auth::Auth;
 use crate::bus::{Alone, Bus};
 use crate::cluster::RedisEngine;
 use crate::config::{Config, FsyncPolicy};
-use crate::consumer::Consumers;
+use crate::consumer::{self, Consumers, Runner};
 use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
 use crate::error::BrokerError;
@@ -194,43 +194,46 @@ impl BrokerBuilder {
         let metrics = Arc::new(Metrics::new());
         let delivery = Arc::new(Delivery::new(router.clone(), metrics.clone()));
         let rules = TopicRules::new(&config.topic);
-        let (log, publishes, bus): (Arc<dyn Log>, Arc<Publishes>, Arc<dyn Bus>) =
-            match &config.cluster {
-                Some(cluster) => {
-                    let engine = RedisEngine::open(
-                        cluster,
-                        rules,
-                        config.max_topics,
+        type Parts = (Arc<dyn Log>, Arc<Publishes>, Arc<dyn Bus>, Arc<dyn Runner>);
+        let (log, publishes, bus, runner): Parts = match &config.cluster {
+            Some(cluster) => {
+                let engine = RedisEngine::open(
+                    cluster,
+                    rules,
+                    config.max_topics,
+                    delivery.clone(),
+                    router.clone(),
+                )
+                .await
+                .map_err(BrokerError::Cluster)?;
+                let runner = engine.consumer_runner();
+                (engine.clone(), engine.clone(), engine, runner)
+            }
+            None => {
+                let engine = Arc::new(
+                    LocalEngine::open(
+                        storage(&config, self.storage)?,
                         delivery.clone(),
-                        router.clone(),
+                        rules,
+                        WriterConfig {
+                            fsync: config.fsync,
+                            max_topics: config.max_topics,
+                            store_reserve: config.store_reserve,
+                            observer: Some(metrics.clone()),
+                        },
                     )
-                    .await
-                    .map_err(BrokerError::Cluster)?;
-                    (engine.clone(), engine.clone(), engine)
-                }
-                None => {
-                    let engine = Arc::new(
-                        LocalEngine::open(
-                            storage(&config, self.storage)?,
-                            delivery.clone(),
-                            rules,
-                            WriterConfig {
-                                fsync: config.fsync,
-                                max_topics: config.max_topics,
-                                store_reserve: config.store_reserve,
-                                observer: Some(metrics.clone()),
-                            },
-                        )
-                        .map_err(in_data_dir)?,
-                    );
-                    (engine.clone(), engine, Arc::new(Alone))
-                }
-            };
+                    .map_err(in_data_dir)?,
+                );
+                let runner = Arc::new(consumer::Local(engine.clone()));
+                (engine.clone(), engine, Arc::new(Alone), runner)
+            }
+        };
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stored_consumers = log.consumers().map_err(in_data_dir)?;
         let consumers = Consumers::new(
             log.clone(),
+            runner,
             tracker.clone(),
             cancel.clone(),
             stored_consumers,

@@ -7,49 +7,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::cluster::nodes;
 use common::{next, take, WAIT};
 use rtc_client::{Client, ErrorCode, PublishMessage, StartAt, SubscribeOptions};
 use rtc_testkit::redis_server::RedisServer;
-use rtc_testkit::{temp_dir, workspace_bin, BrokerProcess};
-
-/// A config every node shares: `live.>` is ephemeral, the rest durable.
-const CONFIG: &str = r#"
-fsync = "never"
-[[topic]]
-pattern = "live.>"
-storage = "ephemeral"
-"#;
-
-struct Node {
-    broker: BrokerProcess,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(redis: &RedisServer, prefix: &str) -> Node {
-        let dir = temp_dir();
-        let config = dir.path().join("rtc.toml");
-        let text = format!(
-            "{CONFIG}\n[cluster]\nredis = \"{}\"\nprefix = \"{prefix}\"\n",
-            redis.url()
-        );
-        std::fs::write(&config, text).unwrap();
-        let data = dir.path().join("data");
-        let config = config.to_str().unwrap().to_string();
-        let broker =
-            BrokerProcess::start(&workspace_bin("rtc-broker"), &data, &["--config", &config]);
-        Node { broker, _dir: dir }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&self.broker.url()).await.unwrap()
-    }
-}
-
-/// Each test its own prefix on its own Redis, so nothing is shared between tests.
-fn nodes(redis: &RedisServer, n: usize) -> Vec<Node> {
-    (0..n).map(|_| Node::start(redis, "t")).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_on_one_node_reaches_subscribers_on_the_others_once_and_in_order() {

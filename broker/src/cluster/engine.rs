@@ -9,10 +9,15 @@ use futures_util::future::{BoxFuture, FutureExt};
 use rtc_proto::v1::TopicSettings;
 use tokio::sync::{oneshot, watch};
 
-use super::{feed, store_error, RedisEngine};
+use std::sync::Arc;
+
+use super::consumer::GroupRunner;
+use super::{feed, store_error, writer, RedisEngine};
 use crate::bus::Bus;
+use crate::consumer::Runner;
 use crate::engine::{
-    Append, Appender, ConsumerRecord, Log, LogEntry, Stopped, StoreError, StoredConsumer, TopicView,
+    Append, Appender, ConsumerRecord, Log, LogEntry, Outcome, Stopped, StoreError, StoredConsumer,
+    TopicView,
 };
 use crate::refusal::Refusal;
 use crate::topic::{is_durable, TopicRules};
@@ -26,11 +31,15 @@ impl<O: Send + 'static> Appender<O> for RedisEngine<O> {
     }
 }
 
-fn consumers_refused() -> Refusal {
-    Refusal::Unsupported(
-        "durable consumers are not available in cluster mode yet: subscribe without a consumer name"
-            .to_string(),
-    )
+impl<O: Send + 'static> RedisEngine<O> {
+    /// The runner of this node's durable consumers (`consumer.rs`).
+    pub fn consumer_runner(self: &Arc<Self>) -> Arc<dyn Runner> {
+        Arc::new(GroupRunner {
+            inner: self.inner.clone(),
+            feed: self.feed.clone(),
+            log: self.clone(),
+        })
+    }
 }
 
 impl<O: Send + 'static> Log for RedisEngine<O> {
@@ -114,14 +123,33 @@ impl<O: Send + 'static> Log for RedisEngine<O> {
 
     fn delete_consumer(
         &self,
-        _topic: String,
-        _name: String,
+        topic: String,
+        name: String,
     ) -> BoxFuture<'static, Result<(), Refusal>> {
-        async { Err(consumers_refused()) }.boxed()
-    }
-
-    fn consumers_supported(&self) -> Result<(), Refusal> {
-        Err(consumers_refused())
+        let inner = self.inner.clone();
+        async move {
+            // The other nodes' tasks of it meet NOGROUP and tell their members.
+            let mut conn = inner.conn.clone();
+            let destroyed: i64 = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(inner.keys.log(&topic))
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            let _: i64 = redis::cmd("DEL")
+                .arg(inner.keys.consumer(&topic, &name))
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            if destroyed == 0 {
+                return Err(Refusal::NotFound(format!(
+                    "topic {topic:?} has no durable consumer {name:?}"
+                )));
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn set_topic_rules(&self, rules: TopicRules) -> BoxFuture<'static, Result<usize, Refusal>> {
@@ -131,12 +159,28 @@ impl<O: Send + 'static> Log for RedisEngine<O> {
 
     fn append_internal(
         &self,
-        _topic: String,
-        _payload: Bytes,
-        _headers: BTreeMap<String, String>,
+        topic: String,
+        payload: Bytes,
+        headers: BTreeMap<String, String>,
     ) -> BoxFuture<'static, Result<u64, Refusal>> {
-        // Only durable consumers' dead letters use it, and they are refused here.
-        async { Err(consumers_refused()) }.boxed()
+        let inner = self.inner.clone();
+        async move {
+            let append = Append {
+                topic,
+                payload,
+                headers,
+                msg_id: String::new(),
+                origin: (),
+            };
+            let pass = writer::append_all(&inner, vec![append]).await;
+            match pass.into_iter().next().map(|c| c.outcome) {
+                Some(Outcome::Accepted { seq } | Outcome::Duplicate { seq }) => Ok(seq),
+                Some(Outcome::Stored { seq, .. }) => Ok(seq),
+                Some(Outcome::Refused(refusal)) => Err(refusal),
+                None => Err(Refusal::Storage("the append had no outcome".into())),
+            }
+        }
+        .boxed()
     }
 
     fn read(
@@ -160,7 +204,7 @@ impl<O: Send + 'static> Log for RedisEngine<O> {
                     break;
                 }
                 bytes += body.len();
-                let message = super::message(seq, ts, epoch, &body);
+                let message = super::message(seq, ts, epoch, 0, &body);
                 out.push(LogEntry {
                     seq,
                     ts_ms: ts,
@@ -211,10 +255,14 @@ impl<O: Send + 'static> Log for RedisEngine<O> {
         _topic: &str,
         _name: &str,
         _record: ConsumerRecord,
-        _stored: Option<oneshot::Sender<()>>,
+        stored: Option<oneshot::Sender<()>>,
     ) -> Result<(), Stopped> {
-        // No consumer runs in cluster mode (see `consumers_supported`).
-        Err(Stopped)
+        // A consumer's state is its group in Redis, kept by its tasks (`consumer.rs`);
+        // a new one's start goes to the task that creates the group.
+        if let Some(stored) = stored {
+            let _ = stored.send(());
+        }
+        Ok(())
     }
 
     fn enforce_retention(&self) {

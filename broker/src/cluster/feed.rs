@@ -353,7 +353,7 @@ impl<O: Send + 'static> Feed<O> {
 
     fn deliver(&mut self, topic: String, seq: u64, ts: i64, epoch: u64, body: &[u8]) {
         self.inner.saw(&topic, epoch, seq, ts, body.len());
-        let message = super::message(seq, ts, epoch, body);
+        let message = super::message(seq, ts, epoch, 0, body);
         self.pass.push(Committed {
             topic,
             outcome: Outcome::Stored { seq, message },

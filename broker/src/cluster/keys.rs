@@ -10,6 +10,7 @@
 //! | `P:{T}:meta` | hash | `epoch`, `seq` (last assigned), `ts` (last timestamp), `bytes` (stored) |
 //! | `P:{T}:log` | stream | one entry per message, ID `<seq>-0`, fields `t` (timestamp) and `b` (the `Message` without seq, timestamp and epoch) |
 //! | `P:{T}:id:<msg_id>` | string, with a TTL of the dedup window | `<epoch>:<seq>` of the message stored with that ID |
+//! | `P:{T}:c:<name>` | hash | durable consumer `name`'s counters (`redelivered`, `dead_lettered`); its position and pending entries are the stream's consumer group `name` |
 //! | `P:{T}:live` | channel | every message of `T`, durable ones from the append script, in seq order |
 //! | `P:ctl` | channel | a topic name whose settings changed (every node listens) |
 
@@ -50,6 +51,11 @@ impl Keys {
     /// A glob for every dedup entry of `topic` (for deleting the topic).
     pub fn dedup_glob(&self, topic: &str) -> String {
         format!("{}:{{{}}}:id:*", self.prefix, escape_glob(topic))
+    }
+
+    /// Durable consumer `name`'s counters.
+    pub fn consumer(&self, topic: &str, name: &str) -> String {
+        format!("{}:{{{topic}}}:c:{name}", self.prefix)
     }
 
     /// The live channel of `topic`.

@@ -15,8 +15,9 @@
 //! from Redis (`topics.rs`): the control channel announces changes, every node
 //! rereads them after a reconnect and refreshes the counters every few seconds.
 //!
-//! Keys and channels are named in `keys.rs`. Durable consumers are not yet shared
-//! across nodes: in cluster mode a consumer subscription is refused `UNSUPPORTED`.
+//! Durable consumers are Redis Streams consumer groups (`consumer.rs`), one Redis
+//! consumer per node, so members on every node share one position. Keys and channels
+//! are named in `keys.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,7 @@ use crate::router::Router;
 use crate::store::catalog::Catalog;
 use crate::topic::TopicRules;
 
+mod consumer;
 mod engine;
 mod feed;
 mod keys;
@@ -149,6 +151,14 @@ impl<O: Send + 'static> RedisEngine<O> {
     }
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Inner {
     fn set_feed_up(&self, up: bool) {
         self.feed_up.store(up, Ordering::Release);
@@ -254,13 +264,17 @@ fn store_error(e: redis::RedisError) -> StoreError {
     }
 }
 
-/// The `rtc.v1.Message` of a stored body: seq, timestamp and epoch (fields 4, 5, 9),
-/// then the body, which holds the other fields. Protobuf takes fields in any order.
-fn message(seq: u64, ts: i64, epoch: u64, body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 32);
+/// The `rtc.v1.Message` of a stored body: seq, timestamp, delivery count (a durable
+/// consumer's; 0 for none) and epoch (fields 4, 5, 7, 9), then the body, which holds the
+/// other fields. Protobuf takes fields in any order.
+fn message(seq: u64, ts: i64, epoch: u64, delivery_count: u32, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 40);
     prost::encoding::uint64::encode(4, &seq, &mut out);
     if ts != 0 {
         prost::encoding::int64::encode(5, &ts, &mut out);
+    }
+    if delivery_count != 0 {
+        prost::encoding::uint32::encode(7, &delivery_count, &mut out);
     }
     if epoch != 0 {
         prost::encoding::uint64::encode(9, &epoch, &mut out);
@@ -297,7 +311,7 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        let m = v1::Message::decode(message(7, 1_700_000_000_000, 42, &body)).unwrap();
+        let m = v1::Message::decode(message(7, 1_700_000_000_000, 42, 3, &body)).unwrap();
         assert_eq!(
             (
                 m.topic.as_str(),

@@ -196,7 +196,7 @@ pub fn appended(v: &Value) -> Result<Appended, BadReply> {
 pub type Entry = (u64, i64, Vec<u8>);
 
 /// Parses one `XRANGE` entry: `[id, [t, ts, b, body]]`.
-fn entry(v: &Value) -> Option<Entry> {
+pub fn entry(v: &Value) -> Option<Entry> {
     let [id, fields] = items(v)? else { return None };
     let id = text(id)?;
     let seq = id.split('-').next()?.parse().ok()?;

@@ -10,6 +10,11 @@
 //! a backlog. Its state — ack floor, next seq, the delivered-but-unacknowledged seqs with
 //! their delivery counts — is saved through the storage thread after every change and
 //! reloaded on start. [`Consumers`] is the registry of actors.
+//!
+//! The actor is the one of a broker on its own. A [`Runner`] decides which task runs a
+//! consumer: [`Local`] runs `actor`; in cluster mode the Redis engine's runner runs one
+//! that shares the consumer with the members on other nodes (`crate::cluster`). Both
+//! take the same [`Command`]s.
 
 mod actor;
 
@@ -17,13 +22,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use rtc_proto::v1::{self, start_position::Position};
 use rtc_proto::Frame;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Log, StoredConsumer};
+use crate::engine::{ConsumerRecord, Log, StoredConsumer};
 use crate::outbound::Outbox;
 use crate::refusal::Refusal;
 
@@ -57,18 +63,62 @@ pub struct JoinSpec {
     pub start: Option<Position>,
 }
 
-/// What an actor is asked to do.
+/// What a consumer's task is asked to do.
 #[derive(Debug)]
-enum Command {
+pub enum Command {
+    /// A member joins; answered with its member id (or the refusal).
     Join(Box<JoinSpec>, oneshot::Sender<Result<u64, Refusal>>),
+    /// Member `0` left; what it held goes to the others.
     Leave(u64),
-    /// With a sender: answer once the new state is stored.
+    /// Settle these seqs. With a sender: answer once the new state is stored.
     Ack(Vec<u64>, Option<oneshot::Sender<()>>),
+    /// Give these seqs back for redelivery after the delay.
     Nack(Vec<u64>, Duration, oneshot::Sender<()>),
+    /// Member `0` is still working on these seqs: restart their ack_wait.
     InProgress(u64, Vec<u64>, oneshot::Sender<()>),
+    /// Describe the consumer.
     Info(oneshot::Sender<v1::ConsumerInfo>),
     /// Tell the members it is deleted, and end without storing anything more.
     Stop(oneshot::Sender<()>),
+}
+
+/// Runs the task of one consumer (`topic`, `name`), starting from `record` when it was
+/// stored or created by the admin API, until `cancel`, a `Stop`, or every sender is
+/// gone.
+pub trait Runner: Send + Sync + std::fmt::Debug {
+    /// The task.
+    fn run(
+        &self,
+        topic: &str,
+        name: &str,
+        record: Option<ConsumerRecord>,
+        commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+
+    /// Whether consumer (`topic`, `name`) exists though no task of it runs here (in
+    /// cluster mode: another node made it). A task is then started to answer for it.
+    fn exists_elsewhere(&self, _topic: &str, _name: &str) -> BoxFuture<'static, bool> {
+        Box::pin(std::future::ready(false))
+    }
+}
+
+/// The runner of a broker on its own: the actor, over the engine `log`.
+#[derive(Debug)]
+pub struct Local(pub Arc<dyn Log>);
+
+impl Runner for Local {
+    fn run(
+        &self,
+        topic: &str,
+        name: &str,
+        record: Option<ConsumerRecord>,
+        commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        let actor = actor::Actor::new(topic, name, record, self.0.clone());
+        Box::pin(actor.run(commands, cancel))
+    }
 }
 
 /// One member's handle on its consumer: what its session uses to ack and to leave.
@@ -118,15 +168,17 @@ impl MemberRef {
 pub struct Consumers {
     actors: Mutex<HashMap<(String, String), mpsc::Sender<Command>>>,
     log: Arc<dyn Log>,
+    runner: Arc<dyn Runner>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl Consumers {
-    /// A registry whose actors run on `tracker` until `cancel`, with the consumers found
-    /// in the store already started (without members).
+    /// A registry whose actors `runner` runs on `tracker` until `cancel`, with the
+    /// consumers found in the store already started (without members).
     pub fn new(
         log: Arc<dyn Log>,
+        runner: Arc<dyn Runner>,
         tracker: TaskTracker,
         cancel: CancellationToken,
         stored: Vec<StoredConsumer>,
@@ -134,6 +186,7 @@ impl Consumers {
         let consumers = Consumers {
             actors: Mutex::new(HashMap::new()),
             log,
+            runner,
             tracker,
             cancel,
         };
@@ -151,11 +204,13 @@ impl Consumers {
         &self,
         topic: &str,
         name: &str,
-        record: Option<crate::engine::ConsumerRecord>,
+        record: Option<ConsumerRecord>,
     ) -> mpsc::Sender<Command> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let actor = actor::Actor::new(topic, name, record, self.log.clone());
-        self.tracker.spawn(actor.run(rx, self.cancel.clone()));
+        let task = self
+            .runner
+            .run(topic, name, record, rx, self.cancel.clone());
+        self.tracker.spawn(task);
         self.lock()
             .insert((topic.to_string(), name.to_string()), tx.clone());
         tx
@@ -211,7 +266,7 @@ impl Consumers {
         let next = crate::engine::start_seq(&*self.log, topic, &view, &start)
             .await?
             .max(1);
-        let record = crate::engine::ConsumerRecord {
+        let record = ConsumerRecord {
             ack_floor: next - 1,
             next_seq: next,
             ..Default::default()
@@ -285,10 +340,15 @@ impl Consumers {
 
     /// Describes consumer `name` on `topic`, if it exists.
     pub async fn info(&self, topic: &str, name: &str) -> Option<v1::ConsumerInfo> {
-        let tx = self
-            .lock()
-            .get(&(topic.to_string(), name.to_string()))
-            .cloned()?;
+        let key = (topic.to_string(), name.to_string());
+        let tx = self.lock().get(&key).filter(|tx| !tx.is_closed()).cloned();
+        let tx = match tx {
+            Some(tx) => tx,
+            None if self.runner.exists_elsewhere(topic, name).await => {
+                self.spawn(topic, name, None)
+            }
+            None => return None,
+        };
         ask_info(tx).await
     }
 

@@ -33,9 +33,6 @@ impl Session {
         start: Option<Position>,
     ) -> Result<(), Closed> {
         let req_id = s.req_id;
-        if let Err(refusal) = self.shared.log.consumers_supported() {
-            return self.refuse(req_id, refusal).await;
-        }
         if let Err(msg) = validate_consumer_name(&s.consumer) {
             return self.refuse(req_id, Refusal::InvalidRequest(msg)).await;
         }

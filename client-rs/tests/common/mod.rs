@@ -2,6 +2,7 @@
 //! and helpers to read subscriptions with a bounded wait.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod proxy;
 
 use std::time::Duration;

@@ -1,0 +1,45 @@
+//! Cluster-mode harness: broker processes given one real redis-server.
+#![allow(dead_code)]
+
+use rtc_client::Client;
+use rtc_testkit::redis_server::RedisServer;
+use rtc_testkit::{temp_dir, workspace_bin, BrokerProcess};
+
+/// A config every node shares: `live.>` is ephemeral, the rest durable.
+const CONFIG: &str = r#"
+fsync = "never"
+[[topic]]
+pattern = "live.>"
+storage = "ephemeral"
+"#;
+
+pub struct Node {
+    pub broker: BrokerProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn start(redis: &RedisServer, prefix: &str) -> Node {
+        let dir = temp_dir();
+        let config = dir.path().join("rtc.toml");
+        let text = format!(
+            "{CONFIG}\n[cluster]\nredis = \"{}\"\nprefix = \"{prefix}\"\n",
+            redis.url()
+        );
+        std::fs::write(&config, text).unwrap();
+        let data = dir.path().join("data");
+        let config = config.to_str().unwrap().to_string();
+        let broker =
+            BrokerProcess::start(&workspace_bin("rtc-broker"), &data, &["--config", &config]);
+        Node { broker, _dir: dir }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.broker.url()).await.unwrap()
+    }
+}
+
+/// Each test its own prefix on its own Redis, so nothing is shared between tests.
+pub fn nodes(redis: &RedisServer, n: usize) -> Vec<Node> {
+    (0..n).map(|_| Node::start(redis, "t")).collect()
+}
