@@ -30,6 +30,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// A broker running at `url` (TCP).
+    pub fn remote(url: &str) -> Target {
+        Target {
+            url: url.to_string(),
+            http: None,
+            ca: None,
+            local: None,
+        }
+    }
+
     /// `server` if given (TCP), else a fresh in-process broker over `transport`,
     /// configured by `tweak`.
     pub async fn new(
@@ -38,12 +48,7 @@ impl Target {
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Target> {
         if let Some(url) = server {
-            return Ok(Target {
-                url: url.to_string(),
-                http: None,
-                ca: None,
-                local: None,
-            });
+            return Ok(Target::remote(url));
         }
         let dir = tempfile::tempdir()?;
         let mut tls = None;

@@ -40,6 +40,10 @@ pub struct Systems {
     /// The HTTP gateway of the broker at `--rtc-url`, for `--transport ws`.
     #[arg(long)]
     rtc_http: Option<std::net::SocketAddr>,
+    /// Other nodes of the cluster the broker at `--rtc-url` is part of: subscribers
+    /// connect to them in turn, the publisher to `--rtc-url`. Repeat for several.
+    #[arg(long)]
+    rtc_sub_url: Vec<String>,
     #[command(flatten)]
     peers: PeerUrls,
     /// Transports to rtc; repeat for several [default: tcp].
@@ -148,8 +152,11 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             let figures =
                 rounds::alternate(&args.on.rounds, &runs, async |&(system, transport)| {
                     let target = target(&args.on, transport).await?;
-                    let r = fanout_run(&target, system, &args.on.peers, subs, payload, args.count)
-                        .await;
+                    let on = Where {
+                        target: &target,
+                        subscribers: &args.on.rtc_sub_url,
+                    };
+                    let r = fanout_run(on, system, &args.on.peers, subs, payload, args.count).await;
                     target.stop().await;
                     r
                 })
@@ -171,8 +178,33 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a run's clients connect: the publisher to `target`, subscribers to
+/// `subscribers` in turn (rtc only) or, with none, to `target` too.
+#[derive(Clone, Copy)]
+struct Where<'a> {
+    target: &'a Target,
+    subscribers: &'a [String],
+}
+
+impl Where<'_> {
+    async fn subscribe(
+        &self,
+        i: usize,
+        system: System,
+        peers: &PeerUrls,
+        topic: &str,
+    ) -> anyhow::Result<(crate::systems::Payloads, crate::systems::Keep)> {
+        match self.subscribers {
+            urls if urls.is_empty() || system != System::Rtc => {
+                subscribe(system, self.target, peers, topic).await
+            }
+            urls => subscribe(system, &Target::remote(&urls[i % urls.len()]), peers, topic).await,
+        }
+    }
+}
+
 async fn fanout_run(
-    target: &Target,
+    on: Where<'_>,
     system: System,
     peers: &PeerUrls,
     subs: usize,
@@ -181,8 +213,8 @@ async fn fanout_run(
 ) -> anyhow::Result<(f64, f64, u64)> {
     let topic = "bench.fan";
     let mut tasks = Vec::new();
-    for _ in 0..subs {
-        let (mut stream, keep) = subscribe(system, target, peers, topic).await?;
+    for i in 0..subs {
+        let (mut stream, keep) = on.subscribe(i, system, peers, topic).await?;
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut last = Instant::now();
@@ -213,7 +245,7 @@ async fn fanout_run(
             (n, last)
         }));
     }
-    let mut publisher = Publisher::connect(system, target, peers).await?;
+    let mut publisher = Publisher::connect(system, on.target, peers).await?;
     let body = bytes::Bytes::from(vec![b'x'; payload]);
     let started = Instant::now();
     for _ in 0..count {
@@ -251,15 +283,11 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     // Per run, each round's (p50, p99, p99.9, max) in µs and lost.
     let figures = rounds::alternate(&args.on.rounds, &runs, async |&(system, transport)| {
         let target = target(&args.on, transport).await?;
-        let r = latency_run(
-            &target,
-            system,
-            &args.on.peers,
-            args.rate,
-            args.count,
-            payload,
-        )
-        .await;
+        let on = Where {
+            target: &target,
+            subscribers: &args.on.rtc_sub_url,
+        };
+        let r = latency_run(on, system, &args.on.peers, args.rate, args.count, payload).await;
         target.stop().await;
         let (mut lat, lost) = r?;
         lat.sort_unstable();
@@ -289,7 +317,7 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 }
 
 async fn latency_run(
-    target: &Target,
+    on: Where<'_>,
     system: System,
     peers: &PeerUrls,
     rate: u64,
@@ -301,7 +329,7 @@ async fn latency_run(
     const WARM_UP: u64 = u64::MAX;
     let warm_up = rate / 2;
     let base = Instant::now();
-    let (mut stream, keep) = subscribe(system, target, peers, topic).await?;
+    let (mut stream, keep) = on.subscribe(0, system, peers, topic).await?;
     let receiver = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(count as usize);
         while (lat.len() as u64) < count {
@@ -321,7 +349,7 @@ async fn latency_run(
         drop(keep);
         lat
     });
-    let mut publisher = Publisher::connect(system, target, peers).await?;
+    let mut publisher = Publisher::connect(system, on.target, peers).await?;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
     for i in 0..warm_up + count {

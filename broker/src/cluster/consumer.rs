@@ -42,6 +42,8 @@ use crate::refusal::Refusal;
 const BATCH: usize = 256;
 /// How long a member whose outbox was full is skipped.
 const FULL_BACKOFF: Duration = Duration::from_millis(20);
+/// Commands taken per turn before the task pumps again.
+const COMMANDS_PER_TURN: usize = 256;
 /// How often a task with members and room looks for stale entries, at most.
 const CLAIM_EVERY_MAX: Duration = Duration::from_secs(5);
 
@@ -175,12 +177,11 @@ impl Group {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 cmd = rx.recv() => match cmd {
-                    Some(Command::Stop(done)) => {
-                        self.stop_members();
-                        let _ = done.send(());
-                        break;
+                    Some(cmd) => {
+                        if self.commands(cmd, &mut rx).await.is_break() {
+                            break;
+                        }
                     }
-                    Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
                 Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => {
@@ -217,6 +218,60 @@ impl Group {
         }
         self.members.clear();
         self.held.clear();
+    }
+
+    /// Handles `first` and whatever else is queued (up to [`COMMANDS_PER_TURN`]),
+    /// acknowledging the acks among them with one `XACK`: a member acking each message
+    /// costs one round trip per turn, not per message. Breaks on `Stop`.
+    async fn commands(
+        &mut self,
+        first: Command,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> std::ops::ControlFlow<()> {
+        let mut acks: Vec<u64> = Vec::new();
+        let mut confirms = Vec::new();
+        let mut next = Some(first);
+        for _ in 0..COMMANDS_PER_TURN {
+            let Some(cmd) = next.take().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
+            match cmd {
+                Command::Ack(seqs, confirm) => {
+                    acks.extend(seqs);
+                    confirms.extend(confirm);
+                }
+                Command::Stop(done) => {
+                    self.stop_members();
+                    let _ = done.send(());
+                    return std::ops::ControlFlow::Break(());
+                }
+                other => {
+                    // In order: the acks before it first.
+                    self.flush_acks(&mut acks, &mut confirms).await;
+                    self.handle(other).await;
+                }
+            }
+        }
+        self.flush_acks(&mut acks, &mut confirms).await;
+        std::ops::ControlFlow::Continue(())
+    }
+
+    async fn flush_acks(&mut self, acks: &mut Vec<u64>, confirms: &mut Vec<oneshot::Sender<()>>) {
+        if acks.is_empty() {
+            confirms.clear();
+            return;
+        }
+        let seqs = std::mem::take(acks);
+        match self.ack(&seqs).await {
+            Ok(()) => confirms.drain(..).for_each(|done| {
+                let _ = done.send(());
+            }),
+            Err(e) => {
+                // A confirm not answered tells its member the ack was not taken.
+                confirms.clear();
+                tracing::warn!(topic = %self.topic, consumer = %self.name, "cluster consumer: ack: {e}");
+            }
+        }
     }
 
     async fn handle(&mut self, cmd: Command) {

@@ -297,8 +297,8 @@ impl<O: Send + 'static> Bus for RedisEngine<O> {
     }
 
     fn relay(&self, topic: &str, datagram: bool, message: Bytes) {
-        let payload = feed::ephemeral(&self.inner.node, datagram, &message);
-        self.relay.send(self.inner.keys.live(topic), payload);
+        self.relay
+            .send(self.inner.keys.live(topic), datagram, message);
     }
 
     fn listen(&self, pattern: &str) -> BoxFuture<'static, ()> {

@@ -293,24 +293,18 @@ impl<O: Send + 'static> Feed<O> {
             return;
         };
         match parse(payload) {
-            Some(Live::Durable {
-                seq,
-                ts,
-                epoch,
-                body,
-            }) => {
-                let topic = topic.to_string();
-                self.durable(topic, seq, ts, epoch, body.to_vec());
+            Some(Live::Durable { epoch, ts, stored }) => {
+                for (seq, body) in stored {
+                    self.durable(topic.to_string(), seq, ts, epoch, body.to_vec());
+                }
             }
-            Some(Live::Ephemeral {
-                node,
-                datagram,
-                message,
-            }) => {
+            Some(Live::Ephemeral { node, messages }) => {
                 if node != self.inner.node.as_bytes() {
-                    let message = Bytes::copy_from_slice(message);
-                    let later = &mut self.later;
-                    self.router.publish(topic, 0, datagram, || message, later);
+                    for (datagram, message) in messages {
+                        let message = Bytes::copy_from_slice(message);
+                        let later = &mut self.later;
+                        self.router.publish(topic, 0, datagram, || message, later);
+                    }
                 }
             }
             None => tracing::warn!(channel, "cluster: a live message not in rtc's format"),
@@ -494,25 +488,24 @@ async fn timed(f: impl std::future::Future<Output = redis::RedisResult<()>>) -> 
 /// A message on a live channel.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Live<'a> {
-    /// From the append script: `d<seq>:<ts>:<epoch>:<body>`.
+    /// From the append script: `D<epoch>:<ts>:` then `<seq>:<len>:<body>` per message
+    /// stored by one run.
     Durable {
-        /// Its seq.
-        seq: u64,
-        /// Its timestamp.
-        ts: i64,
-        /// Its log's epoch.
+        /// The log's epoch.
         epoch: u64,
-        /// The stored body (the `Message` without seq, timestamp and epoch).
-        body: &'a [u8],
+        /// Their timestamp.
+        ts: i64,
+        /// Each message's seq and stored body (the `Message` without seq, timestamp and
+        /// epoch), in seq order.
+        stored: Vec<(u64, &'a [u8])>,
     },
-    /// From a node's relay: `e<node>:<0|1>:<message>`.
+    /// From a node's relay: `M<node>:` then `<0|1><len>:<message>` per message (the
+    /// flag: whether the topic allows datagrams).
     Ephemeral {
-        /// The node that published it.
+        /// The node that published them.
         node: &'a [u8],
-        /// Whether the topic allows datagrams.
-        datagram: bool,
-        /// The encoded `Message`.
-        message: &'a [u8],
+        /// Each encoded `Message`, with its datagram flag, in publish order.
+        messages: Vec<(bool, &'a [u8])>,
     },
 }
 
@@ -536,35 +529,57 @@ fn num<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
 pub fn parse(payload: &[u8]) -> Option<Live<'_>> {
     let (&kind, rest) = payload.split_first()?;
     match kind {
-        b'd' => {
-            let ([seq, ts, epoch], body) = fields::<3>(rest)?;
+        b'D' => {
+            let ([epoch, ts], mut rest) = fields::<2>(rest)?;
+            let mut stored = Vec::new();
+            while !rest.is_empty() {
+                let ([seq, len], after) = fields::<2>(rest)?;
+                let len: usize = num(len)?;
+                if after.len() < len {
+                    return None;
+                }
+                stored.push((num(seq)?, &after[..len]));
+                rest = &after[len..];
+            }
             Some(Live::Durable {
-                seq: num(seq)?,
-                ts: num(ts)?,
                 epoch: num(epoch)?,
-                body,
+                ts: num(ts)?,
+                stored,
             })
         }
-        b'e' => {
-            let ([node, datagram], message) = fields::<2>(rest)?;
-            Some(Live::Ephemeral {
-                node,
-                datagram: datagram == b"1",
-                message,
-            })
+        b'M' => {
+            let ([node], mut rest) = fields::<1>(rest)?;
+            let mut messages = Vec::new();
+            while let Some((&flag, after)) = rest.split_first() {
+                let ([len], after) = fields::<1>(after)?;
+                let len: usize = num(len)?;
+                if after.len() < len {
+                    return None;
+                }
+                messages.push((flag == b'1', &after[..len]));
+                rest = &after[len..];
+            }
+            Some(Live::Ephemeral { node, messages })
         }
         _ => None,
     }
 }
 
-/// The relay's form of an ephemeral message from `node`.
-pub fn ephemeral(node: &str, datagram: bool, message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + node.len() + 5);
-    out.push(b'e');
+/// The start of a relayed run of ephemeral messages from `node`.
+pub fn relayed_header(node: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(node.len() + 256);
+    out.push(b'M');
     out.extend_from_slice(node.as_bytes());
-    out.extend_from_slice(if datagram { b":1:" } else { b":0:" });
-    out.extend_from_slice(message);
+    out.push(b':');
     out
+}
+
+/// Adds one message to a relayed run.
+pub fn relayed_push(out: &mut Vec<u8>, datagram: bool, message: &[u8]) {
+    out.push(if datagram { b'1' } else { b'0' });
+    out.extend_from_slice(message.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(message);
 }
 
 #[cfg(test)]
@@ -574,24 +589,29 @@ mod tests {
     #[test]
     fn live_messages_parse_with_colons_in_their_bodies() {
         assert_eq!(
-            parse(b"d12:1700000000000:99:a:b"),
+            parse(b"D99:1700000000000:12:3:a:b13:0:"),
             Some(Live::Durable {
-                seq: 12,
-                ts: 1_700_000_000_000,
                 epoch: 99,
-                body: b"a:b"
+                ts: 1_700_000_000_000,
+                stored: vec![(12, &b"a:b"[..]), (13, &b""[..])],
             })
         );
-        let e = ephemeral("n1", true, b"x:y");
+        assert_eq!(
+            parse(b"D99:1:12:9:short"),
+            None,
+            "a body shorter than its length"
+        );
+        let mut e = relayed_header("n1");
+        relayed_push(&mut e, true, b"x:y");
+        relayed_push(&mut e, false, b"");
         assert_eq!(
             parse(&e),
             Some(Live::Ephemeral {
                 node: b"n1",
-                datagram: true,
-                message: b"x:y"
+                messages: vec![(true, &b"x:y"[..]), (false, &b""[..])],
             })
         );
-        assert_eq!(parse(b"d12:x:1:"), None);
+        assert_eq!(parse(b"D1:x:"), None);
         assert_eq!(parse(b"q"), None);
         assert_eq!(parse(b""), None);
     }

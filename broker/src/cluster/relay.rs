@@ -1,7 +1,8 @@
 //! The relay of ephemeral messages to the other nodes: `Bus::relay` queues each one
 //! (never waiting), and one task publishes whatever is queued as one pipeline of
 //! `PUBLISH`es, in the order queued, so one publisher's messages reach every node in
-//! publish order. Ephemeral messages are best effort, as on one broker: while Redis is
+//! publish order. Consecutive messages to one topic go as one `PUBLISH` (see
+//! `feed::relayed`): Redis then moves one message per run, not per message. Ephemeral messages are best effort, as on one broker: while Redis is
 //! unreachable, or beyond [`MAX_QUEUED`] bytes waiting, they are dropped for the other
 //! nodes (this node's subscribers had theirs already) and counted in the log.
 
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Inner;
+use super::{feed, Inner};
 
 /// Bytes of relayed messages that may wait for Redis.
 const MAX_QUEUED: usize = 64 * 1024 * 1024;
@@ -22,7 +23,7 @@ const MAX_BATCH: usize = 1024;
 /// The relay's queue; see the module docs.
 #[derive(Debug)]
 pub struct Relay {
-    tx: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    tx: mpsc::UnboundedSender<Queued>,
     queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
 }
@@ -41,11 +42,16 @@ impl Relay {
         }
     }
 
-    /// Queues `payload` for `channel`, unless too much is waiting already.
-    pub fn send(&self, channel: String, payload: Vec<u8>) {
-        let len = payload.len();
+    /// Queues `message` (encoded) for `channel`, unless too much is waiting already.
+    pub fn send(&self, channel: String, datagram: bool, message: bytes::Bytes) {
+        let len = message.len();
+        let queued = Queued {
+            channel,
+            datagram,
+            message,
+        };
         if self.queued.fetch_add(len, Ordering::AcqRel) + len > MAX_QUEUED
-            || self.tx.send((channel, payload)).is_err()
+            || self.tx.send(queued).is_err()
         {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -53,9 +59,17 @@ impl Relay {
     }
 }
 
+/// One message waiting for Redis.
+#[derive(Debug)]
+struct Queued {
+    channel: String,
+    datagram: bool,
+    message: bytes::Bytes,
+}
+
 async fn run(
     inner: Arc<Inner>,
-    mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     cancel: CancellationToken,
@@ -76,9 +90,20 @@ async fn run(
         }
         let mut pipe = redis::pipe();
         let mut bytes = 0;
-        for (channel, payload) in &batch {
-            bytes += payload.len();
+        let mut at = 0;
+        while at < batch.len() {
+            let channel = &batch[at].channel;
+            let run = batch[at..]
+                .iter()
+                .take_while(|q| &q.channel == channel)
+                .count();
+            let mut payload = feed::relayed_header(&inner.node);
+            for q in &batch[at..at + run] {
+                bytes += q.message.len();
+                feed::relayed_push(&mut payload, q.datagram, &q.message);
+            }
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            at += run;
         }
         let mut conn = inner.conn.clone();
         let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;

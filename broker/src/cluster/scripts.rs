@@ -33,11 +33,17 @@ local function trim(meta, log, max_msgs, max_bytes, min_ts, budget)
 end
 "#;
 
-/// KEYS: meta, log, [dedup entry]. ARGV: now (ms), a new epoch (used if the topic has
-/// none: created, or its history lost), body, dedup window (ms), max_msgs, max_bytes,
-/// live channel. Reply: `{'ok', seq, epoch, ts}` or `{'dup', seq, epoch}`.
+/// A run of appends to one topic. KEYS: meta, log, then the dedup entry of each
+/// message that has an ID, in order. ARGV: now (ms), a new epoch (used if the topic has
+/// none: created, or its history lost), dedup window (ms), max_msgs (-1: none),
+/// max_bytes (0: none), live channel, n, then n pairs of (has ID `1`/`0`, body).
+/// Reply: `{epoch, ts, r1, …, rn}` where each r is the seq stored at, or minus the seq
+/// of the message stored before with the same ID (a duplicate). One `PUBLISH` carries
+/// every message stored: `D<epoch>:<ts>:` then `<seq>:<len>:<body>` for each.
 const APPEND: &str = r#"
-local meta, log, id = KEYS[1], KEYS[2], KEYS[3]
+local meta, log = KEYS[1], KEYS[2]
+local dedup_ms, channel = ARGV[3], ARGV[6]
+local max_msgs, max_bytes, n = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   -- A new topic, or one whose counters are gone (a flush, an eviction): a new epoch,
@@ -46,24 +52,39 @@ if not epoch then
   redis.call('DEL', log)
   redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'ts', 0, 'bytes', 0)
 end
-if id then
-  local dup = redis.call('GET', id)
-  if dup then
-    local e, s = string.match(dup, '^(%d+):(%d+)$')
-    if e == epoch then return {'dup', s, epoch} end
-  end
-end
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local ts, last = ARGV[1], redis.call('HGET', meta, 'ts') or '0'
 if tonumber(ts) < tonumber(last) then ts = last end
-local body = ARGV[3]
-redis.call('XADD', log, seq .. '-0', 't', ts, 'b', body)
-redis.call('HSET', meta, 'ts', ts)
-redis.call('HINCRBY', meta, 'bytes', #body)
-if id then redis.call('SET', id, epoch .. ':' .. seq, 'PX', ARGV[4]) end
-trim(meta, log, tonumber(ARGV[5]), tonumber(ARGV[6]), 0, 100)
-redis.call('PUBLISH', ARGV[7], 'd' .. seq .. ':' .. ts .. ':' .. epoch .. ':' .. body)
-return {'ok', tostring(seq), epoch, ts}
+local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local out, live, bytes, k = {epoch, ts}, {}, 0, 3
+for i = 1, n do
+  local id, body = nil, ARGV[7 + 2 * i]
+  if ARGV[6 + 2 * i] == '1' then id = KEYS[k]; k = k + 1 end
+  local dup = nil
+  if id then
+    local v = redis.call('GET', id)
+    if v then
+      local e, s = string.match(v, '^(%d+):(%d+)$')
+      if e == epoch then dup = tonumber(s) end
+    end
+  end
+  if dup then
+    out[#out + 1] = -dup
+  else
+    seq = seq + 1
+    redis.call('XADD', log, seq .. '-0', 't', ts, 'b', body)
+    if id then redis.call('SET', id, epoch .. ':' .. seq, 'PX', dedup_ms) end
+    bytes = bytes + #body
+    out[#out + 1] = seq
+    live[#live + 1] = seq .. ':' .. #body .. ':' .. body
+  end
+end
+redis.call('HSET', meta, 'seq', seq, 'ts', ts)
+if bytes > 0 then redis.call('HINCRBY', meta, 'bytes', bytes) end
+if max_msgs >= 0 or max_bytes > 0 then trim(meta, log, max_msgs, max_bytes, 0, 100 + n) end
+if #live > 0 then
+  redis.call('PUBLISH', channel, 'D' .. epoch .. ':' .. ts .. ':' .. table.concat(live))
+end
+return out
 "#;
 
 /// KEYS: meta, log. ARGV: max_msgs, max_bytes, min_ts, budget. Reply: removed count.
@@ -132,7 +153,7 @@ impl Scripts {
     }
 }
 
-/// What the append script answered.
+/// What the append script answered for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
     /// Stored at `seq`, in log incarnation `epoch`.
@@ -177,19 +198,33 @@ fn items(v: &Value) -> Option<&[Value]> {
     }
 }
 
-/// Parses the append script's reply.
-pub fn appended(v: &Value) -> Result<Appended, BadReply> {
+/// Parses the append script's reply for a run of `n` messages; the timestamp too.
+pub fn appended(v: &Value, n: usize) -> Result<(Vec<Appended>, i64), BadReply> {
     let bad = || BadReply(format!("{v:?}"));
     let items = items(v).ok_or_else(bad)?;
-    let (kind, seq, epoch) = match items {
-        [kind, seq, epoch, ..] => (text(kind), number(seq), number(epoch)),
-        _ => return Err(bad()),
+    let [epoch, ts, results @ ..] = items else {
+        return Err(bad());
     };
-    match (kind.as_deref(), seq, epoch) {
-        (Some("ok"), Some(seq), Some(epoch)) => Ok(Appended::Stored { seq, epoch }),
-        (Some("dup"), Some(seq), Some(epoch)) => Ok(Appended::Duplicate { seq, epoch }),
-        _ => Err(bad()),
+    let epoch = number(epoch).ok_or_else(bad)?;
+    let ts = text(ts).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+    if results.len() != n {
+        return Err(bad());
     }
+    let out = results
+        .iter()
+        .map(|r| match r {
+            Value::Int(seq) if *seq > 0 => Ok(Appended::Stored {
+                seq: *seq as u64,
+                epoch,
+            }),
+            Value::Int(seq) if *seq < 0 => Ok(Appended::Duplicate {
+                seq: seq.unsigned_abs(),
+                epoch,
+            }),
+            _ => Err(bad()),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((out, ts))
 }
 
 /// One stream entry as read: seq, timestamp, body.

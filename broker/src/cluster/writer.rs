@@ -119,15 +119,15 @@ pub async fn append_all<O>(inner: &Inner, batch: Vec<Append<O>>) -> Vec<Committe
     let mut lost = Vec::new();
     for ((at, p), result) in ready.iter().zip(results) {
         out[*at].outcome = match result {
-            Ok(Appended::Stored { seq, epoch }) => {
+            Ok((Appended::Stored { seq, epoch }, ts)) => {
                 let known = inner.catalog.get(&p.topic).map_or(0, |v| v.epoch);
                 if known != 0 && known != epoch && !lost.contains(&p.topic) {
                     lost.push(p.topic.clone());
                 }
-                inner.saw(&p.topic, epoch, seq, now_ms(), p.body.len());
+                inner.saw(&p.topic, epoch, seq, ts, p.body.len());
                 Outcome::Accepted { seq }
             }
-            Ok(Appended::Duplicate { seq, epoch }) => {
+            Ok((Appended::Duplicate { seq, epoch }, _)) => {
                 inner.saw_epoch(&p.topic, epoch);
                 Outcome::Duplicate { seq }
             }
@@ -156,69 +156,105 @@ fn refused<O>(topic: String, origin: O, refusal: Refusal) -> Committed<O> {
     }
 }
 
-/// Runs the append script for each of `ready`, loading the script and running again
-/// those Redis did not have it for (after a Redis restart).
+/// Most messages of one topic in one run of the append script, so that no script
+/// holds Redis long.
+const MAX_RUN: usize = 256;
+
+/// The runs of `ready`: consecutive appends to one topic, at most [`MAX_RUN`] each, as
+/// index ranges. Only consecutive ones: a connection's publishes to several topics stay
+/// in the order it sent them.
+fn runs(ready: &[(usize, Prepared)]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, (_, p)) in ready.iter().enumerate() {
+        match out.last_mut() {
+            Some(r) if r.len() < MAX_RUN && ready[r.start].1.topic == p.topic => r.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// The `EVALSHA` of one run.
+fn run_command(inner: &Inner, run: &[(usize, Prepared)], now: i64, epoch: u64) -> redis::Cmd {
+    let keys = &inner.keys;
+    let first = &run[0].1;
+    let ids: Vec<String> = run
+        .iter()
+        .filter(|(_, p)| !p.msg_id.is_empty())
+        .map(|(_, p)| keys.dedup(&p.topic, &p.msg_id))
+        .collect();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(inner.scripts.append.get_hash())
+        .arg(2 + ids.len())
+        .arg(keys.meta(&first.topic))
+        .arg(keys.log(&first.topic))
+        .arg(&ids)
+        .arg(now)
+        .arg(epoch)
+        .arg(first.dedup_ms)
+        .arg(first.max_msgs)
+        .arg(first.max_bytes)
+        .arg(keys.live(&first.topic))
+        .arg(run.len());
+    for (_, p) in run {
+        cmd.arg(if p.msg_id.is_empty() { "0" } else { "1" })
+            .arg(&p.body);
+    }
+    cmd
+}
+
+/// Runs the append script for each run of `ready` in one pipeline, loading the script
+/// and running again the runs Redis did not have it for (after a Redis restart). Each
+/// append's outcome, with the timestamp it was stored under.
 async fn run_pipeline(
     inner: &Inner,
     ready: &[(usize, Prepared)],
-) -> Vec<Result<Appended, Refusal>> {
-    let mut results: Vec<Result<Appended, Refusal>> = Vec::with_capacity(ready.len());
-    let mut todo: Vec<usize> = (0..ready.len()).collect();
+) -> Vec<Result<(Appended, i64), Refusal>> {
+    let mut results: Vec<Result<(Appended, i64), Refusal>> = (0..ready.len())
+        .map(|_| Err(Refusal::Unavailable(String::new())))
+        .collect();
+    let mut todo = runs(ready);
     for attempt in 0..2 {
         if todo.is_empty() {
             break;
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let now = now_ms();
-        let epoch = inner.new_epoch();
-        for &i in &todo {
-            let p = &ready[i].1;
-            let keys = &inner.keys;
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(inner.scripts.append.get_hash());
-            if p.msg_id.is_empty() {
-                cmd.arg(2).arg(keys.meta(&p.topic)).arg(keys.log(&p.topic));
-            } else {
-                cmd.arg(3)
-                    .arg(keys.meta(&p.topic))
-                    .arg(keys.log(&p.topic))
-                    .arg(keys.dedup(&p.topic, &p.msg_id));
-            }
-            cmd.arg(now)
-                .arg(epoch)
-                .arg(&p.body)
-                .arg(p.dedup_ms)
-                .arg(p.max_msgs)
-                .arg(p.max_bytes)
-                .arg(keys.live(&p.topic));
-            pipe.add_command(cmd);
+        let (now, epoch) = (now_ms(), inner.new_epoch());
+        for run in &todo {
+            pipe.add_command(run_command(inner, &ready[run.clone()], now, epoch));
         }
         let mut conn = inner.conn.clone();
         let replies: Vec<redis::RedisResult<Value>> = match pipe.query_async(&mut conn).await {
             Ok(replies) => replies,
             Err(e) => {
                 let refusal = unavailable(&e);
-                results.resize_with(ready.len(), || Err(refusal.clone()));
-                for &i in &todo {
-                    results[i] = Err(refusal.clone());
+                for run in &todo {
+                    run.clone().for_each(|i| results[i] = Err(refusal.clone()));
                 }
                 return results;
             }
         };
-        results.resize_with(ready.len(), || Err(Refusal::Unavailable(String::new())));
         let mut again = Vec::new();
-        for (&i, reply) in todo.iter().zip(replies) {
-            results[i] = match reply {
-                Ok(v) => appended(&v).map_err(|e| Refusal::Storage(e.to_string())),
+        for (run, reply) in todo.into_iter().zip(replies) {
+            let outcome = match reply {
+                Ok(v) => appended(&v, run.len()).map_err(|e| Refusal::Storage(e.to_string())),
                 Err(e)
                     if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && attempt == 0 =>
                 {
-                    again.push(i);
+                    again.push(run);
                     continue;
                 }
                 Err(e) => Err(Refusal::Storage(format!("Redis refused the append: {e}"))),
             };
+            match outcome {
+                Ok((each, ts)) => {
+                    for (i, a) in run.zip(each) {
+                        results[i] = Ok((a, ts));
+                    }
+                }
+                Err(refusal) => run.for_each(|i| results[i] = Err(refusal.clone())),
+            }
         }
         if !again.is_empty() {
             let mut conn = inner.conn.clone();
@@ -230,8 +266,8 @@ async fn run_pipeline(
                 .await
             {
                 let refusal = unavailable(&e);
-                for i in again {
-                    results[i] = Err(refusal.clone());
+                for run in &again {
+                    run.clone().for_each(|i| results[i] = Err(refusal.clone()));
                 }
                 return results;
             }
