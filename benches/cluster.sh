@@ -101,6 +101,8 @@ subs_of() { # the subscriber URLs for N nodes
 }
 
 redis_url="redis://127.0.0.1:$REDIS_PORT"
+# Not a pipeline into tee: the servers' pids must stay in this shell for the trap.
+exec > >(tee "$report")
 {
   echo "# rtc cluster mode on one Redis ($(date -u +%Y-%m-%d), $(nproc) cores, $rounds rounds)"
   echo
@@ -138,5 +140,5 @@ redis_url="redis://127.0.0.1:$REDIS_PORT"
     wait "${pids[@]:2}" 2>/dev/null || true
     pids=("${pids[@]:0:2}")
   done
-} | tee "$report"
+}
 echo "cluster.sh: report in $report" >&2

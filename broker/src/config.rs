@@ -52,6 +52,7 @@
 //! [cluster]                 # many brokers as one on Redis; see docs/cluster.md
 //! redis = "redis://127.0.0.1:6379"   # rediss:// for TLS; redis://:PASSWORD@HOST:PORT
 //! prefix = "rtc"            # of every key and channel: clusters may share a Redis
+//! presence_ttl = "30s"      # a node silent this long is dead: its presence entries go
 //! ```
 
 use std::net::SocketAddr;
@@ -179,6 +180,10 @@ pub struct ClusterConfig {
     /// Starts every key and channel the cluster uses, so that several clusters can share
     /// one Redis.
     pub prefix: String,
+    /// A node that has not told Redis it is alive for this long is taken for dead: its
+    /// presence entries are dropped on the other nodes. Nodes say so every third of it.
+    #[serde(with = "duration_str")]
+    pub presence_ttl: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -186,6 +191,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             redis: "redis://127.0.0.1:6379".to_string(),
             prefix: "rtc".to_string(),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -212,6 +218,9 @@ impl ClusterConfig {
                 "[cluster] prefix must be 1 to 64 letters, digits, '-', '_' or '.', got {:?}",
                 self.prefix
             ));
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err("[cluster] presence_ttl must be at least 1s".to_string());
         }
         Ok(())
     }

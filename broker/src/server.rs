@@ -195,6 +195,7 @@ impl BrokerBuilder {
         let delivery = Arc::new(Delivery::new(router.clone(), metrics.clone()));
         let rules = TopicRules::new(&config.topic);
         type Parts = (Arc<dyn Log>, Arc<Publishes>, Arc<dyn Bus>, Arc<dyn Runner>);
+        let mut cluster_engine = None;
         let (log, publishes, bus, runner): Parts = match &config.cluster {
             Some(cluster) => {
                 let engine = RedisEngine::open(
@@ -207,6 +208,7 @@ impl BrokerBuilder {
                 .await
                 .map_err(BrokerError::Cluster)?;
                 let runner = engine.consumer_runner();
+                cluster_engine = Some(engine.clone());
                 (engine.clone(), engine.clone(), engine, runner)
             }
             None => {
@@ -254,6 +256,13 @@ impl BrokerBuilder {
             tracker.clone(),
             metrics,
         ));
+        if let Some(engine) = cluster_engine {
+            let connections = shared.connections.clone();
+            let count = Box::new(move || connections.len());
+            let roster = engine.share_presence(shared.presence.clone(), count);
+            shared.presence.set_roster(roster);
+            shared.number_connections_from(engine.first_connection_id());
+        }
         tracker.spawn(shared.requests.clone().expire(cancel.clone()));
         tracker.spawn(shared.presence.clone().run(cancel.clone()));
         let acceptor = Acceptor::new(shared.clone(), cancel.clone(), tracker.clone());

@@ -32,6 +32,24 @@ impl<O: Send + 'static> Appender<O> for RedisEngine<O> {
 }
 
 impl<O: Send + 'static> RedisEngine<O> {
+    /// Shares `presence` with the other nodes (and this node's connection count, from
+    /// `connections`, in the list of nodes); the roster `presence` is to be given.
+    pub fn share_presence(
+        &self,
+        presence: Arc<crate::presence::Presence>,
+        connections: Box<dyn Fn() -> usize + Send + Sync>,
+    ) -> Arc<dyn crate::presence::Roster> {
+        self.roster.attach(presence, connections);
+        self.roster.clone()
+    }
+
+    /// Where this node's connection ids start: a range of 2^32 of its own, picked at
+    /// random among 2^20 (below 2^52, so JavaScript reads them exactly).
+    pub fn first_connection_id(&self) -> u64 {
+        let range = u64::from_str_radix(&self.inner.node[..5], 16).unwrap_or(1) | 1;
+        range << 32
+    }
+
     /// The runner of this node's durable consumers (`consumer.rs`).
     pub fn consumer_runner(self: &Arc<Self>) -> Arc<dyn Runner> {
         Arc::new(GroupRunner {

@@ -13,6 +13,8 @@
 //! | `P:{T}:c:<name>` | hash | durable consumer `name`'s counters (`redelivered`, `dead_lettered`); its position and pending entries are the stream's consumer group `name` |
 //! | `P:{T}:live` | channel | every message of `T`, durable ones from the append script, in seq order |
 //! | `P:ctl` | channel | a topic name whose settings changed (every node listens) |
+//! | `P:{R}:who` | hash, and a channel | room `R`'s members by node: node id → `PresenceInfo` (protobuf) of that node's members; the channel carries `<node>:<version>:<the same>` on each change |
+//! | `P:nodes` | hash | node id → `<ms>:<connections>`, written every third of `presence_ttl` |
 
 /// The names for one cluster prefix.
 #[derive(Debug, Clone)]
@@ -61,6 +63,24 @@ impl Keys {
     /// The live channel of `topic`.
     pub fn live(&self, topic: &str) -> String {
         format!("{}:{{{topic}}}:live", self.prefix)
+    }
+
+    /// Room `room`'s members by node (a hash), and its changes (a channel).
+    pub fn who(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:who", self.prefix)
+    }
+
+    /// The room a presence channel belongs to.
+    pub fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:who")
+    }
+
+    /// The nodes and when each last said it was alive.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
     }
 
     /// The channel that tells every node a topic's settings changed.

@@ -20,7 +20,7 @@
 //! are named in `keys.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -39,9 +39,11 @@ mod consumer;
 mod engine;
 mod feed;
 mod keys;
+mod presence;
 mod relay;
 mod scripts;
 mod topics;
+mod wire;
 mod writer;
 
 use keys::Keys;
@@ -56,6 +58,7 @@ pub struct RedisEngine<O> {
     appends: mpsc::UnboundedSender<Append<O>>,
     feed: mpsc::UnboundedSender<feed::Cmd>,
     relay: relay::Relay,
+    roster: Arc<presence::ClusterRoster>,
     /// A retention pass is running.
     retaining: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -87,6 +90,8 @@ pub struct Inner {
     feed_up: AtomicBool,
     epochs: AtomicU64,
     tasks: TaskTracker,
+    /// Presence across nodes (a weak handle: the roster holds this).
+    roster: OnceLock<Weak<presence::ClusterRoster>>,
 }
 
 impl<O: Send + 'static> RedisEngine<O> {
@@ -126,6 +131,7 @@ impl<O: Send + 'static> RedisEngine<O> {
             feed_up: AtomicBool::new(false),
             epochs: AtomicU64::new(0),
             tasks: tasks.clone(),
+            roster: OnceLock::new(),
         });
         inner
             .reload_all()
@@ -138,12 +144,20 @@ impl<O: Send + 'static> RedisEngine<O> {
         let feed = feed::Feed::new(inner.clone(), sink, router);
         tasks.spawn(feed.run(feed_rx, cancel.clone()));
         let relay = relay::Relay::start(inner.clone(), &tasks, cancel.clone());
+        let roster = presence::ClusterRoster::start(
+            inner.clone(),
+            feed_tx.clone(),
+            config.presence_ttl,
+            cancel.clone(),
+        );
+        let _ = inner.roster.set(Arc::downgrade(&roster));
         tracing::info!(node = %inner.node, prefix = %config.prefix, "cluster mode on Redis");
         Ok(Arc::new(RedisEngine {
             inner,
             appends,
             feed: feed_tx,
             relay,
+            roster,
             retaining: Arc::default(),
             cancel,
             tasks,
@@ -160,6 +174,11 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Inner {
+    /// The roster, while the engine runs.
+    fn roster(&self) -> Option<Arc<presence::ClusterRoster>> {
+        self.roster.get().and_then(Weak::upgrade)
+    }
+
     fn set_feed_up(&self, up: bool) {
         self.feed_up.store(up, Ordering::Release);
     }

@@ -2,7 +2,7 @@
 //! (never waiting), and one task publishes whatever is queued as one pipeline of
 //! `PUBLISH`es, in the order queued, so one publisher's messages reach every node in
 //! publish order. Consecutive messages to one topic go as one `PUBLISH` (see
-//! `feed::relayed`): Redis then moves one message per run, not per message. Ephemeral messages are best effort, as on one broker: while Redis is
+//! `wire.rs`): Redis then moves one message per run, not per message. Ephemeral messages are best effort, as on one broker: while Redis is
 //! unreachable, or beyond [`MAX_QUEUED`] bytes waiting, they are dropped for the other
 //! nodes (this node's subscribers had theirs already) and counted in the log.
 
@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{feed, Inner};
+use super::{wire, Inner};
 
 /// Bytes of relayed messages that may wait for Redis.
 const MAX_QUEUED: usize = 64 * 1024 * 1024;
@@ -97,10 +97,10 @@ async fn run(
                 .iter()
                 .take_while(|q| &q.channel == channel)
                 .count();
-            let mut payload = feed::relayed_header(&inner.node);
+            let mut payload = wire::relayed_header(&inner.node);
             for q in &batch[at..at + run] {
                 bytes += q.message.len();
-                feed::relayed_push(&mut payload, q.datagram, &q.message);
+                wire::relayed_push(&mut payload, q.datagram, &q.message);
             }
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
             at += run;

@@ -45,13 +45,14 @@ pub(super) async fn get(
         let msg = format!("user {:?} may not see who is in {topic:?}", who.name());
         return refused(Refusal::PermissionDenied(msg));
     }
-    let info = g.shared.presence.query(&v1::PresenceRequest {
+    let request = v1::PresenceRequest {
         req_id: 0,
         topic,
         count_only: page.count_only,
         after: page.after,
         limit: page.limit,
-    });
+    };
+    let info = g.shared.presence.query_now(&request).await;
     let v1::PresenceInfo {
         req_id: _,
         topic,

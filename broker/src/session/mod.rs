@@ -170,6 +170,13 @@ impl Shared {
         }
     }
 
+    /// Numbers the connections from `first` on (cluster mode: each node from its own
+    /// range, so that ids, and the `anon-<id>` users of an open broker, are unique in
+    /// the cluster). Called before anything connects.
+    pub fn number_connections_from(&self, first: u64) {
+        self.next_conn_id.store(first.max(1), Ordering::Relaxed);
+    }
+
     /// A fresh connection id (also the owner id of its subscriptions in the router).
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)

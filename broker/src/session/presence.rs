@@ -100,7 +100,7 @@ impl Session {
             );
             return self.refuse(r.req_id, Refusal::PermissionDenied(msg)).await;
         }
-        let info = self.shared.presence.query(&r);
+        let info = self.shared.presence.query_now(&r).await;
         self.send(Frame::from_op(Op::PresenceInfo(info))).await
     }
 }

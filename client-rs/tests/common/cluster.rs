@@ -20,10 +20,15 @@ pub struct Node {
 
 impl Node {
     pub fn start(redis: &RedisServer, prefix: &str) -> Node {
+        Self::start_with(redis, prefix, "")
+    }
+
+    /// A node with `cluster` added to its `[cluster]` section (TOML lines).
+    pub fn start_with(redis: &RedisServer, prefix: &str, cluster: &str) -> Node {
         let dir = temp_dir();
         let config = dir.path().join("rtc.toml");
         let text = format!(
-            "{CONFIG}\n[cluster]\nredis = \"{}\"\nprefix = \"{prefix}\"\n",
+            "{CONFIG}\n[cluster]\nredis = \"{}\"\nprefix = \"{prefix}\"\n{cluster}\n",
             redis.url()
         );
         std::fs::write(&config, text).unwrap();

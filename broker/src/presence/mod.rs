@@ -21,9 +21,17 @@
 //! refused `RATE_LIMITED` beyond the rate, and the others get no more events for it.
 //!
 //! Nothing here is stored: after a restart, rooms are empty until clients join again.
+//!
+//! In cluster mode a [`Roster`] (the Redis engine) carries each room's members to and
+//! from the other nodes; `remote` merges theirs with this node's (see `remote.rs`), so
+//! queries and events describe the whole cluster.
+
+mod remote;
+
+pub use remote::Roster;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rtc_proto::v1::{self, frame::Op, PresenceEventKind};
@@ -73,6 +81,8 @@ struct Room {
     seats: usize,
     /// A change not yet told as a count (above the event limit).
     count_due: bool,
+    /// Other nodes' members (cluster mode, while this node has watchers here).
+    remote: remote::Lists,
 }
 
 impl Room {
@@ -89,6 +99,24 @@ impl Room {
         }
     }
 
+    /// Members in the room, this node's and the other nodes' (a user once).
+    fn count(&self) -> usize {
+        if self.remote.is_empty() {
+            return self.members.len();
+        }
+        let mut users: BTreeSet<&str> = self.members.keys().map(String::as_str).collect();
+        for list in self.remote.values() {
+            users.extend(list.keys().map(String::as_str));
+        }
+        users.len()
+    }
+
+    /// `user`'s entry merged with the other nodes' (and `lists` for theirs, when given).
+    fn merged(&self, user: &str, lists: &remote::Lists) -> Option<v1::PresenceMember> {
+        let local = self.members.get(user).map(|m| Room::member(user, m));
+        remote::merged(user, local, lists)
+    }
+
     /// Sends `kind` about `user` (or only the count) to every watcher.
     fn tell(&self, topic: &str, kind: PresenceEventKind, member: Option<v1::PresenceMember>) {
         for (&(_, sub_id), outbox) in &self.watchers {
@@ -100,7 +128,7 @@ impl Room {
                 topic: topic.to_string(),
                 kind: kind as i32,
                 member: member.clone(),
-                members: self.members.len() as u64,
+                members: self.count() as u64,
             };
             let _ = outbox.push_frame_now(Frame::from_op(Op::PresenceEvent(event)));
         }
@@ -117,6 +145,8 @@ pub struct Presence {
     rules: Vec<crate::topic::TopicRule>,
     /// State updates per second per member and room (0: no limit).
     update_rate: u32,
+    /// The other nodes, in cluster mode.
+    roster: OnceLock<Arc<dyn Roster>>,
 }
 
 impl Presence {
@@ -129,7 +159,13 @@ impl Presence {
             events_max,
             rules: rules.to_vec(),
             update_rate,
+            roster: OnceLock::new(),
         }
+    }
+
+    /// Shares the rooms with the other nodes of a cluster through `roster`.
+    pub fn set_roster(&self, roster: Arc<dyn Roster>) {
+        let _ = self.roster.set(roster);
     }
 
     /// How a new room `topic` tells its changes (see [`Room::events`]).
@@ -164,6 +200,11 @@ impl Presence {
             ..Room::default()
         });
         if let Some(outbox) = watcher {
+            if room.watchers.is_empty() {
+                if let Some(roster) = self.roster.get() {
+                    roster.follow(topic);
+                }
+            }
             room.watchers.insert(seat, outbox);
         }
         room.seats += 1;
@@ -195,7 +236,12 @@ impl Presence {
         let Some(room) = rooms.get_mut(topic) else {
             return;
         };
-        room.watchers.remove(&seat);
+        if room.watchers.remove(&seat).is_some() && room.watchers.is_empty() {
+            room.remote.clear();
+            if let Some(roster) = self.roster.get() {
+                roster.unfollow(topic);
+            }
+        }
         let Some(m) = room.members.get_mut(user) else {
             return;
         };
@@ -271,9 +317,37 @@ impl Presence {
         Ok(())
     }
 
+    /// A change of this node's member: told to the watchers (as the merged entry: a
+    /// join or leave of a user still on another node is an update), and to the other
+    /// nodes.
+    fn changed(
+        &self,
+        topic: &str,
+        room: &mut Room,
+        kind: PresenceEventKind,
+        member: v1::PresenceMember,
+    ) {
+        let (kind, member) = match room.merged(&member.user, &room.remote) {
+            Some(m) if room.remote.values().any(|l| l.contains_key(&member.user)) => {
+                (PresenceEventKind::Update, m)
+            }
+            Some(m) => (kind, m),
+            None => (kind, member),
+        };
+        self.tell_change(topic, room, kind, member);
+        if let Some(roster) = self.roster.get() {
+            let mine = room
+                .members
+                .iter()
+                .map(|(u, m)| Room::member(u, m))
+                .collect();
+            roster.publish(topic, mine);
+        }
+    }
+
     /// Tells the watchers of a change: at once in a small room, by count later in a
     /// large one.
-    fn changed(
+    fn tell_change(
         &self,
         topic: &str,
         room: &mut Room,
@@ -282,13 +356,84 @@ impl Presence {
     ) {
         match room.events {
             None => {}
-            Some(max) if room.members.len() > max => room.count_due = true,
+            Some(max) if room.count() > max => room.count_due = true,
             Some(_) => room.tell(topic, kind, Some(member)),
         }
     }
 
-    /// A page of `topic`'s members (all of `request` but its `req_id` is used).
+    /// Node `node`'s members of `topic` are now `members` (cluster mode): the watchers
+    /// here are told what that changes in the merged view. Kept only while the room
+    /// has watchers here.
+    pub fn remote(&self, topic: &str, node: &str, members: Vec<v1::PresenceMember>) {
+        let mut rooms = self.lock();
+        let Some(room) = rooms.get_mut(topic).filter(|r| !r.watchers.is_empty()) else {
+            return;
+        };
+        let new = remote::by_user(members);
+        let old = room.remote.remove(node).unwrap_or_default();
+        let users: BTreeSet<String> = old.keys().chain(new.keys()).cloned().collect();
+        // Each user before and after, from the other lists and this node's.
+        let mut changes = Vec::new();
+        for user in users {
+            let base = room.merged(&user, &room.remote);
+            let with = |list: &BTreeMap<String, v1::PresenceMember>| {
+                let mut m = base.clone();
+                if let Some(theirs) = list.get(&user) {
+                    match &mut m {
+                        Some(m) => remote::merge(m, theirs),
+                        None => m = Some(theirs.clone()),
+                    }
+                }
+                m
+            };
+            changes.push((with(&old), with(&new)));
+        }
+        if !new.is_empty() {
+            room.remote.insert(node.to_string(), new);
+        }
+        for (before, after) in changes {
+            let (kind, member) = match (before, after) {
+                (None, Some(a)) => (PresenceEventKind::Join, a),
+                (Some(b), None) => (PresenceEventKind::Leave, b),
+                (Some(b), Some(a)) if a != b => (PresenceEventKind::Update, a),
+                _ => continue,
+            };
+            self.tell_change(topic, room, kind, member);
+        }
+    }
+
+    /// A page of `topic`'s members, the whole cluster's: for a room this node does not
+    /// follow, the other nodes' lists are read first.
+    pub async fn query_now(&self, request: &v1::PresenceRequest) -> v1::PresenceInfo {
+        let followed = self
+            .lock()
+            .get(&request.topic)
+            .is_some_and(|r| !r.watchers.is_empty());
+        match self.roster.get() {
+            Some(roster) if !followed => {
+                let lists = roster.fetch(&request.topic).await;
+                let lists = lists
+                    .into_iter()
+                    .map(|(node, members)| (node, remote::by_user(members)))
+                    .collect();
+                self.query_with(request, Some(&lists))
+            }
+            _ => self.query(request),
+        }
+    }
+
+    /// A page of `topic`'s members (all of `request` but its `req_id` is used), with
+    /// the other nodes' lists this node follows.
     pub fn query(&self, request: &v1::PresenceRequest) -> v1::PresenceInfo {
+        self.query_with(request, None)
+    }
+
+    /// [`Presence::query`], with `lists` for the other nodes' members when given.
+    fn query_with(
+        &self,
+        request: &v1::PresenceRequest,
+        lists: Option<&remote::Lists>,
+    ) -> v1::PresenceInfo {
         let v1::PresenceRequest {
             req_id,
             topic,
@@ -302,11 +447,27 @@ impl Presence {
             topic: topic.clone(),
             ..Default::default()
         };
-        let Some(room) = rooms.get(topic) else {
-            return info;
+        let empty = Room::default();
+        let room = rooms.get(topic).unwrap_or(&empty);
+        let lists = lists.unwrap_or(&room.remote);
+        // The merged view, by user (only built when other nodes have members here).
+        let merged: BTreeMap<String, v1::PresenceMember> = if lists.is_empty() {
+            BTreeMap::new()
+        } else {
+            let mut users: BTreeSet<&String> = room.members.keys().collect();
+            lists.values().for_each(|l| users.extend(l.keys()));
+            users
+                .into_iter()
+                .filter_map(|u| Some((u.clone(), room.merged(u, lists)?)))
+                .collect()
         };
-        info.members = room.members.len() as u64;
-        info.connections = room.seats as u64;
+        if lists.is_empty() {
+            info.members = room.members.len() as u64;
+            info.connections = room.seats as u64;
+        } else {
+            info.members = merged.len() as u64;
+            info.connections = merged.values().map(|m| u64::from(m.connections)).sum();
+        }
         if *count_only {
             return info;
         }
@@ -319,6 +480,16 @@ impl Presence {
         } else {
             std::ops::Bound::Excluded(after.as_str())
         };
+        if !lists.is_empty() {
+            let mut page = merged
+                .range::<str, _>((start, std::ops::Bound::Unbounded))
+                .take(limit + 1);
+            info.list = page.by_ref().take(limit).map(|(_, m)| m.clone()).collect();
+            if page.next().is_some() {
+                info.next = info.list.last().map(|m| m.user.clone()).unwrap_or_default();
+            }
+            return info;
+        }
         let mut page = room
             .members
             .range::<str, _>((start, std::ops::Bound::Unbounded))
@@ -376,98 +547,4 @@ impl Presence {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn query(p: &Presence, after: &str, limit: u32) -> v1::PresenceInfo {
-        p.query(&v1::PresenceRequest {
-            req_id: 1,
-            topic: "room".into(),
-            count_only: false,
-            after: after.into(),
-            limit,
-        })
-    }
-
-    #[test]
-    fn one_user_on_three_seats_is_one_member_until_the_last_leaves() {
-        let p = Presence::new(100, 0, &[]);
-        for seat in [(1, 1), (2, 1), (3, 7)] {
-            p.join("room", "ana", seat, "{}".into(), None);
-        }
-        p.join("room", "bob", (4, 1), r#"{"n":1}"#.into(), None);
-        let info = query(&p, "", 0);
-        assert_eq!((info.members, info.connections), (2, 4));
-        assert_eq!(info.list[0].connections, 3);
-        p.leave("room", "ana", (1, 1));
-        p.leave("room", "ana", (2, 1));
-        assert_eq!(query(&p, "", 0).members, 2);
-        p.leave("room", "ana", (3, 7));
-        p.leave("room", "ana", (3, 7));
-        let info = query(&p, "", 0);
-        assert_eq!((info.members, info.connections), (1, 1));
-        p.leave("room", "bob", (4, 1));
-        assert!(p.rooms().is_empty(), "an empty room is forgotten");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn state_expires_after_its_ttl_and_updates_are_rate_limited() {
-        let p = Presence::new(100, 2, &[]);
-        p.join("room", "ana", (1, 1), String::new(), None);
-        let typing = |p: &Presence| query(p, "", 0).list[0].state.get("typing").cloned();
-        p.update(
-            "room",
-            "ana",
-            (1, 1),
-            "typing",
-            "true",
-            Some(Duration::from_secs(5)),
-        )
-        .unwrap();
-        assert_eq!(typing(&p).as_deref(), Some("true"));
-        tokio::time::advance(Duration::from_secs(4)).await;
-        p.tick(Instant::now());
-        assert_eq!(typing(&p).as_deref(), Some("true"), "not yet");
-        tokio::time::advance(Duration::from_secs(2)).await;
-        p.tick(Instant::now());
-        assert_eq!(typing(&p), None, "expired");
-        // A burst of 4 (twice the rate), then refused until tokens accrue.
-        for i in 0..4 {
-            p.update("room", "ana", (1, 1), "k", &i.to_string(), None)
-                .unwrap();
-        }
-        assert!(matches!(
-            p.update("room", "ana", (1, 1), "k", "x", None),
-            Err(Refusal::RateLimited(_))
-        ));
-        // Another connection of another user, or a room not joined: not a member.
-        assert!(matches!(
-            p.update("room", "ana", (9, 1), "k", "x", None),
-            Err(Refusal::NotFound(_))
-        ));
-        assert!(matches!(
-            p.update("other", "ana", (1, 1), "k", "x", None),
-            Err(Refusal::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn pages_follow_each_other_in_user_order() {
-        let p = Presence::new(100, 0, &[]);
-        for i in 0..25 {
-            p.join("room", &format!("u{i:02}"), (i, 1), String::new(), None);
-        }
-        let mut seen = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = query(&p, &after, 10);
-            seen.extend(page.list.iter().map(|m| m.user.clone()));
-            if page.next.is_empty() {
-                break;
-            }
-            after = page.next;
-        }
-        let all: Vec<String> = (0..25).map(|i| format!("u{i:02}")).collect();
-        assert_eq!(seen, all);
-    }
-}
+mod tests;
