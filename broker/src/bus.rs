@@ -31,6 +31,27 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn listen(&self, pattern: &str) -> BoxFuture<'static, ()>;
     /// A subscription with `pattern` ended.
     fn unlisten(&self, pattern: &str);
+    /// This node's id in its cluster; `None` on a broker of its own.
+    fn node(&self) -> Option<&str> {
+        None
+    }
+    /// The nodes of the cluster as last heard from (empty on a broker of its own).
+    fn nodes(&self) -> BoxFuture<'static, Result<Vec<Node>, String>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// One node of a cluster, as its heartbeats tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Its id.
+    pub node: String,
+    /// Its connections at its last heartbeat.
+    pub connections: u64,
+    /// When that was (ms since the Unix epoch).
+    pub seen_ms: i64,
+    /// Heard from within the cluster's presence TTL.
+    pub alive: bool,
 }
 
 /// A broker that is not part of a cluster.

@@ -21,8 +21,9 @@ impl Node {
     fn start(redis: &RedisServer) -> Node {
         let dir = temp_dir();
         let config = dir.path().join("rtc.toml");
+        // A heartbeat every second (a third of the presence TTL).
         let text = format!(
-            "fsync = \"never\"\n[cluster]\nredis = \"{}\"\n",
+            "fsync = \"never\"\n[cluster]\nredis = \"{}\"\npresence_ttl = \"3s\"\n",
             redis.url()
         );
         std::fs::write(&config, text).unwrap();
@@ -134,4 +135,38 @@ async fn a_long_poll_position_from_one_node_is_served_by_another_and_http_publis
     let messages = waiting.await.unwrap();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0]["payload"].as_str(), Some("four"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_every_node_with_its_connections() {
+    let redis = RedisServer::start();
+    let (a, b) = (Node::start(&redis), Node::start(&redis));
+    // Two connections on B, none on A.
+    let _c1 = RawConn::hello(b.broker.addr).await;
+    let _c2 = RawConn::hello(b.broker.addr).await;
+    // A heartbeat carries the count; the first one is at start, the next a second
+    // later: wait for B's, bounded.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = common::http::get(a.http(), "/v1/admin/cluster", &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let v = answer.json();
+        assert_eq!(v["cluster"], true);
+        let nodes = v["nodes"].as_array().unwrap().clone();
+        assert_eq!(nodes.len(), 2, "{v}");
+        assert!(nodes.iter().all(|n| n["alive"] == true), "{v}");
+        assert_eq!(nodes.iter().filter(|n| n["this"] == true).count(), 1, "{v}");
+        let counts: Vec<u64> = nodes
+            .iter()
+            .map(|n| n["connections"].as_u64().unwrap())
+            .collect();
+        if counts.contains(&2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's connections never counted: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

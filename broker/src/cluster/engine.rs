@@ -343,6 +343,31 @@ impl<O: Send + 'static> Bus for RedisEngine<O> {
         .boxed()
     }
 
+    fn node(&self) -> Option<&str> {
+        Some(&self.inner.node)
+    }
+
+    fn nodes(&self) -> BoxFuture<'static, Result<Vec<crate::bus::Node>, String>> {
+        let roster = self.roster.clone();
+        async move {
+            let ttl = roster.ttl().as_millis() as i64;
+            let now = crate::clock::now_ms();
+            Ok(roster
+                .nodes()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|n| crate::bus::Node {
+                    alive: now - n.seen_ms <= ttl,
+                    node: n.node,
+                    connections: n.connections,
+                    seen_ms: n.seen_ms,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
     fn unlisten(&self, pattern: &str) {
         let interest = self.inner.keys.interest(pattern);
         let _ = self.feed.send(feed::Cmd::Unlisten(interest));

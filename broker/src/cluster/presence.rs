@@ -178,6 +178,11 @@ impl ClusterRoster {
         Ok(())
     }
 
+    /// How long a silent node is taken for alive.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Every node `P:nodes` knows, with when it last said it was alive.
     pub async fn nodes(&self) -> redis::RedisResult<Vec<NodeSeen>> {
         let mut conn = self.inner.conn.clone();

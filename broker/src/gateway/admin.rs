@@ -11,7 +11,8 @@
 //! - `GET consumers`, `GET|PUT|DELETE consumers/{topic}/{name}`;
 //! - `GET events` (the ring), `GET events/stream` (SSE: each new event, and a `stats`
 //!   event every second);
-//! - `GET settings`: the effective configuration, secrets redacted.
+//! - `GET settings`: the effective configuration, secrets redacted;
+//! - `GET cluster`: the nodes of the cluster (`super::cluster`).
 //!
 //! The removals are the session's own ([`crate::session::Shared::delete_topic`] and
 //! friends), so they behave exactly as over the protocol.
@@ -153,7 +154,11 @@ pub(super) struct TokenQuery {
 }
 
 /// The caller is an admin, or the refusal to answer with.
-fn admin(g: &Gateway, headers: &HeaderMap, query_token: Option<&str>) -> Result<(), Refusal> {
+pub(super) fn admin(
+    g: &Gateway,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(), Refusal> {
     let who = identity(g, headers, query_token)?;
     if who.is_admin() {
         return Ok(());

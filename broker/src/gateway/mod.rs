@@ -28,6 +28,7 @@
 //! may use the gateway.
 
 mod admin;
+mod cluster;
 mod cors;
 mod poll;
 mod presence;
@@ -161,6 +162,7 @@ impl Gateway {
                     .delete(admin::delete_topic),
             )
             .route("/v1/admin/topics/{name}/purge", post(admin::purge_topic))
+            .route("/v1/admin/cluster", get(cluster::cluster))
             .route("/v1/admin/consumers", get(admin::consumers))
             .route(
                 "/v1/admin/consumers/{topic}/{name}",
