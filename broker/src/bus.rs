@@ -31,6 +31,17 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn listen(&self, pattern: &str) -> BoxFuture<'static, ()>;
     /// A subscription with `pattern` ended.
     fn unlisten(&self, pattern: &str);
+    /// Sends a request (an encoded `rtc.v1.Message` with `reply_to`) of `topic` to the
+    /// other nodes; resolves with how many nodes took it (0: nobody else listens, or the
+    /// cluster cannot be reached).
+    fn request(&self, _topic: &str, _message: Bytes) -> BoxFuture<'static, u64> {
+        Box::pin(std::future::ready(0))
+    }
+    /// Forwards a reply to the node its `reply_to` names; resolves with whether that
+    /// node listens.
+    fn reply(&self, _node: &str, _reply: rtc_proto::v1::Reply) -> BoxFuture<'static, bool> {
+        Box::pin(std::future::ready(false))
+    }
     /// This node's id in its cluster; `None` on a broker of its own.
     fn node(&self) -> Option<&str> {
         None

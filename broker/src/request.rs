@@ -8,6 +8,13 @@
 //! refused. The answer goes into the requester's own queue (its outbox): no other client
 //! can read it.
 //!
+//! In cluster mode a request also goes to the other nodes (`crate::bus::Bus::request`),
+//! with the requester's node in its token (`<token>@<node>`); a responder's node that
+//! does not hold the request forwards the reply to the node the token names
+//! (`Bus::reply`), where [`Requests::remote_reply`] answers it. Such a request takes
+//! its first reply from any node, since this node cannot know the other nodes'
+//! connections.
+//!
 //! Deadlines sit in one ordered set; one task ([`Requests::expire`]) sleeps until the
 //! earliest and answers every request past its deadline with `Error{TIMEOUT}`. Each
 //! requester's count of waiting requests bounds what one connection can hold here.
@@ -20,6 +27,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use rtc_proto::v1::{self, frame::Op};
+use rtc_proto::Frame;
 
 use crate::metrics::Metrics;
 use crate::outbound::Outbox;
@@ -34,6 +44,8 @@ pub struct Pending {
     pub req_id: u64,
     /// The connections it was delivered to, sorted: only these may answer.
     recipients: Vec<u64>,
+    /// It went to other nodes too: a reply forwarded by another node may answer it.
+    remote: bool,
     deadline: Instant,
     /// The requester's count of waiting requests, given back when this one ends.
     waiting: Arc<AtomicUsize>,
@@ -54,16 +66,28 @@ pub struct Requests {
     earlier: Notify,
     /// Where timeouts are counted.
     metrics: Arc<Metrics>,
+    /// This node's id, in cluster mode: tokens naming another node are not ours.
+    node: std::sync::OnceLock<String>,
 }
 
-/// The `reply_to` a request is delivered with.
-pub fn token(id: u64) -> String {
-    format!("r{id:x}")
+/// The `reply_to` a request is delivered with; in cluster mode with its node
+/// (`r<id>@<node>`).
+pub fn token(id: u64, node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!("r{id:x}@{node}"),
+        None => format!("r{id:x}"),
+    }
+}
+
+/// The node a `reply_to` names, if any.
+pub fn token_node(token: &str) -> Option<&str> {
+    token.split_once('@').map(|(_, node)| node)
 }
 
 /// The id in a `reply_to`, if it is one.
 fn parse_token(token: &str) -> Option<u64> {
-    u64::from_str_radix(token.strip_prefix('r')?, 16).ok()
+    let local = token.split_once('@').map_or(token, |(t, _)| t);
+    u64::from_str_radix(local.strip_prefix('r')?, 16).ok()
 }
 
 impl Requests {
@@ -73,6 +97,16 @@ impl Requests {
             metrics,
             ..Requests::default()
         }
+    }
+
+    /// In cluster mode: this node's id, for the tokens.
+    pub fn set_node(&self, node: &str) {
+        let _ = self.node.set(node.to_string());
+    }
+
+    /// This node's id, in cluster mode.
+    pub fn node(&self) -> Option<&str> {
+        self.node.get().map(String::as_str)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -89,6 +123,7 @@ impl Requests {
         recipients: Vec<u64>,
         timeout: Duration,
         waiting: Arc<AtomicUsize>,
+        remote: bool,
     ) -> u64 {
         let deadline = Instant::now() + timeout;
         waiting.fetch_add(1, Ordering::Relaxed);
@@ -103,6 +138,7 @@ impl Requests {
                 requester,
                 req_id,
                 recipients,
+                remote,
                 deadline,
                 waiting,
             },
@@ -125,15 +161,54 @@ impl Requests {
 
     /// Takes the request behind `token` out for connection `from`'s reply, or why not.
     pub fn answer(&self, token: &str, from: u64) -> Result<Pending, Refusal> {
+        self.take(token, Some(from))
+    }
+
+    /// Answers the request behind `reply.reply_to` with a reply another node forwarded
+    /// (cluster mode); nothing if it was answered or timed out meanwhile. The queue to
+    /// flush, if any.
+    pub fn remote_reply(&self, reply: v1::Reply) -> Option<Arc<Outbox>> {
+        let v1::Reply {
+            req_id: _,
+            reply_to,
+            payload,
+            headers,
+        } = reply;
+        let pending = self.take(&reply_to, None).ok()?;
+        let response = Frame::from_op(Op::Response(v1::Response {
+            req_id: pending.req_id,
+            payload,
+            headers,
+        }));
+        match pending.requester.push_frame_deferred(response) {
+            Ok(true) => Some(pending.requester.clone()),
+            _ => None,
+        }
+    }
+
+    /// Takes the request behind `token` out for a reply from connection `from` (`None`:
+    /// from another node).
+    fn take(&self, token: &str, from: Option<u64>) -> Result<Pending, Refusal> {
         let gone = || {
             Refusal::NotFound(format!(
                 "no request waits for a reply to {token:?}: it was answered, timed out, or never existed"
             ))
         };
+        let mine = match token_node(token) {
+            None => true,
+            Some(node) => self.node.get().is_some_and(|me| me == node),
+        };
+        if !mine {
+            return Err(gone());
+        }
         let id = parse_token(token).ok_or_else(gone)?;
         let mut st = self.lock();
         let p = st.pending.get(&id).ok_or_else(gone)?;
-        if p.recipients.binary_search(&from).is_err() {
+        let allowed = match from {
+            Some(from) => p.recipients.binary_search(&from).is_ok(),
+            None => p.remote,
+        };
+        if !allowed {
             return Err(Refusal::PermissionDenied(format!(
                 "request {token:?} was not delivered to this connection"
             )));
@@ -213,9 +288,10 @@ mod tests {
             vec![2, 3],
             Duration::from_secs(5),
             waiting.clone(),
+            false,
         );
         assert_eq!(waiting.load(Ordering::Relaxed), 1);
-        let t = token(id);
+        let t = token(id, None);
         assert!(matches!(
             requests.answer(&t, 9),
             Err(Refusal::PermissionDenied(_))
@@ -242,6 +318,7 @@ mod tests {
             vec![2],
             Duration::from_secs(10),
             waiting.clone(),
+            false,
         );
         let fast = requests.open(
             outbox(),
@@ -249,11 +326,12 @@ mod tests {
             vec![2],
             Duration::from_secs(1),
             waiting.clone(),
+            false,
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(requests.answer(&token(fast), 2).is_err(), "expired");
+        assert!(requests.answer(&token(fast, None), 2).is_err(), "expired");
         assert_eq!(requests.len(), 1);
-        assert!(requests.answer(&token(slow), 2).is_ok());
+        assert!(requests.answer(&token(slow, None), 2).is_ok());
         assert_eq!(waiting.load(Ordering::Relaxed), 0);
         cancel.cancel();
         task.await.unwrap();

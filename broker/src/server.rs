@@ -262,6 +262,7 @@ impl BrokerBuilder {
             let roster = engine.share_presence(shared.presence.clone(), count);
             shared.presence.set_roster(roster);
             shared.number_connections_from(engine.first_connection_id());
+            engine.share_requests(shared.requests.clone());
         }
         tracker.spawn(shared.requests.clone().expire(cancel.clone()));
         tracker.spawn(shared.presence.clone().run(cancel.clone()));

@@ -435,3 +435,47 @@ async fn redis_killed_under_load_loses_no_acknowledged_message_and_acks_none_it_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_one_node_is_answered_by_a_responder_on_another() {
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis, 2);
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut sub = b.subscribe("svc.upper").await.unwrap();
+    let responder = b.clone();
+    let serving = tokio::spawn(async move {
+        let mut answered = 0;
+        while let Some(request) = sub.next().await {
+            let text = String::from_utf8_lossy(&request.payload).to_uppercase();
+            responder.reply(&request, text).await.unwrap();
+            answered += 1;
+        }
+        answered
+    });
+    for i in 0..20 {
+        let r = a
+            .request("svc.upper", format!("job {i}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(&r.payload[..], format!("JOB {i}").as_bytes());
+    }
+    // Nobody serves this one on any node: refused at once, not timed out.
+    let started = tokio::time::Instant::now();
+    let refused = a
+        .request("svc.none", "?", Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            rtc_client::Error::Server {
+                code: ErrorCode::NoResponders,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    b.close().await;
+    assert_eq!(serving.await.unwrap(), 20, "each request answered once");
+}

@@ -11,6 +11,8 @@ use tokio::sync::{oneshot, watch};
 
 use std::sync::Arc;
 
+use redis::AsyncCommands;
+
 use super::consumer::GroupRunner;
 use super::{feed, store_error, writer, RedisEngine};
 use crate::bus::Bus;
@@ -41,6 +43,13 @@ impl<O: Send + 'static> RedisEngine<O> {
     ) -> Arc<dyn crate::presence::Roster> {
         self.roster.attach(presence, connections);
         self.roster.clone()
+    }
+
+    /// Takes the replies other nodes forward to `requests` (this node's waiting
+    /// requests), and gives it this node's id for the tokens.
+    pub fn share_requests(&self, requests: Arc<crate::request::Requests>) {
+        requests.set_node(&self.inner.node);
+        let _ = self.inner.requests.set(requests);
     }
 
     /// Where this node's connection ids start: a range of 2^32 of its own, picked at
@@ -345,6 +354,34 @@ impl<O: Send + 'static> Bus for RedisEngine<O> {
 
     fn node(&self) -> Option<&str> {
         Some(&self.inner.node)
+    }
+
+    fn request(&self, topic: &str, message: Bytes) -> BoxFuture<'static, u64> {
+        let inner = self.inner.clone();
+        let channel = inner.keys.live(topic);
+        let mut payload = super::wire::relayed_header(&inner.node);
+        super::wire::relayed_push(&mut payload, false, &message);
+        async move {
+            let mut conn = inner.conn.clone();
+            let taken: redis::RedisResult<u64> = conn.publish(channel, payload).await;
+            taken.unwrap_or_else(|e| {
+                tracing::debug!("cluster: a request not sent to other nodes: {e}");
+                0
+            })
+        }
+        .boxed()
+    }
+
+    fn reply(&self, node: &str, reply: rtc_proto::v1::Reply) -> BoxFuture<'static, bool> {
+        let inner = self.inner.clone();
+        let channel = inner.keys.replies(node);
+        let payload = prost::Message::encode_to_vec(&reply);
+        async move {
+            let mut conn = inner.conn.clone();
+            let taken: redis::RedisResult<u64> = conn.publish(channel, payload).await;
+            taken.is_ok_and(|n| n > 0)
+        }
+        .boxed()
     }
 
     fn nodes(&self) -> BoxFuture<'static, Result<Vec<crate::bus::Node>, String>> {

@@ -163,6 +163,9 @@ impl<O: Send + 'static> Feed<O> {
             .map_err(|e| e.to_string())?;
         let subscribe = async {
             pubsub.subscribe(self.inner.keys.ctl()).await?;
+            pubsub
+                .subscribe(self.inner.keys.replies(&self.inner.node))
+                .await?;
             for interest in self.interest.keys() {
                 match interest {
                     Interest::Channel(c) => pubsub.subscribe(c).await?,
@@ -288,6 +291,14 @@ impl<O: Send + 'static> Feed<O> {
         if channel == self.inner.keys.ctl() {
             let name = String::from_utf8_lossy(payload).into_owned();
             self.inner.spawn_reload(name);
+            return;
+        }
+        if channel == self.inner.keys.replies(&self.inner.node) {
+            let reply = prost::Message::decode(payload).ok();
+            let requests = self.inner.requests.get();
+            if let Some(outbox) = reply.zip(requests).and_then(|(r, q)| q.remote_reply(r)) {
+                self.later.push(outbox);
+            }
             return;
         }
         if let Some(room) = self.inner.keys.room_of(channel) {

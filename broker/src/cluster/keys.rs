@@ -14,6 +14,7 @@
 //! | `P:{T}:live` | channel | every message of `T`, durable ones from the append script, in seq order |
 //! | `P:ctl` | channel | a topic name whose settings changed (every node listens) |
 //! | `P:{R}:who` | hash, and a channel | room `R`'s members by node: node id → `PresenceInfo` (protobuf) of that node's members; the channel carries `<node>:<version>:<the same>` on each change |
+//! | `P:reply:<node>` | channel | replies forwarded to `node`, whose requester waits (`Reply`, protobuf) |
 //! | `P:nodes` | hash | node id → `<ms>:<connections>`, written every third of `presence_ttl` |
 
 /// The names for one cluster prefix.
@@ -76,6 +77,11 @@ impl Keys {
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(":{")?
             .strip_suffix("}:who")
+    }
+
+    /// Where replies to `node`'s requests are forwarded.
+    pub fn replies(&self, node: &str) -> String {
+        format!("{}:reply:{node}", self.prefix)
     }
 
     /// The nodes and when each last said it was alive.

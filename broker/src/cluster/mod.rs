@@ -92,6 +92,8 @@ pub struct Inner {
     tasks: TaskTracker,
     /// Presence across nodes (a weak handle: the roster holds this).
     roster: OnceLock<Weak<presence::ClusterRoster>>,
+    /// This node's waiting requests, for replies forwarded from other nodes.
+    requests: OnceLock<Arc<crate::request::Requests>>,
 }
 
 impl<O: Send + 'static> RedisEngine<O> {
@@ -132,6 +134,7 @@ impl<O: Send + 'static> RedisEngine<O> {
             epochs: AtomicU64::new(0),
             tasks: tasks.clone(),
             roster: OnceLock::new(),
+            requests: OnceLock::new(),
         });
         inner
             .reload_all()

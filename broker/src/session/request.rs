@@ -22,7 +22,7 @@ use super::Session;
 use crate::outbound::Closed;
 use crate::publish;
 use crate::refusal::Refusal;
-use crate::request::token;
+use crate::request::{token, token_node};
 use crate::router::{Live, Share};
 
 impl Session {
@@ -63,7 +63,9 @@ impl Session {
             };
         self.shared.metrics.request_sent();
         let recipients = self.shared.router.recipients(&message.topic);
-        if recipients.is_empty() {
+        // In cluster mode other nodes may have responders: it goes to them too.
+        let cluster = self.shared.bus.relays();
+        if recipients.is_empty() && !cluster {
             self.shared.metrics.request_unanswered(false);
             let msg = format!("nothing subscribes to {:?}", message.topic);
             return self.refuse(req_id, Refusal::NoResponders(msg)).await;
@@ -79,8 +81,9 @@ impl Session {
             answerers,
             timeout,
             self.waiting.clone(),
+            cluster,
         );
-        message.reply_to = token(id);
+        message.reply_to = token(id, requests.node());
         let encoded = rtc_proto::codec::encode_message(&message);
         let live = Live {
             topic: &message.topic,
@@ -94,6 +97,16 @@ impl Session {
             if member.sub.deliver(&live, &mut self.later) {
                 taken += 1;
             }
+        }
+        if cluster {
+            // PUBLISH counts every node listening to the topic, this one too when its
+            // own subscribers match.
+            let nodes = self
+                .shared
+                .bus
+                .request(&message.topic, encoded.clone())
+                .await;
+            taken += nodes.saturating_sub(u64::from(!recipients.is_empty()));
         }
         if taken == 0 {
             self.shared.metrics.request_unanswered(false);
@@ -126,6 +139,32 @@ impl Session {
         let answered = checked.and_then(|()| self.shared.requests.answer(&reply_to, self.conn_id));
         let pending = match answered {
             Ok(pending) => pending,
+            Err(Refusal::NotFound(why)) => {
+                // A request from another node: its reply goes there.
+                let elsewhere = token_node(&reply_to)
+                    .filter(|&node| Some(node) != self.shared.requests.node())
+                    .map(str::to_string);
+                let forwarded = match elsewhere {
+                    Some(node) => {
+                        let reply = v1::Reply {
+                            req_id: 0,
+                            reply_to,
+                            payload,
+                            headers,
+                        };
+                        self.shared.bus.reply(&node, reply).await
+                    }
+                    None => false,
+                };
+                return match (forwarded, req_id) {
+                    (_, 0) => Ok(()),
+                    (true, _) => {
+                        self.send(Frame::from_op(Op::Confirm(v1::Confirm { req_id })))
+                            .await
+                    }
+                    (false, _) => self.refuse(req_id, Refusal::NotFound(why)).await,
+                };
+            }
             Err(refusal) if req_id != 0 => return self.refuse(req_id, refusal).await,
             Err(_) => return Ok(()),
         };
