@@ -170,3 +170,38 @@ async fn the_admin_api_lists_every_node_with_its_connections() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[test]
+fn a_broker_that_cannot_reach_redis_at_start_says_so_and_exits() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir();
+    let mut child = std::process::Command::new(workspace_bin("rtc-broker"))
+        .args(["--tcp", "127.0.0.1:0", "--http", "off", "--data-dir"])
+        .arg(dir.path())
+        .args(["--cluster", &format!("redis://127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = rtc_testkit::wait_timeout(&mut child, std::time::Duration::from_secs(20))
+        .expect("it exits");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+    // And a bad URL is refused before anything starts.
+    let out = std::process::Command::new(workspace_bin("rtc-broker"))
+        .args(["--tcp", "127.0.0.1:0", "--http", "off", "--data-dir"])
+        .arg(dir.path())
+        .args(["--cluster", "http://127.0.0.1:6379"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("redis:// or rediss://"), "{stderr}");
+}
