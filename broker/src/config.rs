@@ -53,6 +53,8 @@
 //! redis = "redis://127.0.0.1:6379"   # rediss:// for TLS; redis://:PASSWORD@HOST:PORT
 //! prefix = "rtc"            # of every key and channel: clusters may share a Redis
 //! presence_ttl = "30s"      # a node silent this long is dead: its presence entries go
+//! sentinels = ["redis://10.0.0.5:26379"]   # Redis Sentinel: follow master `master`
+//! master = "mymaster"
 //! ```
 
 use std::net::SocketAddr;
@@ -184,6 +186,13 @@ pub struct ClusterConfig {
     /// presence entries are dropped on the other nodes. Nodes say so every third of it.
     #[serde(with = "duration_str")]
     pub presence_ttl: Duration,
+    /// Redis Sentinel: the sentinels to ask where the master named `master` is
+    /// (`redis://HOST:PORT` each). With them, `redis` gives only the scheme, credentials
+    /// and database; the master's address comes from Sentinel, and is followed through
+    /// failovers.
+    pub sentinels: Vec<String>,
+    /// The master's name in Sentinel (`sentinel monitor NAME …`).
+    pub master: String,
 }
 
 impl Default for ClusterConfig {
@@ -192,6 +201,8 @@ impl Default for ClusterConfig {
             redis: "redis://127.0.0.1:6379".to_string(),
             prefix: "rtc".to_string(),
             presence_ttl: Duration::from_secs(30),
+            sentinels: Vec::new(),
+            master: "mymaster".to_string(),
         }
     }
 }
@@ -217,6 +228,11 @@ impl ClusterConfig {
             return Err(format!(
                 "[cluster] prefix must be 1 to 64 letters, digits, '-', '_' or '.', got {:?}",
                 self.prefix
+            ));
+        }
+        if let Some(bad) = self.sentinels.iter().find(|s| !s.starts_with("redis://")) {
+            return Err(format!(
+                "[cluster] sentinels must be redis:// URLs, got {bad:?}"
             ));
         }
         if self.presence_ttl < Duration::from_secs(1) {

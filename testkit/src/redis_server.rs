@@ -38,6 +38,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    /// A config file to start with (a sentinel needs one it can rewrite).
+    conf: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -57,11 +59,44 @@ impl RedisServer {
                 port,
                 dir: crate::temp_dir(),
                 args: args.iter().map(|a| a.to_string()).collect(),
+                conf: None,
             };
             match server.spawn() {
                 Ok(()) => return server,
                 Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
                 Err(e) => panic!("redis-server did not start: {e}"),
+            }
+        }
+    }
+
+    /// A Redis Sentinel watching the master on `master_port` as `mymaster`, with a
+    /// quorum of 1 and short timeouts (down after 1 s), so that a test's failover takes
+    /// a few seconds.
+    pub fn sentinel(master_port: u16) -> RedisServer {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let port = free_port();
+            let dir = crate::temp_dir();
+            let conf = dir.path().join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 3000\n\
+                 sentinel parallel-syncs mymaster 1\n"
+            );
+            std::fs::write(&conf, text).expect("write sentinel.conf");
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                args: vec!["--sentinel".to_string()],
+                conf: Some(conf),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
+                Err(e) => panic!("redis sentinel did not start: {e}"),
             }
         }
     }
@@ -111,7 +146,12 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let mut child = Command::new(redis_server_bin())
+        let mut command = Command::new(redis_server_bin());
+        // A config file must come first.
+        if let Some(conf) = &self.conf {
+            command.arg(conf);
+        }
+        let mut child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--protected-mode", "no", "--daemonize", "no", "--dir"])
             .arg(self.dir.path())
@@ -127,7 +167,10 @@ impl RedisServer {
         let mut seen = String::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match lines.recv_timeout(left) {
-                Ok(line) if line.contains("Ready to accept connections") => {
+                Ok(line)
+                    if line.contains("Ready to accept connections")
+                        || line.contains("+monitor master") =>
+                {
                     self.child = Some(child);
                     return Ok(());
                 }

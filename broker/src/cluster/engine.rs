@@ -156,7 +156,7 @@ impl<O: Send + 'static> Log for RedisEngine<O> {
         let inner = self.inner.clone();
         async move {
             // The other nodes' tasks of it meet NOGROUP and tell their members.
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             let destroyed: i64 = redis::cmd("XGROUP")
                 .arg("DESTROY")
                 .arg(inner.keys.log(&topic))
@@ -251,7 +251,7 @@ impl<O: Send + 'static> Log for RedisEngine<O> {
         let inner = self.inner.clone();
         let topic = topic.to_string();
         async move {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             let seq: u64 = inner
                 .scripts
                 .seek
@@ -362,7 +362,7 @@ impl<O: Send + 'static> Bus for RedisEngine<O> {
         let mut payload = super::wire::relayed_header(&inner.node);
         super::wire::relayed_push(&mut payload, false, &message);
         async move {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             let taken: redis::RedisResult<u64> = conn.publish(channel, payload).await;
             taken.unwrap_or_else(|e| {
                 tracing::debug!("cluster: a request not sent to other nodes: {e}");
@@ -377,7 +377,7 @@ impl<O: Send + 'static> Bus for RedisEngine<O> {
         let channel = inner.keys.replies(node);
         let payload = prost::Message::encode_to_vec(&reply);
         async move {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             let taken: redis::RedisResult<u64> = conn.publish(channel, payload).await;
             taken.is_ok_and(|n| n > 0)
         }

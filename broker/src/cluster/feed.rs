@@ -46,6 +46,8 @@ pub enum Cmd {
     Listen(Interest, oneshot::Sender<()>),
     /// One subscription less.
     Unlisten(Interest),
+    /// The Redis in use changed (a Sentinel failover): connect to the new one.
+    Reconnect,
 }
 
 /// Messages held per topic while its gap is read; past it they are dropped and read
@@ -156,7 +158,8 @@ impl<O: Send + 'static> Feed<O> {
 
     /// A new pub/sub connection with the control channel and every interest subscribed.
     async fn connect(&mut self) -> Result<redis::aio::PubSub, String> {
-        let connect = self.inner.client.get_async_pubsub();
+        let client = self.inner.client();
+        let connect = client.get_async_pubsub();
         let mut pubsub = tokio::time::timeout(ANSWER_WITHIN, connect)
             .await
             .map_err(|_| "no answer".to_string())?
@@ -208,6 +211,9 @@ impl<O: Send + 'static> Feed<O> {
                 }
                 cmd = cmds.recv() => {
                     let cmd = cmd?;
+                    if let Cmd::Reconnect = cmd {
+                        return Some("the Redis master moved".into());
+                    }
                     if let Err(e) = self.change(cmd, &mut sink).await {
                         return Some(e);
                     }
@@ -238,6 +244,7 @@ impl<O: Send + 'static> Feed<O> {
             Cmd::Unlisten(interest) => {
                 self.forget(&interest);
             }
+            Cmd::Reconnect => {}
         }
     }
 
@@ -270,6 +277,7 @@ impl<O: Send + 'static> Feed<O> {
                 let last = self.forget(&interest);
                 (interest, last.then_some(false), None)
             }
+            Cmd::Reconnect => return Ok(()),
         };
         let result = match (subscribe, &interest) {
             (None, _) => Ok(()),

@@ -21,10 +21,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,15 +41,13 @@ mod keys;
 mod presence;
 mod relay;
 mod scripts;
+mod target;
 mod topics;
 mod wire;
 mod writer;
 
 use keys::Keys;
 use scripts::{Entry, Scripts};
-
-/// How long a command to Redis may take before it counts as unreachable.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Redis engine and bus; see the module docs. `O` is delivery's origin type.
 pub struct RedisEngine<O> {
@@ -76,9 +73,8 @@ impl<O> std::fmt::Debug for RedisEngine<O> {
 /// What the engine's parts share.
 pub struct Inner {
     keys: Keys,
-    client: redis::Client,
-    /// Reconnects by itself; each use clones it (a handle).
-    conn: ConnectionManager,
+    /// The Redis in use (the configured one, or Sentinel's master).
+    target: target::Target,
     scripts: Scripts,
     catalog: Catalog,
     /// Topics created explicitly (the others follow the config's rules).
@@ -106,25 +102,11 @@ impl<O: Send + 'static> RedisEngine<O> {
         sink: Arc<dyn CommitSink<O>>,
         router: Arc<Router>,
     ) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(config.redis.as_str())
-            .map_err(|e| format!("[cluster] redis {:?}: {e}", config.redis))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            RESPONSE_TIMEOUT * 2,
-            client.get_connection_manager_with_config(manager),
-        )
-        .await
-        .map_err(|_| format!("cannot reach Redis at {}: no answer", config.redis))?
-        .map_err(|e| format!("cannot reach Redis at {}: {e}", config.redis))?;
+        let target = target::Target::connect(config).await?;
         let tasks = TaskTracker::new();
         let inner = Arc::new(Inner {
             keys: Keys::new(&config.prefix),
-            client,
-            conn,
+            target,
             scripts: Scripts::new(),
             catalog: Catalog::new(rules),
             explicit: Mutex::default(),
@@ -154,6 +136,13 @@ impl<O: Send + 'static> RedisEngine<O> {
             cancel.clone(),
         );
         let _ = inner.roster.set(Arc::downgrade(&roster));
+        if inner.target.watched() {
+            tasks.spawn(follow_master(
+                inner.clone(),
+                feed_tx.clone(),
+                cancel.clone(),
+            ));
+        }
         tracing::info!(node = %inner.node, prefix = %config.prefix, "cluster mode on Redis");
         Ok(Arc::new(RedisEngine {
             inner,
@@ -177,6 +166,16 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Inner {
+    /// The connection to Redis (it reconnects by itself; a handle: clone per use).
+    fn conn(&self) -> ConnectionManager {
+        self.target.conn()
+    }
+
+    /// The client, for a pub/sub connection.
+    fn client(&self) -> redis::Client {
+        self.target.client()
+    }
+
     /// The roster, while the engine runs.
     fn roster(&self) -> Option<Arc<presence::ClusterRoster>> {
         self.roster.get().and_then(Weak::upgrade)
@@ -235,7 +234,7 @@ impl Inner {
         from: u64,
         n: usize,
     ) -> Result<(u64, Vec<Entry>), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let reply: redis::Value = self
             .scripts
             .read
@@ -251,7 +250,7 @@ impl Inner {
 
     /// `topic`'s epoch (0: it has no counters) and stats, from Redis.
     async fn stats(&self, topic: &str) -> Result<(u64, TopicStats), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let reply: redis::Value = self
             .scripts
             .stats
@@ -274,6 +273,28 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// With Sentinel: follows the master, and has the feed reconnect when it moves.
+async fn follow_master(
+    inner: Arc<Inner>,
+    feed: mpsc::UnboundedSender<feed::Cmd>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(target::WATCH_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match inner.target.follow_master().await {
+            Ok(true) => {
+                let _ = feed.send(feed::Cmd::Reconnect);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!("cluster: {e}"),
+        }
     }
 }
 

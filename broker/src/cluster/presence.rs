@@ -127,7 +127,7 @@ impl ClusterRoster {
                 message.extend_from_slice(list);
                 pipe.publish(&key, message).ignore();
             }
-            let mut conn = self.inner.conn.clone();
+            let mut conn = self.inner.conn();
             if let Err(e) = pipe.query_async::<()>(&mut conn).await {
                 tracing::warn!("cluster: presence not shared: {e}");
             }
@@ -150,7 +150,7 @@ impl ClusterRoster {
 
     async fn beat(&self) -> redis::RedisResult<()> {
         let connections = self.connections.get().map_or(0, |f| f());
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let key = self.inner.keys.nodes();
         let _: i64 = conn
             .hset(
@@ -185,7 +185,7 @@ impl ClusterRoster {
 
     /// Every node `P:nodes` knows, with when it last said it was alive.
     pub async fn nodes(&self) -> redis::RedisResult<Vec<NodeSeen>> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let all: HashMap<String, String> = conn.hgetall(self.inner.keys.nodes()).await?;
         let mut out: Vec<NodeSeen> = all
             .into_iter()
@@ -262,7 +262,7 @@ impl ClusterRoster {
             .filter(|n| now_ms() - n.seen_ms <= self.ttl.as_millis() as i64)
             .map(|n| n.node)
             .collect();
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let all: HashMap<String, Vec<u8>> = conn.hgetall(self.inner.keys.who(room)).await?;
         Ok(all
             .into_iter()

@@ -105,7 +105,7 @@ async fn run(
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
             at += run;
         }
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         queued.fetch_sub(bytes, Ordering::AcqRel);
         if let Err(e) = sent {

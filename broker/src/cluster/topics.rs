@@ -35,7 +35,7 @@ fn decode(v: &[u8]) -> Option<(bool, TopicSettings)> {
 impl Inner {
     /// Loads every topic of the registry, with counters, and forgets the ones gone.
     pub(super) async fn reload_all(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let all: Vec<(String, Vec<u8>)> = conn
             .hgetall(self.keys.topics())
             .await
@@ -74,7 +74,7 @@ impl Inner {
 
     /// Rereads topic `name`'s settings and counters.
     pub(super) async fn reload(&self, name: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let value: Option<Vec<u8>> = conn
             .hget(self.keys.topics(), name)
             .await
@@ -130,7 +130,7 @@ impl Inner {
 
     /// Tells every node that topic `name` changed.
     async fn announce(&self, name: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let _: i64 = conn
             .publish(self.keys.ctl(), name)
             .await
@@ -156,7 +156,7 @@ impl Inner {
             )));
         }
         let settings = normalize(self.catalog.settings(topic));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let added: bool = conn
             .hset_nx(self.keys.topics(), topic, encode(false, &settings))
             .await
@@ -184,7 +184,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .contains(name);
         let settings = self.catalog.settings(name);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let added: bool = conn
             .hset_nx(self.keys.topics(), name, encode(explicit, &settings))
             .await
@@ -210,7 +210,7 @@ impl Inner {
                 )));
             }
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let _: i64 = conn
             .hset(self.keys.topics(), name, encode(true, &settings))
             .await
@@ -234,7 +234,7 @@ impl Inner {
         if self.catalog.get(name).is_none() {
             return Err(Refusal::NotFound(format!("no topic {name:?}")));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let _: i64 = conn
             .del(&[self.keys.meta(name), self.keys.log(name)])
             .await
@@ -297,7 +297,7 @@ impl Inner {
     ) -> Result<u64, StoreError> {
         const STEP: u64 = 10_000;
         let mut removed = 0;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         for _ in 0..10_000 {
             let n: u64 = self
                 .scripts
@@ -359,7 +359,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut changed = 0;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         for (name, view) in self.catalog.list() {
             if explicit.contains(&name) {
                 continue;

@@ -224,7 +224,7 @@ async fn run_pipeline(
         for run in &todo {
             pipe.add_command(run_command(inner, &ready[run.clone()], now, epoch));
         }
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         let replies: Vec<redis::RedisResult<Value>> = match pipe.query_async(&mut conn).await {
             Ok(replies) => replies,
             Err(e) => {
@@ -257,7 +257,7 @@ async fn run_pipeline(
             }
         }
         if !again.is_empty() {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             if let Err(e) = inner
                 .scripts
                 .append

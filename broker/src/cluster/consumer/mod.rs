@@ -96,7 +96,7 @@ impl Runner for GroupRunner {
         let inner = self.inner.clone();
         let (key, name) = (inner.keys.log(topic), name.to_string());
         async move {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
                 conn.xinfo_groups(key).await;
             groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == name))
@@ -356,7 +356,7 @@ impl Group {
             }
         };
         let id = format!("{}-0", next.max(1) - 1);
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(self.log_key())

@@ -17,7 +17,7 @@ impl Group {
     /// Takes entries other nodes have held for longer than `ack_wait`, with their
     /// delivery counts.
     pub(super) async fn claim_stale(&mut self) -> Result<(), StoreError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(self.log_key())
             .arg(&self.name)
@@ -65,7 +65,7 @@ impl Group {
             return Ok(());
         }
         // Resets the idle time other nodes judge it by; JUSTID counts no delivery.
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let _: Value = redis::cmd("XCLAIM")
             .arg(self.log_key())
             .arg(&self.name)
@@ -83,7 +83,7 @@ impl Group {
             return Ok(());
         }
         let ids: Vec<String> = seqs.iter().map(|s| format!("{s}-0")).collect();
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let _: i64 = conn
             .xack(self.log_key(), &self.name, &ids)
             .await
@@ -99,7 +99,7 @@ impl Group {
         min_idle: u64,
     ) -> Result<Vec<Entry>, StoreError> {
         let ids: Vec<String> = seqs.iter().map(|s| format!("{s}-0")).collect();
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let reply: Value = redis::cmd("XCLAIM")
             .arg(self.log_key())
             .arg(&self.name)
@@ -115,7 +115,7 @@ impl Group {
     /// Redis's delivery count of pending entry `seq`.
     pub(super) async fn delivery_count(&self, seq: u64) -> Result<u32, StoreError> {
         let id = format!("{seq}-0");
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let reply: Value = redis::cmd("XPENDING")
             .arg(self.log_key())
             .arg(&self.name)
@@ -136,7 +136,7 @@ impl Group {
     }
 
     pub(super) async fn read_new(&self, n: usize) -> Result<Vec<Entry>, StoreError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.name)
@@ -160,7 +160,7 @@ impl Group {
     }
 
     pub(super) async fn count(&self, field: &str) -> Result<(), StoreError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let _: i64 = conn
             .hincr(self.counters_key(), field, 1)
             .await
@@ -169,7 +169,7 @@ impl Group {
     }
 
     pub(super) async fn info(&self) -> Result<v1::ConsumerInfo, StoreError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let summary: Value = redis::cmd("XPENDING")
             .arg(self.log_key())
             .arg(&self.name)
