@@ -55,6 +55,7 @@
 //! presence_ttl = "30s"      # a node silent this long is dead: its presence entries go
 //! sentinels = ["redis://10.0.0.5:26379"]   # Redis Sentinel: follow master `master`
 //! master = "mymaster"
+//! redis_cluster = ["redis://10.0.0.7:7000", "redis://10.0.0.8:7000"]   # Redis Cluster seeds
 //! ```
 
 use std::net::SocketAddr;
@@ -193,6 +194,9 @@ pub struct ClusterConfig {
     pub sentinels: Vec<String>,
     /// The master's name in Sentinel (`sentinel monitor NAME …`).
     pub master: String,
+    /// Redis Cluster: seed nodes (`redis://HOST:PORT` each, a password as in `redis`);
+    /// the shards are found from them. `redis` is then not used.
+    pub redis_cluster: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -203,6 +207,7 @@ impl Default for ClusterConfig {
             presence_ttl: Duration::from_secs(30),
             sentinels: Vec::new(),
             master: "mymaster".to_string(),
+            redis_cluster: Vec::new(),
         }
     }
 }
@@ -228,6 +233,18 @@ impl ClusterConfig {
             return Err(format!(
                 "[cluster] prefix must be 1 to 64 letters, digits, '-', '_' or '.', got {:?}",
                 self.prefix
+            ));
+        }
+        if !self.sentinels.is_empty() && !self.redis_cluster.is_empty() {
+            return Err("[cluster] takes sentinels or redis_cluster, not both".to_string());
+        }
+        if let Some(bad) = self
+            .redis_cluster
+            .iter()
+            .find(|s| !(s.starts_with("redis://") || s.starts_with("rediss://")))
+        {
+            return Err(format!(
+                "[cluster] redis_cluster must be redis:// URLs, got {bad:?}"
             ));
         }
         if let Some(bad) = self.sentinels.iter().find(|s| !s.starts_with("redis://")) {

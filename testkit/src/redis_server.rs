@@ -101,6 +101,60 @@ impl RedisServer {
         }
     }
 
+    /// A Redis Cluster of `n` masters (no replicas) on loopback, created with
+    /// `redis-cli --cluster create`, once every node reports `cluster_state:ok`.
+    pub fn cluster(n: usize) -> Vec<RedisServer> {
+        let servers: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                // The cluster bus gets a free port of its own (the default, port +
+                // 10000, may be taken or out of range).
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    &bus,
+                ])
+            })
+            .collect();
+        let cli = redis_server_bin().with_file_name("redis-cli");
+        let addrs: Vec<String> = servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let out = Command::new(cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        for s in &servers {
+            while !s.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(
+                    Instant::now() < deadline,
+                    "the Redis Cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        servers
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -167,7 +166,7 @@ impl std::fmt::Debug for Inner {
 
 impl Inner {
     /// The connection to Redis (it reconnects by itself; a handle: clone per use).
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> target::Conn {
         self.target.conn()
     }
 

@@ -114,21 +114,27 @@ impl ClusterRoster {
             while let Ok((room, list)) = rx.try_recv() {
                 latest.insert(room, list);
             }
-            let mut pipe = redis::pipe();
+            let mut commands = Vec::new();
             for (room, list) in &latest {
                 let key = self.inner.keys.who(room);
-                if list.is_empty() {
-                    pipe.hdel(&key, &self.inner.node).ignore();
+                let mut write = if list.is_empty() {
+                    redis::cmd("HDEL")
                 } else {
-                    pipe.hset(&key, &self.inner.node, list).ignore();
+                    redis::cmd("HSET")
+                };
+                write.arg(&key).arg(&self.inner.node);
+                if !list.is_empty() {
+                    write.arg(list);
                 }
                 let version = self.version.fetch_add(1, Ordering::Relaxed);
                 let mut message = format!("{}:{version}:", self.inner.node).into_bytes();
                 message.extend_from_slice(list);
-                pipe.publish(&key, message).ignore();
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(&key).arg(message);
+                commands.push((key.clone(), write));
+                commands.push((key, publish));
             }
-            let mut conn = self.inner.conn();
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            if let Err(e) = self.inner.target.send_all(commands).await {
                 tracing::warn!("cluster: presence not shared: {e}");
             }
         }

@@ -88,7 +88,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::new();
         let mut bytes = 0;
         let mut at = 0;
         while at < batch.len() {
@@ -102,11 +102,12 @@ async fn run(
                 bytes += q.message.len();
                 wire::relayed_push(&mut payload, q.datagram, &q.message);
             }
-            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(channel).arg(payload);
+            commands.push((channel.clone(), publish));
             at += run;
         }
-        let mut conn = inner.conn();
-        let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        let sent = inner.target.send_all(commands).await;
         queued.fetch_sub(bytes, Ordering::AcqRel);
         if let Err(e) = sent {
             dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);

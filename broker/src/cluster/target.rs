@@ -1,5 +1,12 @@
 //! Which Redis the cluster talks to, and the connection to it: the `redis` URL of
-//! `[cluster]`, or, with `sentinels`, the master that Redis Sentinel names.
+//! `[cluster]`; with `sentinels`, the master that Redis Sentinel names; with
+//! `redis_cluster`, a Redis Cluster (several shards, found from seed nodes).
+//!
+//! On Redis Cluster, commands go to the shard of their key (a topic's keys share one
+//! hash tag, so its script runs on one shard), a pipeline must stay on one shard
+//! ([`Target::sharded`] tells the writers to split theirs by topic), and pub/sub is
+//! the classic kind, which Redis Cluster carries to every node: the feed subscribes on
+//! any one node (the seeds in turn).
 //!
 //! With Sentinel, the address is asked of the sentinels (`SENTINEL
 //! get-master-addr-by-name`, the first that answers) at start and then every
@@ -8,10 +15,14 @@
 //! The `redis` URL then gives the scheme, user, password and database for the master;
 //! its host and port are replaced.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::future::FutureExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::ClusterConfig;
 
@@ -24,13 +35,54 @@ pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 pub struct Target {
     config: ClusterConfig,
     current: RwLock<Current>,
+    /// The seed the feed connects to next (Redis Cluster).
+    next_seed: AtomicUsize,
 }
 
 struct Current {
-    /// `host:port` (from the URL, or as Sentinel last said).
+    /// `host:port` (from the URL, or as Sentinel last said; the first seed of a Redis
+    /// Cluster).
     addr: String,
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
+}
+
+/// A connection to one Redis (reconnecting by itself) or to a Redis Cluster (routing
+/// each command to its shard). A handle: clone per use.
+#[derive(Clone)]
+pub enum Conn {
+    /// One Redis.
+    One(ConnectionManager),
+    /// A Redis Cluster.
+    Sharded(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Sharded(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sharded(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Sharded(c) => c.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -45,15 +97,30 @@ impl Target {
     /// Connects to the configured Redis (through Sentinel if configured); fails if it
     /// cannot be reached now.
     pub async fn connect(config: &ClusterConfig) -> Result<Target, String> {
-        let addr = match config.sentinels.is_empty() {
-            true => authority(&config.redis).to_string(),
-            false => master_addr(config).await?,
+        let current = if !config.redis_cluster.is_empty() {
+            open_cluster(config).await?
+        } else {
+            let addr = match config.sentinels.is_empty() {
+                true => authority(&config.redis).to_string(),
+                false => master_addr(config).await?,
+            };
+            let (client, conn) = open(config, &addr).await?;
+            Current {
+                addr,
+                client,
+                conn: Conn::One(conn),
+            }
         };
-        let (client, conn) = open(config, &addr).await?;
         Ok(Target {
             config: config.clone(),
-            current: RwLock::new(Current { addr, client, conn }),
+            current: RwLock::new(current),
+            next_seed: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether this is a Redis Cluster: a pipeline must then stay on one shard.
+    pub fn sharded(&self) -> bool {
+        !self.config.redis_cluster.is_empty()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
@@ -61,12 +128,20 @@ impl Target {
     }
 
     /// The connection (a handle: clone per use).
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.read().conn.clone()
     }
 
-    /// The client, for the feed's pub/sub connection.
+    /// The client for the feed's pub/sub connection: on a Redis Cluster each call the
+    /// next seed, so that a feed whose node died connects to another.
     pub fn client(&self) -> redis::Client {
+        let seeds = &self.config.redis_cluster;
+        if !seeds.is_empty() {
+            let i = self.next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len();
+            if let Ok(client) = redis::Client::open(seeds[i].as_str()) {
+                return client;
+            }
+        }
         self.read().client.clone()
     }
 
@@ -90,7 +165,11 @@ impl Target {
         let (client, conn) = open(&self.config, &addr).await?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         tracing::warn!(from = %current.addr, to = %addr, "cluster: the Redis master moved");
-        *current = Current { addr, client, conn };
+        *current = Current {
+            addr,
+            client,
+            conn: Conn::One(conn),
+        };
         Ok(true)
     }
 }
@@ -117,6 +196,77 @@ async fn open(
     .map_err(|_| format!("cannot reach Redis at {addr}: no answer"))?
     .map_err(|e| format!("cannot reach Redis at {addr}: {e}"))?;
     Ok((client, conn))
+}
+
+/// A connection to the Redis Cluster the seeds belong to.
+async fn open_cluster(config: &ClusterConfig) -> Result<Current, String> {
+    let seeds = &config.redis_cluster;
+    let client = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+        .connection_timeout(RESPONSE_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .build()
+        .map_err(|e| format!("[cluster] redis_cluster {seeds:?}: {e}"))?;
+    let conn = tokio::time::timeout(RESPONSE_TIMEOUT * 2, client.get_async_connection())
+        .await
+        .map_err(|_| format!("cannot reach Redis Cluster at {seeds:?}: no answer"))?
+        .map_err(|e| format!("cannot reach Redis Cluster at {seeds:?}: {e}"))?;
+    let first = &seeds[0];
+    let pubsub = redis::Client::open(first.as_str())
+        .map_err(|e| format!("[cluster] redis_cluster {first:?}: {e}"))?;
+    Ok(Current {
+        addr: authority(first).to_string(),
+        client: pubsub,
+        conn: Conn::Sharded(conn),
+    })
+}
+
+impl Target {
+    /// Sends `commands` (each with the key or channel it goes by), their replies
+    /// ignored: as one pipeline, or on Redis Cluster as one per key, at once. The
+    /// commands of one key keep their order. The first failure, if any.
+    pub async fn send_all(&self, commands: Vec<(String, Cmd)>) -> redis::RedisResult<()> {
+        let mut groups: Vec<(String, Pipeline)> = Vec::new();
+        for (key, cmd) in commands {
+            let at = match self.sharded() {
+                false if !groups.is_empty() => 0,
+                false => usize::MAX,
+                true => groups
+                    .iter()
+                    .position(|(k, _)| *k == key)
+                    .unwrap_or(usize::MAX),
+            };
+            if at == usize::MAX {
+                groups.push((key, redis::pipe()));
+            }
+            let at = if at == usize::MAX {
+                groups.len() - 1
+            } else {
+                at
+            };
+            groups[at].1.add_command(cmd).ignore();
+        }
+        let pipes = groups.into_iter().map(|(_, p)| p).collect();
+        for answer in query_all(&self.conn(), pipes).await {
+            answer?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `pipes` (each on one shard) at once; their results in order.
+pub async fn query_all(
+    conn: &Conn,
+    pipes: Vec<Pipeline>,
+) -> Vec<redis::RedisResult<Vec<redis::RedisResult<Value>>>> {
+    let runs = pipes.into_iter().map(|pipe| {
+        let mut conn = conn.clone();
+        async move {
+            pipe.query_async::<Vec<redis::RedisResult<Value>>>(&mut conn)
+                .await
+        }
+        .boxed()
+    });
+    futures_util::future::join_all(runs).await
 }
 
 /// The master's `host:port`, from the first sentinel that knows it.

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use redis::{ErrorKind, ServerErrorKind, Value};
+use redis::{ErrorKind, ServerErrorKind};
 use rtc_proto::v1;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -174,6 +174,30 @@ fn runs(ready: &[(usize, Prepared)]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// The runs to send together: all of them, or on Redis Cluster those of each topic
+/// (in the order topics first appear).
+fn shards(
+    inner: &Inner,
+    ready: &[(usize, Prepared)],
+    todo: Vec<std::ops::Range<usize>>,
+) -> Vec<Vec<std::ops::Range<usize>>> {
+    if !inner.target.sharded() {
+        return vec![todo];
+    }
+    let mut groups: Vec<Vec<std::ops::Range<usize>>> = Vec::new();
+    for run in todo {
+        let topic = &ready[run.start].1.topic;
+        match groups
+            .iter_mut()
+            .find(|g| &ready[g[0].start].1.topic == topic)
+        {
+            Some(g) => g.push(run),
+            None => groups.push(vec![run]),
+        }
+    }
+    groups
+}
+
 /// The `EVALSHA` of one run.
 fn run_command(inner: &Inner, run: &[(usize, Prepared)], now: i64, epoch: u64) -> redis::Cmd {
     let keys = &inner.keys;
@@ -218,42 +242,54 @@ async fn run_pipeline(
         if todo.is_empty() {
             break;
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         let (now, epoch) = (now_ms(), inner.new_epoch());
-        for run in &todo {
-            pipe.add_command(run_command(inner, &ready[run.clone()], now, epoch));
-        }
-        let mut conn = inner.conn();
-        let replies: Vec<redis::RedisResult<Value>> = match pipe.query_async(&mut conn).await {
-            Ok(replies) => replies,
-            Err(e) => {
-                let refusal = unavailable(&e);
-                for run in &todo {
-                    run.clone().for_each(|i| results[i] = Err(refusal.clone()));
+        // One pipeline, or on Redis Cluster one per topic (a pipeline stays on one
+        // shard); a topic's runs keep their order inside its pipeline.
+        let groups = shards(inner, ready, todo);
+        let pipes = groups
+            .iter()
+            .map(|group| {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for run in group {
+                    pipe.add_command(run_command(inner, &ready[run.clone()], now, epoch));
                 }
-                return results;
-            }
-        };
+                pipe
+            })
+            .collect();
+        let answers = super::target::query_all(&inner.conn(), pipes).await;
         let mut again = Vec::new();
-        for (run, reply) in todo.into_iter().zip(replies) {
-            let outcome = match reply {
-                Ok(v) => appended(&v, run.len()).map_err(|e| Refusal::Storage(e.to_string())),
-                Err(e)
-                    if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && attempt == 0 =>
-                {
-                    again.push(run);
+        for (group, answer) in groups.into_iter().zip(answers) {
+            let replies = match answer {
+                Ok(replies) => replies,
+                Err(e) => {
+                    let refusal = unavailable(&e);
+                    for run in group {
+                        run.for_each(|i| results[i] = Err(refusal.clone()));
+                    }
                     continue;
                 }
-                Err(e) => Err(Refusal::Storage(format!("Redis refused the append: {e}"))),
             };
-            match outcome {
-                Ok((each, ts)) => {
-                    for (i, a) in run.zip(each) {
-                        results[i] = Ok((a, ts));
+            for (run, reply) in group.into_iter().zip(replies) {
+                let outcome = match reply {
+                    Ok(v) => appended(&v, run.len()).map_err(|e| Refusal::Storage(e.to_string())),
+                    Err(e)
+                        if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                            && attempt == 0 =>
+                    {
+                        again.push(run);
+                        continue;
                     }
+                    Err(e) => Err(Refusal::Storage(format!("Redis refused the append: {e}"))),
+                };
+                match outcome {
+                    Ok((each, ts)) => {
+                        for (i, a) in run.zip(each) {
+                            results[i] = Ok((a, ts));
+                        }
+                    }
+                    Err(refusal) => run.for_each(|i| results[i] = Err(refusal.clone())),
                 }
-                Err(refusal) => run.for_each(|i| results[i] = Err(refusal.clone())),
             }
         }
         if !again.is_empty() {
