@@ -56,6 +56,7 @@
 //! sentinels = ["redis://10.0.0.5:26379"]   # Redis Sentinel: follow master `master`
 //! master = "mymaster"
 //! redis_cluster = ["redis://10.0.0.7:7000", "redis://10.0.0.8:7000"]   # Redis Cluster seeds
+//! tls_ca = "redis-ca.pem"   # rediss://: trust this PEM instead of the system's roots
 //! ```
 
 use std::net::SocketAddr;
@@ -197,6 +198,9 @@ pub struct ClusterConfig {
     /// Redis Cluster: seed nodes (`redis://HOST:PORT` each, a password as in `redis`);
     /// the shards are found from them. `redis` is then not used.
     pub redis_cluster: Vec<String>,
+    /// For `rediss://`: a PEM file with the certificate(s) to trust for Redis (its own
+    /// self-signed one, or a private CA) instead of the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -208,6 +212,7 @@ impl Default for ClusterConfig {
             sentinels: Vec::new(),
             master: "mymaster".to_string(),
             redis_cluster: Vec::new(),
+            tls_ca: None,
         }
     }
 }

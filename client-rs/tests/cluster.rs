@@ -479,3 +479,43 @@ async fn a_request_on_one_node_is_answered_by_a_responder_on_another() {
     b.close().await;
     assert_eq!(serving.await.unwrap(), 20, "each request answered once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_a_redis_over_tls_with_a_password_and_a_private_ca() {
+    let dir = rtc_testkit::temp_dir();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("redis.pem"), dir.path().join("redis.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let redis = RedisServer::start_tls(&cert, &key, "s3cret");
+    let section = |password: &str| {
+        format!(
+            "redis = \"rediss://:{password}@127.0.0.1:{}\"\ntls_ca = \"{}\"",
+            redis.port,
+            cert.display()
+        )
+    };
+    let nodes: Vec<common::cluster::Node> = (0..2)
+        .map(|_| common::cluster::Node::start_section(&section("s3cret")))
+        .collect();
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut on_b = b.subscribe("secure").await.unwrap();
+    let ack = a.publish("secure", "over tls").await.unwrap();
+    assert_eq!(ack.seq, 1);
+    assert_eq!(&next(&mut on_b).await.payload[..], b"over tls");
+    // A wrong password stops the broker at start, saying why.
+    let cfg_dir = rtc_testkit::temp_dir();
+    let config = cfg_dir.path().join("rtc.toml");
+    std::fs::write(&config, format!("[cluster]\n{}\n", section("wrong"))).unwrap();
+    let out = std::process::Command::new(rtc_testkit::workspace_bin("rtc-broker"))
+        .args(["--tcp", "127.0.0.1:0", "--http", "off", "--data-dir"])
+        .arg(cfg_dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+}

@@ -69,6 +69,47 @@ impl RedisServer {
         }
     }
 
+    /// redis-server speaking TLS only (with `cert` and `key`, PEM files), and requiring
+    /// `password`: for `rediss://:PASSWORD@127.0.0.1:PORT`.
+    pub fn start_tls(cert: &Path, key: &Path, password: &str) -> RedisServer {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let port = free_port();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir: crate::temp_dir(),
+                args: [
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--requirepass",
+                    password,
+                    "--tls-auth-clients",
+                    "no",
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cert-file",
+                    &cert.display().to_string(),
+                    "--tls-key-file",
+                    &key.display().to_string(),
+                ]
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+                conf: None,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
+                Err(e) => panic!("redis-server (TLS) did not start: {e}"),
+            }
+        }
+    }
+
     /// A Redis Sentinel watching the master on `master_port` as `mymaster`, with a
     /// quorum of 1 and short timeouts (down after 1 s), so that a test's failover takes
     /// a few seconds.

@@ -138,7 +138,7 @@ impl Target {
         let seeds = &self.config.redis_cluster;
         if !seeds.is_empty() {
             let i = self.next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len();
-            if let Ok(client) = redis::Client::open(seeds[i].as_str()) {
+            if let Ok(client) = client_for(&self.config, &seeds[i]) {
                 return client;
             }
         }
@@ -181,8 +181,7 @@ async fn open(
     addr: &str,
 ) -> Result<(redis::Client, ConnectionManager), String> {
     let url = with_authority(&config.redis, addr);
-    let client = redis::Client::open(url.as_str())
-        .map_err(|e| format!("[cluster] redis {:?}: {e}", config.redis))?;
+    let client = client_for(config, &url)?;
     let manager = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(RESPONSE_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -198,12 +197,38 @@ async fn open(
     Ok((client, conn))
 }
 
+/// The certificates to trust instead of the system's roots (`tls_ca`), if any.
+fn tls_certs(config: &ClusterConfig) -> Result<Option<redis::TlsCertificates>, String> {
+    let Some(ca) = &config.tls_ca else {
+        return Ok(None);
+    };
+    let root_cert =
+        std::fs::read(ca).map_err(|e| format!("[cluster] tls_ca {}: {e}", ca.display()))?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    }))
+}
+
+/// A client for `url`, trusting `tls_ca` if given.
+fn client_for(config: &ClusterConfig, url: &str) -> Result<redis::Client, String> {
+    let client = match tls_certs(config)? {
+        Some(certs) => redis::Client::build_with_tls(url, certs),
+        None => redis::Client::open(url),
+    };
+    client.map_err(|e| format!("[cluster] redis {url:?}: {e}"))
+}
+
 /// A connection to the Redis Cluster the seeds belong to.
 async fn open_cluster(config: &ClusterConfig) -> Result<Current, String> {
     let seeds = &config.redis_cluster;
-    let client = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+    let mut builder = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
         .connection_timeout(RESPONSE_TIMEOUT)
-        .response_timeout(RESPONSE_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT);
+    if let Some(certs) = tls_certs(config)? {
+        builder = builder.certs(certs);
+    }
+    let client = builder
         .build()
         .map_err(|e| format!("[cluster] redis_cluster {seeds:?}: {e}"))?;
     let conn = tokio::time::timeout(RESPONSE_TIMEOUT * 2, client.get_async_connection())
@@ -211,8 +236,7 @@ async fn open_cluster(config: &ClusterConfig) -> Result<Current, String> {
         .map_err(|_| format!("cannot reach Redis Cluster at {seeds:?}: no answer"))?
         .map_err(|e| format!("cannot reach Redis Cluster at {seeds:?}: {e}"))?;
     let first = &seeds[0];
-    let pubsub = redis::Client::open(first.as_str())
-        .map_err(|e| format!("[cluster] redis_cluster {first:?}: {e}"))?;
+    let pubsub = client_for(config, first)?;
     Ok(Current {
         addr: authority(first).to_string(),
         client: pubsub,

@@ -25,13 +25,18 @@ impl Node {
 
     /// A node with `cluster` added to its `[cluster]` section (TOML lines).
     pub fn start_with(redis: &RedisServer, prefix: &str, cluster: &str) -> Node {
-        let dir = temp_dir();
-        let config = dir.path().join("rtc.toml");
-        let text = format!(
-            "{CONFIG}\n[cluster]\nredis = \"{}\"\nprefix = \"{prefix}\"\n{cluster}\n",
+        let section = format!(
+            "redis = \"{}\"\nprefix = \"{prefix}\"\n{cluster}",
             redis.url()
         );
-        std::fs::write(&config, text).unwrap();
+        Self::start_section(&section)
+    }
+
+    /// A node whose `[cluster]` section is `section` (TOML lines).
+    pub fn start_section(section: &str) -> Node {
+        let dir = temp_dir();
+        let config = dir.path().join("rtc.toml");
+        std::fs::write(&config, format!("{CONFIG}\n[cluster]\n{section}\n")).unwrap();
         let data = dir.path().join("data");
         let config = config.to_str().unwrap().to_string();
         let broker =
