@@ -204,6 +204,7 @@ impl BrokerBuilder {
                     config.max_topics,
                     delivery.clone(),
                     router.clone(),
+                    Some(metrics.clone()),
                 )
                 .await
                 .map_err(BrokerError::Cluster)?;

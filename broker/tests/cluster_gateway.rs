@@ -205,3 +205,42 @@ fn a_broker_that_cannot_reach_redis_at_start_says_so_and_exits() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("redis:// or rediss://"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_redis_is_a_503_for_http_publish_and_shows_in_the_metrics() {
+    let mut redis = RedisServer::start();
+    let a = Node::start(&redis);
+    let publish = || common::http::request(a.http(), "POST", "/v1/publish/jobs", &[], b"x");
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert_eq!(publish().await.status, 200);
+    redis.kill();
+    let refused = publish().await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("UNAVAILABLE"), "{}", refused.text());
+    let metrics = common::http::get(a.http(), "/metrics", &[]).await.text();
+    assert_eq!(
+        metric(&metrics, "rtc_storage_failed"),
+        Some(1.0),
+        "{metrics}"
+    );
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while publish().await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never taken back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = common::http::get(a.http(), "/metrics", &[]).await.text();
+    assert_eq!(
+        metric(&metrics, "rtc_storage_failed"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "rtc_storage_failures_total").unwrap_or(0.0) >= 1.0);
+}

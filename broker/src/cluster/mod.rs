@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
-use crate::engine::{Append, CommitSink, StoreError, TopicStats};
+use crate::engine::{Append, CommitSink, StorageObserver, StoreError, TopicStats};
 use crate::router::Router;
 use crate::store::catalog::Catalog;
 use crate::topic::TopicRules;
@@ -89,6 +89,9 @@ pub struct Inner {
     roster: OnceLock<Weak<presence::ClusterRoster>>,
     /// This node's waiting requests, for replies forwarded from other nodes.
     requests: OnceLock<Arc<crate::request::Requests>>,
+    /// Told each pass's size and time, and when Redis stops (and starts again) taking
+    /// appends: the metrics' storage figures.
+    observer: Option<Arc<dyn StorageObserver>>,
 }
 
 impl<O: Send + 'static> RedisEngine<O> {
@@ -100,6 +103,7 @@ impl<O: Send + 'static> RedisEngine<O> {
         max_topics: usize,
         sink: Arc<dyn CommitSink<O>>,
         router: Arc<Router>,
+        observer: Option<Arc<dyn StorageObserver>>,
     ) -> Result<Arc<Self>, String> {
         let target = target::Target::connect(config).await?;
         let tasks = TaskTracker::new();
@@ -116,6 +120,7 @@ impl<O: Send + 'static> RedisEngine<O> {
             tasks: tasks.clone(),
             roster: OnceLock::new(),
             requests: OnceLock::new(),
+            observer,
         });
         inner
             .reload_all()

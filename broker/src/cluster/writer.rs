@@ -37,6 +37,8 @@ pub async fn run<O: Send + 'static>(
     cancel: CancellationToken,
 ) {
     let mut batch = Vec::new();
+    // Told to the observer once per outage: Redis refused or did not answer.
+    let mut down = false;
     loop {
         let first = tokio::select! {
             first = rx.recv() => first,
@@ -50,7 +52,31 @@ pub async fn run<O: Send + 'static>(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
+        let n = batch.len();
         let pass = append_all(&inner, std::mem::take(&mut batch)).await;
+        if let Some(observer) = &inner.observer {
+            let outage = pass.iter().find_map(|c| match &c.outcome {
+                Outcome::Refused(Refusal::Unavailable(why)) => Some(why.clone()),
+                _ => None,
+            });
+            match outage {
+                Some(why) if !down => {
+                    down = true;
+                    observer.failed(&why);
+                }
+                None if down
+                    && pass
+                        .iter()
+                        .any(|c| !matches!(c.outcome, Outcome::Refused(_))) =>
+                {
+                    down = false;
+                    observer.recovered();
+                }
+                _ => {}
+            }
+            observer.pass(n, started.elapsed());
+        }
         sink.committed(pass);
     }
 }
