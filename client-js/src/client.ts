@@ -70,6 +70,10 @@ export interface ConnectOptions {
   /** How frames travel on the WebSocket: `jsonCodec` (rtc.v1.json, the default), or
    *  `protoCodec` from "rtc-client/proto" for the binary rtc.v1.proto. */
   codec?: Codec;
+  /** More brokers of the same cluster (URLs as for `connect`): after a lost connection
+   *  the client tries the next one in turn, so that it resumes on another node when its
+   *  own is gone (subscriptions and the outbox as after any reconnect). */
+  servers?: string[];
 }
 
 /** The transport in use. */
@@ -148,7 +152,10 @@ function newMsgId(): string {
 }
 
 export class Client {
-  readonly #url: string;
+  /** The URL in use: one of `#urls`, the next after each lost connection. */
+  #url: string;
+  readonly #urls: string[];
+  #at = 0;
   readonly #opts: ConnectOptions;
   readonly #WS: WebSocketConstructor;
   readonly #codec: Codec;
@@ -188,6 +195,7 @@ export class Client {
 
   private constructor(url: string, opts: ConnectOptions) {
     this.#url = url;
+    this.#urls = [url, ...(opts.servers ?? []).map(wsUrl)];
     this.#opts = opts;
     this.#token = opts.token ?? "";
     const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
@@ -786,6 +794,10 @@ export class Client {
     for (const w of this.#waiting.values()) w.reject(new ClosedError(why));
     this.#waiting.clear();
     if (this.#state === "closed") return;
+    if (this.#urls.length > 1) {
+      this.#at = (this.#at + 1) % this.#urls.length;
+      this.#url = this.#urls[this.#at];
+    }
     const policy = this.#opts.reconnect;
     this.#attempt += 1;
     if (policy === false || (policy?.maxAttempts !== undefined && this.#attempt > policy.maxAttempts)) {

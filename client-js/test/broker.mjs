@@ -1,7 +1,7 @@
 // Test helpers: the real rtc-broker binary on 127.0.0.1 ports of its own (its path in
 // RTC_BROKER_BIN, else the workspace's debug build), and a TCP proxy that can cut every
 // connection through it.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
@@ -44,6 +44,49 @@ export async function startBroker(extra = []) {
     async stop() {
       child.kill("SIGTERM");
       await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+    /** SIGKILL, as a crash would. */
+    async kill() {
+      child.kill("SIGKILL");
+      await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.on("exit", r)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A redis-server on a free loopback port with nothing saved, installed first by the
+ *  project's scripts/ensure-redis.sh when missing; resolves with { url, stop() }. */
+export async function startRedis() {
+  const bin = execFileSync("bash", [join(here, "../../scripts/ensure-redis.sh")], { encoding: "utf8" }).trim();
+  const port = await new Promise((resolve) => {
+    const probe = createServer();
+    probe.listen(0, "127.0.0.1", () => {
+      const p = probe.address().port;
+      probe.close(() => resolve(p));
+    });
+  });
+  const dir = mkdtempSync(join(tmpdir(), "rtc-js-redis-"));
+  const child = spawn(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  await new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error(`redis-server did not start: ${out}`)), 20000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (out.includes("Ready to accept connections")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`redis-server exited (${code}): ${out}`)));
+  });
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      child.kill("SIGKILL");
+      await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.on("exit", r)));
       rmSync(dir, { recursive: true, force: true });
     },
   };
