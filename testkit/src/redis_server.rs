@@ -51,72 +51,53 @@ impl RedisServer {
     /// Starts redis-server with `args` added (e.g. `--appendonly yes --appendfsync
     /// always`), on a free port, in a fresh temp dir.
     pub fn start_with(args: &[&str]) -> RedisServer {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let port = free_port();
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir: crate::temp_dir(),
-                args: args.iter().map(|a| a.to_string()).collect(),
-                conf: None,
-            };
-            match server.spawn() {
-                Ok(()) => return server,
-                Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
-                Err(e) => panic!("redis-server did not start: {e}"),
-            }
-        }
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        on_free_port("redis-server", |port| RedisServer {
+            child: None,
+            port,
+            dir: crate::temp_dir(),
+            args: args.clone(),
+            conf: None,
+        })
     }
 
     /// redis-server speaking TLS only (with `cert` and `key`, PEM files), and requiring
     /// `password`: for `rediss://:PASSWORD@127.0.0.1:PORT`.
     pub fn start_tls(cert: &Path, key: &Path, password: &str) -> RedisServer {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let port = free_port();
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir: crate::temp_dir(),
-                args: [
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--requirepass",
-                    password,
-                    "--tls-auth-clients",
-                    "no",
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &port.to_string(),
-                    "--tls-cert-file",
-                    &cert.display().to_string(),
-                    "--tls-key-file",
-                    &key.display().to_string(),
-                ]
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-                conf: None,
-            };
-            match server.spawn() {
-                Ok(()) => return server,
-                Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
-                Err(e) => panic!("redis-server (TLS) did not start: {e}"),
-            }
-        }
+        on_free_port("redis-server (TLS)", |port| RedisServer {
+            child: None,
+            port,
+            dir: crate::temp_dir(),
+            args: [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                password,
+                "--tls-auth-clients",
+                "no",
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &cert.display().to_string(),
+                "--tls-key-file",
+                &key.display().to_string(),
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+            conf: None,
+        })
     }
 
     /// A Redis Sentinel watching the master on `master_port` as `mymaster`, with a
     /// quorum of 1 and short timeouts (down after 1 s), so that a test's failover takes
     /// a few seconds.
     pub fn sentinel(master_port: u16) -> RedisServer {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let port = free_port();
+        on_free_port("redis sentinel", |port| {
             let dir = crate::temp_dir();
             let conf = dir.path().join("sentinel.conf");
             let text = format!(
@@ -127,19 +108,14 @@ impl RedisServer {
                  sentinel parallel-syncs mymaster 1\n"
             );
             std::fs::write(&conf, text).expect("write sentinel.conf");
-            let mut server = RedisServer {
+            RedisServer {
                 child: None,
                 port,
                 dir,
                 args: vec!["--sentinel".to_string()],
                 conf: Some(conf),
-            };
-            match server.spawn() {
-                Ok(()) => return server,
-                Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
-                Err(e) => panic!("redis sentinel did not start: {e}"),
             }
-        }
+        })
     }
 
     /// A Redis Cluster of `n` masters (no replicas) on loopback, created with
@@ -289,6 +265,20 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Starts the server `make` describes for a free port, again on another port while the
+/// one picked turns out taken.
+fn on_free_port(what: &str, make: impl Fn(u16) -> RedisServer) -> RedisServer {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let mut server = make(free_port());
+        match server.spawn() {
+            Ok(()) => return server,
+            Err(e) if Instant::now() < deadline && e.contains("in use") => continue,
+            Err(e) => panic!("{what} did not start: {e}"),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use rtc_proto::topic::dead_letter_topic;
-use rtc_proto::v1::{self, frame::Op, start_position::Position};
+use rtc_proto::v1::{self, start_position::Position};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -208,13 +208,7 @@ impl Actor {
     /// removes.
     fn stop(self, done: tokio::sync::oneshot::Sender<()>) {
         for m in self.members.values() {
-            let mut notice = rtc_proto::Frame::topic_deleted(m.sub_id, &self.topic);
-            if let Some(Op::Error(e)) = &mut notice.op {
-                e.message = format!(
-                    "durable consumer {:?} on topic {:?} was deleted; this subscription has ended",
-                    self.name, self.topic
-                );
-            }
+            let notice = super::deleted_notice(m.sub_id, &self.topic, &self.name);
             let _ = m.outbox.push_frame_now(notice);
         }
         tracing::info!(topic = %self.topic, consumer = %self.name, members = self.members.len(), "consumer stopped for deletion");
@@ -473,16 +467,8 @@ impl Actor {
     /// The member whose turn it is among those with room.
     fn pick_member(&mut self) -> Option<u64> {
         let now = Instant::now();
-        let ids: Vec<u64> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.has_room(now))
-            .map(|(id, _)| *id)
-            .collect();
-        let id = *ids
-            .iter()
-            .find(|&&id| id > self.turn)
-            .or_else(|| ids.first())?;
+        let with_room = self.members.iter().filter(|(_, m)| m.has_room(now));
+        let id = super::next_in_turn(with_room.map(|(id, _)| *id), self.turn)?;
         self.turn = id;
         Some(id)
     }

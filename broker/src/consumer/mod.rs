@@ -358,6 +358,31 @@ impl Consumers {
     }
 }
 
+/// The member whose turn it is: the first of `with_room` (member ids with room, in
+/// order) after `turn`, else the first; round robin across calls.
+pub fn next_in_turn(with_room: impl Iterator<Item = u64>, turn: u64) -> Option<u64> {
+    let mut first = None;
+    for id in with_room {
+        if id > turn {
+            return Some(id);
+        }
+        first.get_or_insert(id);
+    }
+    first
+}
+
+/// What a member of consumer `name` on `topic` is told when the consumer (or the topic)
+/// is deleted: `TOPIC_DELETED` for its subscription.
+pub fn deleted_notice(sub_id: u64, topic: &str, name: &str) -> Frame {
+    let mut notice = Frame::topic_deleted(sub_id, topic);
+    if let Some(v1::frame::Op::Error(e)) = &mut notice.op {
+        e.message = format!(
+            "durable consumer {name:?} on topic {topic:?} was deleted; this subscription has ended"
+        );
+    }
+    notice
+}
+
 /// Stops an actor and waits until it has told its members (or was gone already).
 async fn stop(tx: mpsc::Sender<Command>) {
     let (done, rx) = oneshot::channel();

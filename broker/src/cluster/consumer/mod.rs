@@ -25,7 +25,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use prost::Message as _;
 use redis::AsyncCommands;
 use rtc_proto::topic::dead_letter_topic;
-use rtc_proto::v1::{self, frame::Op, start_position::Position};
+use rtc_proto::v1::{self, start_position::Position};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,9 @@ use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::scripts::Entry;
 use super::{feed, store_error, writer, Inner};
-use crate::consumer::{Command, JoinSpec, Runner, DEFAULT_MAX_DELIVER};
+use crate::consumer::{
+    deleted_notice, next_in_turn, Command, JoinSpec, Runner, DEFAULT_MAX_DELIVER,
+};
 
 mod stream;
 
@@ -211,13 +213,7 @@ impl Group {
     /// The consumer (or its topic) was deleted: each member is told.
     fn stop_members(&mut self) {
         for m in self.members.values() {
-            let mut notice = rtc_proto::Frame::topic_deleted(m.sub_id, &self.topic);
-            if let Some(Op::Error(e)) = &mut notice.op {
-                e.message = format!(
-                    "durable consumer {:?} on topic {:?} was deleted; this subscription has ended",
-                    self.name, self.topic
-                );
-            }
+            let notice = deleted_notice(m.sub_id, &self.topic, &self.name);
             let _ = m.outbox.push_frame_now(notice);
         }
         self.members.clear();
@@ -545,16 +541,8 @@ impl Group {
 
     fn pick_member(&mut self) -> Option<u64> {
         let now = Instant::now();
-        let ids: Vec<u64> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.has_room(now))
-            .map(|(id, _)| *id)
-            .collect();
-        let id = *ids
-            .iter()
-            .find(|&&id| id > self.turn)
-            .or_else(|| ids.first())?;
+        let with_room = self.members.iter().filter(|(_, m)| m.has_room(now));
+        let id = next_in_turn(with_room.map(|(id, _)| *id), self.turn)?;
         self.turn = id;
         Some(id)
     }
