@@ -31,6 +31,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn listen(&self, pattern: &str) -> BoxFuture<'static, ()>;
     /// A subscription with `pattern` ended.
     fn unlisten(&self, pattern: &str);
+    /// Whether [`Bus::listen`] takes patterns with wildcards (sharded pub/sub on Redis
+    /// Cluster does not: sessions refuse them with `UNSUPPORTED`).
+    fn wildcards(&self) -> bool {
+        true
+    }
     /// Sends a request (an encoded `rtc.v1.Message` with `reply_to`) of `topic` to the
     /// other nodes; resolves with how many nodes took it (0: nobody else listens, or the
     /// cluster cannot be reached).

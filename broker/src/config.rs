@@ -56,6 +56,7 @@
 //! sentinels = ["redis://10.0.0.5:26379"]   # Redis Sentinel: follow master `master`
 //! master = "mymaster"
 //! redis_cluster = ["redis://10.0.0.7:7000", "redis://10.0.0.8:7000"]   # Redis Cluster seeds
+//! pubsub = "sharded"        # Redis Cluster's live messages: "sharded" (default) or "classic"
 //! tls_ca = "redis-ca.pem"   # rediss://: trust this PEM instead of the system's roots
 //! ```
 
@@ -198,6 +199,10 @@ pub struct ClusterConfig {
     /// Redis Cluster: seed nodes (`redis://HOST:PORT` each, a password as in `redis`);
     /// the shards are found from them. `redis` is then not used.
     pub redis_cluster: Vec<String>,
+    /// Which pub/sub carries live messages between nodes. Only Redis Cluster has a
+    /// choice, and there the default is [`PubSubKind::Sharded`]; with one Redis (or
+    /// Sentinel) it is always [`PubSubKind::Classic`].
+    pub pubsub: Option<PubSubKind>,
     /// For `rediss://`: a PEM file with the certificate(s) to trust for Redis (its own
     /// self-signed one, or a private CA) instead of the system's roots.
     pub tls_ca: Option<PathBuf>,
@@ -212,9 +217,23 @@ impl Default for ClusterConfig {
             sentinels: Vec::new(),
             master: "mymaster".to_string(),
             redis_cluster: Vec::new(),
+            pubsub: None,
             tls_ca: None,
         }
     }
+}
+
+/// Redis's two kinds of pub/sub, as `[cluster] pubsub` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSubKind {
+    /// `PUBLISH`/`SUBSCRIBE`/`PSUBSCRIBE`. On Redis Cluster every message is copied to
+    /// every shard, whoever subscribed: simple, and its cost grows with the shards.
+    Classic,
+    /// `SPUBLISH`/`SSUBSCRIBE` (Redis 7): a topic's messages stay on the shard of its
+    /// keys, so pub/sub grows with the shards. Sharded pub/sub has no patterns:
+    /// subscriptions with wildcards are refused (`UNSUPPORTED`).
+    Sharded,
 }
 
 impl ClusterConfig {
@@ -260,7 +279,22 @@ impl ClusterConfig {
         if self.presence_ttl < Duration::from_secs(1) {
             return Err("[cluster] presence_ttl must be at least 1s".to_string());
         }
+        if self.pubsub == Some(PubSubKind::Sharded) && self.redis_cluster.is_empty() {
+            return Err(
+                "[cluster] pubsub = \"sharded\" is for Redis Cluster: it needs redis_cluster"
+                    .to_string(),
+            );
+        }
         Ok(())
+    }
+
+    /// The pub/sub in use: the configured one, else sharded on Redis Cluster.
+    pub fn pubsub_kind(&self) -> PubSubKind {
+        match (self.pubsub, self.redis_cluster.is_empty()) {
+            (Some(kind), _) => kind,
+            (None, true) => PubSubKind::Classic,
+            (None, false) => PubSubKind::Sharded,
+        }
     }
 }
 
@@ -549,6 +583,23 @@ mod tests {
         let c = Config::from_toml_str("[[topic]]\npattern = \"a.>.b\"").unwrap();
         assert!(c.validate().is_err());
         assert_eq!("never".parse::<FsyncPolicy>().unwrap().to_string(), "never");
+    }
+
+    #[test]
+    fn redis_cluster_defaults_to_sharded_pubsub_which_needs_it() {
+        let seeds = "[cluster]\nredis_cluster = [\"redis://127.0.0.1:7000\"]\n";
+        let c = Config::from_toml_str(seeds).unwrap();
+        c.validate().unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.pubsub_kind(), PubSubKind::Sharded);
+        let c = Config::from_toml_str(&format!("{seeds}pubsub = \"classic\"\n")).unwrap();
+        assert_eq!(c.cluster.unwrap().pubsub_kind(), PubSubKind::Classic);
+        let one = Config::from_toml_str("[cluster]\nredis = \"redis://127.0.0.1:1\"\n").unwrap();
+        assert_eq!(one.cluster.unwrap().pubsub_kind(), PubSubKind::Classic);
+        let c = Config::from_toml_str("[cluster]\npubsub = \"sharded\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("needs redis_cluster"), "{e}");
+        assert!(Config::from_toml_str("[cluster]\npubsub = \"fast\"\n").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::nodes;
+use common::cluster::{nodes, publish_in_background};
 use common::{next, take, WAIT};
 use rtc_client::{Client, ErrorCode, PublishMessage, StartAt, SubscribeOptions};
 use rtc_testkit::redis_server::RedisServer;
@@ -256,22 +256,6 @@ async fn a_history_lost_in_redis_starts_a_new_epoch_instead_of_reusing_seqs() {
     // And the topic is still known to every node.
     let info = a.topic_info("ledger").await.unwrap();
     assert_eq!((info.last_seq, info.epoch), (1, m.epoch));
-}
-
-/// Publishes `n` messages to `topic` one after another, each acknowledged, with IDs
-/// `<who>-<i>`.
-fn publish_in_background(
-    client: Client,
-    who: &'static str,
-    topic: &'static str,
-    n: usize,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        for i in 0..n {
-            let m = PublishMessage::new(topic, format!("m{i}")).msg_id(format!("{who}-{i}"));
-            client.publish_message(m).await.unwrap();
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

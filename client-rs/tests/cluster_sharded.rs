@@ -1,29 +1,62 @@
 //! Cluster mode on a Redis Cluster of three masters (real redis-server processes,
 //! created with `redis-cli --cluster create` on loopback): fan-out across nodes for
-//! topics on every shard, durable topics with dedup and replay, and a durable consumer.
+//! topics on every shard by sharded pub/sub (the default there), durable topics with
+//! dedup and replay, and a durable consumer; then classic pub/sub, which has wildcards.
 
 mod common;
 
 use std::collections::BTreeSet;
 
-use common::cluster::Node;
+use common::cluster::{publish_in_background, Node};
 use common::{next, take};
-use rtc_client::{ConsumerOptions, PublishMessage, StartAt, SubscribeOptions};
+use rtc_client::{
+    ConsumerOptions, ErrorCode, PresenceJoin, PublishMessage, StartAt, SubscribeOptions,
+};
 use rtc_testkit::redis_server::RedisServer;
+use std::time::Duration;
+
+/// The `[cluster]` lines for a Redis Cluster of `shards`, and `more`.
+fn section(shards: &[RedisServer], more: &str) -> String {
+    let seeds: Vec<String> = shards.iter().map(|s| format!("\"{}\"", s.url())).collect();
+    format!("redis_cluster = [{}]\n{more}", seeds.join(", "))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_durable_topics_and_consumers_work_on_a_redis_cluster() {
     let shards = RedisServer::cluster(3);
-    let seeds: Vec<String> = shards.iter().map(|s| format!("\"{}\"", s.url())).collect();
-    let extra = format!("redis_cluster = [{}]", seeds.join(", "));
+    let extra = section(&shards, "");
     let nodes: Vec<Node> = (0..2)
         .map(|_| Node::start_with(&shards[0], "t", &extra))
         .collect();
     let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    // Sharded pub/sub has no patterns: a wildcard is refused, and says why.
+    let err = b.subscribe("orders.>").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unsupported), "{err}");
+    assert!(err.to_string().contains("pubsub = \"classic\""), "{err}");
     // Twelve topics: their hash tags spread them over the three shards.
     let topics: Vec<String> = (0..12).map(|i| format!("orders.t{i}")).collect();
-    let mut on_b = b.subscribe("orders.>").await.unwrap();
-    let mut live_b = b.subscribe("live.>").await.unwrap();
+    let mut on_b = Vec::new();
+    let mut live_b = Vec::new();
+    for t in &topics {
+        on_b.push(b.subscribe(t.as_str()).await.unwrap());
+        live_b.push(b.subscribe(format!("live.{t}").as_str()).await.unwrap());
+    }
+    // Each topic's channel is subscribed on its own shard, by sharded pub/sub only.
+    let mut shard_channels = 0;
+    let mut holding_channels = 0;
+    for s in &shards {
+        let listed = s.cli(&["PUBSUB", "SHARDCHANNELS"]);
+        let n = listed.lines().filter(|l| l.contains(":live")).count();
+        shard_channels += n;
+        holding_channels += usize::from(n > 0);
+        let classic = s.cli(&["PUBSUB", "CHANNELS", "*:live"]);
+        assert_eq!(classic.trim(), "", "no classic subscription to a topic");
+    }
+    assert_eq!(shard_channels, 24, "every topic's channel, once");
+    assert!(
+        holding_channels >= 2,
+        "channels on {holding_channels} shard(s)"
+    );
     for round in 0..5 {
         for t in &topics {
             let id = format!("{t}-{round}");
@@ -37,13 +70,8 @@ async fn fan_out_durable_topics_and_consumers_work_on_a_redis_cluster() {
     for t in &topics {
         a.publish(format!("live.{t}").as_str(), "e").await.unwrap();
     }
-    let got = take(&mut on_b, 60).await;
-    for t in &topics {
-        let seqs: Vec<u64> = got
-            .iter()
-            .filter(|m| m.topic.as_str() == t)
-            .map(|m| m.seq)
-            .collect();
+    for (t, sub) in topics.iter().zip(on_b.iter_mut()) {
+        let seqs: Vec<u64> = take(sub, 5).await.iter().map(|m| m.seq).collect();
         assert_eq!(
             seqs,
             [1, 2, 3, 4, 5],
@@ -56,12 +84,14 @@ async fn fan_out_durable_topics_and_consumers_work_on_a_redis_cluster() {
         .filter(|s| s.cli(&["DBSIZE"]).trim().parse::<u64>().unwrap_or(0) > 0)
         .count();
     assert!(holding >= 2, "keys on {holding} shard(s)");
-    let live: BTreeSet<String> = take(&mut live_b, 12)
-        .await
-        .into_iter()
-        .map(|m| m.topic.to_string())
-        .collect();
-    assert_eq!(live.len(), 12, "ephemeral messages of every shard reach B");
+    for (t, sub) in topics.iter().zip(live_b.iter_mut()) {
+        let got = take(sub, 1).await;
+        assert_eq!(
+            got[0].topic.as_str(),
+            format!("live.{t}"),
+            "ephemeral, on B"
+        );
+    }
     // A retry on the other node is a duplicate; replay on B from the start.
     let retry = b
         .publish_message(PublishMessage::new("orders.t3", "x").msg_id("orders.t3-0"))
@@ -75,6 +105,44 @@ async fn fan_out_durable_topics_and_consumers_work_on_a_redis_cluster() {
     let mut replay = b.subscribe_with("orders.t7", opts).await.unwrap();
     let history: Vec<u64> = take(&mut replay, 5).await.iter().map(|m| m.seq).collect();
     assert_eq!(history, [1, 2, 3, 4, 5]);
+    // Request-reply and presence go by sharded channels too.
+    let mut served = b.subscribe("svc.upper").await.unwrap();
+    let responder = b.clone();
+    let serving = tokio::spawn(async move {
+        let request = next(&mut served).await;
+        let text = String::from_utf8_lossy(&request.payload).to_uppercase();
+        responder.reply(&request, text).await.unwrap();
+    });
+    let wait = Duration::from_secs(5);
+    let answer = a.request("svc.upper", "job", wait).await.unwrap();
+    assert_eq!(&answer.payload[..], b"JOB");
+    serving.await.unwrap();
+    let joining = |info: &str| SubscribeOptions {
+        presence: Some(PresenceJoin {
+            info: info.into(),
+            events: true,
+        }),
+        ..Default::default()
+    };
+    let mut events = a.presence_events();
+    let _a_in = a
+        .subscribe_with("room.s", joining(r#"{"n":"a"}"#))
+        .await
+        .unwrap();
+    let _b_in = b
+        .subscribe_with("room.s", joining(r#"{"n":"b"}"#))
+        .await
+        .unwrap();
+    let members = loop {
+        let e = tokio::time::timeout(wait, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.members == 2 {
+            break e.members;
+        }
+    };
+    assert_eq!(members, 2, "B's member is in A's room");
     // A durable consumer with a member on each node.
     let join = |c: &rtc_client::Client| {
         let c = c.clone();
@@ -97,4 +165,93 @@ async fn fan_out_durable_topics_and_consumers_work_on_a_redis_cluster() {
         assert!(seen.insert(m.seq), "seq {} twice", m.seq);
     }
     assert_eq!(seen, (1..=5).collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_pubsub_on_a_redis_cluster_carries_wildcard_subscriptions() {
+    let shards = RedisServer::cluster(3);
+    let extra = section(&shards, "pubsub = \"classic\"\n");
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| Node::start_with(&shards[0], "t", &extra))
+        .collect();
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut on_b = b.subscribe("orders.>").await.unwrap();
+    let mut live_b = b.subscribe("live.>").await.unwrap();
+    let topics: Vec<String> = (0..6).map(|i| format!("orders.t{i}")).collect();
+    for round in 0..3 {
+        for t in &topics {
+            let ack = a.publish(t.as_str(), "x").await.unwrap();
+            assert_eq!(ack.seq, round + 1, "{t}: its own seqs");
+        }
+    }
+    for t in &topics {
+        a.publish(format!("live.{t}").as_str(), "e").await.unwrap();
+    }
+    let got = take(&mut on_b, 18).await;
+    for t in &topics {
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter(|m| m.topic.as_str() == t)
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3], "{t}: every message once, in order, on B");
+    }
+    let live: BTreeSet<String> = take(&mut live_b, 6)
+        .await
+        .into_iter()
+        .map(|m| m.topic.to_string())
+        .collect();
+    assert_eq!(live.len(), 6, "ephemeral messages of every shard reach B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_shard_subscriptions_drop_delivers_what_it_missed_in_order() {
+    let shards = RedisServer::cluster(3);
+    let extra = section(&shards, "");
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| Node::start_with(&shards[0], "t", &extra))
+        .collect();
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    const TOPICS: [&str; 3] = ["feed.t0", "feed.t1", "feed.t2"];
+    const N: usize = 400;
+    let mut subs = Vec::new();
+    for t in TOPICS {
+        subs.push(b.subscribe(t).await.unwrap());
+    }
+    let publishers: Vec<_> = TOPICS
+        .iter()
+        .map(|t| publish_in_background(a.clone(), "a", t, N))
+        .collect();
+    // Every shard drops its pub/sub connections, five times while the publishers run.
+    let mut killed = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        for s in &shards {
+            killed += s
+                .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+                .trim()
+                .parse::<u32>()
+                .unwrap_or(0);
+        }
+    }
+    assert!(
+        killed >= 5,
+        "the shard subscriptions were cut ({killed} connections)"
+    );
+    for (t, sub) in TOPICS.iter().zip(subs.iter_mut()) {
+        let got = take(sub, N).await;
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=N as u64).collect::<Vec<_>>(),
+            "{t}: no gap, in order"
+        );
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for (t, sub) in TOPICS.iter().zip(subs.iter_mut()) {
+        a.publish(t, "end").await.unwrap();
+        assert_eq!(&next(sub).await.payload[..], b"end", "{t}: nothing twice");
+    }
 }

@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 use super::consumer::GroupRunner;
 use super::{feed, store_error, writer, RedisEngine};
 use crate::bus::Bus;
+use crate::config::PubSubKind;
 use crate::consumer::Runner;
 use crate::engine::{
     Append, Appender, ConsumerRecord, Log, LogEntry, Outcome, Stopped, StoreError, StoredConsumer,
@@ -362,8 +363,9 @@ impl<O: Send + 'static> Bus for RedisEngine<O> {
         let mut payload = super::wire::relayed_header(&inner.node);
         super::wire::relayed_push(&mut payload, false, &message);
         async move {
-            let mut conn = inner.conn();
-            let taken: redis::RedisResult<u64> = conn.publish(channel, payload).await;
+            let mut publish = inner.publish_live();
+            publish.arg(channel).arg(payload);
+            let taken: redis::RedisResult<u64> = publish.query_async(&mut inner.conn()).await;
             taken.unwrap_or_else(|e| {
                 tracing::debug!("cluster: a request not sent to other nodes: {e}");
                 0
@@ -403,6 +405,10 @@ impl<O: Send + 'static> Bus for RedisEngine<O> {
                 .collect())
         }
         .boxed()
+    }
+
+    fn wildcards(&self) -> bool {
+        self.inner.target.pubsub() == PubSubKind::Classic
     }
 
     fn unlisten(&self, pattern: &str) {

@@ -18,22 +18,22 @@
 //! - **Ephemeral messages** from other nodes go straight to the router; this node's own
 //!   are skipped (they were fanned out here when published).
 //!
-//! The task never waits on anything but Redis's own subscribe confirmations: redis-rs
-//! reads the connection on its own task into an unbounded queue, so Redis never sees a
-//! slow reader (it disconnects subscribers whose output buffer grows too large).
+//! The connection is classic or sharded pub/sub (`super::subscriber`). The task never
+//! waits on anything but Redis's own subscribe confirmations: redis-rs reads the
+//! connection on its own task into an unbounded queue, so Redis never sees a slow
+//! reader (it disconnects subscribers whose output buffer grows too large).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::FutureExt;
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Interest;
 use super::scripts::Entry;
+use super::subscriber::{Event, Subscriber};
 use super::wire::{parse, Live};
 use super::Inner;
 use crate::engine::{CommitSink, Committed, Outcome};
@@ -120,12 +120,12 @@ impl<O: Send + 'static> Feed<O> {
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.connect().await {
-                Ok(pubsub) => {
+                Ok(sub) => {
                     backoff = Duration::from_millis(50);
                     self.inner.set_feed_up(true);
                     tracing::info!("cluster: subscribed to Redis");
                     self.catch_up();
-                    let lost = self.serve(pubsub, &mut cmds, &cancel).await;
+                    let lost = self.serve(sub, &mut cmds, &cancel).await;
                     self.inner.set_feed_up(false);
                     match lost {
                         None => return,
@@ -157,23 +157,17 @@ impl<O: Send + 'static> Feed<O> {
     }
 
     /// A new pub/sub connection with the control channel and every interest subscribed.
-    async fn connect(&mut self) -> Result<redis::aio::PubSub, String> {
-        let client = self.inner.client();
-        let connect = client.get_async_pubsub();
-        let mut pubsub = tokio::time::timeout(ANSWER_WITHIN, connect)
+    async fn connect(&mut self) -> Result<Subscriber, String> {
+        let connect = Subscriber::connect(&self.inner);
+        let mut sub = tokio::time::timeout(ANSWER_WITHIN, connect)
             .await
-            .map_err(|_| "no answer".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| "no answer".to_string())??;
         let subscribe = async {
-            pubsub.subscribe(self.inner.keys.ctl()).await?;
-            pubsub
-                .subscribe(self.inner.keys.replies(&self.inner.node))
+            sub.subscribe_own(&self.inner.keys.ctl()).await?;
+            sub.subscribe_own(&self.inner.keys.replies(&self.inner.node))
                 .await?;
             for interest in self.interest.keys() {
-                match interest {
-                    Interest::Channel(c) => pubsub.subscribe(c).await?,
-                    Interest::Glob(g) => pubsub.psubscribe(g).await?,
-                }
+                sub.change(interest, true).await?;
             }
             Ok::<_, redis::RedisError>(())
         };
@@ -181,30 +175,29 @@ impl<O: Send + 'static> Feed<O> {
             .await
             .map_err(|_| "no answer to SUBSCRIBE".to_string())?
             .map_err(|e| e.to_string())?;
-        Ok(pubsub)
+        Ok(sub)
     }
 
     /// Handles the connection until it is lost (`Some(why)`) or the broker stops.
     async fn serve(
         &mut self,
-        pubsub: redis::aio::PubSub,
+        mut sub: Subscriber,
         cmds: &mut mpsc::UnboundedReceiver<Cmd>,
         cancel: &CancellationToken,
     ) -> Option<String> {
-        let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return None,
-                msg = stream.next() => {
-                    let Some(msg) = msg else { return Some("connection closed".into()) };
-                    self.message(&msg);
+                event = sub.next() => {
+                    if !self.event(event) {
+                        return Some("connection closed".into());
+                    }
                     // Whatever else has arrived, as one pass.
                     for _ in 1..BURST {
-                        match stream.next().now_or_never() {
-                            Some(Some(msg)) => self.message(&msg),
-                            Some(None) => return Some("connection closed".into()),
-                            None => break,
+                        let Some(event) = sub.try_next() else { break };
+                        if !self.event(event) {
+                            return Some("connection closed".into());
                         }
                     }
                     self.report();
@@ -214,7 +207,7 @@ impl<O: Send + 'static> Feed<O> {
                     if let Cmd::Reconnect = cmd {
                         return Some("the Redis master moved".into());
                     }
-                    if let Err(e) = self.change(cmd, &mut sink).await {
+                    if let Err(e) = self.change(cmd, &mut sub).await {
                         return Some(e);
                     }
                 }
@@ -223,14 +216,27 @@ impl<O: Send + 'static> Feed<O> {
                     self.report();
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(ANSWER_WITHIN, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
+                    match tokio::time::timeout(ANSWER_WITHIN, sub.ping()).await {
+                        Ok(Ok(())) => {}
                         Ok(Err(e)) => return Some(format!("ping: {e}")),
                         Err(_) => return Some("no answer to PING".into()),
                     }
                 }
             }
         }
+    }
+
+    /// Handles one event of the connection; false when it is lost (closed, or no
+    /// longer subscribed to a channel this node wants).
+    fn event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Message(msg) => self.message(&msg),
+            Event::Dropped(channel) => {
+                return !self.interest.contains_key(&Interest::Channel(channel));
+            }
+            Event::Closed => return false,
+        }
+        true
     }
 
     /// Counts a listen or unlisten without telling Redis (disconnected); a listen is
@@ -265,7 +271,7 @@ impl<O: Send + 'static> Feed<O> {
 
     /// Applies a listen or unlisten, subscribing or unsubscribing in Redis when it is
     /// the first or the last.
-    async fn change(&mut self, cmd: Cmd, sink: &mut redis::aio::PubSubSink) -> Result<(), String> {
+    async fn change(&mut self, cmd: Cmd, sub: &mut Subscriber) -> Result<(), String> {
         let (interest, subscribe, done) = match cmd {
             Cmd::Listen(interest, done) => {
                 let n = self.interest.entry(interest.clone()).or_default();
@@ -279,12 +285,9 @@ impl<O: Send + 'static> Feed<O> {
             }
             Cmd::Reconnect => return Ok(()),
         };
-        let result = match (subscribe, &interest) {
-            (None, _) => Ok(()),
-            (Some(true), Interest::Channel(c)) => timed(sink.subscribe(c)).await,
-            (Some(true), Interest::Glob(g)) => timed(sink.psubscribe(g)).await,
-            (Some(false), Interest::Channel(c)) => timed(sink.unsubscribe(c)).await,
-            (Some(false), Interest::Glob(g)) => timed(sink.punsubscribe(g)).await,
+        let result = match subscribe {
+            None => Ok(()),
+            Some(on) => timed(sub.change(&interest, on)).await,
         };
         if let Some(done) = done {
             let _ = done.send(());

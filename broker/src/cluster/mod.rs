@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, PubSubKind};
 use crate::engine::{Append, CommitSink, StorageObserver, StoreError, TopicStats};
 use crate::router::Router;
 use crate::store::catalog::Catalog;
@@ -40,6 +40,7 @@ mod keys;
 mod presence;
 mod relay;
 mod scripts;
+mod subscriber;
 mod target;
 mod topics;
 mod wire;
@@ -110,7 +111,7 @@ impl<O: Send + 'static> RedisEngine<O> {
         let inner = Arc::new(Inner {
             keys: Keys::new(&config.prefix),
             target,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(config.pubsub_kind()),
             catalog: Catalog::new(rules),
             explicit: Mutex::default(),
             node: node_id(),
@@ -178,6 +179,15 @@ impl Inner {
     /// The client, for a pub/sub connection.
     fn client(&self) -> redis::Client {
         self.target.client()
+    }
+
+    /// A publish to a live channel (a topic's or a room's), of the kind of pub/sub in
+    /// use; the channel and message are for the caller to add.
+    fn publish_live(&self) -> redis::Cmd {
+        match self.target.pubsub() {
+            PubSubKind::Classic => redis::cmd("PUBLISH"),
+            PubSubKind::Sharded => redis::cmd("SPUBLISH"),
+        }
     }
 
     /// The roster, while the engine runs.

@@ -129,7 +129,7 @@ impl ClusterRoster {
                 let version = self.version.fetch_add(1, Ordering::Relaxed);
                 let mut message = format!("{}:{version}:", self.inner.node).into_bytes();
                 message.extend_from_slice(list);
-                let mut publish = redis::cmd("PUBLISH");
+                let mut publish = self.inner.publish_live();
                 publish.arg(&key).arg(message);
                 commands.push((key.clone(), write));
                 commands.push((key, publish));

@@ -102,7 +102,7 @@ async fn run(
                 bytes += q.message.len();
                 wire::relayed_push(&mut payload, q.datagram, &q.message);
             }
-            let mut publish = redis::cmd("PUBLISH");
+            let mut publish = inner.publish_live();
             publish.arg(channel).arg(payload);
             commands.push((channel.clone(), publish));
             at += run;

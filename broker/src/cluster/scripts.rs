@@ -8,6 +8,7 @@
 
 use redis::Value;
 
+use crate::config::PubSubKind;
 use crate::engine::TopicStats;
 
 /// Removes a topic's oldest messages while a limit is passed: more than `max_msgs` (-1: no limit),
@@ -141,10 +142,15 @@ pub struct Scripts {
 }
 
 impl Scripts {
-    /// All of them.
-    pub fn new() -> Self {
+    /// All of them; the append script publishes with `SPUBLISH` for sharded pub/sub
+    /// (its channel shares the hash tag, and so the slot, of the keys it writes).
+    pub fn new(pubsub: PubSubKind) -> Self {
+        let append = match pubsub {
+            PubSubKind::Classic => APPEND.to_string(),
+            PubSubKind::Sharded => APPEND.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"),
+        };
         Scripts {
-            append: redis::Script::new(&format!("{TRIM}{APPEND}")),
+            append: redis::Script::new(&format!("{TRIM}{append}")),
             retain: redis::Script::new(&format!("{TRIM}{RETAIN}")),
             read: redis::Script::new(READ),
             stats: redis::Script::new(STATS),

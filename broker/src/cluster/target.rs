@@ -4,9 +4,11 @@
 //!
 //! On Redis Cluster, commands go to the shard of their key (a topic's keys share one
 //! hash tag, so its script runs on one shard), a pipeline must stay on one shard
-//! ([`Target::sharded`] tells the writers to split theirs by topic), and pub/sub is
-//! the classic kind, which Redis Cluster carries to every node: the feed subscribes on
-//! any one node (the seeds in turn).
+//! ([`Target::sharded`] tells the writers to split theirs by topic). Pub/sub there is
+//! sharded by default (`[cluster] pubsub`): the feed's connection of its own
+//! ([`Target::sharded_subscriber`]) subscribes each topic's channel on the shard of its
+//! slot. With classic pub/sub, which Redis Cluster carries to every node, the feed
+//! subscribes on any one node (the seeds in turn).
 //!
 //! With Sentinel, the address is asked of the sentinels (`SENTINEL
 //! get-master-addr-by-name`, the first that answers) at start and then every
@@ -24,7 +26,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, PubSubKind};
 
 /// How long a command to Redis may take before it counts as unreachable.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,6 +125,11 @@ impl Target {
         !self.config.redis_cluster.is_empty()
     }
 
+    /// The kind of pub/sub live messages go by.
+    pub fn pubsub(&self) -> PubSubKind {
+        self.config.pubsub_kind()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -219,8 +226,12 @@ fn client_for(config: &ClusterConfig, url: &str) -> Result<redis::Client, String
     client.map_err(|e| format!("[cluster] redis {url:?}: {e}"))
 }
 
-/// A connection to the Redis Cluster the seeds belong to.
-async fn open_cluster(config: &ClusterConfig) -> Result<Current, String> {
+/// A client for the Redis Cluster of the seeds, as `config` says; `pushes` (which
+/// needs RESP3) gets what its subscriptions receive.
+fn cluster_client(
+    config: &ClusterConfig,
+    pushes: Option<PushSender>,
+) -> Result<redis::cluster::ClusterClient, String> {
     let seeds = &config.redis_cluster;
     let mut builder = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
         .connection_timeout(RESPONSE_TIMEOUT)
@@ -228,13 +239,36 @@ async fn open_cluster(config: &ClusterConfig) -> Result<Current, String> {
     if let Some(certs) = tls_certs(config)? {
         builder = builder.certs(certs);
     }
-    let client = builder
+    if let Some(pushes) = pushes {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes);
+    }
+    builder
         .build()
-        .map_err(|e| format!("[cluster] redis_cluster {seeds:?}: {e}"))?;
-    let conn = tokio::time::timeout(RESPONSE_TIMEOUT * 2, client.get_async_connection())
+        .map_err(|e| format!("[cluster] redis_cluster {seeds:?}: {e}"))
+}
+
+/// A connection to the Redis Cluster of `client`, within a bounded time.
+async fn cluster_conn(
+    config: &ClusterConfig,
+    client: &redis::cluster::ClusterClient,
+) -> Result<ClusterConnection, String> {
+    let seeds = &config.redis_cluster;
+    tokio::time::timeout(RESPONSE_TIMEOUT * 2, client.get_async_connection())
         .await
         .map_err(|_| format!("cannot reach Redis Cluster at {seeds:?}: no answer"))?
-        .map_err(|e| format!("cannot reach Redis Cluster at {seeds:?}: {e}"))?;
+        .map_err(|e| format!("cannot reach Redis Cluster at {seeds:?}: {e}"))
+}
+
+/// Where a sharded subscriber's messages arrive.
+pub type PushSender = tokio::sync::mpsc::UnboundedSender<redis::PushInfo>;
+
+/// A connection to the Redis Cluster the seeds belong to.
+async fn open_cluster(config: &ClusterConfig) -> Result<Current, String> {
+    let seeds = &config.redis_cluster;
+    let client = cluster_client(config, None)?;
+    let conn = cluster_conn(config, &client).await?;
     let first = &seeds[0];
     let pubsub = client_for(config, first)?;
     Ok(Current {
@@ -245,6 +279,18 @@ async fn open_cluster(config: &ClusterConfig) -> Result<Current, String> {
 }
 
 impl Target {
+    /// A connection of its own to the Redis Cluster for sharded pub/sub: what its
+    /// subscriptions receive goes to `pushes`, unbounded (so Redis never waits on this
+    /// node). It follows the shards by itself: after a shard moves or reconnects it
+    /// subscribes again, and says so with a push of each subscription.
+    pub async fn sharded_subscriber(
+        &self,
+        pushes: PushSender,
+    ) -> Result<ClusterConnection, String> {
+        let client = cluster_client(&self.config, Some(pushes))?;
+        cluster_conn(&self.config, &client).await
+    }
+
     /// Sends `commands` (each with the key or channel it goes by), their replies
     /// ignored: as one pipeline, or on Redis Cluster as one per key, at once. The
     /// commands of one key keep their order. The first failure, if any.

@@ -234,6 +234,10 @@ impl Session {
         if !s.consumer.is_empty() {
             return self.subscribe_consumer(s, start).await;
         }
+        if !self.shared.bus.wildcards() && s.pattern.contains(['*', '>']) {
+            let msg = "this cluster's live messages go by sharded pub/sub (Redis Cluster), which has no patterns: subscribe to topics without wildcards, or set [cluster] pubsub = \"classic\"".to_string();
+            return self.refuse(req_id, Refusal::Unsupported(msg)).await;
+        }
         let held = self.shared.config.replay_buffer;
         let gate = start
             .as_ref()

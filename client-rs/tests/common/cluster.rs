@@ -1,7 +1,7 @@
 //! Cluster-mode harness: broker processes given one real redis-server.
 #![allow(dead_code)]
 
-use rtc_client::Client;
+use rtc_client::{Client, PublishMessage};
 use rtc_testkit::redis_server::RedisServer;
 use rtc_testkit::{temp_dir, workspace_bin, BrokerProcess};
 
@@ -52,4 +52,20 @@ impl Node {
 /// Each test its own prefix on its own Redis, so nothing is shared between tests.
 pub fn nodes(redis: &RedisServer, n: usize) -> Vec<Node> {
     (0..n).map(|_| Node::start(redis, "t")).collect()
+}
+
+/// Publishes `n` messages to `topic` one after another, each acknowledged, with IDs
+/// `<who>-<i>`.
+pub fn publish_in_background(
+    client: Client,
+    who: &'static str,
+    topic: &'static str,
+    n: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..n {
+            let m = PublishMessage::new(topic, format!("m{i}")).msg_id(format!("{who}-{i}"));
+            client.publish_message(m).await.unwrap();
+        }
+    })
 }
