@@ -1,7 +1,9 @@
 //! Cluster mode on a Redis Cluster of three masters (real redis-server processes,
 //! created with `redis-cli --cluster create` on loopback): fan-out across nodes for
 //! topics on every shard by sharded pub/sub (the default there), durable topics with
-//! dedup and replay, and a durable consumer; then classic pub/sub, which has wildcards.
+//! dedup and replay, and a durable consumer; then classic pub/sub, which has wildcards;
+//! shard connections cut under load; and a shard whose master is SIGKILLed, taken over
+//! by its replica.
 
 mod common;
 
@@ -254,4 +256,81 @@ async fn a_node_whose_shard_subscriptions_drop_delivers_what_it_missed_in_order(
         a.publish(t, "end").await.unwrap();
         assert_eq!(&next(sub).await.payload[..], b"end", "{t}: nothing twice");
     }
+}
+
+/// The `INFO replication` field `name` of `s`.
+fn replication(s: &RedisServer, name: &str) -> String {
+    let info = s.cli(&["INFO", "replication"]);
+    let line = info.lines().find(|l| l.starts_with(name));
+    line.map(|l| l.trim().to_string()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_master_dies_is_served_again_by_its_replica() {
+    let mut servers = RedisServer::cluster_with_replicas(3, 1);
+    let extra = section(&servers, "");
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| Node::start_with(&servers[0], "t", &extra))
+        .collect();
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let topics: Vec<String> = (0..6).map(|i| format!("ha.t{i}")).collect();
+    let mut subs = Vec::new();
+    for t in &topics {
+        subs.push(b.subscribe(t.as_str()).await.unwrap());
+        assert_eq!(a.publish(t.as_str(), "before").await.unwrap().seq, 1);
+    }
+    // The master holding the first topic, once its replica has everything it wrote.
+    let holds = |s: &RedisServer, t: &str| {
+        s.cli(&["ROLE"]).starts_with("master")
+            && s.cli(&["EXISTS", &format!("t:{{{t}}}:meta")]).trim() == "1"
+    };
+    let doomed = servers.iter().position(|s| holds(s, &topics[0])).unwrap();
+    let other = topics
+        .iter()
+        .position(|t| !holds(&servers[doomed], t))
+        .expect("a topic on another shard");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let offset = replication(&servers[doomed], "master_repl_offset:");
+        let offset = offset.trim_start_matches("master_repl_offset:");
+        // `slave0:ip=…,port=…,state=online,offset=N,lag=…`
+        if replication(&servers[doomed], "slave0:").contains(&format!("offset={offset},")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[doomed].kill();
+    // The other shards go on serving while this one has no master.
+    let during = a.publish(topics[other].as_str(), "during").await.unwrap();
+    assert_eq!(during.seq, 2);
+    // The dead shard's topic is refused until its replica takes over, never acked
+    // falsely; then it is taken with the next seq.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    let after = loop {
+        match a.publish(topics[0].as_str(), "after").await {
+            Ok(ack) => break ack,
+            Err(rtc_client::Error::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused > 0, "the outage was met");
+    assert_eq!(after.seq, 2, "the replica had the history");
+    let seqs: Vec<u64> = take(&mut subs[0], 2).await.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2], "B got both, once, across the failover");
+    let seqs: Vec<u64> = take(&mut subs[other], 2)
+        .await
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
 }

@@ -121,6 +121,15 @@ impl RedisServer {
     /// A Redis Cluster of `n` masters (no replicas) on loopback, created with
     /// `redis-cli --cluster create`, once every node reports `cluster_state:ok`.
     pub fn cluster(n: usize) -> Vec<RedisServer> {
+        Self::cluster_with_replicas(n, 0)
+    }
+
+    /// A Redis Cluster of `masters` masters with `replicas` replicas each (the first
+    /// `masters` servers are the masters, as `redis-cli --cluster create` assigns
+    /// them), with a node timeout of 1 s so that a replica takes over a dead master
+    /// within a few seconds.
+    pub fn cluster_with_replicas(masters: usize, replicas: usize) -> Vec<RedisServer> {
+        let n = masters * (1 + replicas);
         let servers: Vec<RedisServer> = (0..n)
             .map(|_| {
                 // The cluster bus gets a free port of its own (the default, port +
@@ -136,7 +145,7 @@ impl RedisServer {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    "1000",
                     "--cluster-port",
                     &bus,
                 ])
@@ -150,7 +159,7 @@ impl RedisServer {
         let out = Command::new(cli)
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -166,6 +175,17 @@ impl RedisServer {
                     Instant::now() < deadline,
                     "the Redis Cluster never became ok"
                 );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // A replica can take over only once it has synced with its master.
+        for s in &servers {
+            while s.cli(&["ROLE"]).starts_with("slave")
+                && !s
+                    .cli(&["INFO", "replication"])
+                    .contains("master_link_status:up")
+            {
+                assert!(Instant::now() < deadline, "a replica never synced");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
