@@ -23,6 +23,21 @@ use tokio_util::codec::{Decoder, Encoder};
 /// what prost does.
 pub fn frame_decode(data: &[u8]) {
     let body = bytes::Bytes::copy_from_slice(data);
+    // A client's raw delivery decodes to what prost decodes, or is refused where prost
+    // finds no Deliver with a message.
+    if let Ok(raw) = rtc_proto::hot::RawDelivery::peek(body.clone()) {
+        let prost = rtc_proto::Frame::decode(body.clone()).ok();
+        match raw.decode() {
+            Ok(d) => assert_eq!(Some(rtc_proto::Frame::from(d)), prost),
+            Err(_) => assert!(!matches!(
+                prost.and_then(|f| f.op),
+                Some(rtc_proto::v1::frame::Op::Deliver(rtc_proto::v1::Deliver {
+                    message: Some(_),
+                    ..
+                }))
+            )),
+        }
+    }
     if let Some(fast) = rtc_proto::hot::decode(&body) {
         assert_eq!(rtc_proto::Frame::decode(body).ok(), Some(fast));
     }

@@ -146,11 +146,13 @@ impl From<v1::Message> for Message {
 
 impl Message {
     /// The message a delivery decoded by the fast path carries.
+    #[inline]
     pub(crate) fn from_delivery(d: rtc_proto::hot::Delivery) -> Message {
         Message::with_topic(Topic(d.topic), d.message)
     }
 
     /// `m`'s fields, with `topic` in place of its own.
+    #[inline]
     fn with_topic(topic: Topic, m: v1::Message) -> Message {
         let v1::Message {
             topic: _,

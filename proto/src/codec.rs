@@ -97,8 +97,8 @@ impl FrameCodec {
 /// as bytes; everything else as a [`Frame`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
-    /// A `Deliver` (see [`crate::hot::Delivery`]).
-    Delivery(crate::hot::Delivery),
+    /// A `Deliver`, split off but not decoded (see [`crate::hot::RawDelivery`]).
+    Delivery(crate::hot::RawDelivery),
     /// Any other frame (a `Deliver` the fast path did not take, too).
     Frame(Frame),
 }
@@ -127,10 +127,10 @@ impl Decoder for ClientCodec {
         let Some(body) = self.frames.next_body(src)? else {
             return Ok(None);
         };
-        if let Some(delivery) = crate::hot::decode_delivery(&body) {
-            return Ok(Some(Incoming::Delivery(delivery)));
+        match crate::hot::RawDelivery::peek(body) {
+            Ok(delivery) => Ok(Some(Incoming::Delivery(delivery))),
+            Err(body) => Ok(Some(Incoming::Frame(Frame::decode(body)?))),
         }
-        Ok(Some(Incoming::Frame(Frame::decode(body)?)))
     }
 }
 
@@ -552,9 +552,11 @@ mod tests {
         let mut again = wire.clone();
         let mut client = ClientCodec::new(1 << 20);
         let mut frames = FrameCodec::new(1 << 20);
-        let Some(Incoming::Delivery(d)) = client.decode(&mut wire).unwrap() else {
+        let Some(Incoming::Delivery(raw)) = client.decode(&mut wire).unwrap() else {
             panic!("a delivery")
         };
+        assert_eq!(raw.sub_id, 3);
+        let d = raw.decode().unwrap();
         assert_eq!(d.topic.as_str(), "orders.eu");
         assert!(d.message.topic.is_empty());
         assert_eq!(Some(Frame::from(d)), frames.decode(&mut again).unwrap());

@@ -27,6 +27,9 @@ pub enum CodecError {
     /// The bytes are not a valid `Frame`.
     #[error("undecodable frame: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// A frame taken for a `Deliver` (by its first bytes) is not one with a message.
+    #[error("a Deliver frame without a message")]
+    NotADelivery,
     /// The underlying transport failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

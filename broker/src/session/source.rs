@@ -90,6 +90,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> FrameSource for ByteStreamSource<R> 
 pub fn codec_refusal(e: CodecError) -> Refusal {
     match &e {
         CodecError::FrameTooLarge { .. } => Refusal::FrameTooLarge(e.to_string()),
-        CodecError::Decode(_) | CodecError::Io(_) => Refusal::BadFrame(e.to_string()),
+        CodecError::Decode(_) | CodecError::NotADelivery | CodecError::Io(_) => {
+            Refusal::BadFrame(e.to_string())
+        }
     }
 }

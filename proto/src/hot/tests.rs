@@ -110,3 +110,29 @@ fn anything_unexpected_is_left_to_prost() {
     bad[at] = 0xff;
     assert_eq!(decode_deliver(&Bytes::from(bad)), None);
 }
+
+#[test]
+fn a_raw_delivery_is_peeked_by_its_sub_id_and_decoded_later() {
+    let m = Message {
+        topic: "orders.eu".into(),
+        payload: Bytes::from_static(b"p"),
+        seq: 4,
+        ..Default::default()
+    };
+    let raw = RawDelivery::peek(deliver_body(9, &m)).expect("a delivery");
+    assert_eq!(raw.sub_id, 9);
+    let d = raw.decode().unwrap();
+    assert_eq!((d.topic.as_str(), d.message.seq), ("orders.eu", 4));
+    // sub_id 0 is not written at all: left to the frame decoder, as is any other frame.
+    assert!(RawDelivery::peek(deliver_body(0, &m)).is_err());
+    let ping = Frame::from_op(Op::Ping(crate::v1::Ping { nonce: 1 })).encode_to_vec();
+    assert!(RawDelivery::peek(Bytes::from(ping)).is_err());
+    // A Deliver without a message passes the peek but does not decode.
+    let empty = Frame::from_op(Op::Deliver(Deliver {
+        sub_id: 5,
+        message: None,
+    }))
+    .encode_to_vec();
+    let raw = RawDelivery::peek(Bytes::from(empty)).expect("peeked by its sub_id");
+    assert!(matches!(raw.decode(), Err(CodecError::NotADelivery)));
+}
