@@ -184,7 +184,11 @@ mod tests {
         assert_eq!(source.next_frame().unwrap(), Some(small.clone()));
         assert_eq!(source.next_frame().unwrap(), None);
         assert!(source.fill().now_or_never().is_none());
-        assert_eq!(source.buf.capacity(), 0, "given back once the next read waits");
+        assert_eq!(
+            source.buf.capacity(),
+            0,
+            "given back once the next read waits"
+        );
         // A frame larger than the scratch buffer, sent in two parts.
         let (big, wire) = publish(STREAMING_READ_BUFFER + 1000);
         let cut = wire.len() / 3;
