@@ -17,19 +17,20 @@ use rtc_client::{
 use rtc_testkit::redis_server::RedisServer;
 use std::time::Duration;
 
-/// The `[cluster]` lines for a Redis Cluster of `shards`, and `more`.
-fn section(shards: &[RedisServer], more: &str) -> String {
+/// Two brokers on the Redis Cluster of `shards` (each a seed), with `more` added to
+/// their `[cluster]` section.
+fn two_nodes(shards: &[RedisServer], more: &str) -> Vec<Node> {
     let seeds: Vec<String> = shards.iter().map(|s| format!("\"{}\"", s.url())).collect();
-    format!("redis_cluster = [{}]\n{more}", seeds.join(", "))
+    let extra = format!("redis_cluster = [{}]\n{more}", seeds.join(", "));
+    (0..2)
+        .map(|_| Node::start_with(&shards[0], "t", &extra))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_durable_topics_and_consumers_work_on_a_redis_cluster() {
     let shards = RedisServer::cluster(3);
-    let extra = section(&shards, "");
-    let nodes: Vec<Node> = (0..2)
-        .map(|_| Node::start_with(&shards[0], "t", &extra))
-        .collect();
+    let nodes = two_nodes(&shards, "");
     let (a, b) = (nodes[0].client().await, nodes[1].client().await);
     // Sharded pub/sub has no patterns: a wildcard is refused, and says why.
     let err = b.subscribe("orders.>").await.unwrap_err();
@@ -172,10 +173,7 @@ async fn fan_out_durable_topics_and_consumers_work_on_a_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_pubsub_on_a_redis_cluster_carries_wildcard_subscriptions() {
     let shards = RedisServer::cluster(3);
-    let extra = section(&shards, "pubsub = \"classic\"\n");
-    let nodes: Vec<Node> = (0..2)
-        .map(|_| Node::start_with(&shards[0], "t", &extra))
-        .collect();
+    let nodes = two_nodes(&shards, "pubsub = \"classic\"\n");
     let (a, b) = (nodes[0].client().await, nodes[1].client().await);
     let mut on_b = b.subscribe("orders.>").await.unwrap();
     let mut live_b = b.subscribe("live.>").await.unwrap();
@@ -209,10 +207,7 @@ async fn classic_pubsub_on_a_redis_cluster_carries_wildcard_subscriptions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_shard_subscriptions_drop_delivers_what_it_missed_in_order() {
     let shards = RedisServer::cluster(3);
-    let extra = section(&shards, "");
-    let nodes: Vec<Node> = (0..2)
-        .map(|_| Node::start_with(&shards[0], "t", &extra))
-        .collect();
+    let nodes = two_nodes(&shards, "");
     let (a, b) = (nodes[0].client().await, nodes[1].client().await);
     const TOPICS: [&str; 3] = ["feed.t0", "feed.t1", "feed.t2"];
     const N: usize = 400;
@@ -268,10 +263,7 @@ fn replication(s: &RedisServer, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_whose_master_dies_is_served_again_by_its_replica() {
     let mut servers = RedisServer::cluster_with_replicas(3, 1);
-    let extra = section(&servers, "");
-    let nodes: Vec<Node> = (0..2)
-        .map(|_| Node::start_with(&servers[0], "t", &extra))
-        .collect();
+    let nodes = two_nodes(&servers, "");
     let (a, b) = (nodes[0].client().await, nodes[1].client().await);
     let topics: Vec<String> = (0..6).map(|i| format!("ha.t{i}")).collect();
     let mut subs = Vec::new();
