@@ -88,6 +88,16 @@ async fn members_on_two_nodes_share_a_consumer_and_no_message_is_handled_twice()
         assert!(tokio::time::Instant::now() < deadline, "{info:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A consumer made on A alone is listed on C too, with the others of the topic.
+    let _audit = join(&a, "invoices", ConsumerOptions::new("audit")).await;
+    let listed: Vec<String> = c
+        .list_consumers("invoices")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(listed, ["audit", "billing"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,13 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     fn exists_elsewhere(&self, _topic: &str, _name: &str) -> BoxFuture<'static, bool> {
         Box::pin(std::future::ready(false))
     }
+
+    /// The consumers that exist, as (topic, name), of `topic` or (with `None`) of every
+    /// topic, whether or not a task of them runs here (in cluster mode: those other
+    /// nodes made too). A broker on its own knows its consumers from its tasks alone.
+    fn names(&self, _topic: Option<&str>) -> BoxFuture<'static, Vec<(String, String)>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 /// The runner of a broker on its own: the actor, over the engine `log`.
@@ -317,11 +324,25 @@ impl Consumers {
 
     /// Every consumer's info, sorted by topic and name (the admin view).
     pub async fn all(&self) -> Vec<v1::ConsumerInfo> {
-        self.infos(|_| true).await
+        self.infos(None, |_| true).await
     }
 
-    /// The info of the consumers whose topic `keep` takes, sorted by topic and name.
-    async fn infos(&self, keep: impl Fn(&str) -> bool) -> Vec<v1::ConsumerInfo> {
+    /// The info of the consumers whose topic `keep` takes (`topic`, if one), sorted by
+    /// topic and name: those with a task here, and those the runner knows of elsewhere
+    /// (a task is started to answer for each, as [`Consumers::info`] does).
+    async fn infos(
+        &self,
+        topic: Option<&str>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<v1::ConsumerInfo> {
+        for (t, name) in self.runner.names(topic).await {
+            // A task that answered once and ended (no members here) counts as none.
+            let key = (t.clone(), name.clone());
+            let known = self.lock().get(&key).is_some_and(|tx| !tx.is_closed());
+            if keep(&t) && !known {
+                self.spawn(&t, &name, None);
+            }
+        }
         let mut txs: Vec<((String, String), mpsc::Sender<Command>)> = self
             .lock()
             .iter()
@@ -354,7 +375,7 @@ impl Consumers {
 
     /// Describes every consumer of `topic`, sorted by name.
     pub async fn list(&self, topic: &str) -> Vec<v1::ConsumerInfo> {
-        self.infos(|t| t == topic).await
+        self.infos(Some(topic), |t| t == topic).await
     }
 }
 

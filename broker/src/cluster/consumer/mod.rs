@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::StreamExt;
 use prost::Message as _;
 use redis::AsyncCommands;
 use rtc_proto::topic::dead_letter_topic;
@@ -105,7 +106,40 @@ impl Runner for GroupRunner {
         }
         .boxed()
     }
+
+    fn names(&self, topic: Option<&str>) -> BoxFuture<'static, Vec<(String, String)>> {
+        let inner = self.inner.clone();
+        let topics: Vec<String> = match topic {
+            Some(t) => vec![t.to_string()],
+            None => (inner.catalog.durable_matching(">").into_iter())
+                .map(|(name, _)| name)
+                .collect(),
+        };
+        async move {
+            // Each topic's stream's consumer groups, a few at a time; a topic whose
+            // stream does not exist yet has none.
+            let asks = topics.into_iter().map(|topic| {
+                let (inner, key) = (inner.clone(), inner.keys.log(&topic));
+                async move {
+                    let mut conn = inner.conn();
+                    let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+                        conn.xinfo_groups(key).await;
+                    let names = groups.map(|g| g.groups).unwrap_or_default();
+                    names.into_iter().map(move |g| (topic.clone(), g.name))
+                }
+            });
+            futures_util::stream::iter(asks)
+                .buffer_unordered(LIST_CONCURRENCY)
+                .flat_map(futures_util::stream::iter)
+                .collect()
+                .await
+        }
+        .boxed()
+    }
 }
+
+/// Topics asked for their consumer groups at once when consumers are listed.
+const LIST_CONCURRENCY: usize = 32;
 
 #[derive(Debug)]
 struct Member {
