@@ -322,19 +322,22 @@ impl Consumers {
         n
     }
 
-    /// Every consumer's info, sorted by topic and name (the admin view).
+    /// Every consumer's info, sorted by topic and name: in cluster mode the whole
+    /// cluster's (the admin API's list).
     pub async fn all(&self) -> Vec<v1::ConsumerInfo> {
-        self.infos(None, |_| true).await
+        self.adopt(None, |_| true).await;
+        self.infos(|_| true).await
     }
 
-    /// The info of the consumers whose topic `keep` takes (`topic`, if one), sorted by
-    /// topic and name: those with a task here, and those the runner knows of elsewhere
-    /// (a task is started to answer for each, as [`Consumers::info`] does).
-    async fn infos(
-        &self,
-        topic: Option<&str>,
-        keep: impl Fn(&str) -> bool,
-    ) -> Vec<v1::ConsumerInfo> {
+    /// The info of the consumers with a task on this node, sorted by topic and name:
+    /// what the metrics sample every second, without asking Redis for the others.
+    pub async fn here(&self) -> Vec<v1::ConsumerInfo> {
+        self.infos(|_| true).await
+    }
+
+    /// Starts a task for each consumer the runner knows of (of `topic`, if given) that
+    /// has none here, to answer for it, as [`Consumers::info`] does.
+    async fn adopt(&self, topic: Option<&str>, keep: impl Fn(&str) -> bool) {
         for (t, name) in self.runner.names(topic).await {
             // A task that answered once and ended (no members here) counts as none.
             let key = (t.clone(), name.clone());
@@ -343,6 +346,11 @@ impl Consumers {
                 self.spawn(&t, &name, None);
             }
         }
+    }
+
+    /// The info of the consumers with a task here whose topic `keep` takes, sorted by
+    /// topic and name.
+    async fn infos(&self, keep: impl Fn(&str) -> bool) -> Vec<v1::ConsumerInfo> {
         let mut txs: Vec<((String, String), mpsc::Sender<Command>)> = self
             .lock()
             .iter()
@@ -375,7 +383,8 @@ impl Consumers {
 
     /// Describes every consumer of `topic`, sorted by name.
     pub async fn list(&self, topic: &str) -> Vec<v1::ConsumerInfo> {
-        self.infos(Some(topic), |t| t == topic).await
+        self.adopt(Some(topic), |t| t == topic).await;
+        self.infos(|t| t == topic).await
     }
 }
 

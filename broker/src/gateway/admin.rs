@@ -132,7 +132,7 @@ pub async fn sample(g: Gateway, cancel: CancellationToken) {
         let figures: Vec<ConsumerFigures> = g
             .shared
             .consumers
-            .all()
+            .here()
             .await
             .into_iter()
             .map(|c| ConsumerFigures {
