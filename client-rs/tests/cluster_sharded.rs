@@ -2,8 +2,8 @@
 //! created with `redis-cli --cluster create` on loopback): fan-out across nodes for
 //! topics on every shard by sharded pub/sub (the default there), durable topics with
 //! dedup and replay, and a durable consumer; then classic pub/sub, which has wildcards;
-//! shard connections cut under load; and a shard whose master is SIGKILLed, taken over
-//! by its replica.
+//! shard connections cut under load; a shard whose master is SIGKILLed, taken over by
+//! its replica; and a topic whose slot moves to another shard.
 
 mod common;
 
@@ -325,4 +325,52 @@ async fn a_shard_whose_master_dies_is_served_again_by_its_replica() {
         .map(|m| m.seq)
         .collect();
     assert_eq!(seqs, [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_slot_moves_to_another_shard_keeps_its_subscribers() {
+    let shards = RedisServer::cluster(3);
+    let nodes = two_nodes(&shards, "");
+    let (a, b) = (nodes[0].client().await, nodes[1].client().await);
+    let mut sub = b.subscribe("moving.t").await.unwrap();
+    assert_eq!(a.publish("moving.t", "before").await.unwrap().seq, 1);
+    assert_eq!(&next(&mut sub).await.payload[..], b"before");
+    // Every slot of the shard holding the topic goes to another master (its keys
+    // with them): Redis tells the subscriber its channel is gone from that shard.
+    let holder = shards
+        .iter()
+        .position(|s| s.cli(&["EXISTS", "t:{moving.t}:meta"]).trim() == "1")
+        .unwrap();
+    let to = (holder + 1) % shards.len();
+    let id = |s: &RedisServer| s.cli(&["CLUSTER", "MYID"]).trim().to_string();
+    let cli = rtc_testkit::redis_server::redis_server_bin().with_file_name("redis-cli");
+    let moved = std::process::Command::new(cli)
+        .args([
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", shards[0].port),
+        ])
+        .args(["--cluster-from", &id(&shards[holder])])
+        .args(["--cluster-to", &id(&shards[to])])
+        .args(["--cluster-slots", "16384", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert_eq!(shards[to].cli(&["EXISTS", "t:{moving.t}:meta"]).trim(), "1");
+    // Stored on the new shard with the next seq, and delivered once to B.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        match a.publish("moving.t", "after").await {
+            Ok(ack) => break ack,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.seq, 2);
+    let m = next(&mut sub).await;
+    assert_eq!((m.seq, &m.payload[..]), (2, &b"after"[..]));
 }
