@@ -25,7 +25,8 @@
 //! replay_buffer = 10000
 //! max_payload = 1000000
 //! max_msg_id = 256          # bytes
-//! store_cache = 33554432    # bytes of the storage engine's cache (sled holds a few times it)
+//! store_engine = "segments" # a new data dir's messages: "segments" (files per topic) or "sled"
+//! store_cache = 33554432    # bytes of sled's cache (with "segments" it holds only metadata)
 //! store_reserve = 67108864  # bytes kept free on the store's disk; 0 = none
 //! publish_rate = 1000000    # per connection, per second; 0 = no limit
 //! publish_burst = 100000
@@ -118,9 +119,14 @@ pub struct Config {
     /// of a topic's dedup window in memory, so this bounds what one ID costs. Announced
     /// in `Welcome`.
     pub max_msg_id: usize,
-    /// Bytes of the storage engine's page cache (sled's `cache_capacity`): what the
-    /// broker may keep of the log in memory beyond what it is writing. sled's real use
-    /// is several times this under writes (see [`DEFAULT_STORE_CACHE`]).
+    /// Where a new data directory keeps its messages (an existing one goes on with
+    /// the engine it was created with; see `crate::store::segments`).
+    pub store_engine: StoreEngine,
+    /// Bytes of sled's page cache (`cache_capacity`). With [`StoreEngine::Sled`] it is
+    /// what the broker may keep of the log in memory beyond what it is writing, and
+    /// sled's real use is several times this under writes (see [`DEFAULT_STORE_CACHE`]);
+    /// with [`StoreEngine::Segments`] sled holds only topics, stats and consumer state,
+    /// and messages are read through the OS page cache, outside the broker's memory.
     pub store_cache: u64,
     /// Bytes the filesystem holding the store must keep free. Below it, writes are
     /// refused with `STORAGE` before they reach the storage engine, and taken again once
@@ -187,6 +193,27 @@ pub enum FsyncPolicy {
     /// Never force; the storage engine writes in the background (about every second).
     /// A crash can lose roughly the last second of acknowledged messages.
     Never,
+}
+
+/// Where messages are stored ([`Config::store_engine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngine {
+    /// Each topic's messages in append-only segment files (`crate::store::segments`);
+    /// the default.
+    Segments,
+    /// Messages in sled with everything else (`crate::store::sled_store`); the engine
+    /// of data directories made before the segment files.
+    Sled,
+}
+
+impl std::fmt::Display for StoreEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreEngine::Segments => "segments",
+            StoreEngine::Sled => "sled",
+        })
+    }
 }
 
 impl std::str::FromStr for FsyncPolicy {
@@ -268,6 +295,7 @@ impl Default for Config {
             replay_buffer: 10_000,
             max_payload: 1_000_000,
             max_msg_id: DEFAULT_MAX_MSG_ID,
+            store_engine: StoreEngine::Segments,
             store_cache: DEFAULT_STORE_CACHE,
             store_reserve: DEFAULT_STORE_RESERVE,
             publish_rate: 1_000_000,

@@ -22,7 +22,7 @@ use crate::accept::{Acceptor, AnyListener, Listener};
 use crate::auth::Auth;
 use crate::bus::{Alone, Bus};
 use crate::cluster::RedisEngine;
-use crate::config::{Config, FsyncPolicy};
+use crate::config::{Config, FsyncPolicy, StoreEngine};
 use crate::consumer::{self, Consumers, Runner};
 use crate::delivery::{Delivery, Publishes};
 use crate::engine::Log;
@@ -32,7 +32,8 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::session::Shared;
 use crate::settings::{Live, LogHook};
-use crate::store::sled_store::{BackgroundFlush, SledStorage};
+use crate::store::segments::{SegmentStorage, LOG_MARKER};
+use crate::store::sled_store::{BackgroundFlush, SledStorage, MARKER_FILE};
 use crate::store::{LocalEngine, Storage, WriterConfig};
 use crate::topic::TopicRules;
 use crate::transport::quic::{self, Quic};
@@ -44,6 +45,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Subdirectory of the data dir holding the sled database.
 pub const STORE_DIR: &str = "store";
+/// Directory under the data dir holding the topics' segment files
+/// ([`StoreEngine::Segments`]).
+pub const LOG_DIR: &str = "log";
 
 /// Entry point of the embeddable broker.
 ///
@@ -332,7 +336,9 @@ enum TcpListener {
     Tls(Tls),
 }
 
-/// The local engine's store: the one given (tests), else sled in the data directory.
+/// The local engine's store: the one given (tests), else the one in the data directory.
+/// A data directory keeps the engine it was created with; `store_engine` chooses for a
+/// new one.
 fn storage(
     config: &Config,
     given: Option<Arc<dyn Storage>>,
@@ -340,14 +346,37 @@ fn storage(
     if let Some(s) = given {
         return Ok(s);
     }
-    let dir = config.data_dir.join(STORE_DIR);
+    let store = config.data_dir.join(STORE_DIR);
+    let log = config.data_dir.join(LOG_DIR);
+    let engine = if log.join(LOG_MARKER).exists() {
+        StoreEngine::Segments
+    } else if store.join(MARKER_FILE).exists() {
+        StoreEngine::Sled
+    } else {
+        config.store_engine
+    };
+    if engine != config.store_engine {
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            "this data directory keeps its messages with store_engine = \"{engine}\"; the setting \"{}\" applies to new data directories",
+            config.store_engine
+        );
+    }
     let background = match config.fsync {
         FsyncPolicy::Never => BackgroundFlush::EveryMs(1000),
         _ => BackgroundFlush::Off,
     };
-    let storage = SledStorage::open_with_cache(&dir, background, config.store_cache)
-        .map_err(BrokerError::Storage)?;
-    Ok(Arc::new(storage))
+    let storage: Arc<dyn Storage> = match engine {
+        StoreEngine::Segments => Arc::new(
+            SegmentStorage::open(&store, &log, background, config.store_cache)
+                .map_err(BrokerError::Storage)?,
+        ),
+        StoreEngine::Sled => Arc::new(
+            SledStorage::open_with_cache(&store, background, config.store_cache)
+                .map_err(BrokerError::Storage)?,
+        ),
+    };
+    Ok(storage)
 }
 
 /// Asks the engine to apply retention limits every second.

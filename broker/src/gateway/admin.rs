@@ -617,6 +617,7 @@ fn settings_json(g: &Gateway) -> Value {
         "max_subscriptions_per_connection": c.max_subscriptions_per_connection,
         "max_topics": c.max_topics,
         "replay_buffer": c.replay_buffer,
+        "store_engine": c.store_engine.to_string(),
         "store_cache": c.store_cache,
         "store_reserve": c.store_reserve,
         "publish_rate": c.publish_rate,

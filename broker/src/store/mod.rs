@@ -53,6 +53,7 @@ pub mod catalog;
 pub mod chunk;
 mod dedup;
 pub mod local;
+pub mod segments;
 pub mod sled_store;
 pub mod writer;
 

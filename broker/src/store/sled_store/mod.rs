@@ -219,6 +219,12 @@ impl SledStorage {
         })
     }
 
+    /// Whether any message is stored in sled (a store of `store_engine = "sled"`).
+    pub fn holds_messages(&self) -> Result<bool, StoreError> {
+        self.seal()?;
+        Ok(self.db()?.scan_prefix([MSG_PREFIX]).next().is_some())
+    }
+
     /// A handle on the database for one operation.
     pub(super) fn db(&self) -> Result<sled::Db, StoreError> {
         self.db.get()
