@@ -43,6 +43,9 @@ pub struct SoakArgs {
     /// The broker's storage cache in bytes (`store_cache`) [default: the broker's].
     #[arg(long)]
     store_cache: Option<u64>,
+    /// The broker's `store_engine` for the new data dir (`segments`, `sled`) [default: the broker's].
+    #[arg(long)]
+    store_engine: Option<String>,
     /// Each topic's dedup window (created with it), e.g. `1s` [default: the broker's, 2 min].
     #[arg(long, value_parser = humantime::parse_duration)]
     dedup_window: Option<Duration>,
@@ -218,18 +221,22 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     if let Some(cache) = args.store_cache {
         toml.push_str(&format!("store_cache = {cache}\n"));
     }
+    if let Some(engine) = &args.store_engine {
+        toml.push_str(&format!("store_engine = {engine:?}\n"));
+    }
     std::fs::write(&config, toml)?;
     let topics = topic_names(args.topics);
     let data = dir.join("data");
 
     let broker = BrokerProcess::start(&bin, &dir, &config)?;
     println!(
-        "soak: {} messages of {} B, W = {}, {} topic(s), fsync {}, store_cache {}, dedup window {}, max_msgs {}; broker {} (started in {:.2} s)",
+        "soak: {} messages of {} B, W = {}, {} topic(s), fsync {}, store_engine {}, store_cache {}, dedup window {}, max_msgs {}; broker {} (started in {:.2} s)",
         args.count,
         args.payload,
         args.window,
         topics.len(),
         args.fsync,
+        args.store_engine.as_deref().unwrap_or("default"),
         args.store_cache
             .map_or("default".to_string(), |c| c.to_string()),
         args.dedup_window

@@ -276,17 +276,32 @@ impl TopicLog {
 
     /// Up to `max_msgs` kept messages with `seq >= from` (and about `max_bytes`, at least
     /// one), in order.
+    ///
+    /// Each message is a slice of the block it was read in, and keeps the whole block
+    /// alive while it waits in an outbound queue: so the block is sized to what the batch
+    /// needs (the log's average record times `max_msgs`), and a batch that used less than
+    /// half of what was read is copied into a buffer of its own. Without both, a replay
+    /// of 192-byte records in 544 KiB blocks kept 5× the queued bytes alive (a broker at
+    /// 740 MB after two replays of 3 million messages).
     pub fn read(
         &self,
         from: u64,
         max_msgs: usize,
         max_bytes: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let block = max_bytes
+        let avg = {
+            let st = self.read_state();
+            st.segs
+                .last()
+                .filter(|s| s.count > 0)
+                .map_or(HEADER, |s| HEADER + (s.bytes / s.count) as usize)
+        };
+        let want = max_bytes.min(max_msgs.saturating_mul(avg));
+        let block = want
             .saturating_add(INDEX_EVERY as usize)
             .clamp(4096, SCAN_BLOCK);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
         self.for_each(from, block, &mut |seq, ts_ms, message| {
             if out.len() >= max_msgs || (bytes >= max_bytes && !out.is_empty()) {
                 return ControlFlow::Break(());
@@ -299,6 +314,21 @@ impl TopicLog {
             });
             ControlFlow::Continue(())
         })?;
+        // Most batches come from one block: one that filled less than half of it is
+        // copied out.
+        if bytes.saturating_mul(2) < block {
+            let mut buf = Vec::with_capacity(bytes);
+            for e in &out {
+                buf.extend_from_slice(&e.message);
+            }
+            let buf = Bytes::from(buf);
+            let mut at = 0;
+            for e in &mut out {
+                let len = e.message.len();
+                e.message = buf.slice(at..at + len);
+                at += len;
+            }
+        }
         Ok(out)
     }
 
