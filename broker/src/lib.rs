@@ -82,7 +82,7 @@ internal! {
     store;
 }
 
-pub use config::{Config, FsyncPolicy};
+pub use config::{Config, FsyncPolicy, StoreEngine};
 pub use error::BrokerError;
 pub use refusal::Refusal;
 pub use server::{Broker, BrokerBuilder, BrokerHandle};

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ephemeral_rule, next, seqs, start, start_in, start_over, take, Transport, WAIT};
-use rtc_broker::store::sled_store::{BackgroundFlush, SledStorage};
+use rtc_broker::store::segments::SegmentStorage;
+use rtc_broker::store::sled_store::BackgroundFlush;
 use rtc_broker::store::{
     ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, WriteOp,
 };
@@ -294,10 +295,10 @@ async fn dedup_window_and_sequence_survive_a_restart() {
     );
 }
 
-/// Counts appends and fails writes on demand, around the real sled store.
+/// Counts appends and fails writes on demand, around the real store (the default engine).
 #[derive(Debug)]
 struct Faulty {
-    inner: SledStorage,
+    inner: SegmentStorage,
     fail: AtomicBool,
     appends: AtomicUsize,
 }
@@ -369,7 +370,13 @@ impl Storage for Faulty {
 async fn start_faulty() -> (rtc_broker::BrokerHandle, Arc<Faulty>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(Faulty {
-        inner: SledStorage::open(&dir.path().join("store"), BackgroundFlush::Off).unwrap(),
+        inner: SegmentStorage::open(
+            &dir.path().join("store"),
+            &dir.path().join("log"),
+            BackgroundFlush::Off,
+            rtc_broker::config::DEFAULT_STORE_CACHE,
+        )
+        .unwrap(),
         fail: AtomicBool::new(false),
         appends: AtomicUsize::new(0),
     });

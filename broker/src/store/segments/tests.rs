@@ -311,3 +311,46 @@ fn a_sled_store_with_messages_is_not_opened_as_segments_and_a_newer_log_is_refus
     .unwrap_err();
     assert!(err.contains("log format 9"), "{err}");
 }
+
+#[test]
+fn a_metadata_write_that_fails_takes_back_the_appends_and_the_floor_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_in(dir.path());
+    s.write(vec![topic("a", 1)]).unwrap();
+    for first in (1..=40).step_by(4) {
+        s.write((first..first + 4).map(|q| numbered(1, q)).collect())
+            .unwrap();
+    }
+    let files = segment_files(dir.path(), 1);
+    s.meta.fail_writes_after(0);
+    let stats = TopicStats {
+        first_seq: 20,
+        last_seq: 44,
+        messages: 25,
+        bytes: 25 * 200,
+        last_ts_ms: 440,
+    };
+    let err = s
+        .write(vec![
+            numbered(1, 41),
+            numbered(1, 42),
+            numbered(2, 1),
+            WriteOp::RemoveRange {
+                id: 1,
+                from: 1,
+                to: 20,
+            },
+            WriteOp::PutStats(1, stats),
+        ])
+        .unwrap_err();
+    s.meta.fail_writes_after(usize::MAX);
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert_eq!(seqs(&s, 1, 1), (1..=40).collect::<Vec<_>>());
+    assert!(seqs(&s, 2, 1).is_empty());
+    assert_eq!(segment_files(dir.path(), 1), files, "no segment deleted");
+    drop(s);
+    let s = open_in(dir.path());
+    assert_eq!(seqs(&s, 1, 1), (1..=40).collect::<Vec<_>>());
+    s.write(vec![numbered(1, 41)]).unwrap();
+    assert_eq!(stats_of(&s, "a").messages, 41);
+}

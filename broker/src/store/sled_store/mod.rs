@@ -225,6 +225,17 @@ impl SledStorage {
         Ok(self.db()?.scan_prefix([MSG_PREFIX]).next().is_some())
     }
 
+    /// Makes every sled write after the next `ok` fail (`usize::MAX`: none), for the
+    /// tests of stores built on this one.
+    #[cfg(test)]
+    pub(in crate::store) fn fail_writes_after(&self, ok: usize) {
+        if ok == usize::MAX {
+            self.fail.off();
+        } else {
+            self.fail.fail_after(ok);
+        }
+    }
+
     /// A handle on the database for one operation.
     pub(super) fn db(&self) -> Result<sled::Db, StoreError> {
         self.db.get()
