@@ -1,13 +1,17 @@
-//! The local log engine: one storage thread over sled, with group commit. It implements
-//! the engine seam ([`crate::engine`]) as [`LocalEngine`].
+//! The local log engine: one storage thread over a [`Storage`], with group commit. It
+//! implements the engine seam ([`crate::engine`]) as [`LocalEngine`].
 //!
 //! - [`local`]: [`LocalEngine`], the engine's face: requests to the storage thread,
 //!   inline appends, reads on blocking threads (tracked, so shutdown waits for them).
 //! - [`writer`]: the storage thread and its writer, the only writer of the store and the
 //!   owner of topic state: sequence numbers, dedup (`dedup`), stats, retention.
 //! - [`catalog`]: the topics as everyone may read them, published by the writer.
+//! - [`segments`]: the default [`Storage`]: each topic's messages in append-only segment
+//!   files, everything else (the keys below other than `m`) in a sled database of its own.
 //! - [`sled_store`]: the [`Storage`] trait's sled implementation, keeping messages in
-//!   [`chunk`]s and each topic's newest appends in an open chunk until sealed.
+//!   [`chunk`]s and each topic's newest appends in an open chunk until sealed; the store
+//!   of data directories made before the segment files, and the segment store's
+//!   metadata.
 //!
 //! Data flow of a durable publish: the session hands the append to [`LocalEngine`],
 //! which sends it over a crossbeam channel to the storage thread (or, for a lone publish
@@ -22,7 +26,7 @@
 //! [`CommitSink`]: crate::engine::CommitSink
 //!
 //! # Key layout
-//! One sled tree holds everything. A pass of appends only may be held in memory, in each
+//! One sled tree holds everything (with the segment store, everything but the `m` keys). A pass of appends only may be held in memory, in each
 //! topic's open chunk, until the chunk is sealed into sled (`sled_store/open_chunks.rs`:
 //! when full, before any other write, on flush, within 50 ms). A pass that also updates
 //! stats and consumer state is written in order, held messages and its messages first,
