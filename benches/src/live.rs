@@ -368,8 +368,9 @@ async fn latency_run(
         });
         buf.resize(payload, b'x');
         publisher.send(topic, buf.freeze()).await?;
-        if matches!(system, System::Redis) {
-            // Redis pipelines publishes; at a fixed rate, send each one now.
+        if matches!(system, System::Redis | System::Rtc) {
+            // Redis pipelines publishes and rtc's publisher batches them; at a fixed
+            // rate, send each one now.
             publisher.flush_pipeline().await?;
         }
     }

@@ -112,7 +112,12 @@ async fn ws_subscribe(rtc: &Target, topic: &str) -> anyhow::Result<(Payloads, Ke
 /// to one topic would, so neither allocates a topic string per message.
 pub enum Publisher {
     /// rtc.
-    Rtc(rtc_client::Client, Option<rtc_client::Topic>),
+    /// rtc: the client, the last topic (reused), and the client's streaming publisher.
+    Rtc(
+        rtc_client::Client,
+        Option<rtc_client::Topic>,
+        rtc_client::Publisher,
+    ),
     /// Other systems.
     #[allow(dead_code)]
     Peer(peer::PeerPublisher),
@@ -126,7 +131,11 @@ impl Publisher {
         peers: &PeerUrls,
     ) -> anyhow::Result<Publisher> {
         Ok(match system {
-            System::Rtc => Publisher::Rtc(rtc.connect().await?, None),
+            System::Rtc => {
+                let client = rtc.connect().await?;
+                let publisher = client.publisher();
+                Publisher::Rtc(client, None, publisher)
+            }
             other => Publisher::Peer(peer::publisher(other, peers).await?),
         })
     }
@@ -134,21 +143,20 @@ impl Publisher {
     /// Publishes without waiting for the system to confirm.
     pub async fn send(&mut self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
         match self {
-            Publisher::Rtc(c, last) => {
+            Publisher::Rtc(_, last, publisher) => {
                 let topic = reuse(last, topic);
-                Ok(
-                    c.publish_nowait(rtc_client::PublishMessage::new(topic, payload))
-                        .await?,
-                )
+                let message = rtc_client::PublishMessage::new(topic, payload);
+                Ok(publisher.publish(&message).await?)
             }
             Publisher::Peer(p) => p.send(topic, payload).await,
         }
     }
 
-    /// Sends what a batching client holds back (Redis pipelines), without a barrier.
+    /// Sends what a batching client holds back (rtc's streaming publisher, Redis
+    /// pipelines), without a barrier.
     pub async fn flush_pipeline(&mut self) -> anyhow::Result<()> {
         match self {
-            Publisher::Rtc(..) => Ok(()),
+            Publisher::Rtc(_, _, publisher) => Ok(publisher.flush().await?),
             Publisher::Peer(p) => p.flush_pipeline().await,
         }
     }
@@ -156,7 +164,8 @@ impl Publisher {
     /// Waits until the system has taken everything sent so far.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {
-            Publisher::Rtc(c, _) => {
+            Publisher::Rtc(c, _, publisher) => {
+                publisher.flush().await?;
                 c.publish("bench.flush", "").await?;
                 Ok(())
             }

@@ -23,6 +23,7 @@ use crate::message::{PubAck, PublishMessage};
 use crate::options::{IdGen, SubscribeOptions};
 use crate::outbox::Outbox;
 use crate::outgoing::Outgoing;
+use crate::publisher::Publisher;
 use crate::queue;
 use crate::requests::{unexpected, Inner};
 use crate::state::{ConnectionState, Shared, SubEntry};
@@ -257,6 +258,26 @@ impl Client {
     pub async fn publish_nowait(&self, message: PublishMessage) -> Result<(), Error> {
         let len = message.as_publish(0).frame_len();
         self.inner.send(Outgoing::Publish(message), len).await
+    }
+
+    /// A [`Publisher`] for a stream of fire-and-forget publishes: encoded into a buffer of
+    /// its own and sent a batch at a time, cheaper per message than
+    /// [`Client::publish_nowait`] at the cost of waiting in the batch until it is full or
+    /// flushed.
+    ///
+    /// ```no_run
+    /// # async fn f(client: rtc_client::Client) -> Result<(), rtc_client::Error> {
+    /// use rtc_client::PublishMessage;
+    /// let mut publisher = client.publisher();
+    /// for i in 0..100_000u32 {
+    ///     publisher.publish(&PublishMessage::new("ticks", i.to_be_bytes().to_vec())).await?;
+    /// }
+    /// publisher.flush().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.inner.clone())
     }
 
     fn with_id(&self, mut message: PublishMessage) -> PublishMessage {

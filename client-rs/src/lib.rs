@@ -59,6 +59,7 @@ mod options;
 mod outbox;
 mod outgoing;
 mod presence;
+mod publisher;
 mod queue;
 mod requests;
 mod service;
@@ -72,6 +73,7 @@ pub use client::{Client, ConnectOptions};
 pub use error::Error;
 pub use message::{Message, PubAck, PublishMessage, Topic};
 pub use options::{ConsumerOptions, StartAt, SubscribeOptions};
+pub use publisher::Publisher;
 pub use rtc_proto::v1::{
     PresenceEvent, PresenceEventKind, PresenceInfo, PresenceJoin, PresenceMember,
 };

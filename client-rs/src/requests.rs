@@ -51,7 +51,7 @@ impl Inner {
     }
 
     /// Refuses a frame whose length prefix would be `len`, if above the broker's limit.
-    fn check_len(&self, len: usize) -> Result<(), Error> {
+    pub(crate) fn check_len(&self, len: usize) -> Result<(), Error> {
         if len > self.max_frame_size {
             return Err(Error::TooLarge {
                 len,

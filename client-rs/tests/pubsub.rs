@@ -7,6 +7,7 @@ transport_tests!(
     wildcards_match_exactly_what_they_should,
     fifty_subscribers_each_get_every_message_once_in_order,
     fire_and_forget_publishes_arrive_in_order_without_an_added_id,
+    a_streaming_publisher_sends_in_batches_in_order_and_flushes_on_drop,
     unsubscribe_ends_delivery_and_other_subscriptions_continue,
     broker_errors_reach_the_call_that_caused_them,
     oversized_publish_is_refused_locally,
@@ -118,6 +119,44 @@ async fn fifty_subscribers_each_get_every_message_once_in_order(t: Transport) {
             .collect();
         let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
         assert_eq!(got, want);
+    }
+}
+
+async fn a_streaming_publisher_sends_in_batches_in_order_and_flushes_on_drop(t: Transport) {
+    let b = start_over(t, |_| {}).await;
+    let client = b.connect().await;
+    let mut sub = client.subscribe("sp.>").await.unwrap();
+    let mut publisher = client.publisher().batch_bytes(1000);
+    const N: usize = 3000;
+    for i in 0..N {
+        let m = PublishMessage::new("sp.x", i.to_string()).header("i", i.to_string());
+        publisher.publish(&m).await.unwrap();
+        assert!(publisher.buffered() < 1000, "a full batch is sent");
+    }
+    // Too large for the broker: refused here, and what is buffered stays.
+    let before = publisher.buffered();
+    let huge = PublishMessage::new("sp.x", vec![0u8; 2 * 1024 * 1024]);
+    let err = publisher.publish(&huge).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert_eq!(publisher.buffered(), before);
+    publisher.flush().await.unwrap();
+    assert_eq!(publisher.buffered(), 0);
+    // Left in a batch, then dropped: the drop queues it.
+    let mut last = client.publisher();
+    last.publish(&PublishMessage::new("sp.x", "END"))
+        .await
+        .unwrap();
+    assert!(last.buffered() > 0);
+    drop(last);
+    let got = until_marker(&mut sub, "END").await;
+    assert_eq!(got.len(), N);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload, Bytes::from(i.to_string()));
+        assert_eq!(
+            m.headers.get("i").map(String::as_str),
+            Some(i.to_string().as_str())
+        );
+        assert_eq!(m.seq, i as u64 + 1, "stored in order on the durable topic");
     }
 }
 
