@@ -40,6 +40,33 @@ fn no_huge_pages() {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as Go's runtime does
+/// for NATS: every connection holds a descriptor, and so does each durable topic's
+/// newest log segment, and the common soft default of 1024 would refuse both long
+/// before `max_connections`. Logged, not fatal, if the system says no.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct given, owned here.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            before == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(open_files = lim.rlim_cur, "open files limit");
+    } else {
+        tracing::warn!(
+            "cannot raise the open files limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The rtc message broker.
 #[derive(Debug, Parser)]
 #[command(name = "rtc-broker", version, about)]
@@ -234,6 +261,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|e| format!("invalid log filter {spec:?}: {e}"))?;
         reload.reload(filter).map_err(|e| e.to_string())
     });
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

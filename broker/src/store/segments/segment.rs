@@ -101,8 +101,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
 pub struct Segment {
     /// Seq of its first record (also its file name).
     pub first_seq: u64,
-    /// The file, shared with reads in progress (which may outlive the segment's removal).
-    pub file: Arc<File>,
+    /// The file while the segment takes appends, shared with reads in progress (which
+    /// may outlive the segment's removal). A full segment keeps none open, so that a long
+    /// log or many topics do not hold a file descriptor per segment: reads open it
+    /// ([`Segment::handle`]).
+    pub file: Option<Arc<File>>,
     /// Its path.
     pub path: PathBuf,
     /// Bytes of whole records: reads never go past it.
@@ -145,7 +148,7 @@ impl Segment {
             .map_err(|e| io("cannot create", &path, e))?;
         Ok(Segment {
             first_seq,
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             path,
             len: 0,
             count: 0,
@@ -158,7 +161,7 @@ impl Segment {
 
     /// Opens the segment at `path`: from its index file if `full` and the index matches,
     /// else by scanning it. A torn record at the end (a write cut off by a crash) is cut
-    /// from the file, with a warning.
+    /// from the file, with a warning. A `full` segment is left without an open file.
     pub fn open(path: &Path, first_seq: u64, full: bool) -> Result<Segment, StoreError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -169,9 +172,10 @@ impl Segment {
             .metadata()
             .map_err(|e| io("cannot stat", path, e))?
             .len();
+        let file = Arc::new(file);
         let mut seg = Segment {
             first_seq,
-            file: Arc::new(file),
+            file: Some(file.clone()),
             path: path.to_path_buf(),
             len: 0,
             count: 0,
@@ -181,9 +185,10 @@ impl Segment {
             index: Vec::new(),
         };
         if full && seg.load_index(file_len) {
+            seg.file = None;
             return Ok(seg);
         }
-        seg.scan(file_len)?;
+        seg.scan(&file, file_len)?;
         if seg.len < file_len {
             tracing::warn!(
                 segment = %path.display(),
@@ -191,22 +196,34 @@ impl Segment {
                 cut = file_len - seg.len,
                 "the end of a log segment is not a whole record (a write cut off by a crash); cutting it"
             );
-            seg.file
-                .set_len(seg.len)
+            file.set_len(seg.len)
                 .map_err(|e| io("cannot truncate", path, e))?;
+        }
+        if full {
+            seg.file = None;
         }
         Ok(seg)
     }
 
     /// Reads the whole file, recording every record, up to the first that is not whole.
-    fn scan(&mut self, file_len: u64) -> Result<(), StoreError> {
-        let (file, path) = (self.file.clone(), self.path.clone());
-        let end = walk(&file, &path, 0, file_len, SCAN_BLOCK, &mut |seq, ts, at, body| {
+    fn scan(&mut self, file: &File, file_len: u64) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let end = walk(file, &path, 0, file_len, SCAN_BLOCK, &mut |seq, ts, at, body| {
             self.note(seq, ts, at, body.len() as u64);
             ControlFlow::Continue(())
         })?;
         self.len = end;
         Ok(())
+    }
+
+    /// The file to read: the open one, or the file opened again (a full segment).
+    pub fn handle(&self) -> Result<Arc<File>, StoreError> {
+        match &self.file {
+            Some(f) => Ok(f.clone()),
+            None => File::open(&self.path)
+                .map(Arc::new)
+                .map_err(|e| io("cannot open", &self.path, e)),
+        }
     }
 
     /// Records that a record of `body` message bytes was stored at `at`.
@@ -228,19 +245,18 @@ impl Segment {
         i.checked_sub(1).map_or(0, |i| self.index[i].1)
     }
 
-    /// Calls `each(seq, ts_ms, offset, message)` for the whole records of `file` in
+    /// Calls `each(seq, ts_ms, offset, message)` for the whole records of the segment in
     /// `from..to`, reading `block` bytes at a time, until it breaks. Returns where the
     /// walk stopped: `to`, the record it broke at, or the first bytes that are not a
     /// whole record.
     pub fn walk(
         &self,
-        file: &File,
         from: u64,
         to: u64,
         block: usize,
         each: &mut dyn FnMut(u64, i64, u64, Bytes) -> ControlFlow<()>,
     ) -> Result<u64, StoreError> {
-        walk(file, &self.path, from, to, block, each)
+        walk(&*self.handle()?, &self.path, from, to, block, each)
     }
 
     /// Writes the index file (the segment is full).
@@ -409,7 +425,8 @@ mod tests {
             encode_record(&mut buf, seq, seq as i64 * 10, &big);
             seg.note(seq, seq as i64 * 10, at, big.len() as u64);
         }
-        seg.file.write_all_at(&buf, 0).unwrap();
+        let file = seg.handle().unwrap();
+        file.write_all_at(&buf, 0).unwrap();
         assert!(seg.index.len() > 1, "{:?}", seg.index);
         seg.write_index().unwrap();
         let path = seg.path.clone();
@@ -418,12 +435,11 @@ mod tests {
             (reopened.count, reopened.last_seq, reopened.index.clone()),
             (40, 40, seg.index.clone())
         );
+        assert!(reopened.file.is_none(), "a full segment holds no file open");
         // Half a record more: the index no longer fits; the scan cuts the torn end.
         let mut torn = Vec::new();
         encode_record(&mut torn, 41, 410, &big);
-        seg.file
-            .write_all_at(&torn[..100], buf.len() as u64)
-            .unwrap();
+        file.write_all_at(&torn[..100], buf.len() as u64).unwrap();
         let reopened = Segment::open(&path, 1, true).unwrap();
         assert_eq!((reopened.count, reopened.last_seq), (40, 40));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), buf.len() as u64);

@@ -103,6 +103,38 @@ fn messages_span_segments_and_read_back_from_any_seq_after_a_reopen() {
     assert_eq!(s.read(1, 1, 1000, 2000).unwrap().len(), 10);
 }
 
+/// Files of `dir` this process holds open.
+fn open_files_in(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[test]
+fn only_the_newest_segment_of_a_topic_holds_a_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    {
+        let s = open_in(&dir);
+        s.write(vec![topic("a", 1), topic("b", 2)]).unwrap();
+        for first in (1..=200).step_by(5) {
+            s.write((first..first + 5).map(|q| numbered(1, q)).collect())
+                .unwrap();
+        }
+        s.write(vec![numbered(2, 1)]).unwrap();
+        assert!(segment_files(&dir, 1) >= 10);
+        assert_eq!(open_files_in(&dir.join("log")), 2, "one per topic");
+        // A read of every segment opens them for the read only.
+        assert_eq!(seqs(&s, 1, 1).len(), 200);
+        assert_eq!(open_files_in(&dir.join("log")), 2);
+    }
+    let s = open_in(&dir);
+    assert_eq!(open_files_in(&dir.join("log")), 2, "after a reopen too");
+    assert_eq!(seqs(&s, 1, 1), (1..=200).collect::<Vec<_>>());
+}
+
 #[test]
 fn removals_move_the_floor_delete_whole_segments_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -172,11 +172,11 @@ impl TopicLog {
             }
             match st.segs.last() {
                 Some(s) if s.len + buf.len() as u64 <= self.segment_bytes => {
-                    Some((s.file.clone(), s.len))
+                    Some((s.handle()?, s.len))
                 }
                 Some(s) => {
                     // Full: make it durable and give it its index before going on.
-                    s.file
+                    s.handle()?
                         .sync_data()
                         .map_err(|e| io("cannot sync", &s.path, e))?;
                     s.write_index()?;
@@ -189,8 +189,14 @@ impl TopicLog {
             Some((file, at)) => (file, at, false),
             None => {
                 let seg = Segment::create(&self.dir, first)?;
-                let file = seg.file.clone();
-                self.write_state().segs.push(seg);
+                let file = seg.handle()?;
+                let mut st = self.write_state();
+                if let Some(full) = st.segs.last_mut() {
+                    // Reads open it again: no descriptor held per full segment.
+                    full.file = None;
+                }
+                st.segs.push(seg);
+                drop(st);
                 self.created
                     .store(true, std::sync::atomic::Ordering::SeqCst);
                 (file, 0, true)
@@ -251,6 +257,22 @@ impl TopicLog {
                     0
                 };
                 (seg.file.clone(), seg.path.clone(), start, seg.len, seg.last_seq)
+            };
+            let file = match file {
+                Some(file) => file,
+                None => match std::fs::File::open(&path) {
+                    Ok(f) => std::sync::Arc::new(f),
+                    // Released by a removal since (the floor has moved past it), or
+                    // gone from under the log, which is damage.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let still = self.read_state().segs.iter().any(|s| s.path == path);
+                        if still {
+                            return Err(io("cannot open", &path, e));
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(io("cannot open", &path, e)),
+                },
             };
             let mut broke = false;
             let stopped = segment::walk(&file, &path, start, end, block, &mut |seq, ts, _, m| {
@@ -418,15 +440,17 @@ impl TopicLog {
             return Ok(());
         }
         let mut cut = last.len;
-        last.walk(&last.file, last.offset_for(from), last.len, SCAN_BLOCK, &mut |seq, _, at, _| {
+        last.walk(last.offset_for(from), last.len, SCAN_BLOCK, &mut |seq, _, at, _| {
             if seq >= from {
                 cut = at;
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
         })?;
-        last.file
-            .set_len(cut)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&last.path)
+            .and_then(|f| f.set_len(cut))
             .map_err(|e| io("cannot truncate", &last.path, e))?;
         let reopened = Segment::open(&last.path.clone(), last.first_seq, false)?;
         *last = reopened;
@@ -440,9 +464,9 @@ impl TopicLog {
     /// Makes what was appended durable: the active segment's data, and the directory's
     /// entries if a segment was created since.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let file = self.read_state().segs.last().map(|s| (s.file.clone(), s.path.clone()));
+        let file = self.read_state().segs.last().map(|s| (s.handle(), s.path.clone()));
         if let Some((file, path)) = file {
-            file.sync_data().map_err(|e| io("cannot sync", &path, e))?;
+            file?.sync_data().map_err(|e| io("cannot sync", &path, e))?;
         }
         if self.created.swap(false, std::sync::atomic::Ordering::SeqCst) {
             sync_dir(&self.dir)?;
@@ -485,7 +509,7 @@ fn floor_at(segs: &[Segment], seq: u64, from: Option<Floor>) -> Result<Floor, St
         start = seg.offset_for(f.seq);
         counted_from = f.seq;
     }
-    seg.walk(&seg.file, start, seg.len, SCAN_BLOCK, &mut |s, _, _, m| {
+    seg.walk(start, seg.len, SCAN_BLOCK, &mut |s, _, _, m| {
         if s >= seq {
             floor.first_live = s;
             return ControlFlow::Break(());
