@@ -58,20 +58,21 @@ pub(crate) fn write_with_pen(
     item: &Outgoing,
     max_frame_size: usize,
 ) {
+    if let Outgoing::Batch(bytes) = item {
+        // Already encoded: written from where it is, and the rest handed on as a slice.
+        let done = try_write_all(&socket, bytes);
+        let rest = (done < bytes.len()).then(|| Outgoing::Rest {
+            bytes: bytes.slice(done..),
+            socket: socket.clone(),
+        });
+        tx.put_pen_back(&socket, rest);
+        return;
+    }
     let rest = SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
         buf.clear();
         encode_outgoing(item, max_frame_size, &mut buf);
-        let mut done = 0;
-        while done < buf.len() {
-            match socket.try_write(&buf[done..]) {
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The socket is full, or failed: the writer task writes the rest, and
-                // meets the failure itself if there is one.
-                Err(_) => break,
-            }
-        }
+        let done = try_write_all(&socket, &buf);
         let rest = (done < buf.len()).then(|| Outgoing::Rest {
             bytes: Bytes::copy_from_slice(&buf[done..]),
             socket: socket.clone(),
@@ -83,6 +84,21 @@ pub(crate) fn write_with_pen(
         rest
     });
     tx.put_pen_back(&socket, rest);
+}
+
+/// Writes as much of `bytes` as the socket takes without waiting; how much it took.
+fn try_write_all(socket: &TcpWriter, bytes: &[u8]) -> usize {
+    let mut done = 0;
+    while done < bytes.len() {
+        match socket.try_write(&bytes[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The socket is full, or failed: the writer task writes the rest, and
+            // meets the failure itself if there is one.
+            Err(_) => break,
+        }
+    }
+    done
 }
 
 /// Whether `item` is the end of a frame begun on a socket other than `current` (the
