@@ -58,7 +58,8 @@ pub(crate) fn write_with_pen(
     item: &Outgoing,
     max_frame_size: usize,
 ) {
-    if let Outgoing::Batch(bytes) = item {
+    if let Outgoing::Batch(batch) = item {
+        let bytes = &batch.bytes;
         // Already encoded: written from where it is, and the rest handed on as a slice.
         let done = try_write_all(&socket, bytes);
         let rest = (done < bytes.len()).then(|| Outgoing::Rest {

@@ -23,7 +23,7 @@ pub(crate) enum Outgoing {
     Publish(PublishMessage),
     /// Fire-and-forget publishes already encoded, whole frames one after another
     /// ([`crate::Publisher`]).
-    Batch(Bytes),
+    Batch(crate::publisher::Batch),
     /// An acknowledged publish, shared with the outbox that keeps it until its answer.
     Acked(Arc<v1::Publish>),
     /// The end of a frame a direct write began on `socket`, which it did not take
@@ -43,7 +43,8 @@ pub(crate) fn encode_outgoing(item: &Outgoing, max_frame_size: usize, buf: &mut 
         Outgoing::Frame(frame) => encode(frame, max_frame_size, buf),
         Outgoing::Publish(m) => encode_publish(m.as_publish(0), max_frame_size, buf),
         Outgoing::Acked(p) => encode_publish((&**p).into(), max_frame_size, buf),
-        Outgoing::Batch(bytes) | Outgoing::Rest { bytes, .. } => buf.extend_from_slice(bytes),
+        Outgoing::Batch(batch) => buf.extend_from_slice(&batch.bytes),
+        Outgoing::Rest { bytes, .. } => buf.extend_from_slice(bytes),
         Outgoing::Close => {}
     }
 }
