@@ -1,8 +1,10 @@
 //! [`Outgoing`]: what the API hands the writer of a connection (frames, publishes
-//! encoded from their fields, the rest of a direct write), and [`encode_outgoing`], the one
-//! place that turns each into bytes. The writer task (`crate::connection`) and direct
-//! writers (`crate::direct`) both encode through it.
+//! encoded from their fields, a `Publisher`'s [`Batch`] of encoded publishes, the rest of
+//! a direct write), and [`encode_outgoing`], the one place that turns each into bytes.
+//! The writer task (`crate::connection`) and direct writers (`crate::direct`) both
+//! encode through it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +13,7 @@ use rtc_proto::publish::PublishRef;
 use rtc_proto::tcp::TcpWriter;
 use rtc_proto::v1;
 use rtc_proto::Frame;
+use tokio::sync::Notify;
 
 use crate::message::PublishMessage;
 
@@ -23,7 +26,7 @@ pub(crate) enum Outgoing {
     Publish(PublishMessage),
     /// Fire-and-forget publishes already encoded, whole frames one after another
     /// ([`crate::Publisher`]).
-    Batch(crate::publisher::Batch),
+    Batch(Batch),
     /// An acknowledged publish, shared with the outbox that keeps it until its answer.
     Acked(Arc<v1::Publish>),
     /// The end of a frame a direct write began on `socket`, which it did not take
@@ -35,6 +38,36 @@ pub(crate) enum Outgoing {
     },
     /// Flush what is queued, close the write side, stop.
     Close,
+}
+
+/// Batches sent and not yet taken by the writer.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    pub(crate) count: AtomicUsize,
+    pub(crate) freed: Notify,
+}
+
+/// A publisher's batch on its way to the socket: whole frames, and the count it is in.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) bytes: Bytes,
+    sent: Arc<InFlight>,
+}
+
+impl Batch {
+    /// `bytes` on its way, counted in `sent` until the writer drops it.
+    pub(crate) fn new(bytes: Bytes, sent: Arc<InFlight>) -> Batch {
+        sent.count.fetch_add(1, Ordering::SeqCst);
+        Batch { bytes, sent }
+    }
+}
+
+impl Drop for Batch {
+    /// Taken by the writer (or dropped with a lost connection's queue).
+    fn drop(&mut self) {
+        self.sent.count.fetch_sub(1, Ordering::SeqCst);
+        self.sent.freed.notify_one();
+    }
 }
 
 /// Appends `item`'s bytes to `buf` (`Close` has none).
