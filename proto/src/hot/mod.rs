@@ -218,13 +218,21 @@ impl<'a> Reader<'a> {
         (r.at + len == body.len()).then_some(r)
     }
 
+    /// Inlined for the one-byte case (keys, and most lengths and numbers), which a
+    /// subscriber meets a dozen times per delivery; the rest is out of line.
+    #[inline(always)]
     fn varint(&mut self) -> Option<u64> {
-        // Keys and most lengths and numbers fit in one byte.
         let first = *self.body.get(self.at)?;
         if first < 0x80 {
             self.at += 1;
             return Some(u64::from(first));
         }
+        self.long_varint()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn long_varint(&mut self) -> Option<u64> {
         let mut rest = &self.body[self.at..];
         let before = rest.remaining();
         let v = decode_varint(&mut rest).ok()?;
@@ -233,6 +241,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length prefix that fits in what is left.
+    #[inline(always)]
     fn len(&mut self) -> Option<usize> {
         let len = usize::try_from(self.varint()?).ok()?;
         (len <= self.body.len() - self.at).then_some(len)
