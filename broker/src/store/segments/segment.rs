@@ -353,8 +353,13 @@ pub fn walk(
     while at < to {
         let n = want.max(HEADER).min((to - at) as usize);
         let mut buf = vec![0u8; n];
-        file.read_exact_at(&mut buf, at)
-            .map_err(|e| io("cannot read", path, e))?;
+        match file.read_exact_at(&mut buf, at) {
+            Ok(()) => {}
+            // Shorter than `to` (cut by a failed write taken back): stop here, and let
+            // the caller tell a cut from damage.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(at),
+            Err(e) => return Err(io("cannot read", path, e)),
+        }
         let buf = Bytes::from(buf);
         let mut pos = 0;
         while pos < buf.len() {
