@@ -146,9 +146,14 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| io("cannot create", &path, e))?;
-        Ok(Segment {
+        Ok(Segment::empty(first_seq, Arc::new(file), path))
+    }
+
+    /// Segment `first_seq` in `file` at `path`, with nothing known of its records yet.
+    fn empty(first_seq: u64, file: Arc<File>, path: PathBuf) -> Segment {
+        Segment {
             first_seq,
-            file: Some(Arc::new(file)),
+            file: Some(file),
             path,
             len: 0,
             count: 0,
@@ -156,7 +161,7 @@ impl Segment {
             last_seq: 0,
             last_ts: 0,
             index: Vec::new(),
-        })
+        }
     }
 
     /// Opens the segment at `path`: from its index file if `full` and the index matches,
@@ -173,17 +178,7 @@ impl Segment {
             .map_err(|e| io("cannot stat", path, e))?
             .len();
         let file = Arc::new(file);
-        let mut seg = Segment {
-            first_seq,
-            file: Some(file.clone()),
-            path: path.to_path_buf(),
-            len: 0,
-            count: 0,
-            bytes: 0,
-            last_seq: 0,
-            last_ts: 0,
-            index: Vec::new(),
-        };
+        let mut seg = Segment::empty(first_seq, file.clone(), path.to_path_buf());
         if full && seg.load_index(file_len) {
             seg.file = None;
             return Ok(seg);
