@@ -26,7 +26,7 @@ use common::{ephemeral_rule, next, seqs, start, start_in, start_over, take, Tran
 use rtc_broker::store::segments::SegmentStorage;
 use rtc_broker::store::sled_store::BackgroundFlush;
 use rtc_broker::store::{
-    ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, WriteOp,
+    ConsumerRecord, LogEntry, Reach, ScanFn, Storage, StoreError, StoredTopic, TopicId, WriteOp,
 };
 use rtc_broker::{Broker, FsyncPolicy};
 use rtc_client::{Client, ErrorCode, PublishMessage, StartAt, SubscribeOptions, TopicConfig};
@@ -339,19 +339,14 @@ impl Storage for Faulty {
     ) -> Result<Vec<LogEntry>, StoreError> {
         self.inner.read(id, from, max_msgs, max_bytes)
     }
-    fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
-        self.inner.timestamp(id, seq)
-    }
-    fn for_each_message_id(
+    fn scan(
         &self,
         id: TopicId,
         from: u64,
-        each: &mut dyn FnMut(&str, u64, i64) -> std::ops::ControlFlow<()>,
+        reach: Reach,
+        each: &mut ScanFn<'_>,
     ) -> Result<(), StoreError> {
-        self.inner.for_each_message_id(id, from, each)
-    }
-    fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
-        self.inner.sizes(id, from, to)
+        self.inner.scan(id, from, reach, each)
     }
     fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError> {
         self.inner.load_consumers()

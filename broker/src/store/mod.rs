@@ -256,6 +256,19 @@ impl WriteOp {
     }
 }
 
+/// What [`Storage::scan`] calls for each message: `(seq, ts_ms, message)`, to go on,
+/// stop, or fail the scan.
+pub type ScanFn<'a> = dyn FnMut(u64, i64, &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
+
+/// How far a [`Storage::scan`] goes: one message (a lookup) or many (a scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// A lookup: the engine reads as little as it can.
+    One,
+    /// A scan: the engine reads in large blocks.
+    Many,
+}
+
 /// What the local engine needs from the storage under it (sled, or a test's wrapper that
 /// injects faults). Implementations are internally synchronised: the storage thread
 /// writes, blocking tasks read concurrently.
@@ -291,8 +304,28 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         max_msgs: usize,
         max_bytes: usize,
     ) -> Result<Vec<LogEntry>, StoreError>;
+    /// Calls `each(seq, ts_ms, message)` for the stored messages of topic `id` with
+    /// `seq >= from`, in order, until it breaks or fails (its error is returned). `reach`
+    /// says whether the walk is a lookup of one message or a scan, for how much the
+    /// engine reads at a time.
+    fn scan(
+        &self,
+        id: TopicId,
+        from: u64,
+        reach: Reach,
+        each: &mut ScanFn<'_>,
+    ) -> Result<(), StoreError>;
     /// The timestamp of message `seq`, if stored.
-    fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError>;
+    fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
+        let mut ts = None;
+        self.scan(id, seq, Reach::One, &mut |at, t, _| {
+            if at == seq {
+                ts = Some(t);
+            }
+            Ok(ControlFlow::Break(()))
+        })?;
+        Ok(ts)
+    }
     /// Calls `each(msg_id, seq, ts_ms)` for the messages of topic `id` with `seq >= from`
     /// (msg_id "" for one without), in order, until it breaks — used to rebuild the dedup window,
     /// so it lends each ID rather than allocating millions of them.
@@ -301,12 +334,31 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         id: TopicId,
         from: u64,
         each: &mut dyn FnMut(&str, u64, i64) -> ControlFlow<()>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.scan(id, from, Reach::Many, &mut |seq, ts, m| {
+            let msg_id = rtc_proto::codec::message_msg_id(m)
+                .map_err(|e| StoreError::Corrupt(format!("stored message {seq}: {e}")))?;
+            Ok(each(&msg_id, seq, ts))
+        })
+    }
     /// Every durable consumer's state: `(topic id, name, record)`.
     fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError>;
     /// `(seq, encoded size)` of the messages with `from <= seq < to`, for byte-based
     /// retention.
-    fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError>;
+    fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        self.scan(id, from, Reach::Many, &mut |seq, _, m| {
+            if seq >= to {
+                return Ok(ControlFlow::Break(()));
+            }
+            out.push((seq, m.len() as u64));
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(out)
+    }
     /// Forgets the held appends of topic `id` from seq `from` on (a write whose flush
     /// failed is refused whole, and must not be read or counted).
     fn drop_held(&self, id: TopicId, from: u64);

@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 
 mod segment;
 #[cfg(test)]
@@ -42,7 +41,8 @@ mod topic_log;
 
 use super::sled_store::{BackgroundFlush, SledStorage};
 use super::{
-    ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp,
+    ConsumerRecord, LogEntry, Reach, ScanFn, Storage, StoreError, StoredTopic, TopicId, TopicStats,
+    WriteOp,
 };
 use topic_log::{sync_dir, TopicLog, Totals};
 
@@ -193,29 +193,6 @@ impl SegmentStorage {
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted topic's log"),
         }
         self.root_dirty.store(true, Ordering::SeqCst);
-    }
-
-    /// Calls `each(seq, ts_ms, message)` over topic `id`'s messages from `from` on,
-    /// stopping at the first error `each` returns.
-    fn walk(
-        &self,
-        id: TopicId,
-        from: u64,
-        block: usize,
-        each: &mut dyn FnMut(u64, i64, Bytes) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
-        let Some(log) = self.log(id) else {
-            return Ok(());
-        };
-        let mut failed = None;
-        log.for_each(from, block, &mut |seq, ts, m| match each(seq, ts, m) {
-            Ok(flow) => flow,
-            Err(e) => {
-                failed = Some(e);
-                ControlFlow::Break(())
-            }
-        })?;
-        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -436,47 +413,33 @@ impl Storage for SegmentStorage {
         }
     }
 
-    fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
-        let mut ts = None;
-        self.walk(id, seq, LOOKUP_BLOCK, &mut |at, t, _| {
-            if at == seq {
-                ts = Some(t);
-            }
-            Ok(ControlFlow::Break(()))
-        })?;
-        Ok(ts)
-    }
-
-    fn for_each_message_id(
+    fn scan(
         &self,
         id: TopicId,
         from: u64,
-        each: &mut dyn FnMut(&str, u64, i64) -> ControlFlow<()>,
+        reach: Reach,
+        each: &mut ScanFn<'_>,
     ) -> Result<(), StoreError> {
-        self.walk(id, from, segment::SCAN_BLOCK, &mut |seq, ts, m| {
-            let msg_id = rtc_proto::codec::message_msg_id(&m)
-                .map_err(|e| StoreError::Corrupt(format!("stored message {seq}: {e}")))?;
-            Ok(each(&msg_id, seq, ts))
-        })
+        let block = match reach {
+            Reach::One => LOOKUP_BLOCK,
+            Reach::Many => segment::SCAN_BLOCK,
+        };
+        let Some(log) = self.log(id) else {
+            return Ok(());
+        };
+        let mut failed = None;
+        log.for_each(from, block, &mut |seq, ts, m| match each(seq, ts, &m) {
+            Ok(flow) => flow,
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 
     fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError> {
         self.meta.load_consumers()
-    }
-
-    fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
-        let mut out = Vec::new();
-        if from >= to {
-            return Ok(out);
-        }
-        self.walk(id, from, segment::SCAN_BLOCK, &mut |seq, _, m| {
-            if seq >= to {
-                return Ok(ControlFlow::Break(()));
-            }
-            out.push((seq, m.len() as u64));
-            Ok(ControlFlow::Continue(()))
-        })?;
-        Ok(out)
     }
 
     fn drop_held(&self, id: TopicId, from: u64) {

@@ -2,6 +2,7 @@
 //! what a crash leaves, failed writes taken back, and refusals.
 
 use super::*;
+use bytes::Bytes;
 
 /// Segments of 4 KiB, so that a few dozen messages span several.
 const SMALL: u64 = 4096;

@@ -6,7 +6,6 @@
 //! (`open_chunks`), sealed into sled later as one insert; every other write, and every
 //! flush, seals them first. Reads walk sled, then the held messages (`log.rs`).
 
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -26,8 +25,8 @@ use fail_point::FailPoint;
 use slot::{close, within, DbSlot, CLOSE_WAIT, STUCK};
 
 use super::{
-    ConsumerRecord, LogEntry, Storage, StoreError, StoredTopic, TopicId, TopicStats, WriteOp,
-    FORMAT_VERSION,
+    ConsumerRecord, LogEntry, Reach, ScanFn, Storage, StoreError, StoredTopic, TopicId, TopicStats,
+    WriteOp, FORMAT_VERSION,
 };
 use log::{Entry, Walk};
 use open_chunks::OpenChunks;
@@ -521,28 +520,14 @@ impl Storage for SledStorage {
         self.read_walk(id, from, max_msgs, max_bytes, Walk::Shared)
     }
 
-    fn timestamp(&self, id: TopicId, seq: u64) -> Result<Option<i64>, StoreError> {
-        let mut ts = None;
-        self.for_each_record(id, seq, |at| {
-            if at.seq() == seq {
-                ts = Some(at.ts_ms());
-            }
-            Ok(ControlFlow::Break(()))
-        })?;
-        Ok(ts)
-    }
-
-    fn for_each_message_id(
+    fn scan(
         &self,
         id: TopicId,
         from: u64,
-        each: &mut dyn FnMut(&str, u64, i64) -> ControlFlow<()>,
+        _reach: Reach,
+        each: &mut ScanFn<'_>,
     ) -> Result<(), StoreError> {
-        self.for_each_record(id, from, |at| {
-            let msg_id = rtc_proto::codec::message_msg_id(at.message())
-                .map_err(|e| StoreError::Corrupt(format!("stored message {}: {e}", at.seq())))?;
-            Ok(each(&msg_id, at.seq(), at.ts_ms()))
-        })
+        self.for_each_record(id, from, |at| each(at.seq(), at.ts_ms(), at.message()))
     }
 
     fn load_consumers(&self) -> Result<Vec<(TopicId, String, ConsumerRecord)>, StoreError> {
@@ -555,21 +540,6 @@ impl Storage for SledStorage {
             let name = std::str::from_utf8(&k[5..]).map_err(|_| bad())?.to_string();
             out.push((id, name, ConsumerRecord::decode(&v).ok_or_else(bad)?));
         }
-        Ok(out)
-    }
-
-    fn sizes(&self, id: TopicId, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
-        let mut out = Vec::new();
-        if from >= to {
-            return Ok(out);
-        }
-        self.for_each_record(id, from, |at| {
-            if at.seq() >= to {
-                return Ok(ControlFlow::Break(()));
-            }
-            out.push((at.seq(), at.message().len() as u64));
-            Ok(ControlFlow::Continue(()))
-        })?;
         Ok(out)
     }
 
