@@ -139,6 +139,18 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Copy a data directory whose messages are in sled (`store_engine = "sled"`, made
+    /// before the segment files) into a new data directory of the segment store. The
+    /// source is only read; stop the broker using it first. Start the broker on the new
+    /// directory once this succeeds.
+    ConvertStore {
+        /// The data directory to read.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The new data directory (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -164,6 +176,25 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("rtc-broker mint-token: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::ConvertStore { from, to }) => {
+            let converted = rtc_broker::server::convert_store(from, to);
+            return match converted {
+                Ok(c) => {
+                    println!(
+                        "converted {} topics, {} messages and {} consumers into {}",
+                        c.topics,
+                        c.messages,
+                        c.consumers,
+                        to.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rtc-broker convert-store: {e}");
                     ExitCode::FAILURE
                 }
             };

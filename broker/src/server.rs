@@ -379,6 +379,21 @@ fn storage(
     Ok(storage)
 }
 
+pub use crate::store::convert::Converted;
+
+/// Copies data directory `from`, whose messages are in sled (`store_engine = "sled"`),
+/// into the new data directory `to` of the segment store (`rtc-broker convert-store`;
+/// see `crate::store::convert`). `from` is only read.
+pub fn convert_store(from: &std::path::Path, to: &std::path::Path) -> Result<Converted, String> {
+    crate::store::convert::convert(
+        from,
+        to,
+        STORE_DIR,
+        LOG_DIR,
+        crate::config::DEFAULT_STORE_CACHE,
+    )
+}
+
 /// Asks the engine to apply retention limits every second.
 async fn retention_timer(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(RETENTION_EVERY);

@@ -292,3 +292,58 @@ async fn sighup_applies_a_good_config_file_and_refuses_a_bad_one_whole() {
     assert!(stderr.contains("config reload refused"), "{stderr}");
     assert!(stderr.contains("config reloaded"), "{stderr}");
 }
+
+/// `rtc-broker convert-store`: a data dir of `store_engine = "sled"` copied into a new one
+/// that the broker then serves from segment files; and one clear line for what it cannot
+/// convert.
+#[tokio::test]
+async fn convert_store_copies_a_sled_data_dir_the_broker_then_serves() {
+    let dir = temp_dir();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    let config = dir.path().join("sled.toml");
+    std::fs::write(&config, "store_engine = \"sled\"\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    let broker = BrokerProcess::start(Path::new(BIN), &old, &["--config", cfg]);
+    let mut c = RawConn::hello(broker.addr).await;
+    for _ in 0..3 {
+        c.publish_acked("conv.x", b"kept").await;
+    }
+    broker.signal(SIGTERM);
+    assert_eq!(broker.wait(EXIT_WAIT).0.code(), Some(0));
+    assert!(!old.join("log").exists(), "made with sled");
+
+    let convert = |from: &Path, to: &Path| {
+        Command::new(BIN)
+            .args(["convert-store", "--from"])
+            .arg(from)
+            .arg("--to")
+            .arg(to)
+            .output()
+            .expect("run rtc-broker convert-store")
+    };
+    let out = convert(&old, &new);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 topics, 3 messages"), "{stdout}");
+
+    let out = convert(&dir.path().join("nothing"), &dir.path().join("n2"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("holds no rtc store"), "{stderr}");
+
+    // The same config (it names sled) on the new dir: served from its segment files.
+    let broker = BrokerProcess::start(Path::new(BIN), &new, &["--config", cfg]);
+    let mut c = RawConn::hello(broker.addr).await;
+    let info = c.topic_info("conv.x").await;
+    assert_eq!((info.messages, info.last_seq), (3, 3));
+    c.publish_acked("conv.x", b"next").await;
+    assert_eq!(c.topic_info("conv.x").await.last_seq, 4);
+    assert!(new.join("log").exists());
+    broker.signal(SIGTERM);
+    assert_eq!(broker.wait(EXIT_WAIT).0.code(), Some(0));
+}

@@ -6,6 +6,8 @@
 //! - [`writer`]: the storage thread and its writer, the only writer of the store and the
 //!   owner of topic state: sequence numbers, dedup (`dedup`), stats, retention.
 //! - [`catalog`]: the topics as everyone may read them, published by the writer.
+//! - [`convert`]: copying a sled store into a new segment store (`rtc-broker
+//!   convert-store`).
 //! - [`segments`]: the default [`Storage`]: each topic's messages in append-only segment
 //!   files, everything else (the keys below other than `m`) in a sled database of its own.
 //! - [`sled_store`]: the [`Storage`] trait's sled implementation, keeping messages in
@@ -55,6 +57,7 @@
 
 pub mod catalog;
 pub mod chunk;
+pub mod convert;
 mod dedup;
 pub mod local;
 pub mod segments;
