@@ -221,6 +221,20 @@ impl Segment {
         }
     }
 
+    /// The file to append to: the open one, or the file opened again for writing (a
+    /// segment that takes appends again after the newer one was taken back).
+    pub fn writable(&self) -> Result<Arc<File>, StoreError> {
+        match &self.file {
+            Some(f) => Ok(f.clone()),
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map(Arc::new)
+                .map_err(|e| io("cannot open", &self.path, e)),
+        }
+    }
+
     /// Records that a record of `body` message bytes was stored at `at`.
     pub fn note(&mut self, seq: u64, ts_ms: i64, at: u64, body: u64) {
         let indexed = self.index.last().map(|&(_, off)| off);
@@ -445,5 +459,23 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), buf.len() as u64);
         assert_eq!(reopened.offset_for(1), 0);
         assert_eq!(reopened.offset_for(40), *reopened.index.last().map(|(_, o)| o).unwrap());
+    }
+
+    #[test]
+    fn a_full_segment_opened_again_for_appends_is_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), 1).unwrap();
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 1, 10, b"one");
+        seg.handle().unwrap().write_all_at(&buf, 0).unwrap();
+        let full = Segment::open(&seg.path, 1, true).unwrap();
+        assert!(full.file.is_none());
+        // What a read opens is read-only; what an append opens takes the write.
+        let mut more = Vec::new();
+        encode_record(&mut more, 2, 20, b"two");
+        assert!(full.handle().unwrap().write_all_at(&more, full.len).is_err());
+        full.writable().unwrap().write_all_at(&more, full.len).unwrap();
+        let again = Segment::open(&seg.path, 1, false).unwrap();
+        assert_eq!((again.count, again.last_seq), (2, 2));
     }
 }

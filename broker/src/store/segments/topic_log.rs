@@ -189,7 +189,7 @@ impl TopicLog {
             }
             match st.segs.last() {
                 Some(s) if s.len + buf.len() as u64 <= self.segment_bytes => {
-                    Some((s.handle()?, s.len))
+                    Some((s.writable()?, s.len))
                 }
                 Some(s) => {
                     // Full: make it durable and give it its index before going on.
@@ -222,6 +222,8 @@ impl TopicLog {
         if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&*file, &buf, at) {
             let _ = file.set_len(at);
             if fresh {
+                // The full segment before it takes the next appends again: it has no
+                // file open, and `writable` opens one for them.
                 let mut st = self.write_state();
                 if let Some(seg) = st.segs.pop() {
                     let _ = seg.remove_files();
